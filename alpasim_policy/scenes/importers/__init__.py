@@ -1,0 +1,1 @@
+"""scenes/importers stage."""
