@@ -53,11 +53,20 @@ class PolicyOutput:
 
 @runtime_checkable
 class Policy(Protocol):
-    """A driver. ``reset`` gets the scene (static map and, for privileged baselines, the log)."""
+    """A driver.
+
+    ``reset`` is called once per rollout with the seed, the scene (its static map; the log is
+    there for privileged baselines such as ``log_replay`` and must not be read by learned
+    policies) and the env's camera rig (``None`` unless cameras are enabled).
+
+    A policy that needs camera images sets the class attribute ``camera_preset`` to a rig
+    preset name (e.g. ``"alpamayo4"``); ``eval`` then enables those cameras in the env.
+    """
 
     name: str
+    camera_preset: str | None = None
 
-    def reset(self, *, seed: int | None = None, scene: Any = None) -> None: ...
+    def reset(self, *, seed: int | None = None, scene: Any = None, camera_rig: Any = None) -> None: ...
 
     def act(self, observation: dict[str, Any]) -> PolicyOutput: ...
 
