@@ -1,0 +1,157 @@
+"""Per-scene static geometry, flattened once so every 0.1 s render is a transform + fill.
+
+Why: a scene's map holds hundreds of ragged polylines. Converting them to numpy each tick
+would dominate render time, so both the BEV and the camera renderer build one
+:class:`FlatPolylines` per layer (all points stacked, plus offsets and a bounding circle
+per item for distance culling) when a renderer is created, and reuse it every tick.
+
+Frames: points here are in the *scene frame* (see ``scenes/format.py``).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from alpasim_policy.scenes.format import AgentType, Scene
+
+#: Box heights (m) per agent type, used by the camera renderer (the scene stores only a
+#: footprint). Typical values for each class: cars ~1.6 m, buses/trucks ~3.3 m.
+AGENT_HEIGHTS: dict[int, float] = {
+    AgentType.VEHICLE: 1.6,
+    AgentType.PEDESTRIAN: 1.75,
+    AgentType.BICYCLE: 1.7,
+    AgentType.MOTORCYCLE: 1.5,
+    AgentType.BUS: 3.2,
+    AgentType.TRUCK: 3.4,
+    AgentType.STATIC: 1.0,
+    AgentType.UNKNOWN: 1.5,
+}
+
+
+@dataclass
+class FlatPolylines:
+    """Ragged polylines (or polygons) stacked into one array.
+
+    ``points[offsets[i]:offsets[i+1]]`` is item ``i``; ``centers``/``radii`` give a bounding
+    circle per item so a renderer can drop items out of view with one vectorised test.
+    """
+
+    points: np.ndarray  # (P, 2) float64, scene frame
+    offsets: np.ndarray  # (n + 1,) int64
+    centers: np.ndarray  # (n, 2)
+    radii: np.ndarray  # (n,)
+
+    @classmethod
+    def from_list(cls, items: list[np.ndarray]) -> FlatPolylines:
+        items = [np.asarray(it, dtype=np.float64).reshape(-1, 2) for it in items if len(it) >= 2]
+        offsets = np.zeros(len(items) + 1, dtype=np.int64)
+        if not items:
+            z = np.zeros((0, 2))
+            return cls(z, offsets, z.copy(), np.zeros(0))
+        offsets[1:] = np.cumsum([len(it) for it in items])
+        lo = np.array([it.min(axis=0) for it in items])
+        hi = np.array([it.max(axis=0) for it in items])
+        centers = (lo + hi) / 2
+        radii = np.linalg.norm(hi - lo, axis=1) / 2
+        return cls(np.concatenate(items), offsets, centers, radii)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def near(self, xy: np.ndarray, radius: float) -> np.ndarray:
+        """Indices of items whose bounding circle comes within ``radius`` of ``xy``."""
+        if len(self) == 0:
+            return np.zeros(0, dtype=np.int64)
+        d = np.hypot(self.centers[:, 0] - xy[0], self.centers[:, 1] - xy[1])
+        return np.nonzero(d <= radius + self.radii)[0]
+
+    def segments(self) -> np.ndarray:
+        """All consecutive point pairs as (S, 2, 2): what line-drawing renderers clip."""
+        if len(self.points) == 0:
+            return np.zeros((0, 2, 2))
+        starts = np.arange(len(self.points) - 1)
+        # drop the pairs that straddle two items
+        last = self.offsets[1:] - 1
+        keep = np.ones(len(starts), dtype=bool)
+        keep[last[last < len(starts)]] = False
+        starts = starts[keep]
+        return np.stack([self.points[starts], self.points[starts + 1]], axis=1)
+
+
+@dataclass
+class SceneGeometry:
+    """The static layers of one scene's map, flattened (see module docstring)."""
+
+    drivable: FlatPolylines
+    crosswalks: FlatPolylines
+    boundaries: FlatPolylines  # lane left + right boundaries
+    centerlines: FlatPolylines
+    route: FlatPolylines  # one item: the route polyline
+    stop_lines: np.ndarray  # (K, 2, 2)
+
+    @classmethod
+    def from_scene(cls, scene: Scene) -> SceneGeometry:
+        m = scene.map
+        vehicle_lanes = list(m.lanes)
+        bounds = [ln.left_boundary for ln in vehicle_lanes] + [ln.right_boundary for ln in vehicle_lanes]
+        stop = np.asarray([tl.stop_line for tl in m.traffic_lights], dtype=np.float64).reshape(-1, 2, 2)
+        return cls(
+            drivable=FlatPolylines.from_list(list(m.drivable_areas)),
+            crosswalks=FlatPolylines.from_list(list(m.crosswalks)),
+            boundaries=FlatPolylines.from_list(bounds),
+            centerlines=FlatPolylines.from_list([ln.centerline for ln in vehicle_lanes]),
+            route=FlatPolylines.from_list([scene.route.polyline]),
+            stop_lines=stop,
+        )
+
+
+def world_to_rig(points: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """Scene-frame (..., 2) points into the rig frame of ``pose`` = (x, y, heading)."""
+    c, s = np.cos(pose[2]), np.sin(pose[2])
+    d = points - pose[:2]
+    out = np.empty_like(d, dtype=np.float64)
+    out[..., 0] = c * d[..., 0] + s * d[..., 1]
+    out[..., 1] = -s * d[..., 0] + c * d[..., 1]
+    return out
+
+
+def box_corners(xy: np.ndarray, heading: np.ndarray, length: np.ndarray, width: np.ndarray) -> np.ndarray:
+    """Footprint corners (N, 4, 2) of oriented boxes, counter-clockwise from front-left.
+
+    Order: front-left, rear-left, rear-right, front-right, so edge 3->0 is the front.
+    """
+    c, s = np.cos(heading), np.sin(heading)
+    hl, hw = np.asarray(length) / 2, np.asarray(width) / 2
+    lx = np.stack([hl, -hl, -hl, hl], axis=-1)  # (N, 4) local x
+    ly = np.stack([hw, hw, -hw, -hw], axis=-1)
+    out = np.empty(lx.shape + (2,))
+    out[..., 0] = xy[..., 0, None] + c[..., None] * lx - s[..., None] * ly
+    out[..., 1] = xy[..., 1, None] + s[..., None] * lx + c[..., None] * ly
+    return out
+
+
+def split(points: np.ndarray, offsets: np.ndarray, idx: np.ndarray) -> list[np.ndarray]:
+    """The selected items of a flattened array, as a list (what cv2 drawing calls take)."""
+    return [points[offsets[i] : offsets[i + 1]] for i in idx]
+
+
+# Renderers cached per scene *object* (scenes are unhashable dataclasses, so keyed by id
+# and dropped by a finalizer when the scene is garbage-collected).
+_SCENE_CACHE: dict[int, dict[Any, Any]] = {}
+
+
+def scene_cache(scene: Scene, key: Any, build: Callable[[], Any]) -> Any:
+    """Return ``build()`` cached for (this scene object, key)."""
+    sid = id(scene)
+    per_scene = _SCENE_CACHE.get(sid)
+    if per_scene is None:
+        per_scene = _SCENE_CACHE[sid] = {}
+        weakref.finalize(scene, _SCENE_CACHE.pop, sid, None)
+    if key not in per_scene:
+        per_scene[key] = build()
+    return per_scene[key]
