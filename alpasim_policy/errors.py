@@ -40,3 +40,11 @@ class PolicyOutputError(AlpasimError, ValueError):
 
 class ConfigError(AlpasimError, ValueError):
     """An env / model / policy configuration is invalid; the message names the key."""
+
+
+class ModelInputError(AlpasimError, ValueError):
+    """Inputs given to the driving model are unusable (image count / shape, NaN or too-short history)."""
+
+
+class ModelWeightsError(AlpasimError, ValueError):
+    """A weights directory is missing, corrupt, or its keys / shapes do not fit the model config."""
