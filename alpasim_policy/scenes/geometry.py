@@ -20,7 +20,7 @@ import numpy as np
 import shapely
 
 if TYPE_CHECKING:
-    from alpasim_policy.scenes.format import Scene
+    from alpasim_policy.scenes.format import RoadMap, Scene
 
 # ----------------------------------------------------------------------------- boxes
 
@@ -192,8 +192,9 @@ class MapIndex:
     polygons, because some sources (CommonRoad) only give lanes.
     """
 
-    def __init__(self, scene: Scene):
-        lanes = scene.map.lanes
+    def __init__(self, scene: Scene | RoadMap):
+        road = getattr(scene, "map", scene)  # a Scene or directly its RoadMap (importers)
+        lanes = road.lanes
         self.lane_ids: list[str] = [ln.id for ln in lanes]
         self.lane_index: dict[str, int] = {lid: i for i, lid in enumerate(self.lane_ids)}
         self._lanes = lanes
@@ -201,11 +202,11 @@ class MapIndex:
             [lane_polygon(ln.left_boundary, ln.right_boundary) for ln in lanes], dtype=object
         )
         self.lane_tree = shapely.STRtree(self.lane_polygons)
-        areas = [_as_polygon(p) for p in scene.map.drivable_areas]
+        areas = [_as_polygon(p) for p in road.drivable_areas]
         parts = [g for g in [*areas, *self.lane_polygons] if not g.is_empty]
         self.drivable = shapely.union_all(parts) if parts else shapely.Polygon()
         shapely.prepare(self.drivable)
-        self.crosswalk_polygons = np.array([_as_polygon(p) for p in scene.map.crosswalks], dtype=object)
+        self.crosswalk_polygons = np.array([_as_polygon(p) for p in road.crosswalks], dtype=object)
         for g in self.lane_polygons:
             shapely.prepare(g)
 
