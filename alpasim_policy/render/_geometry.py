@@ -120,21 +120,6 @@ def world_to_rig(points: np.ndarray, pose: np.ndarray) -> np.ndarray:
     return out
 
 
-def box_corners(xy: np.ndarray, heading: np.ndarray, length: np.ndarray, width: np.ndarray) -> np.ndarray:
-    """Footprint corners (N, 4, 2) of oriented boxes, counter-clockwise from front-left.
-
-    Order: front-left, rear-left, rear-right, front-right, so edge 3->0 is the front.
-    """
-    c, s = np.cos(heading), np.sin(heading)
-    hl, hw = np.asarray(length) / 2, np.asarray(width) / 2
-    lx = np.stack([hl, -hl, -hl, hl], axis=-1)  # (N, 4) local x
-    ly = np.stack([hw, hw, -hw, -hw], axis=-1)
-    out = np.empty(lx.shape + (2,))
-    out[..., 0] = xy[..., 0, None] + c[..., None] * lx - s[..., None] * ly
-    out[..., 1] = xy[..., 1, None] + s[..., None] * lx + c[..., None] * ly
-    return out
-
-
 def split(points: np.ndarray, offsets: np.ndarray, idx: np.ndarray) -> list[np.ndarray]:
     """The selected items of a flattened array, as a list (what cv2 drawing calls take)."""
     return [points[offsets[i] : offsets[i + 1]] for i in idx]

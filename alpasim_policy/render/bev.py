@@ -21,8 +21,9 @@ import cv2
 import numpy as np
 
 from alpasim_policy.errors import ConfigError
-from alpasim_policy.render._geometry import SceneGeometry, box_corners, scene_cache, world_to_rig
+from alpasim_policy.render._geometry import SceneGeometry, scene_cache, world_to_rig
 from alpasim_policy.scenes.format import AgentType, LightState, Scene
+from alpasim_policy.scenes.geometry import box_corners
 
 _SHIFT = 4  # sub-pixel bits for cv2 drawing calls
 _SCALE = float(1 << _SHIFT)
@@ -186,7 +187,10 @@ class BevRenderer:
         o = flat.offsets
         polys = [fx[o[i] : o[i + 1]] for i in idx]
         if fill:
-            cv2.fillPoly(img, polys, color, self._line, _SHIFT)
+            # one call per polygon: a multi-polygon fillPoly is even-odd, so overlapping
+            # drivable areas would cancel each other out
+            for p in polys:
+                cv2.fillPoly(img, [p], color, self._line, _SHIFT)
         else:
             cv2.polylines(img, polys, closed, color, thickness, self._line, _SHIFT)
 
@@ -234,7 +238,7 @@ class BevRenderer:
             self._draw_plan(img, np.asarray(plan_rig, dtype=np.float64)[:, :2])
         if c.draw_ego:
             L, W, r2c = self._ego_dims
-            corners = box_corners(np.array([[r2c, 0.0]]), np.zeros(1), np.array([L]), np.array([W]))
+            corners = box_corners(np.array([r2c]), np.zeros(1), np.zeros(1), np.array([L]), np.array([W]))
             fx = self._fixed(corners)
             cv2.fillPoly(img, list(fx), c.colors["ego"], self._line, _SHIFT)
             self._heading_ticks(img, corners, (255, 255, 255))
@@ -265,13 +269,14 @@ class BevRenderer:
             return
         xy = world_to_rig(states[idx, :2], pose)
         h = states[idx, 2] - pose[2]
-        corners = box_corners(xy, h, a.size[idx, 0], a.size[idx, 1])
+        corners = box_corners(xy[:, 0], xy[:, 1], h, a.size[idx, 0], a.size[idx, 1])
         fx = self._fixed(corners)
         types = np.asarray(a.types)[idx].astype(np.int64)
         for t in np.unique(types):
             sel = np.nonzero(types == t)[0]
             color = tuple(int(v) for v in self._agent_rgb[t])
-            cv2.fillPoly(img, list(fx[sel]), color, self._line, _SHIFT)
+            for box in fx[sel]:  # one by one: overlapping boxes must not XOR each other
+                cv2.fillConvexPoly(img, box, color, self._line, _SHIFT)
         self._heading_ticks(img, corners, (20, 20, 20))
 
     def _heading_ticks(self, img: np.ndarray, corners: np.ndarray, color: RGB) -> None:

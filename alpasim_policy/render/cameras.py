@@ -1,0 +1,741 @@
+"""Pinhole cameras on the ego rig and a flat-world perspective renderer for vision policies.
+
+Frames.
+- *rig*: x forward, y left, z up; origin at the rear-axle centre **on the ground** (z = 0
+  is the road). This is also Argoverse 2's ``egovehicle`` frame, so AV2 extrinsics apply
+  unchanged.
+- *camera*: OpenCV convention, x right, y down, z forward along the optical axis.
+- ``Camera.rig_T_cam`` (4x4) maps camera-frame points into the rig frame (the camera's
+  pose on the rig); ``cam_T_rig`` is its inverse.
+- Pixels: OpenCV convention, (u, v) = (column, row), integer values at pixel centres,
+  ``u = fx * x / z + cx``, ``v = fy * y / z + cy``. Lens distortion is not modelled: the
+  renderer draws ideal pinhole images (AV2's distortion coefficients are kept in the rig
+  JSON for reference only).
+
+Rendering (:class:`CameraRenderer`) draws, per camera: a sky / off-road ground background
+(constant per camera on a flat world, so computed once), the drivable area, crosswalks
+(zebra bars), lane boundaries (width scaled with depth), stop lines coloured by the light
+state, and agents as filled 3D boxes with a per-type height, farthest first (painter's
+order) with back faces culled. Every ground polygon and box face is clipped against the
+plane ``z_cam >= near`` *in camera space* before projection, so geometry that crosses
+behind the camera is cut correctly instead of folding through infinity.
+
+Not photoreal, but geometrically right: what a real camera with these intrinsics and
+extrinsics would see of a flat world with these boxes on it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from alpasim_policy.errors import ConfigError
+from alpasim_policy.render._geometry import AGENT_HEIGHTS, SceneGeometry, scene_cache
+from alpasim_policy.scenes.format import AgentType, LightState, Scene
+from alpasim_policy.scenes.geometry import box_corners
+
+RIGS_DIR = Path(__file__).with_name("rigs")
+PRESETS = ("av2_ring", "alpamayo4")
+
+_SHIFT = 4
+_SCALE = float(1 << _SHIFT)
+_LIMIT = float(2**26)  # keep sub-pixel int32 coordinates far from overflow
+
+
+# ----------------------------------------------------------------------------- cameras
+
+
+@dataclass
+class Camera:
+    """One pinhole camera: intrinsics in pixels, pose on the rig (see module docstring)."""
+
+    name: str
+    width: int
+    height: int
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    rig_T_cam: np.ndarray = field(default_factory=lambda: np.eye(4))
+
+    def __post_init__(self) -> None:
+        self.rig_T_cam = np.asarray(self.rig_T_cam, dtype=np.float64)
+        if self.rig_T_cam.shape != (4, 4):
+            raise ConfigError(f"camera {self.name!r}: rig_T_cam must be 4x4, got {self.rig_T_cam.shape}")
+        R = self.rig_T_cam[:3, :3]
+        if not np.allclose(R @ R.T, np.eye(3), atol=1e-5) or np.linalg.det(R) < 0:
+            raise ConfigError(f"camera {self.name!r}: rig_T_cam rotation is not a proper rotation")
+        if self.width <= 0 or self.height <= 0 or self.fx <= 0 or self.fy <= 0:
+            raise ConfigError(f"camera {self.name!r}: size and focal lengths must be positive")
+        self.width, self.height = int(self.width), int(self.height)
+
+    @property
+    def K(self) -> np.ndarray:
+        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+
+    @property
+    def cam_T_rig(self) -> np.ndarray:
+        R, t = self.rig_T_cam[:3, :3], self.rig_T_cam[:3, 3]
+        out = np.eye(4)
+        out[:3, :3] = R.T
+        out[:3, 3] = -R.T @ t
+        return out
+
+    @property
+    def position(self) -> np.ndarray:
+        """Camera centre in the rig frame (m)."""
+        return self.rig_T_cam[:3, 3].copy()
+
+    @property
+    def hfov_deg(self) -> float:
+        return float(np.degrees(2 * np.arctan(self.width / (2 * self.fx))))
+
+    @property
+    def vfov_deg(self) -> float:
+        return float(np.degrees(2 * np.arctan(self.height / (2 * self.fy))))
+
+    def scaled(self, width: int | None = None, height: int | None = None) -> Camera:
+        """The same camera at another resolution (an image resize, not a crop).
+
+        With one of ``width`` / ``height`` given, the other keeps the aspect ratio. Focal
+        lengths scale by the size ratio; principal points follow the pixel-centre
+        convention, ``c' = (c + 0.5) * s - 0.5``, so a point keeps its place in the image.
+        """
+        if width is None and height is None:
+            return replace(self, rig_T_cam=self.rig_T_cam.copy())
+        if width is None:
+            width = max(1, round(self.width * height / self.height))
+        if height is None:
+            height = max(1, round(self.height * width / self.width))
+        sx, sy = width / self.width, height / self.height
+        return Camera(
+            name=self.name,
+            width=int(width),
+            height=int(height),
+            fx=self.fx * sx,
+            fy=self.fy * sy,
+            cx=(self.cx + 0.5) * sx - 0.5,
+            cy=(self.cy + 0.5) * sy - 0.5,
+            rig_T_cam=self.rig_T_cam.copy(),
+        )
+
+    def rig_to_cam(self, points_rig: np.ndarray) -> np.ndarray:
+        """(..., 3) rig-frame points -> (..., 3) camera-frame points."""
+        T = self.cam_T_rig
+        return points_rig @ T[:3, :3].T + T[:3, 3]
+
+    def project(self, points_cam: np.ndarray) -> np.ndarray:
+        """(..., 3) camera-frame points (z > 0) -> (..., 2) pixel (u, v); no clipping."""
+        z = points_cam[..., 2]
+        u = self.fx * points_cam[..., 0] / z + self.cx
+        v = self.fy * points_cam[..., 1] / z + self.cy
+        return np.stack([u, v], axis=-1)
+
+    def project_rig(self, points_rig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rig points -> (pixels (..., 2), visible (...,) bool: in front and inside the image)."""
+        pc = self.rig_to_cam(np.asarray(points_rig, dtype=np.float64))
+        front = pc[..., 2] > 1e-6
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv = self.project(pc)
+        inside = (
+            front
+            & (uv[..., 0] >= -0.5)
+            & (uv[..., 0] < self.width - 0.5)
+            & (uv[..., 1] >= -0.5)
+            & (uv[..., 1] < self.height - 0.5)
+        )
+        return uv, inside
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "width": self.width,
+            "height": self.height,
+            "fx": self.fx,
+            "fy": self.fy,
+            "cx": self.cx,
+            "cy": self.cy,
+            "rig_T_cam": self.rig_T_cam.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "camera") -> Camera:
+        need = ("name", "width", "height", "fx", "fy", "cx", "cy", "rig_T_cam")
+        missing = [k for k in need if k not in d]
+        if missing:
+            raise ConfigError(f"{where}: missing key(s) {missing}")
+        return cls(**{k: d[k] for k in need})
+
+
+def _quat_to_matrix(qw: float, qx: float, qy: float, qz: float) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_quat([qx, qy, qz, qw]).as_matrix()
+
+
+def _pose(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    T = np.eye(4)
+    T[:3, :3] = R
+    T[:3, 3] = t
+    return T
+
+
+def look_rotation(yaw_deg: float, pitch_deg: float = 0.0, roll_deg: float = 0.0) -> np.ndarray:
+    """Rotation (rig <- OpenCV camera) of a camera looking along rig yaw / pitch (down +ve).
+
+    ``yaw`` is counter-clockwise from the rig +x axis (90 = looking left); ``pitch`` tilts
+    the optical axis down towards the road; ``roll`` turns the image about the optical axis.
+    """
+    # base: camera z -> rig x, camera x -> rig -y, camera y -> rig -z
+    base = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    y, p, r = np.radians([yaw_deg, pitch_deg, roll_deg])
+    Rz = np.array([[np.cos(y), -np.sin(y), 0], [np.sin(y), np.cos(y), 0], [0, 0, 1]])
+    # pitch down = rotate about the rig's (yawed) y axis by +pitch
+    Ry = np.array([[np.cos(p), 0, np.sin(p)], [0, 1, 0], [-np.sin(p), 0, np.cos(p)]])
+    Rx = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])  # about cam z
+    return Rz @ Ry @ base @ Rx
+
+
+@dataclass
+class CameraRig:
+    """A named set of cameras on the ego rig, in a fixed order."""
+
+    name: str
+    cameras: list[Camera]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = [c.name for c in self.cameras]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"rig {self.name!r}: camera names are not unique: {names}")
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.cameras]
+
+    def __getitem__(self, name: str) -> Camera:
+        for c in self.cameras:
+            if c.name == name:
+                return c
+        raise KeyError(f"rig {self.name!r} has no camera {name!r}; it has {self.names}")
+
+    def __len__(self) -> int:
+        return len(self.cameras)
+
+    def scaled(self, width: int | None = None, height: int | None = None) -> CameraRig:
+        return CameraRig(self.name, [c.scaled(width, height) for c in self.cameras], dict(self.metadata))
+
+    def select(self, names: list[str]) -> CameraRig:
+        return CameraRig(self.name, [self[n] for n in names], dict(self.metadata))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> CameraRig:
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: not a readable rig JSON: {e}") from e
+        if "cameras" not in d or not d["cameras"]:
+            raise ConfigError(f"{path}: field 'cameras' missing or empty")
+        cams = [Camera.from_dict(c, f"{path}: cameras[{i}]") for i, c in enumerate(d["cameras"])]
+        meta = {k: v for k, v in d.items() if k not in ("name", "cameras")}
+        return cls(str(d.get("name", path.stem)), cams, meta)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.metadata, "cameras": [c.to_dict() for c in self.cameras]}
+
+    @classmethod
+    def from_preset(cls, name: str, width: int | None = None, height: int | None = None) -> CameraRig:
+        """A bundled rig (``av2_ring`` or ``alpamayo4``), optionally at another resolution.
+
+        ``width``/``height`` apply to every camera (one given: aspect kept per camera).
+        """
+        if name not in PRESETS:
+            raise ConfigError(f"unknown camera rig preset {name!r}; known: {list(PRESETS)}")
+        rig = cls.from_json(RIGS_DIR / f"{name}.json")
+        return rig.scaled(width, height) if (width or height) else rig
+
+    @classmethod
+    def from_av2_calibration(cls, calib_dir: str | Path, cameras: list[str] | None = None) -> CameraRig:
+        """Read an AV2 log's ``calibration/{intrinsics,egovehicle_SE3_sensor}.feather``.
+
+        AV2's ``egovehicle_SE3_sensor`` rows are the sensor pose in the egovehicle frame,
+        which is our rig frame, and AV2 camera frames are OpenCV-style, so the quaternion and
+        translation give ``rig_T_cam`` directly. Defaults to the 7 ring cameras.
+        """
+        import pyarrow.feather as feather
+
+        calib_dir = Path(calib_dir)
+        files = {n: calib_dir / f"{n}.feather" for n in ("intrinsics", "egovehicle_SE3_sensor")}
+        tables = {}
+        for n, p in files.items():
+            try:
+                tables[n] = {r["sensor_name"]: r for r in feather.read_table(p).to_pylist()}
+            except (OSError, KeyError) as e:
+                raise ConfigError(f"{p}: not a readable AV2 calibration table: {e}") from e
+        intr, extr = tables["intrinsics"], tables["egovehicle_SE3_sensor"]
+        names = cameras or sorted(n for n in intr if n.startswith("ring_"))
+        cams = []
+        for n in names:
+            if n not in intr or n not in extr:
+                raise ConfigError(f"{calib_dir}: camera {n!r} missing from the calibration tables")
+            i, e = intr[n], extr[n]
+            R = _quat_to_matrix(e["qw"], e["qx"], e["qy"], e["qz"])
+            cams.append(
+                Camera(
+                    name=n,
+                    width=int(i["width_px"]),
+                    height=int(i["height_px"]),
+                    fx=float(i["fx_px"]),
+                    fy=float(i["fy_px"]),
+                    cx=float(i["cx_px"]),
+                    cy=float(i["cy_px"]),
+                    rig_T_cam=_pose(R, np.array([e["tx_m"], e["ty_m"], e["tz_m"]])),
+                )
+            )
+        return cls("av2_ring", cams)
+
+
+# ----------------------------------------------------------------------------- clipping
+
+
+def clip_polygon_near(poly: np.ndarray, near: float) -> np.ndarray:
+    """Sutherland-Hodgman clip of one camera-frame polygon (P, 3) to ``z >= near``.
+
+    Vectorised over the polygon's edges: edge i (v_i -> v_i+1) emits v_i when v_i is in
+    front, then the crossing point when the edge crosses the plane. Returns (Q, 3), Q may
+    be 0.
+    """
+    z = poly[:, 2]
+    inside = z >= near
+    if inside.all():
+        return poly
+    if not inside.any():
+        return poly[:0]
+    nxt = np.roll(poly, -1, axis=0)
+    zn = nxt[:, 2]
+    cross = inside != (zn >= near)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (near - z) / (zn - z)
+    hit = poly + t[:, None] * (nxt - poly)
+    hit[:, 2] = near
+    cand = np.stack([poly, hit], axis=1).reshape(-1, 3)
+    keep = np.stack([inside, cross], axis=1).reshape(-1)
+    return cand[keep]
+
+
+def clip_segments_near(
+    a: np.ndarray, b: np.ndarray, near: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clip (S, 3) camera-frame segments a->b to ``z >= near``; returns (a', b', kept mask)."""
+    ina, inb = a[:, 2] >= near, b[:, 2] >= near
+    keep = ina | inb
+    a, b = a[keep].copy(), b[keep].copy()
+    ina, inb = ina[keep], inb[keep]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (near - a[:, 2]) / (b[:, 2] - a[:, 2])
+    hit = a + t[:, None] * (b - a)
+    hit[:, 2] = near
+    a[~ina] = hit[~ina]
+    b[~inb] = hit[~inb]
+    return a, b, keep
+
+
+# ----------------------------------------------------------------------------- renderer
+
+
+def _default_style() -> dict[str, Any]:
+    return {
+        "sky_top": (110, 150, 205),
+        "sky_horizon": (190, 210, 230),
+        "ground": (105, 115, 90),
+        "road": (72, 72, 76),
+        "crosswalk": (215, 215, 210),
+        "lane_line": (230, 230, 225),
+        "agent_vehicle": (40, 90, 200),
+        "agent_pedestrian": (220, 80, 170),
+        "agent_bicycle": (60, 190, 140),
+        "agent_motorcycle": (50, 170, 190),
+        "agent_bus": (230, 170, 40),
+        "agent_truck": (200, 120, 40),
+        "agent_static": (230, 110, 30),
+        "agent_unknown": (150, 150, 150),
+        "light_unknown": (160, 160, 160),
+        "light_red": (235, 30, 30),
+        "light_yellow": (240, 210, 30),
+        "light_green": (40, 220, 60),
+    }
+
+
+@dataclass
+class CameraStyle:
+    """Colours (RGB) and drawing limits shared by every camera of a renderer."""
+
+    near: float = 0.2  # m, camera-space clipping plane
+    max_range: float = 120.0  # m around the ego; map items and agents beyond are culled
+    lane_line_width: float = 0.15  # m, painted width of lane boundaries
+    stop_line_width: float = 0.5  # m
+    lane_segment_max: float = 2.0  # m; lines are cut this fine so their pixel width can follow depth
+    crosswalk_bar: float = 0.5  # m, zebra bar and gap width
+    draw_lights: bool = True  # stop lines + a light head above each, coloured by state
+    light_head_height: float = 5.0  # m, bottom of the light head above the road
+    antialias: bool = True
+    colors: dict[str, tuple[int, int, int]] = field(default_factory=_default_style)
+
+    def __post_init__(self) -> None:
+        c = _default_style()
+        c.update({k: tuple(int(v) for v in val) for k, val in self.colors.items()})
+        self.colors = c
+        if not self.near > 0:
+            raise ConfigError(f"camera style: near must be > 0, got {self.near}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> CameraStyle:
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"camera style: unknown key(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+# box faces over corners 0-3 (bottom: FL, RL, RR, FR) and 4-7 (top, same order)
+_SIDE_FACES = np.array([[0, 1, 5, 4], [1, 2, 6, 5], [2, 3, 7, 6], [3, 0, 4, 7]])
+_TOP_FACE = np.array([[4, 5, 6, 7]])
+_FACES = np.vstack([_SIDE_FACES, _TOP_FACE])  # (5, 4)
+
+
+def _crosswalk_bars(poly: np.ndarray, bar: float) -> list[np.ndarray]:
+    """Zebra bars for a 4-corner crosswalk: quads spanning its short direction, ``bar`` apart.
+
+    The two longer opposite sides are the crossing's edges (they run across the road);
+    bars join matching points on them. Other polygons come back whole.
+    """
+    if len(poly) != 4:
+        return [poly]
+    p = poly
+    l01 = np.linalg.norm(p[1] - p[0]) + np.linalg.norm(p[3] - p[2])
+    l12 = np.linalg.norm(p[2] - p[1]) + np.linalg.norm(p[0] - p[3])
+    if l12 > l01:
+        p = np.roll(p, -1, axis=0)
+    # edges p0->p1 and p3->p2 are the long sides
+    e1a, e1b, e2a, e2b = p[0], p[1], p[3], p[2]
+    length = max(np.linalg.norm(e1b - e1a), np.linalg.norm(e2b - e2a))
+    n = max(1, int(length / (2 * bar)))
+    bars = []
+    for k in range(n):
+        t0, t1 = (2 * k + 0.5) / (2 * n), (2 * k + 1.5) / (2 * n)
+        a0, a1 = e1a + t0 * (e1b - e1a), e1a + t1 * (e1b - e1a)
+        b0, b1 = e2a + t0 * (e2b - e2a), e2a + t1 * (e2b - e2a)
+        bars.append(np.array([a0, a1, b1, b0]))
+    return bars
+
+
+def _subdivide(segs: np.ndarray, max_len: float) -> np.ndarray:
+    """Split (S, 2, 2) segments into pieces no longer than ``max_len`` (vectorised)."""
+    if len(segs) == 0:
+        return segs
+    d = segs[:, 1] - segs[:, 0]
+    n = np.maximum(1, np.ceil(np.linalg.norm(d, axis=1) / max_len)).astype(np.int64)
+    owner = np.repeat(np.arange(len(segs)), n)
+    k = np.arange(len(owner)) - np.repeat(np.cumsum(n) - n, n)
+    t0 = (k / n[owner])[:, None]
+    t1 = ((k + 1) / n[owner])[:, None]
+    a = segs[owner, 0] + t0 * d[owner]
+    b = segs[owner, 0] + t1 * d[owner]
+    return np.stack([a, b], axis=1)
+
+
+class CameraRenderer:
+    """Draws every camera of a rig for one scene; build once per scene (geometry cached)."""
+
+    def __init__(self, scene: Scene, rig: CameraRig, style: CameraStyle | None = None):
+        self.rig = rig
+        self.style = style or CameraStyle()
+        s = self.style
+        geo = SceneGeometry.from_scene(scene)
+        self._agents = scene.agents  # not the scene: see bev.BevRenderer
+        self._light_states = scene.map.light_states
+        self._ego_len = float(scene.ego.length)
+        self._line = cv2.LINE_AA if s.antialias else cv2.LINE_8
+        # ground layers as lists of (P, 2) polygons with bounding circles
+        self._drivable = geo.drivable
+        cw = geo.crosswalks
+        self._crosswalk_bars = [
+            _crosswalk_bars(cw.points[cw.offsets[i] : cw.offsets[i + 1]], s.crosswalk_bar)
+            for i in range(len(cw))
+        ]
+        self._crosswalks = cw
+        segs = _subdivide(geo.boundaries.segments(), s.lane_segment_max)
+        self._seg = segs  # (S, 2, 2)
+        self._seg_mid = segs.mean(axis=1) if len(segs) else np.zeros((0, 2))
+        self._stop_lines = geo.stop_lines
+        self._heights = np.array([AGENT_HEIGHTS[AgentType(t)] for t in sorted(int(t) for t in AgentType)])
+        names = [AgentType(t).name.lower() for t in sorted(int(t) for t in AgentType)]
+        self._agent_rgb = np.array([s.colors[f"agent_{n}"] for n in names], dtype=np.float64)
+        self._light_rgb = {
+            LightState.UNKNOWN: s.colors["light_unknown"],
+            LightState.RED: s.colors["light_red"],
+            LightState.YELLOW: s.colors["light_yellow"],
+            LightState.GREEN: s.colors["light_green"],
+        }
+        self._backgrounds = {c.name: self._background(c) for c in rig.cameras}
+
+    # ------------------------------------------------------------------ static parts
+
+    def _background(self, cam: Camera) -> np.ndarray:
+        """Sky above the horizon, off-road ground below: fixed per camera on a flat world."""
+        s = self.style
+        u, v = np.meshgrid(np.arange(cam.width, dtype=np.float64), np.arange(cam.height, dtype=np.float64))
+        rays = np.stack([(u - cam.cx) / cam.fx, (v - cam.cy) / cam.fy, np.ones_like(u)], axis=-1)
+        rays_rig = rays @ cam.rig_T_cam[:3, :3].T
+        up = rays_rig[..., 2] / np.linalg.norm(rays_rig, axis=-1)  # sine of elevation
+        top = np.array(s.colors["sky_top"], dtype=np.float64)
+        hor = np.array(s.colors["sky_horizon"], dtype=np.float64)
+        w = np.clip(up / 0.5, 0.0, 1.0)[..., None]
+        img = hor * (1 - w) + top * w
+        ground = up <= 0
+        img[ground] = s.colors["ground"]
+        return np.ascontiguousarray(img.astype(np.uint8))
+
+    # ------------------------------------------------------------------ per tick
+
+    def render(
+        self,
+        *,
+        ego_state: np.ndarray,
+        agent_states: np.ndarray | None,
+        agent_valid: np.ndarray | None,
+        step: int,
+        cameras: list[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Images {camera name: (H, W, 3) uint8 RGB} for the ego at ``ego_state``.
+
+        ``ego_state`` is an EGO_COLUMNS row (rear axle, scene frame); ``agent_states``
+        (N, >=3) box centres (x, y, heading) in the scene frame, ``agent_valid`` (N,).
+        """
+        pose = np.asarray(ego_state, dtype=np.float64)[:3]
+        names = cameras or self.rig.names
+        world = self._world_items(pose, agent_states, agent_valid, step)
+        return {n: self._render_one(self.rig[n], pose, world) for n in names}
+
+    def _world_items(self, pose, agent_states, agent_valid, step) -> dict[str, Any]:
+        """Everything in range of the ego, as 3D scene-frame geometry shared by all cameras."""
+        s = self.style
+        R = s.max_range
+        xy = pose[:2]
+        out: dict[str, Any] = {}
+        d = self._drivable
+        idx = d.near(xy, R)
+        out["drivable"] = [d.points[d.offsets[i] : d.offsets[i + 1]] for i in idx]
+        cw = self._crosswalks
+        out["crosswalks"] = [self._crosswalk_bars[i] for i in cw.near(xy, R)]
+        if len(self._seg):
+            m = np.hypot(*(self._seg_mid - xy).T) <= R
+            out["lane_segs"] = self._seg[m]
+        else:
+            out["lane_segs"] = np.zeros((0, 2, 2))
+        # lights: stop line ribbons and a small head box above each
+        lights_col: list[tuple[int, int, int]] = []
+        if s.draw_lights and len(self._stop_lines):
+            T = self._light_states.shape[1]
+            st = self._light_states[:, min(max(int(step), 0), T - 1)]
+            lights_col = [self._light_rgb.get(int(v), self._light_rgb[LightState.UNKNOWN]) for v in st]
+        out["lights"] = lights_col
+        # boxes: (B, 8, 3) corners + colours
+        boxes, colors = [], []
+        if agent_states is not None and len(agent_states):
+            a = self._agents
+            st = np.asarray(agent_states, dtype=np.float64)
+            if len(st) != len(a.ids):
+                raise ValueError(
+                    f"render_cameras: agent_states has {len(st)} rows, the scene has {len(a.ids)}"
+                )
+            mask = np.ones(len(st), bool) if agent_valid is None else np.asarray(agent_valid, bool).copy()
+            mask &= np.hypot(st[:, 0] - xy[0], st[:, 1] - xy[1]) <= R
+            idx = np.nonzero(mask)[0]
+            if len(idx):
+                types = np.asarray(a.types)[idx].astype(np.int64)
+                fp = box_corners(st[idx, 0], st[idx, 1], st[idx, 2], a.size[idx, 0], a.size[idx, 1])
+                boxes.append(self._extrude(fp, np.zeros(len(idx)), self._heights[types]))
+                colors.append(self._agent_rgb[types])
+        if lights_col:
+            sl = self._stop_lines
+            c = sl.mean(axis=1)
+            far = np.hypot(*(c - xy).T) <= R
+            if far.any():
+                # light head: 0.4 x 0.4 x 1.0 m box above the stop line's centre
+                k = np.nonzero(far)[0]
+                direction = sl[k, 1] - sl[k, 0]
+                h = np.arctan2(direction[:, 1], direction[:, 0]) + np.pi / 2
+                fp = box_corners(c[k, 0], c[k, 1], h, 0.4, 0.4)
+                z0 = np.full(len(k), s.light_head_height)
+                boxes.append(self._extrude(fp, z0, np.full(len(k), 1.0)))
+                colors.append(np.array([lights_col[i] for i in k], dtype=np.float64))
+        out["boxes"] = np.concatenate(boxes) if boxes else np.zeros((0, 8, 3))
+        out["box_colors"] = np.concatenate(colors) if colors else np.zeros((0, 3))
+        return out
+
+    @staticmethod
+    def _extrude(fp: np.ndarray, z0: np.ndarray, h: np.ndarray) -> np.ndarray:
+        n = len(fp)
+        out = np.empty((n, 8, 3))
+        out[:, :4, :2] = fp
+        out[:, 4:, :2] = fp
+        out[:, :4, 2] = z0[:, None]
+        out[:, 4:, 2] = (z0 + h)[:, None]
+        return out
+
+    def _render_one(self, cam: Camera, pose: np.ndarray, world: dict[str, Any]) -> np.ndarray:
+        s = self.style
+        img = self._backgrounds[cam.name].copy()
+        # scene frame -> rig -> camera, as one affine map on (x, y, z)
+        c, sn = np.cos(pose[2]), np.sin(pose[2])
+        rig_T_world = np.eye(4)
+        rig_T_world[:2, :2] = [[c, sn], [-sn, c]]
+        rig_T_world[:2, 3] = -rig_T_world[:2, :2] @ pose[:2]
+        M = cam.cam_T_rig @ rig_T_world
+        A, b = M[:3, :3], M[:3, 3]
+        A2 = A[:, :2]  # ground points have z = 0
+        near = s.near
+
+        def ground_poly(p2: np.ndarray, color) -> None:
+            pc = p2 @ A2.T + b
+            pc = clip_polygon_near(pc, near)
+            if len(pc) >= 3:
+                cv2.fillPoly(img, [self._fixed(cam, pc)], color, self._line, _SHIFT)
+
+        road = s.colors["road"]
+        for p in world["drivable"]:
+            ground_poly(p, road)
+        cw = s.colors["crosswalk"]
+        for bars in world["crosswalks"]:
+            for p in bars:
+                ground_poly(p, cw)
+        self._lane_lines(img, cam, world["lane_segs"], A2, b, s.lane_line_width, s.colors["lane_line"])
+        if world["lights"]:
+            for k, col in enumerate(world["lights"]):
+                sl = _subdivide(self._stop_lines[k : k + 1], s.lane_segment_max)
+                self._lane_lines(img, cam, sl, A2, b, s.stop_line_width, col)
+        self._boxes(img, cam, world["boxes"], world["box_colors"], A, b)
+        return img
+
+    def _fixed(self, cam: Camera, pc: np.ndarray) -> np.ndarray:
+        uv = np.empty((len(pc), 2))
+        uv[:, 0] = cam.fx * pc[:, 0] / pc[:, 2] + cam.cx
+        uv[:, 1] = cam.fy * pc[:, 1] / pc[:, 2] + cam.cy
+        uv *= _SCALE
+        np.clip(uv, -_LIMIT, _LIMIT, out=uv)
+        return np.rint(uv).astype(np.int32)
+
+    def _lane_lines(self, img, cam: Camera, segs: np.ndarray, A2, b, width_m: float, color) -> None:
+        """Ground lines of ``width_m``: drawn as polylines whose pixel width follows depth."""
+        if len(segs) == 0:
+            return
+        pa = segs[:, 0] @ A2.T + b
+        pb = segs[:, 1] @ A2.T + b
+        pa, pb, _ = clip_segments_near(pa, pb, self.style.near)
+        if len(pa) == 0:
+            return
+        # drop segments entirely outside the image sideways / vertically (cheap reject)
+        ua, ub = self._fixed(cam, pa), self._fixed(cam, pb)
+        W, H = cam.width * _SCALE, cam.height * _SCALE
+        out = (
+            ((ua[:, 0] < 0) & (ub[:, 0] < 0))
+            | ((ua[:, 0] > W) & (ub[:, 0] > W))
+            | ((ua[:, 1] < 0) & (ub[:, 1] < 0))
+            | ((ua[:, 1] > H) & (ub[:, 1] > H))
+        )
+        keep = ~out
+        if not keep.any():
+            return
+        ua, ub = ua[keep], ub[keep]
+        zmid = (pa[keep, 2] + pb[keep, 2]) / 2
+        px = np.clip(np.rint(cam.fx * width_m / zmid), 1, 8).astype(np.int64)
+        lines = np.stack([ua, ub], axis=1)
+        for w in np.unique(px):
+            sel = lines[px == w]
+            cv2.polylines(img, sel, False, color, int(w), self._line, _SHIFT)
+
+    def _boxes(self, img, cam: Camera, boxes: np.ndarray, colors: np.ndarray, A, b) -> None:
+        if len(boxes) == 0:
+            return
+        pc = boxes @ A.T + b  # (B, 8, 3) camera frame
+        near = self.style.near
+        front = pc[..., 2] >= near
+        vis = front.any(axis=1)
+        if not vis.any():
+            return
+        # cheap frustum reject on boxes fully in front
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u = cam.fx * pc[..., 0] / pc[..., 2] + cam.cx
+            v = cam.fy * pc[..., 1] / pc[..., 2] + cam.cy
+        allf = front.all(axis=1)
+        off = allf & (
+            (u.max(axis=1) < -1) | (u.min(axis=1) > cam.width) | (v.max(axis=1) < -1) | (v.min(axis=1) > cam.height)
+        )  # fmt: skip
+        vis &= ~off
+        idx = np.nonzero(vis)[0]
+        if len(idx) == 0:
+            return
+        # painter's order: farthest box first (distance of the box centre to the camera)
+        dist = np.linalg.norm(pc[idx].mean(axis=1), axis=1)
+        idx = idx[np.argsort(-dist)]
+        # outward face normals in camera frame: sides from the footprint edges, top = up
+        fpc = pc[idx]
+        faces = fpc[:, _FACES]  # (B, 5, 4, 3)
+        centers = faces.mean(axis=2)
+        e1 = faces[:, :, 1] - faces[:, :, 0]
+        e2 = faces[:, :, 3] - faces[:, :, 0]
+        normals = np.cross(e2, e1)  # outward for the corner order above (checked by the top face)
+        # orient every normal away from the box centre (robust to corner-order conventions)
+        box_c = fpc.mean(axis=1)[:, None, :]
+        flip = np.einsum("bfk,bfk->bf", normals, centers - box_c) < 0
+        normals[flip] *= -1
+        facing = np.einsum("bfk,bfk->bf", normals, -centers) > 0
+        # simple shading: top faces brightest, sides by their angle to a fixed light
+        nn = normals / np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-9)
+        light = A @ np.array([0.4, 0.3, 0.85])
+        shade = 0.55 + 0.45 * np.clip(nn @ light, 0.0, 1.0)
+        outline = (25, 25, 25)
+        for j, bi in enumerate(idx):
+            base = colors[bi]
+            for f in np.nonzero(facing[j])[0]:
+                poly = faces[j, f]
+                if not allf[bi]:
+                    poly = clip_polygon_near(poly, near)
+                    if len(poly) < 3:
+                        continue
+                fx = self._fixed(cam, poly)
+                col = tuple(int(v) for v in np.clip(base * shade[j, f], 0, 255))
+                cv2.fillConvexPoly(img, fx, col, self._line, _SHIFT)
+                cv2.polylines(img, [fx], True, outline, 1, self._line, _SHIFT)
+
+
+def get_camera_renderer(scene: Scene, rig: CameraRig, style: CameraStyle | None = None) -> CameraRenderer:
+    """The cached :class:`CameraRenderer` for this scene object and rig object."""
+    return scene_cache(scene, ("cameras", id(rig), id(style)), lambda: CameraRenderer(scene, rig, style))
+
+
+def render_cameras(
+    scene: Scene,
+    rig: CameraRig,
+    *,
+    ego_state: np.ndarray,
+    agent_states: np.ndarray | None,
+    agent_valid: np.ndarray | None,
+    step: int,
+    style: CameraStyle | None = None,
+) -> dict[str, np.ndarray]:
+    """Perspective images {name: (H, W, 3) uint8 RGB} of every camera in ``rig``.
+
+    Thin wrapper over a per-(scene, rig) cached :class:`CameraRenderer`; see its ``render``.
+    """
+    return get_camera_renderer(scene, rig, style).render(
+        ego_state=ego_state, agent_states=agent_states, agent_valid=agent_valid, step=step
+    )

@@ -1,0 +1,1 @@
+"""Bundled camera-rig presets (JSON); a package so setuptools ships the files with the wheel."""
