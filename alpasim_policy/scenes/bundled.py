@@ -16,7 +16,7 @@ from alpasim_policy.scenes.format import Scene, save_scene
 #: CommonRoad scenarios bundled, and how many ego choices to keep from each (spread evenly
 #: over the eligible vehicles, ordered by obstacle id).
 COMMONROAD_FILES: dict[str, int] = {
-    "DEU_A9-3_1_T-1.xml": 4,
+    "DEU_A9-3_1_T-1.xml": 5,
     "USA_Lanker-1_1_T-1.xml": 8,
     "USA_US101-4_1_T-1.xml": 8,
 }

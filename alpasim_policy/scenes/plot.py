@@ -27,7 +27,7 @@ _TYPE_COLORS = {
 
 
 def plot_scene(scene: Scene, out: str | Path, radius: float | None = None, dpi: int = 130) -> Path:
-    """Render ``scene`` to a PNG at ``out``; ``radius`` (m) crops around the ego log."""
+    """Render ``scene`` to a PNG at ``out``; ``radius`` (m): least half-size of the view around the ego log."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,13 +83,13 @@ def plot_scene(scene: Scene, out: str | Path, radius: float | None = None, dpi: 
     for ty, col in _TYPE_COLORS.items():
         if len(a) and np.any(a.types == int(ty)):
             ax.fill([], [], color=col, alpha=0.6, label=ty.name.lower())
-    pts = np.concatenate([e.xy[v], r])
-    lo, hi = pts.min(axis=0), pts.max(axis=0)
-    if radius is not None:
-        lo, hi = np.minimum(lo, -radius), np.maximum(hi, radius)
-    pad = 15.0
-    ax.set_xlim(lo[0] - pad, hi[0] + pad)
-    ax.set_ylim(lo[1] - pad, hi[1] + pad)
+    # Frame the ego log (not the whole route or map, which can run for hundreds of metres).
+    lo, hi = e.xy[v].min(axis=0), e.xy[v].max(axis=0)
+    span = radius if radius is not None else 30.0
+    mid = 0.5 * (lo + hi)
+    half = np.maximum(0.5 * (hi - lo) + 15.0, span)
+    ax.set_xlim(mid[0] - half[0], mid[0] + half[0])
+    ax.set_ylim(mid[1] - half[1], mid[1] + half[1])
     ax.set_aspect("equal")
     md = scene.metadata
     ax.set_title(f"{md.scene_id}  ({md.source_dataset}, {md.location}; {scene.duration:.1f} s, "
