@@ -1,0 +1,73 @@
+"""TTC: time to collision within bound (NAVSIM weighted metric, {0, 1}, weight 5).
+
+At every scored state ``s`` (up to the last one that still has 0.9 s of future), the ego box is
+projected 0, 0.3, 0.6 and 0.9 s ahead at its current speed along its current heading and
+checked against the agents at ``s + k``. Each (proposal, agent) pair is judged at its first
+such contact (time first, then projection): it breaks TTC if the agent is ahead (within 30 deg
+of the ego heading, seen from the rear axle), or if the ego is in several lanes, off the
+drivable area or in an intersection and the agent is not behind (beyond 150 deg); otherwise the
+agent is ignored from then on. States where the ego is slower than 5 mm/s are skipped, and
+agents touching the ego at the first state are ignored, as in NAVSIM.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import shapely
+
+from alpasim_policy.scoring.metrics._common import (
+    AHEAD_ANGLE,
+    BEHIND_ANGLE,
+    TTC_STOPPED_SPEED,
+    AgentWindow,
+    EgoGeometry,
+    first_per_pair,
+    overlapping_pairs,
+    relative_angle,
+)
+
+PROJECTION_STEPS = (0, 3, 6, 9)  # 0 .. 0.9 s at 0.1 s
+
+
+def time_to_collision(ego: EgoGeometry, win: AgentWindow, dt: float = 0.1) -> np.ndarray:
+    """(B,) TTC."""
+    B, S = ego.shape
+    out = np.ones(B)
+    n_eval = S - max(PROJECTION_STEPS)
+    if n_eval <= 0 or win.num_agents == 0:
+        return out
+    h = ego.heading[:, :n_eval]
+    vel = ego.speed[:, :n_eval, None] * np.stack([np.cos(h), np.sin(h)], -1)  # (B, n, 2)
+    bb, ss, mm, kk = [], [], [], []
+    for ki, k in enumerate(PROJECTION_STEPS):
+        shift = vel * (k * dt)
+        corners = ego.corners[:, :n_eval] + shift[:, :, None, :]
+        center = ego.center[:, :n_eval] + shift
+        b, s, m = overlapping_pairs(corners, center, ego.half_diag, win, agent_step=np.arange(n_eval) + k)
+        bb.append(b)
+        ss.append(s)
+        mm.append(m)
+        kk.append(np.full(len(b), ki, dtype=np.int64))
+    b, s, m, ki = (np.concatenate(x) for x in (bb, ss, mm, kk))
+    moving = ego.speed[b, s] >= TTC_STOPPED_SPEED
+    b, s, m, ki = b[moving], s[moving], m[moving], ki[moving]
+    first = first_per_pair(b, m, s * len(PROJECTION_STEPS) + ki)
+    b, s, m, ki = b[first], s[first], m[first], ki[first]
+    initial = (s == 0) & (ki == 0)
+    b, s, m, ki = b[~initial], s[~initial], m[~initial], ki[~initial]
+    if not len(b):
+        return out
+    k_steps = np.asarray(PROJECTION_STEPS)[ki]
+    agent_xy = win.state[s + k_steps, m, :2]
+    ang = relative_angle(ego.rear_xy[b, s], ego.heading[b, s], agent_xy)
+    a = ego.areas
+    inter = ego.world.intersection_area
+    rear_in_inter = (
+        shapely.intersects_xy(inter, ego.rear_xy[b, s, 0], ego.rear_xy[b, s, 1])
+        if not inter.is_empty
+        else np.zeros(len(b), bool)
+    )
+    risky_area = a["multiple_lanes"][b, s] | a["non_drivable"][b, s] | rear_in_inter
+    violation = (ang < AHEAD_ANGLE) | (risky_area & ~(ang > BEHIND_ANGLE))
+    out[b[violation]] = 0.0
+    return out

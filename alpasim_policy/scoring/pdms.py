@@ -1,0 +1,62 @@
+"""PDMS and EPDMS from sub-metrics, the human filter, and per-scene -> suite averaging.
+
+* PDMS  = NC · DAC · (5·TTC + 5·EP + 2·C) / 12            (NAVSIM v1)
+* EPDMS = NC · DAC · DDC · TLC · (5·EP + 5·TTC + 2·LK + 2·HC + 2·EC) / 16   (NAVSIM v2)
+
+Human filter (NAVSIM v2): when the logged human trajectory, scored the same way, fails a
+sub-metric (scores below 1 on it), that sub-metric is set to 1 for the proposal -- the log
+shows the situation makes it unavoidable (or the map / labels are wrong there). EP is never
+filtered. We apply the filter before computing both PDMS and EPDMS so the sub-metric columns
+of a report always multiply out to its scores (NAVSIM v1 had no filter).
+
+Aggregation: a scene's score is computed first (open loop: one plan; closed loop: the mean over
+its windows), then scenes are averaged with equal weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+MULTIPLIERS_PDMS = ("NC", "DAC")
+MULTIPLIERS_EPDMS = ("NC", "DAC", "DDC", "TLC")
+WEIGHTS_PDMS = {"TTC": 5.0, "EP": 5.0, "C": 2.0}
+WEIGHTS_EPDMS = {"EP": 5.0, "TTC": 5.0, "LK": 2.0, "HC": 2.0, "EC": 2.0}
+SUB_METRICS = ("NC", "DAC", "DDC", "TLC", "EP", "TTC", "C", "HC", "LK", "EC")
+HUMAN_FILTERED = ("NC", "DAC", "DDC", "TLC", "TTC", "C", "HC", "LK", "EC")
+
+
+def pdms(m: Mapping[str, np.ndarray]) -> np.ndarray:
+    mult = np.prod([np.asarray(m[k], float) for k in MULTIPLIERS_PDMS], axis=0)
+    w = sum(v * np.asarray(m[k], float) for k, v in WEIGHTS_PDMS.items()) / sum(WEIGHTS_PDMS.values())
+    return mult * w
+
+
+def epdms(m: Mapping[str, np.ndarray]) -> np.ndarray:
+    mult = np.prod([np.asarray(m[k], float) for k in MULTIPLIERS_EPDMS], axis=0)
+    w = sum(v * np.asarray(m[k], float) for k, v in WEIGHTS_EPDMS.items()) / sum(WEIGHTS_EPDMS.values())
+    return mult * w
+
+
+def apply_human_filter(m: Mapping[str, np.ndarray], human: Mapping[str, float]) -> dict[str, np.ndarray]:
+    """Sub-metrics with every metric the human fails set to 1 (see the module docstring)."""
+    out = {k: np.asarray(v, float).copy() for k, v in m.items()}
+    for k in HUMAN_FILTERED:
+        if k in out and k in human and float(human[k]) < 1.0:
+            out[k] = np.ones_like(out[k])
+    return out
+
+
+def with_scores(m: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = dict(m)
+    out["PDMS"] = pdms(m)
+    out["EPDMS"] = epdms(m)
+    return out
+
+
+def average_scenes(rows: list[Mapping[str, float]], keys: tuple[str, ...] = SUB_METRICS + ("PDMS", "EPDMS")):
+    """Equal-weight mean over scenes of each key (NaN-aware); {} for no rows."""
+    if not rows:
+        return {}
+    return {k: float(np.nanmean([float(r.get(k, np.nan)) for r in rows])) for k in keys}

@@ -1,0 +1,232 @@
+"""Everything the scorer needs about one scene, in array form, with its spatial indices.
+
+Why a separate object: the metrics must not re-derive lane polygons, the route line or
+agent boxes from a :class:`~alpasim_policy.scenes.format.Scene` for every call (that is
+what makes naive NAVSIM-style scoring take minutes). A :class:`ScoringWorld` is built once
+per scene, either from the scene itself or from the on-disk metric cache
+(:mod:`alpasim_policy.scoring.cache`), and every metric reads from it.
+
+Frames and units: scene frame, metres, seconds, radians (see ``scenes/format.py``).
+Ego states are at the rear axle (``EGO_COLUMNS``); agent states are box centres
+(``AGENT_COLUMNS``). Velocities and accelerations are in the scene frame.
+
+Map semantics, mapped from NAVSIM / nuPlan onto scene format 1.0:
+
+* drivable area = union of the scene's drivable-area polygons and all lane polygons
+  (:class:`~alpasim_policy.scenes.geometry.MapIndex`);
+* "lanes" for the multiple-lanes test = the vehicle lane polygons;
+* "intersection" = the union of lanes flagged ``is_intersection`` (nuPlan's intersection layer);
+* "on-route" lanes for driving-direction compliance = the route lanes plus their left / right
+  neighbours that run the same way (NAVSIM counts every lane of an on-route roadblock; our
+  format has no roadblocks, so same-direction neighbours stand in for them);
+* a red light's polygon = its stop line extruded ``RED_LIGHT_DEPTH_M`` downstream along the
+  controlled lane; NAVSIM uses the whole lane-connector polygon, which also flags a car that
+  was already inside the intersection when the light turned red.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+import numpy as np
+import shapely
+
+from alpasim_policy.scenes.format import AgentType, LightState
+
+if TYPE_CHECKING:
+    from alpasim_policy.scenes.format import Scene
+
+#: how far past the stop line a red light's polygon reaches (m)
+RED_LIGHT_DEPTH_M = 1.0
+
+#: nuPlan's AGENT_TYPES analogue: collisions with these cost NC = 0, anything else NC = 1/2
+DYNAMIC_AGENT_TYPES = (
+    AgentType.VEHICLE,
+    AgentType.PEDESTRIAN,
+    AgentType.BICYCLE,
+    AgentType.MOTORCYCLE,
+    AgentType.BUS,
+    AgentType.TRUCK,
+)
+
+
+@dataclass
+class ScoringWorld:
+    """Array view of one scene for the scorer (see the module docstring)."""
+
+    scene_id: str
+    content_hash: str | None
+    dt: float
+    t0_index: int
+    timestamps: np.ndarray  # (T,)
+    # ego vehicle
+    ego_length: float
+    ego_width: float
+    rear_axle_to_center: float
+    wheelbase: float
+    human_state: np.ndarray  # (T, 7) the logged ego, rear axle
+    human_valid: np.ndarray  # (T,) bool
+    # agents
+    agent_ids: list[str]
+    agent_types: np.ndarray  # (M,) int8
+    agent_size: np.ndarray  # (M, 2) length, width
+    agent_state: np.ndarray  # (M, T, 5) box centre
+    agent_valid: np.ndarray  # (M, T) bool
+    # map
+    lane_ids: list[str]
+    lane_polygons: np.ndarray  # (L,) shapely polygons
+    lane_is_intersection: np.ndarray  # (L,) bool
+    lane_on_route: np.ndarray  # (L,) bool: route lane or same-direction neighbour of one
+    drivable: shapely.Geometry
+    route_polyline: np.ndarray  # (P, 2)
+    # traffic lights
+    red_light_polygons: np.ndarray  # (K,) shapely polygons
+    red_light_red: np.ndarray  # (K, T) bool: the light is red at step t
+    # reference planner (idm) for progress normalisation; None -> the human log is used
+    reference_state: np.ndarray | None = None  # (T, 7)
+    reference_name: str = "human"
+    extra: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ derived indices
+
+    @cached_property
+    def lane_tree(self) -> shapely.STRtree:
+        for g in self.lane_polygons:
+            shapely.prepare(g)
+        return shapely.STRtree(self.lane_polygons)
+
+    @cached_property
+    def intersection_area(self) -> shapely.Geometry:
+        polys = self.lane_polygons[self.lane_is_intersection]
+        g = shapely.union_all(polys) if len(polys) else shapely.Polygon()
+        shapely.prepare(g)
+        return g
+
+    @cached_property
+    def route_line(self) -> shapely.LineString:
+        line = shapely.linestrings(self.route_polyline)
+        shapely.prepare(line)
+        return line
+
+    @cached_property
+    def route_length(self) -> float:
+        return float(self.route_line.length)
+
+    def prepare(self) -> ScoringWorld:
+        """Build the spatial indices now (so a benchmark or a worker pays it once, up front)."""
+        shapely.prepare(self.drivable)
+        _ = self.lane_tree, self.intersection_area, self.route_line
+        return self
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.timestamps.shape[0])
+
+    @property
+    def reference(self) -> np.ndarray:
+        """The progress reference: the idm rollout when cached, else the human log."""
+        return self.reference_state if self.reference_state is not None else self.human_state
+
+    def agent_is_dynamic(self) -> np.ndarray:
+        return np.isin(self.agent_types, np.array([int(t) for t in DYNAMIC_AGENT_TYPES]))
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_scene(
+        cls, scene: Scene, reference_state: np.ndarray | None = None, reference_name: str = "human"
+    ) -> ScoringWorld:
+        from alpasim_policy.scenes.geometry import MapIndex, Polyline
+
+        mi = MapIndex(scene)
+        lanes = scene.map.lanes
+        lane_ids = [ln.id for ln in lanes]
+        is_inter = np.array([bool(ln.is_intersection) for ln in lanes], dtype=bool)
+        on_route = _on_route_lanes(scene, mi)
+        red_polys, red_mask = _red_light_polygons(scene, Polyline)
+        return cls(
+            scene_id=scene.scene_id,
+            content_hash=scene.content_hash,
+            dt=float(scene.metadata.dt),
+            t0_index=int(scene.metadata.t0_index),
+            timestamps=np.asarray(scene.timestamps, dtype=np.float64),
+            ego_length=float(scene.ego.length),
+            ego_width=float(scene.ego.width),
+            rear_axle_to_center=float(scene.ego.rear_axle_to_center),
+            wheelbase=float(scene.ego.wheelbase),
+            human_state=np.asarray(scene.ego.state, dtype=np.float64),
+            human_valid=np.asarray(scene.ego.valid, dtype=bool),
+            agent_ids=list(scene.agents.ids),
+            agent_types=np.asarray(scene.agents.types, dtype=np.int8),
+            agent_size=np.asarray(scene.agents.size, dtype=np.float64).reshape(-1, 2),
+            agent_state=np.asarray(scene.agents.state, dtype=np.float64).reshape(
+                len(scene.agents.ids), scene.num_steps, 5
+            ),
+            agent_valid=np.asarray(scene.agents.valid, dtype=bool).reshape(
+                len(scene.agents.ids), scene.num_steps
+            ),
+            lane_ids=lane_ids,
+            lane_polygons=np.asarray(mi.lane_polygons, dtype=object).reshape(-1),
+            lane_is_intersection=is_inter,
+            lane_on_route=on_route,
+            drivable=mi.drivable,
+            route_polyline=np.asarray(Polyline(scene.route.polyline).points, dtype=np.float64),
+            red_light_polygons=red_polys,
+            red_light_red=red_mask,
+            reference_state=None if reference_state is None else np.asarray(reference_state, np.float64),
+            reference_name=reference_name if reference_state is not None else "human",
+        )
+
+
+def _mean_direction(points: np.ndarray) -> np.ndarray:
+    d = np.asarray(points, float)[-1] - np.asarray(points, float)[0]
+    n = np.linalg.norm(d)
+    return d / n if n > 1e-9 else np.array([1.0, 0.0])
+
+
+def _on_route_lanes(scene: Scene, mi) -> np.ndarray:
+    """Route lanes plus chains of same-direction left / right neighbours (roadblock stand-in)."""
+    lanes = scene.map.lanes
+    index = {ln.id: i for i, ln in enumerate(lanes)}
+    out = np.zeros(len(lanes), dtype=bool)
+    stack = [index[lid] for lid in scene.route.lane_ids if lid in index]
+    for i in stack:
+        out[i] = True
+    while stack:
+        i = stack.pop()
+        ln = lanes[i]
+        d0 = _mean_direction(ln.centerline)
+        for nb in (ln.left_neighbor, ln.right_neighbor):
+            j = index.get(nb) if nb else None
+            if j is None or out[j]:
+                continue
+            if float(np.dot(d0, _mean_direction(lanes[j].centerline))) > 0.0:
+                out[j] = True
+                stack.append(j)
+    return out
+
+
+def _red_light_polygons(scene: Scene, polyline_cls) -> tuple[np.ndarray, np.ndarray]:
+    lights = scene.map.traffic_lights
+    T = scene.num_steps
+    polys = []
+    for tl in lights:
+        a, b = np.asarray(tl.stop_line, dtype=np.float64)
+        mid = 0.5 * (a + b)
+        try:
+            lane = scene.map.lane(tl.lane_id)
+            _, _, hd = polyline_cls(lane.centerline).project(mid[None])
+            fwd = np.array([np.cos(hd[0]), np.sin(hd[0])])
+        except (KeyError, ValueError):
+            seg = b - a
+            fwd = np.array([-seg[1], seg[0]]) / max(np.linalg.norm(seg), 1e-9)
+        off = RED_LIGHT_DEPTH_M * fwd
+        polys.append(shapely.polygons(np.array([a, b, b + off, a + off])))
+    red = (
+        np.asarray(scene.map.light_states, dtype=np.int8).reshape(len(lights), T) == int(LightState.RED)
+        if lights
+        else np.zeros((0, T), dtype=bool)
+    )
+    return np.array(polys, dtype=object).reshape(-1), red
