@@ -34,8 +34,10 @@ WINDOW_STEPS = 81  # 8.0 s inclusive of both ends
 WINDOW_STRIDE = 40
 #: How far (m) the route polyline must reach past the last logged ego position.
 ROUTE_LOOKAHEAD_M = 50.0
-#: Savitzky-Golay window (samples) for velocities / accelerations: 0.7 s at 10 Hz.
+#: Savitzky-Golay windows (samples at 10 Hz): 0.7 s for velocities, 1.1 s for accelerations
+#: (a second derivative amplifies position noise, e.g. NGSIM's, far more than a first).
 SAVGOL_WINDOW = 7
+SAVGOL_WINDOW_ACC = 11
 
 
 @dataclass
@@ -68,10 +70,13 @@ def smooth_derivative(values: np.ndarray, valid: np.ndarray, dt: float = DT, der
     """
     values = np.asarray(values, dtype=np.float64)
     out = np.zeros_like(values)
+    window = SAVGOL_WINDOW if deriv == 1 else SAVGOL_WINDOW_ACC
     for a, b in _runs(valid):
         n = b - a
         seg = values[a:b]
-        if n >= SAVGOL_WINDOW:
+        if n >= window:
+            out[a:b] = savgol_filter(seg, window, 2, deriv=deriv, delta=dt, axis=0, mode="interp")
+        elif n >= SAVGOL_WINDOW:
             out[a:b] = savgol_filter(seg, SAVGOL_WINDOW, 2, deriv=deriv, delta=dt, axis=0, mode="interp")
         elif n >= 3 and deriv == 1:
             w = n if n % 2 else n - 1
@@ -115,8 +120,15 @@ def clean_lane_graph(lanes: list[Lane]) -> list[Lane]:
             ln.left_neighbor = None
         if ln.right_neighbor not in ids:
             ln.right_neighbor = None
-    # Make successor / predecessor symmetric: sources list them on one side only at times.
+    # Neighbours are lanes one may change into: drop those that run the other way (AV2 lists
+    # oncoming lanes as neighbours too; CommonRoad marks them drivingDir="opposite").
     by_id = {ln.id: ln for ln in lanes}
+    for ln in lanes:
+        if ln.left_neighbor is not None and not _same_direction(ln, by_id[ln.left_neighbor]):
+            ln.left_neighbor = None
+        if ln.right_neighbor is not None and not _same_direction(ln, by_id[ln.right_neighbor]):
+            ln.right_neighbor = None
+    # Make successor / predecessor symmetric: sources list them on one side only at times.
     for ln in lanes:
         for s in ln.successors:
             if ln.id not in by_id[s].predecessors:
@@ -125,6 +137,12 @@ def clean_lane_graph(lanes: list[Lane]) -> list[Lane]:
             if ln.id not in by_id[p].successors:
                 by_id[p].successors = sorted([*by_id[p].successors, ln.id])
     return sorted(lanes, key=lambda ln: _natural_key(ln.id))
+
+
+def _same_direction(a: Lane, b: Lane) -> bool:
+    da = a.centerline[-1] - a.centerline[0]
+    db = b.centerline[-1] - b.centerline[0]
+    return float(np.dot(da, db)) > 0.0
 
 
 def _natural_key(s: str) -> tuple:
