@@ -320,8 +320,8 @@ def clip_polygon_near(poly: np.ndarray, near: float) -> np.ndarray:
     nxt = np.roll(poly, -1, axis=0)
     zn = nxt[:, 2]
     cross = inside != (zn >= near)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = (near - z) / (zn - z)
+    dz = zn - z
+    t = (near - z) / np.where(cross, dz, 1.0)  # only crossing edges use t
     hit = poly + t[:, None] * (nxt - poly)
     hit[:, 2] = near
     cand = np.stack([poly, hit], axis=1).reshape(-1, 3)
@@ -337,8 +337,8 @@ def clip_segments_near(
     keep = ina | inb
     a, b = a[keep].copy(), b[keep].copy()
     ina, inb = ina[keep], inb[keep]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = (near - a[:, 2]) / (b[:, 2] - a[:, 2])
+    dz = b[:, 2] - a[:, 2]
+    t = (near - a[:, 2]) / np.where(ina == inb, 1.0, dz)  # only crossing segments use t
     hit = a + t[:, None] * (b - a)
     hit[:, 2] = near
     a[~ina] = hit[~ina]
