@@ -295,11 +295,7 @@ def test_policy_exception_is_internal_and_session_stays_usable():
         assert _code(e) == grpc.StatusCode.INTERNAL and "scripted failure on call 2" in e.value.details()
         with pytest.raises(grpc.RpcError) as e:
             h.drive(sid, now)
-        assert (
-            _code(e) == grpc.StatusCode.INTERNAL
         assert _code(e) == grpc.StatusCode.INTERNAL and "5 steps, need at least 10" in e.value.details()
-            or "steps" in e.value.details()
-        )
         assert len(h.drive(sid, now).trajectory.poses) == 41  # still usable
     finally:
         h.close()
