@@ -1,0 +1,742 @@
+"""AlpamayoR1: a reasoning vision-language-action driving model (Alpamayo-R1 architecture).
+
+One tick of driving (:meth:`AlpamayoR1.drive`):
+
+1. **Inputs** — C cameras x F frames (oldest first per camera) are resized, normalised and cut
+   into Qwen3-VL patches; 16 steps of ego history become 48 delta-tokenizer ids placed in the
+   ``<|traj_history|>`` slots of a chat prompt that ends with ``<|cot_start|>``.
+2. **Vision** — the Qwen3-VL ViT encodes the images once.
+3. **Reasoning** — the VLM prefills the prompt and decodes a chain of causation (CoC) until it
+   emits ``<|traj_future_start|>`` (greedy or top-p / temperature; a length can be forced for
+   benchmarks). ``reasoning="single"``: one CoC, one prefill, one decode; all K trajectory samples
+   condition on that one KV prefix, shared without copies. ``reasoning="multi"``: NVlabs'
+   behaviour, K CoCs (the prompt is prefilled and decoded as K sequences).
+4. **Diffusion** — the action expert integrates flow matching over 10 Euler steps for K noise
+   samples against the prefix (static buffers + one CUDA graph, or eager, or HF's dynamic cache).
+5. **Kinematics** — (acceleration, curvature) x 64 -> rig-frame poses at 0.1 s with v0 from the
+   history (or the measured speed).
+
+Weights use NVlabs' key layout: ``vlm.*`` (a ``Qwen3VLForConditionalGeneration``), ``expert.*``
+(a ``Qwen3VLTextModel`` without embeddings), ``action_in_proj.*``, ``action_out_proj.*``,
+``action_space.*``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alpasim_policy.errors import ConfigError, ModelInputError, ModelWeightsError
+from alpasim_policy.model.action_space import UnicycleActionSpace, estimate_speed
+from alpasim_policy.model.config import AlpamayoConfig
+from alpasim_policy.model.expert import ActionInProjection, build_expert
+from alpasim_policy.model.flow import (
+    DynamicCacheSampler,
+    Prefix,
+    StaticFlowSampler,
+    prefix_capacity,
+)
+from alpasim_policy.model.tokenizer import (
+    SYSTEM_PROMPT,
+    TASK_PROMPT,
+    AlpamayoTokenizer,
+    DeltaTrajectoryTokenizer,
+    special,
+)
+
+ReasoningMode = Literal["single", "multi"]
+DiffusionMode = Literal["graph", "eager", "dynamic"]
+COMMAND_TEXT = {0: "turn left", 1: "go straight", 2: "turn right"}
+IMAGE_MEAN = 0.5  # Qwen3-VL normalises every channel with mean 0.5, std 0.5
+IMAGE_STD = 0.5
+WEIGHTS_INDEX = "model.safetensors.index.json"
+WEIGHTS_SINGLE = "model.safetensors"
+
+
+@dataclass
+class DriveOutput:
+    """What one model tick returns (all poses in the rig frame at "now")."""
+
+    trajectories: np.ndarray  # (K, 64, 3) x, y, heading at now + (i+1) * 0.1 s
+    reasoning: list[str]  # 1 text (single) or K texts (multi)
+    timings: dict[str, float]  # seconds per stage: vision, prefill, decode, diffusion, post, total
+    actions: np.ndarray  # (K, 64, 2) acceleration m/s^2, curvature 1/m
+    v0: float  # speed at now used for integration, m/s
+    stats: dict[str, int] = field(default_factory=dict)  # prefills, decode steps, CoC lengths...
+
+
+@dataclass
+class PreparedInputs:
+    input_ids: torch.Tensor  # (1, L)
+    mm_token_type_ids: torch.Tensor  # (1, L)
+    pixel_values: torch.Tensor  # (patches, C * tp * ps * ps)
+    image_grid_thw: torch.Tensor  # (N, 3)
+    v0: float
+
+
+class AlpamayoR1(nn.Module):
+    """Qwen3-VL reasoning VLM + flow-matching action expert. See the module docstring for the tick."""
+
+    def __init__(self, config: AlpamayoConfig, tokenizer: AlpamayoTokenizer | None = None):
+        super().__init__()
+        from transformers import Qwen3VLForConditionalGeneration
+
+        self.config = config
+        self.tokenizer = tokenizer or AlpamayoTokenizer.local(config.traj_vocab_size)
+        vocab = config.vocab_size or len(self.tokenizer)
+        if vocab < len(self.tokenizer):
+            raise ConfigError(f"model config 'vocab_size': {vocab} < tokenizer size {len(self.tokenizer)}")
+        self.vocab_size = vocab
+        self.vlm = Qwen3VLForConditionalGeneration(config.vlm_config(vocab, self.tokenizer.ids))
+        self.expert = build_expert(config.expert_config(vocab))
+        self.action_space = UnicycleActionSpace(
+            config.n_waypoints,
+            config.dt,
+            config.accel_mean,
+            config.accel_std,
+            config.curvature_mean,
+            config.curvature_std,
+        )
+        self.action_in_proj = ActionInProjection(
+            2,
+            config.expert_hidden,
+            num_layers=config.action_proj_layers,
+            hidden=config.action_proj_hidden,
+            num_fourier=config.fourier_features,
+            max_freq=config.fourier_max_freq,
+        )
+        self.action_out_proj = nn.Linear(config.expert_hidden, 2)
+        self.hist_tokenizer = DeltaTrajectoryTokenizer(
+            config.hist_bins, config.hist_xyz_min, config.hist_xyz_max
+        )
+        # parameters in the model dtype; buffers (RoPE inverse frequencies, Fourier frequencies,
+        # action statistics) stay float32 because bf16 would round them.
+        dtype = config.torch_dtype
+        if dtype != torch.float32:
+            for p in self.parameters():
+                p.data = p.data.to(dtype)
+        self.image_processor: Any = None
+        self.counters: Counter[str] = Counter()
+        self._static: dict[tuple, StaticFlowSampler] = {}
+        self.eval()
+
+    # ================================================================== properties
+    @property
+    def device(self) -> torch.device:
+        return self.action_out_proj.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.action_out_proj.weight.dtype
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def load_processor(self, directory: str | Path) -> None:
+        """Use a real Qwen3-VL image processor from a local directory (resizing by its pixel budget)."""
+        from transformers import AutoImageProcessor
+
+        try:
+            self.image_processor = AutoImageProcessor.from_pretrained(str(directory), local_files_only=True)
+        except Exception as e:  # many exception types for a bad directory
+            raise ConfigError(f"{directory}: cannot load image processor: {e}") from e
+
+    # ================================================================== inputs
+    def _validate_images(self, images: Any) -> torch.Tensor:
+        cfg = self.config
+        t = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+        if t.ndim == 5:
+            if t.shape[0] != cfg.cameras or t.shape[1] != cfg.frames:
+                raise ModelInputError(
+                    f"images: expected (C={cfg.cameras}, F={cfg.frames}, 3, H, W), got {tuple(t.shape)}"
+                )
+            t = t.reshape(-1, *t.shape[2:])
+        if t.ndim != 4 or t.shape[1] != 3:
+            raise ModelInputError(
+                f"images: expected (C*F={cfg.num_images}, 3, H, W) RGB, got shape {tuple(t.shape)}"
+            )
+        if t.shape[0] != cfg.num_images:
+            raise ModelInputError(
+                f"images: got {t.shape[0]} images, the model needs cameras x frames = "
+                f"{cfg.cameras} x {cfg.frames} = {cfg.num_images}"
+            )
+        if t.shape[2] < 16 or t.shape[3] < 16:
+            raise ModelInputError(f"images: {t.shape[2]}x{t.shape[3]} pixels is too small")
+        if t.dtype == torch.uint8:
+            t = t.float() / 255.0
+        else:
+            t = t.float()
+            if not torch.isfinite(t).all():
+                raise ModelInputError("images: contain NaN or inf")
+            if t.min() < -1e-3 or t.max() > 1.0 + 1e-3:
+                raise ModelInputError("images: float images must be in [0, 1] (or pass uint8)")
+        return t
+
+    def _pixels(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 3, H, W) in [0, 1] -> Qwen3-VL ``pixel_values`` (patches, 3 * tp * ps * ps) and ``grid_thw``."""
+        cfg = self.config
+        if self.image_processor is not None:
+            arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            out = self.image_processor(images=list(arr), return_tensors="pt")
+            return out["pixel_values"], out["image_grid_thw"]
+        h, w = cfg.image_hw
+        x = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        x = (x - IMAGE_MEAN) / IMAGE_STD
+        n, c = x.shape[:2]
+        ps, tp, m = cfg.patch_size, cfg.temporal_patch_size, cfg.spatial_merge_size
+        gh, gw = h // ps, w // ps
+        x = x[:, None].expand(n, tp, c, h, w)  # a still image fills the temporal patch
+        x = x.reshape(n, tp, c, gh // m, m, ps, gw // m, m, ps)
+        x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # n, gh/m, gw/m, m, m, c, tp, ps, ps
+        pixel_values = x.reshape(n * gh * gw, c * tp * ps * ps)
+        grid = torch.tensor([[1, gh, gw]] * n, dtype=torch.long)
+        return pixel_values, grid
+
+    def _history(self, history: Any) -> np.ndarray:
+        cfg = self.config
+        arr = np.asarray(history, dtype=np.float64)
+        if arr.ndim != 2 or arr.shape[1] not in (2, 3, 4):
+            raise ModelInputError(
+                f"ego history: expected (T, 3) x, y, heading (or (T, 4) with speed), got {arr.shape}"
+            )
+        if arr.shape[0] < cfg.history_steps:
+            raise ModelInputError(
+                f"ego history: {arr.shape[0]} steps, the model needs {cfg.history_steps} (0.1 s apart)"
+            )
+        arr = arr[-cfg.history_steps :]
+        if not np.all(np.isfinite(arr[:, :3] if arr.shape[1] > 2 else arr)):
+            rows = np.unique(np.argwhere(~np.isfinite(arr))[:, 0]).tolist()
+            raise ModelInputError(f"ego history: NaN/inf in rows {rows[:5]} of the last {cfg.history_steps}")
+        return arr
+
+    def build_prompt(self, tokens_per_image: list[int], history_ids: np.ndarray, nav_text: str) -> list[int]:
+        """The chat prompt as token ids, ending with ``<|cot_start|>`` (the assistant starts reasoning)."""
+        tk = self.tokenizer
+        ids: list[int] = []
+        ids += (
+            [tk.ids["im_start"]]
+            + tk.encode("system\n" + SYSTEM_PROMPT)
+            + [tk.ids["im_end"]]
+            + tk.encode("\n")
+        )
+        ids += [tk.ids["im_start"]] + tk.encode("user\n")
+        for n in tokens_per_image:
+            ids += [tk.ids["vision_start"]] + [tk.ids["image_pad"]] * n + [tk.ids["vision_end"]]
+        hist_base = tk.traj_token_start + self.config.hist_token_offset
+        ids += (
+            [tk.ids["traj_history_start"]]
+            + [hist_base + int(b) for b in history_ids]
+            + [tk.ids["traj_history_end"]]
+        )
+        if nav_text:
+            ids += tk.encode(nav_text + " ")
+        ids += tk.encode(TASK_PROMPT) + [tk.ids["im_end"]] + tk.encode("\n")
+        ids += [tk.ids["im_start"]] + tk.encode("assistant\n") + [tk.ids["cot_start"]]
+        return ids
+
+    def prepare(
+        self,
+        images: Any,
+        history_xyh: Any,
+        speed: float | None = None,
+        command: int | str | None = None,
+        route_text: str | None = None,
+    ) -> PreparedInputs:
+        """Validate and convert one tick's inputs; raises :class:`ModelInputError` naming the bad input."""
+        imgs = self._validate_images(images)
+        hist = self._history(history_xyh)
+        pixel_values, grid = self._pixels(imgs)
+        merge = self.config.spatial_merge_size**2
+        per_image = (grid.prod(-1) // merge).tolist()
+        xyz = np.zeros((hist.shape[0], 3))
+        xyz[:, :2] = hist[:, :2]
+        hist_ids = self.hist_tokenizer.encode(xyz)
+        nav = []
+        if command is not None:
+            nav.append(
+                f"Navigation: {COMMAND_TEXT.get(int(command), str(command)) if not isinstance(command, str) else command}."
+            )
+        if route_text:
+            nav.append(route_text.strip())
+        ids = self.build_prompt(per_image, hist_ids, " ".join(nav))
+        input_ids = torch.tensor([ids], dtype=torch.long)
+        mm = (input_ids == self.tokenizer.ids["image_pad"]).to(torch.int32)
+        if speed is not None and np.isfinite(speed):
+            v0 = max(float(speed), 0.0)
+        else:
+            v0 = estimate_speed(hist[:, :2], self.config.dt)
+        return PreparedInputs(input_ids, mm, pixel_values, grid, v0)
+
+    # ================================================================== reasoning
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def encode_images(self, pixel_values: torch.Tensor, grid: torch.Tensor):  # noqa: ANN201
+        self.counters["vision_calls"] += 1
+        return self.vlm.model.get_image_features(
+            pixel_values.to(self.device, self.dtype), grid.to(self.device), return_dict=True
+        )
+
+    def _pick(
+        self,
+        logits: torch.Tensor,
+        step: int,
+        forced: int | None,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        tk = self.tokenizer
+        stop = tk.ids["traj_future_start"]
+        logits = logits.float().clone()
+        # trajectory and vision tokens are never part of a chain of causation
+        logits[:, tk.traj_token_start : tk.traj_token_start + tk.traj_vocab_size] = float("-inf")
+        for k in ("image_pad", "video_pad", "vision_start", "vision_end", "pad", "cot_start"):
+            logits[:, tk.ids[k]] = float("-inf")
+        if logits.shape[-1] > len(tk):
+            logits[:, len(tk) :] = float("-inf")  # padded embedding rows of a real checkpoint
+        limit = forced if forced is not None else max_tokens
+        if step >= limit:
+            return torch.full((logits.shape[0],), stop, dtype=torch.long, device=logits.device)
+        if forced is not None:
+            logits[:, stop] = float("-inf")
+        if temperature <= 0:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits / temperature, dim=-1)
+        if top_p < 1.0:
+            sp, si = probs.sort(dim=-1, descending=True)
+            keep = sp.cumsum(-1) - sp < top_p  # the smallest set whose mass reaches top_p
+            sp = sp * keep
+            probs = torch.zeros_like(probs).scatter_(-1, si, sp)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+    def _vlm_step(self, ids: torch.Tensor, pos_text: torch.Tensor, rope_delta: torch.Tensor, cache, **mm):  # noqa: ANN001, ANN003
+        """One VLM forward. ``pos_text`` (B, L) cache positions; M-RoPE positions = text + rope delta."""
+        b, length = ids.shape
+        pos3 = mm.pop("pos3", None)
+        if pos3 is None:
+            pos3 = (pos_text + rope_delta)[None].expand(3, b, length)
+        position_ids = torch.cat([pos_text[None], pos3], dim=0)
+        return self.vlm(
+            input_ids=ids,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **mm,
+        )
+
+    @torch.no_grad()
+    def reason(
+        self,
+        prepared: PreparedInputs,
+        vision,  # noqa: ANN001 - output of encode_images
+        rows: int,
+        *,
+        cot_tokens: int | None = None,
+        max_cot_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> tuple[Prefix, list[list[int]]]:
+        """Prefill ``rows`` copies of the prompt and decode until ``<|traj_future_start|>`` is in the cache."""
+        from transformers import DynamicCache
+
+        timings = timings if timings is not None else {}
+        dev = self.device
+        max_tokens = max_cot_tokens or self.config.max_cot_tokens
+        ids = prepared.input_ids.to(dev).expand(rows, -1)
+        mm_types = prepared.mm_token_type_ids.to(dev)
+        grid = prepared.image_grid_thw.to(dev)
+        pos3_row, delta_row = self.vlm.model.get_rope_index(ids[:1], mm_types, image_grid_thw=grid)
+        length = ids.shape[1]
+        pos3 = pos3_row.expand(3, rows, length)
+        rope_delta = delta_row.to(dev).reshape(1, 1).expand(rows, 1)
+        pos_text = torch.arange(length, device=dev)[None].expand(rows, -1)
+        if rows == 1:
+            vis = vision
+        else:  # the same image features for every sequence (the ViT still ran once)
+            vis = type(vision)(
+                pooler_output=tuple(vision.pooler_output) * rows,
+                deepstack_features=[tuple(f) * rows for f in vision.deepstack_features],
+            )
+        cache = DynamicCache(config=self.vlm.config.text_config)
+        self._sync()
+        t0 = time.perf_counter()
+        out = self._vlm_step(
+            ids,
+            pos_text,
+            rope_delta,
+            cache,
+            pos3=pos3,
+            mm_encoder_outputs={"image": vis},
+            image_grid_thw=grid.repeat(rows, 1),
+            mm_token_type_ids=mm_types.expand(rows, -1),
+        )
+        self.counters["prefill_calls"] += 1
+        self.counters["prefill_sequences"] += rows
+        logits = out.logits[:, -1]
+        self._sync()
+        t1 = time.perf_counter()
+        timings["prefill"] = timings.get("prefill", 0.0) + t1 - t0
+
+        stop = self.tokenizer.ids["traj_future_start"]
+        pad = self.tokenizer.ids["pad"]
+        finished = torch.zeros(rows, dtype=torch.bool, device=dev)
+        stop_at = torch.full(
+            (rows,), -1, dtype=torch.long, device=dev
+        )  # cache index of <|traj_future_start|>
+        generated: list[torch.Tensor] = []
+        cur = length
+        steps = 0
+        while True:
+            tok = self._pick(logits, steps, cot_tokens, max_tokens, temperature, top_p, generator)
+            tok = torch.where(finished, torch.full_like(tok, pad), tok)
+            newly = (tok == stop) & ~finished
+            stop_at = torch.where(newly, torch.full_like(stop_at, cur), stop_at)
+            generated.append(tok)
+            out = self._vlm_step(tok[:, None], torch.full((rows, 1), cur, device=dev), rope_delta, cache)
+            steps += 1
+            cur += 1
+            finished |= newly
+            if bool(finished.all()):
+                break
+            logits = out.logits[:, -1]
+        self._sync()
+        t2 = time.perf_counter()
+        timings["decode"] = timings.get("decode", 0.0) + t2 - t1
+        timings["decode_steps"] = timings.get("decode_steps", 0) + steps
+        self.counters["decode_steps"] += steps
+
+        gen = torch.stack(generated, dim=1).cpu()
+        texts_ids = []
+        stops = (stop_at - length).cpu().tolist()
+        for r in range(rows):
+            texts_ids.append(gen[r, : stops[r]].tolist())
+        keys = [layer.keys for layer in cache.layers]
+        values = [layer.values for layer in cache.layers]
+        valid = stop_at + 1
+        prefix = Prefix(keys, values, valid, valid + rope_delta[:, 0])
+        return prefix, texts_ids
+
+    # ================================================================== diffusion
+    def _static_sampler(self, samples: int, prefix: Prefix) -> StaticFlowSampler:
+        cap = prefix_capacity(prefix.length)
+        key = (samples, prefix.batch, cap, str(self.device), self.dtype)
+        sampler = self._static.get(key)
+        if sampler is None:
+            # one live sampler per (samples, rows): a longer prefix replaces the old capacity
+            for k in [k for k in self._static if k[:2] == key[:2]]:
+                del self._static[k]
+            sampler = StaticFlowSampler(
+                self.expert,
+                self.action_in_proj,
+                self.action_out_proj,
+                steps=self.config.flow_steps,
+                samples=samples,
+                prefix_batch=prefix.batch,
+                capacity=cap,
+                n_waypoints=self.config.n_waypoints,
+                device=self.device,
+            )
+            self._static[key] = sampler
+        return sampler
+
+    @torch.no_grad()
+    def sample_actions(
+        self, prefix: Prefix, noise: torch.Tensor, mode: DiffusionMode = "graph"
+    ) -> torch.Tensor:
+        """Normalised actions ``(K, 64, 2)`` from noise ``(K, 64, 2)`` conditioned on ``prefix``."""
+        noise = noise.to(self.device, torch.float32)
+        self.counters["diffusion_calls"] += 1
+        if mode == "dynamic":
+            sampler = DynamicCacheSampler(
+                self.expert, self.action_in_proj, self.action_out_proj, self.config.flow_steps
+            )
+            return sampler.sample(prefix, noise)
+        if mode not in ("graph", "eager"):
+            raise ConfigError(f"diffusion mode {mode!r}: choose graph, eager or dynamic")
+        sampler = self._static_sampler(noise.shape[0], prefix)
+        sampler.load(prefix, noise)
+        return sampler.run(use_graph=(mode == "graph")).clone()
+
+    # ================================================================== one tick
+    @torch.no_grad()
+    def drive(
+        self,
+        images: Any,
+        history_xyh: Any,
+        speed: float | None = None,
+        command: int | str | None = None,
+        *,
+        route_text: str | None = None,
+        num_samples: int = 6,
+        reasoning: ReasoningMode = "single",
+        diffusion: DiffusionMode = "graph",
+        cot_tokens: int | None = None,
+        max_cot_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> DriveOutput:
+        """One planning tick: images + ego history -> CoC text(s) and K trajectories (see module doc).
+
+        ``images``: (C*F, 3, H, W) or (C, F, 3, H, W), uint8 or float in [0, 1], camera-major,
+        frames oldest first. ``history_xyh``: (>=16, 3|4) rig-frame x, y, heading (, speed), oldest
+        first, last row = now. ``speed``: measured speed (m/s); ``None`` estimates it from the
+        history. ``temperature`` 0 = greedy (default for ``single``; ``multi`` samples with the
+        config's temperature / top-p so the K reasonings differ). ``cot_tokens`` forces the CoC
+        length; ``noise`` (K, 64, 2) fixes the flow's starting point (else drawn from ``generator``).
+        """
+        if reasoning not in ("single", "multi"):
+            raise ConfigError(f"reasoning mode {reasoning!r}: choose single or multi")
+        if num_samples < 1:
+            raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+        cfg = self.config
+        timings: dict[str, float] = {}
+        t_start = time.perf_counter()
+        prepared = self.prepare(images, history_xyh, speed, command, route_text)
+        t_prep = time.perf_counter()
+        timings["preprocess"] = t_prep - t_start
+
+        vision = self.encode_images(prepared.pixel_values, prepared.image_grid_thw)
+        self._sync()
+        t_vis = time.perf_counter()
+        timings["vision"] = t_vis - t_prep
+
+        rows = 1 if reasoning == "single" else num_samples
+        if temperature is None:
+            temperature = 0.0 if reasoning == "single" else cfg.temperature
+        top_p = cfg.top_p if top_p is None else top_p
+        dev_gen = _device_generator(generator, self.device)
+        prefix, cot_ids = self.reason(
+            prepared,
+            vision,
+            rows,
+            cot_tokens=cot_tokens,
+            max_cot_tokens=max_cot_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            generator=dev_gen,
+            timings=timings,
+        )
+        texts = [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in cot_ids]
+
+        if noise is None:
+            noise = torch.randn((num_samples, cfg.n_waypoints, 2), generator=generator)
+        elif tuple(noise.shape) != (num_samples, cfg.n_waypoints, 2):
+            raise ModelInputError(
+                f"noise: expected ({num_samples}, {cfg.n_waypoints}, 2), got {tuple(noise.shape)}"
+            )
+        self._sync()
+        t_d0 = time.perf_counter()
+        actions = self.sample_actions(prefix, noise, diffusion)
+        self._sync()
+        t_d1 = time.perf_counter()
+        timings["diffusion"] = t_d1 - t_d0
+
+        v0 = torch.full((num_samples,), prepared.v0, dtype=torch.float64)
+        traj = self.action_space.action_to_traj(actions.cpu(), v0)
+        controls = self.action_space.denormalize(actions.cpu())
+        t_end = time.perf_counter()
+        timings["post"] = t_end - t_d1
+        timings["total"] = t_end - t_start
+        steps = int(timings.pop("decode_steps", 0))
+        timings["decode_tok_per_s"] = steps / timings["decode"] if timings.get("decode") else 0.0
+        stats = {
+            "prefill_sequences": rows,
+            "decode_steps": steps,
+            "cot_tokens": [len(c) for c in cot_ids],
+            "prefix_len": int(prefix.valid_len.max()),
+            "graph": int(diffusion == "graph" and self.device.type == "cuda"),
+        }
+        return DriveOutput(
+            trajectories=traj.numpy(),
+            reasoning=texts,
+            timings=timings,
+            actions=controls.numpy(),
+            v0=prepared.v0,
+            stats=stats,
+        )
+
+    # ================================================================== weights
+    def save_pretrained(self, directory: str | Path, max_shard_bytes: int = 2 * 1024**3) -> None:
+        """Write ``config.json``, the tokenizer and safetensors shards + ``model.safetensors.index.json``."""
+        from safetensors.torch import save_file
+
+        from alpasim_policy.io import atomic_write_json
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        shards: list[dict[str, torch.Tensor]] = [{}]
+        size = 0
+        for k in sorted(state):
+            nbytes = state[k].numel() * state[k].element_size()
+            if shards[-1] and size + nbytes > max_shard_bytes:
+                shards.append({})
+                size = 0
+            shards[-1][k] = state[k]
+            size += nbytes
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            tmp = directory / f".{name}.tmp"
+            save_file(shard, str(tmp), metadata={"format": "pt"})
+            tmp.replace(directory / name)
+            weight_map.update(dict.fromkeys(shard, name))
+        total = sum(v.numel() * v.element_size() for v in state.values())
+        atomic_write_json(
+            directory / WEIGHTS_INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map}
+        )
+        cfg = self.config.to_dict()
+        cfg["vocab_size"] = self.vocab_size
+        atomic_write_json(directory / "config.json", cfg)
+        self.tokenizer.save(directory)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        *,
+        preset: str | None = None,
+        strict: bool = True,
+        device: str | torch.device = "cpu",
+        tokenizer_dir: str | Path | None = None,
+    ) -> AlpamayoR1:
+        """Load safetensors shards in NVlabs' key layout from a local directory.
+
+        The config comes from ``config.json`` when it is ours, else from ``preset``. Missing,
+        unexpected or mis-shaped keys raise :class:`ModelWeightsError` listing them (``strict``),
+        or are reported with a warning (``strict=False``; missing weights keep their random init).
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise ModelWeightsError(f"{directory}: weights directory does not exist")
+        config = _load_config(directory, preset)
+        tokenizer = _load_tokenizer(directory, tokenizer_dir, config.traj_vocab_size)
+        files = _weight_files(directory)
+        model = cls(config, tokenizer)
+        expected = model.state_dict()
+        from safetensors import safe_open
+
+        loaded: dict[str, torch.Tensor] = {}
+        for f in files:
+            try:
+                with safe_open(str(f), framework="pt") as sf:
+                    for k in sf.keys():  # noqa: SIM118 - safe_open is not a dict
+                        loaded[k] = sf.get_tensor(k)
+            except Exception as e:  # safetensors raises SafetensorError / OSError on corruption
+                raise ModelWeightsError(f"{f}: cannot read safetensors file: {e}") from e
+        missing = sorted(set(expected) - set(loaded))
+        unexpected = sorted(set(loaded) - set(expected))
+        mismatched = sorted(
+            f"{k}: file {tuple(loaded[k].shape)} vs model {tuple(expected[k].shape)}"
+            for k in set(expected) & set(loaded)
+            if tuple(loaded[k].shape) != tuple(expected[k].shape)
+        )
+        problems = []
+        for label, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape mismatch", mismatched),
+        ):
+            if items:
+                shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
+                problems.append(f"{len(items)} {label} keys: {shown}")
+        if problems:
+            msg = f"{directory}: weights do not match the model (preset {config.preset}): " + "; ".join(
+                problems
+            )
+            if strict:
+                raise ModelWeightsError(msg)
+            warnings.warn(msg, stacklevel=2)
+        usable = {
+            k: v.to(expected[k].dtype)
+            for k, v in loaded.items()
+            if k in expected and tuple(v.shape) == tuple(expected[k].shape)
+        }
+        model.load_state_dict(usable, strict=False)
+        return model.to(device)
+
+
+# ---------------------------------------------------------------------- helpers
+def _device_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """A generator on ``device`` derived deterministically from ``generator`` (multinomial needs one there)."""
+    if generator is None or generator.device.type == device.type:
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _load_config(directory: Path, preset: str | None) -> AlpamayoConfig:
+    path = directory / "config.json"
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ModelWeightsError(f"{path}: unreadable config: {e}") from e
+        try:
+            cfg = AlpamayoConfig.from_dict(data)
+            if preset is not None and preset != cfg.preset:
+                raise ModelWeightsError(f"{path}: weights are preset {cfg.preset!r}, not {preset!r}")
+            return cfg
+        except ConfigError:
+            if preset is None:
+                raise ModelWeightsError(
+                    f"{path}: not an alpasim-policy config (e.g. an NVlabs release config); pass preset="
+                ) from None
+    if preset is None:
+        raise ModelWeightsError(
+            f"{directory}: no config.json; pass preset= to say which model these weights are"
+        )
+    return AlpamayoConfig.from_preset(preset)
+
+
+def _load_tokenizer(directory: Path, tokenizer_dir: str | Path | None, traj_vocab: int) -> AlpamayoTokenizer:
+    if tokenizer_dir is not None:
+        return AlpamayoTokenizer.from_dir(tokenizer_dir, traj_vocab)
+    if (directory / "tokenizer_config.json").exists():
+        return AlpamayoTokenizer.from_dir(directory, traj_vocab)
+    if (directory / "tokenizer.json").exists():
+        from tokenizers import Tokenizer
+
+        return AlpamayoTokenizer(
+            Tokenizer.from_file(str(directory / "tokenizer.json")), traj_vocab_size=traj_vocab
+        )
+    return AlpamayoTokenizer.local(traj_vocab)
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    index = directory / WEIGHTS_INDEX
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, json.JSONDecodeError, KeyError) as e:
+            raise ModelWeightsError(f"{index}: malformed index: {e}") from e
+        files = sorted({directory / name for name in weight_map.values()})
+        absent = [f.name for f in files if not f.exists()]
+        if absent:
+            raise ModelWeightsError(f"{index}: shards listed but absent: {absent}")
+        return files
+    single = directory / WEIGHTS_SINGLE
+    if single.exists():
+        return [single]
+    raise ModelWeightsError(f"{directory}: no {WEIGHTS_INDEX} or {WEIGHTS_SINGLE}")
+
+
+__all__ = ["AlpamayoR1", "DriveOutput", "PreparedInputs"]
