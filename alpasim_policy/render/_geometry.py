@@ -90,6 +90,7 @@ class SceneGeometry:
     drivable: FlatPolylines
     crosswalks: FlatPolylines
     boundaries: FlatPolylines  # lane left + right boundaries
+    painted_boundaries: FlatPolylines  # the same, without lanes inside intersections
     centerlines: FlatPolylines
     route: FlatPolylines  # one item: the route polyline
     stop_lines: np.ndarray  # (K, 2, 2)
@@ -99,11 +100,15 @@ class SceneGeometry:
         m = scene.map
         vehicle_lanes = list(m.lanes)
         bounds = [ln.left_boundary for ln in vehicle_lanes] + [ln.right_boundary for ln in vehicle_lanes]
+        painted = [ln.left_boundary for ln in vehicle_lanes if not ln.is_intersection] + [
+            ln.right_boundary for ln in vehicle_lanes if not ln.is_intersection
+        ]
         stop = np.asarray([tl.stop_line for tl in m.traffic_lights], dtype=np.float64).reshape(-1, 2, 2)
         return cls(
             drivable=FlatPolylines.from_list(list(m.drivable_areas)),
             crosswalks=FlatPolylines.from_list(list(m.crosswalks)),
             boundaries=FlatPolylines.from_list(bounds),
+            painted_boundaries=FlatPolylines.from_list(painted),
             centerlines=FlatPolylines.from_list([ln.centerline for ln in vehicle_lanes]),
             route=FlatPolylines.from_list([scene.route.polyline]),
             stop_lines=stop,

@@ -380,6 +380,7 @@ class CameraStyle:
     max_range: float = 120.0  # m around the ego; map items and agents beyond are culled
     lane_line_width: float = 0.15  # m, painted width of lane boundaries
     stop_line_width: float = 0.5  # m
+    paint_intersection_lanes: bool = False  # draw boundaries of lanes inside intersections too
     lane_segment_max: float = 2.0  # m; lines are cut this fine so their pixel width can follow depth
     crosswalk_bar: float = 0.5  # m, zebra bar and gap width
     draw_lights: bool = True  # stop lines + a light head above each, coloured by state
@@ -471,7 +472,10 @@ class CameraRenderer:
             for i in range(len(cw))
         ]
         self._crosswalks = cw
-        segs = _subdivide(geo.boundaries.segments(), s.lane_segment_max)
+        # Lanes inside intersections are virtual (no paint on a real road), so by default only
+        # the boundaries of the other lanes are painted.
+        lines = geo.boundaries if s.paint_intersection_lanes else geo.painted_boundaries
+        segs = _subdivide(lines.segments(), s.lane_segment_max)
         self._seg = segs  # (S, 2, 2)
         self._seg_mid = segs.mean(axis=1) if len(segs) else np.zeros((0, 2))
         self._stop_lines = geo.stop_lines
