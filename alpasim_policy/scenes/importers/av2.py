@@ -40,6 +40,16 @@ AV2_LICENSE = (
 #: 2.85 m wheelbase; rear overhang ~1.05 m puts the box centre 1.39 m ahead of the rear axle.
 AV2_EGO = EgoSpec(length=4.87, width=1.85, wheelbase=2.85, rear_axle_to_center=1.39)
 
+#: AV2 city codes (in map file names) -> the city names the forecasting data uses.
+AV2_CITIES = {
+    "PIT": "pittsburgh",
+    "ATX": "austin",
+    "MIA": "miami",
+    "DTW": "detroit",
+    "WDC": "washington-dc",
+    "PAO": "palo-alto",
+}
+
 #: AV2 sensor (cuboid) categories -> AgentType. Unlisted categories become UNKNOWN.
 SENSOR_CATEGORIES: dict[str, AgentType] = {
     "REGULAR_VEHICLE": AgentType.VEHICLE,
@@ -132,7 +142,7 @@ def _xy(points: list[dict], path: Path, what: str) -> np.ndarray:
 
 
 def read_av2_map(path: Path) -> tuple[RoadMap, str]:
-    """Parse an AV2 ``log_map_archive_*.json`` -> (RoadMap in city coordinates, city code)."""
+    """Parse an AV2 ``log_map_archive_*.json`` -> (RoadMap in city coordinates, city name)."""
     if not path.is_file():
         raise ImportSourceError(path, None, "map json not found")
     try:
@@ -181,7 +191,8 @@ def read_av2_map(path: Path) -> tuple[RoadMap, str]:
         traffic_lights=[],
         light_states=np.zeros((0, 0), dtype=np.int8),
     )
-    return road, (m.group(1) if m else "")
+    code = m.group(1) if m else ""
+    return road, AV2_CITIES.get(code, code.lower())
 
 
 def _with_light_steps(road: RoadMap, T: int) -> RoadMap:

@@ -439,5 +439,35 @@ def assemble_scene(
         map=road,
         route=route,
     )
+    _quantize_scene(scene)
     scene.validate(scene_id)
     return scene
+
+
+#: Stored floats are rounded to this many decimals (1 um, 1 urad, 1 um/s). Why: the bytes must
+#: be reproducible on other machines, where numpy / scipy builds may differ in the last ulp.
+QUANTUM_DECIMALS = 6
+
+
+def _q(x: np.ndarray) -> np.ndarray:
+    return np.round(np.asarray(x, dtype=np.float64), QUANTUM_DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def _quantize_scene(scene: Scene) -> None:
+    scene.ego.state = _q(scene.ego.state)
+    scene.agents.state = _q(scene.agents.state)
+    scene.agents.size = _q(scene.agents.size)
+    for ln in scene.map.lanes:
+        ln.centerline, ln.left_boundary, ln.right_boundary = (
+            _q(ln.centerline), _q(ln.left_boundary), _q(ln.right_boundary))  # fmt: skip
+        if ln.speed_limit is not None:
+            ln.speed_limit = float(_q(ln.speed_limit))
+    scene.map.drivable_areas = [_q(p) for p in scene.map.drivable_areas]
+    scene.map.crosswalks = [_q(p) for p in scene.map.crosswalks]
+    for tl in scene.map.traffic_lights:
+        tl.stop_line = _q(tl.stop_line)
+    scene.route.polyline = _q(scene.route.polyline)
+    md = scene.metadata
+    md.frame_origin = (float(_q(md.frame_origin[0])), float(_q(md.frame_origin[1])))
+    for name in ("length", "width", "wheelbase", "rear_axle_to_center"):
+        setattr(scene.ego, name, float(_q(getattr(scene.ego, name))))
