@@ -87,6 +87,7 @@ class RouteCruisePolicy:
         samples = np.repeat(base[None], self.num_samples, axis=0)
         samples[:, :, 1] += noise
         best = int(np.argmin(np.abs(noise).mean(axis=1)))
+        self.seen[-1]["plan"] = samples[best].copy()
         return PolicyOutput(
             samples[best],
             reasoning=f"follow the route at {self.cruise_speed:.0f} m/s (sample {best})",
