@@ -259,13 +259,21 @@ def overlapping_pairs(
     a_xy = win.state[a_step, :, :2]  # (S, M, 2)
     a_valid = win.valid[a_step]  # (S, M)
     reach = ego_half_diag + win.half_diag  # (M,)
+    # agents outside the box spanned by all proposals' centres (plus reach) at a step are skipped
+    lo = ego_center.min(axis=0)  # (S, 2)
+    hi = ego_center.max(axis=0)
+    near = np.all(
+        (a_xy >= lo[:, None] - reach[None, :, None]) & (a_xy <= hi[:, None] + reach[None, :, None]), -1
+    )
+    near &= a_valid
     bb, ss, mm = [], [], []
     for s in range(S):
-        vm = np.flatnonzero(a_valid[s])
+        vm = np.flatnonzero(near[s])
         if not len(vm):
             continue
-        d = np.linalg.norm(ego_center[:, s, None, :] - a_xy[s, None, vm, :], axis=-1)  # (B, m)
-        b_i, m_i = np.nonzero(d <= reach[vm][None])
+        diff = ego_center[:, s, None, :] - a_xy[s][vm][None]  # (B, m, 2)
+        d2 = diff[..., 0] ** 2 + diff[..., 1] ** 2
+        b_i, m_i = np.nonzero(d2 <= (reach[vm] ** 2)[None])
         if len(b_i):
             bb.append(b_i)
             ss.append(np.full(len(b_i), s, dtype=np.int64))
