@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow.feather as feather
 import pytest
@@ -21,6 +22,7 @@ from alpasim_policy.render.cameras import (
     render_cameras,
 )
 from alpasim_policy.scenes.format import AgentType, load_scene
+from alpasim_policy.scenes.geometry import MapIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 CALIB = sorted((ROOT / "scenarios/raw/av2/sensor").glob("*/calibration"))
@@ -32,6 +34,14 @@ ROAD = (72, 72, 76)
 def scene():
     paths = sorted((ROOT / "scenarios/scenes").glob("av2s-*.npz"))
     assert paths, "no bundled AV2 sensor scene under scenarios/scenes/"
+    return load_scene(paths[0])
+
+
+@pytest.fixture(scope="module", params=["av2s-*.npz", "av2f-*.npz", "cr-*.npz"])
+def any_scene(request):
+    """One bundled scene per source (AV2 sensor, AV2 forecasting, CommonRoad lanes-only)."""
+    paths = sorted((ROOT / "scenarios/scenes").glob(request.param))
+    assert paths, f"no bundled scene matching {request.param}"
     return load_scene(paths[0])
 
 
@@ -256,20 +266,17 @@ def test_box_crossing_behind_camera_is_clipped_not_mirrored(scene):
     assert mask[:, : int(cam.cx)].mean() > 0.2
 
 
-def test_road_surface_matches_ray_cast_of_drivable_area(scene):
+def test_road_surface_matches_ray_cast_of_drivable_area(any_scene):
     """Every pixel's ground point (ray cast to z=0) is on the drivable area iff drawn as road."""
-    t = scene.metadata.t0_index + 20
+    scene = any_scene
+    t = min(scene.metadata.t0_index + 20, scene.num_steps - 1)
     rig = CameraRig.from_preset("alpamayo4", 320, 180)
-    style = CameraStyle(
-        max_range=1e4,
-        draw_lights=False,
-        antialias=False,
-        colors={"lane_line": ROAD, "crosswalk": ROAD, "road": ROAD},
-    )
+    style = CameraStyle(max_range=1e4, draw_lights=False, draw_lane_lines=False, draw_crosswalks=False,
+                        antialias=False, colors={"road": ROAD})  # fmt: skip
     r = CameraRenderer(scene, rig, style)
     pose = scene.ego.state[t, :3]
     imgs = r.render(ego_state=scene.ego.state[t], agent_states=None, agent_valid=None, step=t)
-    area = shapely.union_all([shapely.Polygon(p).buffer(0) for p in scene.map.drivable_areas])
+    area = MapIndex(scene).drivable  # what the simulator and scorer call on-road
     for cam in rig.cameras:
         u, v = np.meshgrid(np.arange(cam.width, dtype=float), np.arange(cam.height, dtype=float))
         rays = np.stack([(u - cam.cx) / cam.fx, (v - cam.cy) / cam.fy, np.ones_like(u)], -1)
@@ -285,5 +292,12 @@ def test_road_surface_matches_ray_cast_of_drivable_area(scene):
         truth = hit & shapely.contains_xy(area, gx, gy)
         drawn = np.all(imgs[cam.name] == ROAD, axis=-1)
         assert truth.any(), cam.name
-        # edges and crosswalk/lane pixels aside, the two agree
-        assert (truth != drawn).mean() < 0.03, cam.name
+        # only pixels along the road's edges (cv2 fills boundary pixels) may differ
+        # near the horizon whole streets shrink below a pixel; judge the ground within 60 m
+        close = hit & (np.hypot(gx - pose[0], gy - pose[1]) < 60.0)
+        bad = (truth != drawn) & close
+        k = np.ones((3, 3), np.uint8)
+        t8 = truth.astype(np.uint8)
+        edge = cv2.dilate(t8, k) != cv2.erode(t8, k)
+        assert (bad & ~edge).mean() < 0.003, cam.name
+        assert bad.mean() < 0.03, cam.name

@@ -84,10 +84,60 @@ class FlatPolylines:
 
 
 @dataclass
+class RoadSurface:
+    """The drivable surface as polygons with holes, ready for even-odd filling.
+
+    Taken from :class:`alpasim_policy.scenes.geometry.MapIndex` (drivable areas united with
+    every lane polygon, slivers closed) so the pictures show exactly the area the simulator
+    and scorer treat as on-road, also for sources without drivable-area polygons
+    (CommonRoad). ``rings`` holds every exterior and interior ring; ``groups[k]`` the ring
+    indices of polygon ``k`` (exterior first). One ``cv2.fillPoly`` call per polygon with
+    all its rings fills the area and leaves the holes (fillPoly is even-odd).
+    """
+
+    rings: FlatPolylines
+    groups: list[np.ndarray]
+    centers: np.ndarray  # (K, 2) bounding circle per polygon
+    radii: np.ndarray
+
+    @classmethod
+    def from_scene(cls, scene: Scene, tolerance: float = 0.05) -> RoadSurface:
+        import shapely
+
+        from alpasim_policy.scenes.geometry import MapIndex
+
+        area = shapely.simplify(MapIndex(scene).drivable, tolerance)
+        polys = [g for g in getattr(area, "geoms", [area]) if g.geom_type == "Polygon" and not g.is_empty]
+        rings: list[np.ndarray] = []
+        groups: list[np.ndarray] = []
+        for poly in polys:
+            start = len(rings)
+            for ring in [poly.exterior, *poly.interiors]:
+                xy = np.asarray(ring.coords)[:-1, :2]  # drop the closing point
+                if len(xy) >= 3:
+                    rings.append(xy)
+            if len(rings) > start:
+                groups.append(np.arange(start, len(rings)))
+        flat = FlatPolylines.from_list(rings)
+        if groups:
+            centers = np.array([flat.centers[g[0]] for g in groups])
+            radii = np.array([flat.radii[g[0]] for g in groups])
+        else:
+            centers, radii = np.zeros((0, 2)), np.zeros(0)
+        return cls(flat, groups, centers, radii)
+
+    def near(self, xy: np.ndarray, radius: float) -> np.ndarray:
+        if not len(self.groups):
+            return np.zeros(0, dtype=np.int64)
+        d = np.hypot(self.centers[:, 0] - xy[0], self.centers[:, 1] - xy[1])
+        return np.nonzero(d <= radius + self.radii)[0]
+
+
+@dataclass
 class SceneGeometry:
     """The static layers of one scene's map, flattened (see module docstring)."""
 
-    drivable: FlatPolylines
+    road: RoadSurface
     crosswalks: FlatPolylines
     boundaries: FlatPolylines  # lane left + right boundaries
     painted_boundaries: FlatPolylines  # the same, without lanes inside intersections
@@ -105,7 +155,7 @@ class SceneGeometry:
         ]
         stop = np.asarray([tl.stop_line for tl in m.traffic_lights], dtype=np.float64).reshape(-1, 2, 2)
         return cls(
-            drivable=FlatPolylines.from_list(list(m.drivable_areas)),
+            road=RoadSurface.from_scene(scene),
             crosswalks=FlatPolylines.from_list(list(m.crosswalks)),
             boundaries=FlatPolylines.from_list(bounds),
             painted_boundaries=FlatPolylines.from_list(painted),

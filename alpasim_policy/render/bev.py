@@ -194,6 +194,16 @@ class BevRenderer:
         else:
             cv2.polylines(img, polys, closed, color, thickness, self._line, _SHIFT)
 
+    def _road(self, img: np.ndarray, pose: np.ndarray, color: RGB) -> None:
+        road = self.geometry.road
+        idx = road.near(pose[:2], self._radius)
+        if len(idx) == 0:
+            return
+        fx = self._fixed(world_to_rig(road.rings.points, pose))
+        o = road.rings.offsets
+        for k in idx:  # one call per polygon: exterior + holes, even-odd
+            cv2.fillPoly(img, [fx[o[i] : o[i + 1]] for i in road.groups[k]], color, self._line, _SHIFT)
+
     # ------------------------------------------------------------------ render
 
     def render(
@@ -218,7 +228,7 @@ class BevRenderer:
         pose = np.asarray(ego_state, dtype=np.float64)[:3]
         img = self._bg.copy()
         if c.draw_drivable:
-            self._layer(img, g.drivable, pose, c.colors["drivable"], fill=True)
+            self._road(img, pose, c.colors["drivable"])
         if c.draw_crosswalks:
             self._layer(img, g.crosswalks, pose, c.colors["crosswalk"], fill=True)
         if c.draw_centerlines:

@@ -383,6 +383,8 @@ class CameraStyle:
     paint_intersection_lanes: bool = False  # draw boundaries of lanes inside intersections too
     lane_segment_max: float = 2.0  # m; lines are cut this fine so their pixel width can follow depth
     crosswalk_bar: float = 0.5  # m, zebra bar and gap width
+    draw_lane_lines: bool = True
+    draw_crosswalks: bool = True
     draw_lights: bool = True  # stop lines + a light head above each, coloured by state
     light_head_height: float = 5.0  # m, bottom of the light head above the road
     antialias: bool = True
@@ -465,7 +467,7 @@ class CameraRenderer:
         self._ego_len = float(scene.ego.length)
         self._line = cv2.LINE_AA if s.antialias else cv2.LINE_8
         # ground layers as lists of (P, 2) polygons with bounding circles
-        self._drivable = geo.drivable
+        self._road = geo.road
         cw = geo.crosswalks
         self._crosswalk_bars = [
             _crosswalk_bars(cw.points[cw.offsets[i] : cw.offsets[i + 1]], s.crosswalk_bar)
@@ -534,9 +536,9 @@ class CameraRenderer:
         R = s.max_range
         xy = pose[:2]
         out: dict[str, Any] = {}
-        d = self._drivable
-        idx = d.near(xy, R)
-        out["drivable"] = [d.points[d.offsets[i] : d.offsets[i + 1]] for i in idx]
+        road = self._road
+        pts, o = road.rings.points, road.rings.offsets
+        out["road"] = [[pts[o[i] : o[i + 1]] for i in road.groups[k]] for k in road.near(xy, R)]
         cw = self._crosswalks
         out["crosswalks"] = [self._crosswalk_bars[i] for i in cw.near(xy, R)]
         if len(self._seg):
@@ -615,13 +617,19 @@ class CameraRenderer:
                 cv2.fillPoly(img, [self._fixed(cam, pc)], color, self._line, _SHIFT)
 
         road = s.colors["road"]
-        for p in world["drivable"]:
-            ground_poly(p, road)
-        cw = s.colors["crosswalk"]
-        for bars in world["crosswalks"]:
-            for p in bars:
-                ground_poly(p, cw)
-        self._lane_lines(img, cam, world["lane_segs"], A2, b, s.lane_line_width, s.colors["lane_line"])
+        for rings in world["road"]:
+            # clip each ring on its own, then fill them together: even-odd keeps the holes
+            clipped = [clip_polygon_near(r @ A2.T + b, near) for r in rings]
+            polys = [self._fixed(cam, pc) for pc in clipped if len(pc) >= 3]
+            if polys:
+                cv2.fillPoly(img, polys, road, self._line, _SHIFT)
+        if s.draw_crosswalks:
+            cw = s.colors["crosswalk"]
+            for bars in world["crosswalks"]:
+                for p in bars:
+                    ground_poly(p, cw)
+        if s.draw_lane_lines:
+            self._lane_lines(img, cam, world["lane_segs"], A2, b, s.lane_line_width, s.colors["lane_line"])
         if world["lights"]:
             for k, col in enumerate(world["lights"]):
                 sl = _subdivide(self._stop_lines[k : k + 1], s.lane_segment_max)
