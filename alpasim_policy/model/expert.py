@@ -10,10 +10,11 @@ Two ways to run the expert layers over the prefix:
 * :func:`expert_forward_dynamic` — the reference path: ``transformers``' own
   ``Qwen3VLTextModel.forward`` with a ``DynamicCache`` holding the prefix (one copy per sample),
   a 4D float mask and ``is_causal=False``; the cache is cropped back after each call.
-* :func:`expert_forward_static` — the fast path: the same weights, but attention is computed
-  against *static* prefix buffers. A prefix shared by all K samples (``Bp == 1``) is never
-  copied: the K samples' queries are stacked as rows of one GEMM against the single prefix.
-  Nothing is concatenated or cropped, so the whole sampler can be captured in one CUDA graph.
+* :func:`expert_forward_static` — the fast path: the same weights, but attention runs against
+  *static* buffers (prefix written once, action slots overwritten in place). A prefix shared by
+  all K samples (``Bp == 1``) is never copied: the K samples' queries are stacked as rows of one
+  attention problem against the single prefix. Nothing is concatenated or cropped, so the whole
+  sampler can be captured in one CUDA graph.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
 
@@ -120,15 +122,24 @@ def static_attention(
     h: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
-    prefix_k: torch.Tensor,
-    prefix_v: torch.Tensor,
-    prefix_bias: torch.Tensor,
+    k_buf: torch.Tensor,
+    v_buf: torch.Tensor,
+    mask: torch.Tensor,
+    capacity: int,
 ) -> torch.Tensor:
-    """Attention of ``B`` x ``T`` action tokens over (static prefix of ``Bp`` rows) + (their own T tokens).
+    """Attention of ``B`` x ``T`` action tokens over a static prefix plus their own tokens.
 
-    ``prefix_k/v``: ``(Bp, kvh, P, d)`` with ``Bp`` = 1 (shared) or B; ``prefix_bias``: ``(Bp, P)``,
-    0 for valid keys and -inf for padding. The softmax over both key sets is done jointly with a
-    shared running max (so it equals attention over the concatenation, without concatenating).
+    ``k_buf`` / ``v_buf``: ``(Bp, kvh, capacity + S, d)``; positions ``[0, capacity)`` hold the
+    prefix (written once per tick), ``[capacity, capacity + S)`` are slots for the action tokens'
+    keys / values, overwritten in place here (no concatenation, no crop).
+
+    * ``Bp == 1`` (shared prefix): ``S = B * T``; all samples' queries become rows of one attention
+      problem against the single prefix copy, and ``mask`` (``(1, 1, g*B*T, capacity + B*T)``)
+      lets each row see the valid prefix and only its own sample's T action slots.
+    * ``Bp == B``: ``S = T``; an ordinary batched attention, ``mask`` ``(B, 1, g*T, capacity + T)``.
+
+    KV groups are folded into query rows (``g`` = heads per KV head), so the kernel is plain
+    multi-head SDPA with ``kvh`` heads — every SDPA backend supports it.
     """
     b, t, _ = h.shape
     d = attn.head_dim
@@ -138,34 +149,19 @@ def static_attention(
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     kvh = k.shape[1]
     g = q.shape[1] // kvh
-    bp, _, p, _ = prefix_k.shape
-    scale = attn.scaling
-    qg = q.reshape(b, kvh, g * t, d)  # heads of one KV group are contiguous (GQA layout)
-
-    # self part: every sample attends to its own T action tokens, non-causally
-    s_self = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # (B, kvh, gT, T)
-    if bp == 1:
-        # one GEMM per KV head with all samples' queries as rows: no per-sample prefix copy
-        q_rows = qg.permute(1, 0, 2, 3).reshape(kvh, b * g * t, d)
-        s_pre = torch.matmul(q_rows, prefix_k[0].transpose(-1, -2)).float() * scale  # (kvh, B gT, P)
-        s_pre = s_pre + prefix_bias[0][None, None, :]
-        s_pre = s_pre.view(kvh, b, g * t, p).permute(1, 0, 2, 3)  # (B, kvh, gT, P) view
+    if k_buf.shape[0] == 1:
+        k_buf[0, :, capacity:].view(kvh, b, t, d).copy_(k.transpose(0, 1))
+        v_buf[0, :, capacity:].view(kvh, b, t, d).copy_(v.transpose(0, 1))
+        rows = q.view(b, kvh, g, t, d).permute(1, 2, 0, 3, 4).reshape(1, kvh, g * b * t, d)
+        o = F.scaled_dot_product_attention(rows, k_buf, v_buf, attn_mask=mask, scale=attn.scaling)
+        o = o.view(kvh, g, b, t, d).permute(2, 3, 0, 1, 4)
     else:
-        s_pre = torch.matmul(qg, prefix_k.transpose(-1, -2)).float() * scale
-        s_pre = s_pre + prefix_bias[:, None, None, :]
-    m = torch.maximum(s_pre.amax(dim=-1, keepdim=True), s_self.amax(dim=-1, keepdim=True))
-    e_pre = torch.exp(s_pre - m)
-    e_self = torch.exp(s_self - m)
-    denom = e_pre.sum(dim=-1, keepdim=True) + e_self.sum(dim=-1, keepdim=True)
-    if bp == 1:
-        e_rows = e_pre.permute(1, 0, 2, 3).reshape(kvh, b * g * t, p).to(prefix_v.dtype)
-        o_pre = torch.matmul(e_rows, prefix_v[0]).view(kvh, b, g * t, d).permute(1, 0, 2, 3)
-    else:
-        o_pre = torch.matmul(e_pre.to(prefix_v.dtype), prefix_v)
-    o_self = torch.matmul(e_self.to(v.dtype), v)
-    o = (o_pre.float() + o_self.float()) / denom
-    o = o.to(h.dtype).reshape(b, kvh * g, t, d).transpose(1, 2).reshape(b, t, -1)
-    return attn.o_proj(o)
+        k_buf[:, :, capacity:].copy_(k)
+        v_buf[:, :, capacity:].copy_(v)
+        rows = q.reshape(b, kvh, g * t, d)
+        o = F.scaled_dot_product_attention(rows, k_buf, v_buf, attn_mask=mask, scale=attn.scaling)
+        o = o.view(b, kvh, g, t, d).permute(0, 3, 1, 2, 4)
+    return attn.o_proj(o.reshape(b, t, kvh * g * d))
 
 
 def expert_forward_static(
@@ -173,18 +169,40 @@ def expert_forward_static(
     embeds: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
-    prefix_k: list[torch.Tensor],
-    prefix_v: list[torch.Tensor],
-    prefix_bias: torch.Tensor,
+    k_bufs: list[torch.Tensor],
+    v_bufs: list[torch.Tensor],
+    mask: torch.Tensor,
+    capacity: int,
 ) -> torch.Tensor:
-    """The expert's layers on static prefix buffers; returns the final-norm hidden states ``(B, T, D)``."""
+    """The expert's layers on static buffers; returns the final-norm hidden states ``(B, T, D)``."""
     h = embeds
     for i, layer in enumerate(expert.layers):
         h = h + static_attention(
-            layer.self_attn, layer.input_layernorm(h), cos, sin, prefix_k[i], prefix_v[i], prefix_bias
+            layer.self_attn, layer.input_layernorm(h), cos, sin, k_bufs[i], v_bufs[i], mask, capacity
         )
         h = _mlp_block(layer, h)
     return expert.norm(h)
+
+
+def static_mask(
+    valid_len: torch.Tensor, samples: int, n_tokens: int, groups: int, capacity: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """Additive mask for :func:`static_attention` (0 = attend, -inf = blocked), built once per tick."""
+    device = valid_len.device
+    bp = valid_len.shape[0]
+    neg = torch.tensor(float("-inf"), dtype=dtype, device=device)
+    zero = torch.tensor(0.0, dtype=dtype, device=device)
+    cols = torch.arange(capacity, device=device)
+    prefix = torch.where(cols[None, :] < valid_len[:, None], zero, neg)  # (Bp, capacity)
+    if bp == 1:
+        sample_of_row = torch.arange(samples, device=device).repeat_interleave(n_tokens)  # (B*T,)
+        sample_of_slot = sample_of_row
+        own = torch.where(sample_of_row[:, None] == sample_of_slot[None, :], zero, neg)  # (B*T, B*T)
+        block = torch.cat([prefix.expand(samples * n_tokens, -1), own], dim=1)  # rows (B, T)
+        return block.repeat(groups, 1)[None, None]  # rows (g, B, T)
+    own = torch.zeros((bp, n_tokens, n_tokens), dtype=dtype, device=device)
+    block = torch.cat([prefix[:, None, :].expand(-1, n_tokens, -1), own], dim=2)  # (B, T, cap + T)
+    return block.repeat(1, groups, 1)[:, None]  # (B, 1, g*T, cap + T), rows (g, T)
 
 
 def expert_forward_dynamic(

@@ -9,8 +9,8 @@ noise, so they can be compared number for number:
 
 * :class:`DynamicCacheSampler` — NVlabs' behaviour: an HF ``DynamicCache`` with one prefix copy per
   sample, grown by 64 tokens and cropped back at every step.
-* :class:`StaticFlowSampler` — all tensors preallocated once (prefix K/V of a fixed capacity, key
-  bias, RoPE tables, noise and output); the loop only reads them. On CUDA the *whole* Euler loop
+* :class:`StaticFlowSampler` — all tensors preallocated once (prefix K/V of a fixed capacity
+  plus in-place slots for the action tokens, attention mask, RoPE tables, noise and output); the loop only reads them. On CUDA the *whole* Euler loop
   (projection, 36 expert layers, head, update) x 10 steps is captured once as a single
   ``torch.cuda.CUDAGraph`` and replayed each tick; elsewhere the same code runs eagerly.
 """
@@ -26,6 +26,7 @@ from alpasim_policy.model.expert import (
     action_rope,
     expert_forward_dynamic,
     expert_forward_static,
+    static_mask,
 )
 
 # Capacity granularity of the static prefix cache: prefixes of different lengths reuse one graph.
@@ -120,8 +121,8 @@ class DynamicCacheSampler:
 class StaticFlowSampler:
     """Static-buffer Euler sampler for a fixed (samples, prefix rows, prefix capacity); CUDA-graph capable.
 
-    Usage per tick: :meth:`load` (copies the prefix K/V into the static cache once, sets the key
-    bias and the RoPE tables, copies the noise) then :meth:`run`. With ``use_graph`` on a CUDA
+    Usage per tick: :meth:`load` (copies the prefix K/V into the static cache once, builds the
+    attention mask and the RoPE tables, copies the noise) then :meth:`run`. With ``use_graph`` on a CUDA
     device the first run captures the loop (after two warm-up runs on a side stream, as CUDA graphs
     require) and every later run is one ``graph.replay()``.
     """
@@ -153,12 +154,13 @@ class StaticFlowSampler:
         dtype = next(expert.parameters()).dtype
         self.dtype = dtype
         kvh, d = cfg.num_key_value_heads, cfg.head_dim
-        shape = (prefix_batch, kvh, capacity, d)
+        self.groups = cfg.num_attention_heads // kvh
+        slots = samples * n_waypoints if prefix_batch == 1 else n_waypoints  # action K/V slots
+        shape = (prefix_batch, kvh, capacity + slots, d)
         self.k = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.num_hidden_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.num_hidden_layers)]
-        self.bias = torch.full(
-            (prefix_batch, capacity), float("-inf"), dtype=torch.float32, device=self.device
-        )
+        rows = self.groups * (samples if prefix_batch == 1 else 1) * n_waypoints
+        self.mask = torch.zeros((prefix_batch, 1, rows, capacity + slots), dtype=dtype, device=self.device)
         self.cos = torch.zeros((samples, n_waypoints, d), dtype=dtype, device=self.device)
         self.sin = torch.zeros_like(self.cos)
         self.noise = torch.zeros(
@@ -185,9 +187,8 @@ class StaticFlowSampler:
         for i in range(len(self.k)):
             self.k[i][:, :, :p].copy_(prefix.keys[i])
             self.v[i][:, :, :p].copy_(prefix.values[i])
-        pos = torch.arange(self.capacity, device=self.device)[None, :]
-        valid = prefix.valid_len.to(self.device)[:, None]
-        self.bias.copy_(torch.where(pos < valid, 0.0, float("-inf")))
+        valid = prefix.valid_len.to(self.device)
+        self.mask.copy_(static_mask(valid, self.samples, self.n, self.groups, self.capacity, self.dtype))
         rep = self.samples // self.prefix_batch
         offsets = prefix.rope_offset.to(self.device).repeat_interleave(rep)
         cos, sin = action_rope(self.m.expert, offsets, self.n, self.dtype)
@@ -198,7 +199,9 @@ class StaticFlowSampler:
     def velocity(self, x: torch.Tensor, i: int) -> torch.Tensor:
         """Flow velocity at step ``i`` for actions ``x`` (projection, expert layers, head)."""
         emb = self.m.action_in_proj(x, self.t[i])
-        h = expert_forward_static(self.m.expert, emb, self.cos, self.sin, self.k, self.v, self.bias)
+        h = expert_forward_static(
+            self.m.expert, emb, self.cos, self.sin, self.k, self.v, self.mask, self.capacity
+        )
         return self.m.action_out_proj(h).float()
 
     def _loop(self) -> None:

@@ -51,7 +51,6 @@ from alpasim_policy.model.tokenizer import (
     TASK_PROMPT,
     AlpamayoTokenizer,
     DeltaTrajectoryTokenizer,
-    special,
 )
 
 ReasoningMode = Literal["single", "multi"]

@@ -1,0 +1,158 @@
+"""``alpasim-policy bench model``: per-stage latency of one model tick, single vs multi reasoning, graph vs eager.
+
+Why these comparisons: single reasoning (one chain of causation shared by K trajectory samples)
+should cut the tick roughly K-fold against NVlabs' one-CoC-per-sample; the CUDA-graph diffusion
+removes per-kernel launch overhead of 10 Euler steps x 36 expert layers. Both are measured with
+the *same forced CoC length* so decode work is identical, as medians after warm-up.
+Imports of torch / transformers happen inside the handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import Any
+
+STAGES = ("vision", "prefill", "decode", "diffusion", "total")
+
+
+def register_bench(bench_sub: argparse._SubParsersAction) -> None:
+    p = bench_sub.add_parser(
+        "model", help="Alpamayo model tick latency: stages, single vs multi, graph vs eager"
+    )
+    p.add_argument("--preset", default="tiny", help="tiny | small | alpamayo-r1-10b (random weights)")
+    p.add_argument("--weights", default=None, help="local weights directory instead of random weights")
+    p.add_argument("--samples", type=int, default=6, help="trajectory samples K per tick")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--cot-tokens", type=int, default=40, help="forced chain-of-causation length (tokens)")
+    p.add_argument("--repeats", type=int, default=5, help="timed ticks per configuration (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed ticks first (graph capture, allocator)")
+    p.add_argument("--out", default="BENCHMARKS.md", help="markdown file the rows are appended to")
+    p.add_argument("--no-write", action="store_true", help="print only, do not append rows")
+    p.set_defaults(func=_cmd_bench)
+
+
+def synthetic_inputs(config: Any, speed: float = 8.0, seed: int = 0) -> tuple[Any, Any]:
+    """Deterministic camera frames (uint8) at the model's input size and a straight 16-step history."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    h, w = config.image_hw
+    images = rng.integers(0, 256, size=(config.num_images, 3, h, w), dtype=np.uint8)
+    t = (np.arange(config.history_steps) - (config.history_steps - 1)) * config.dt
+    history = np.stack([speed * t, np.zeros_like(t), np.zeros_like(t)], axis=1)
+    return images, history
+
+
+def _median_timings(model: Any, images: Any, history: Any, repeats: int, warmup: int, **kw: Any) -> dict:
+    import torch
+
+    runs = []
+    for i in range(warmup + repeats):
+        out = model.drive(images, history, generator=torch.Generator().manual_seed(i), **kw)
+        if i >= warmup:
+            runs.append(out)
+    med = {k: statistics.median(r.timings[k] for r in runs) for k in runs[0].timings}
+    med["decode_steps"] = runs[0].stats["decode_steps"]
+    med["prefix_len"] = runs[0].stats["prefix_len"]
+    return med
+
+
+def _fmt(m: dict) -> str:
+    return (
+        f"total {m['total'] * 1e3:.1f} ms (vision {m['vision'] * 1e3:.1f}, prefill {m['prefill'] * 1e3:.1f}, "
+        f"decode {m['decode'] * 1e3:.1f} ms = {m['decode_steps']} steps @ {m['decode_tok_per_s']:.0f} tok/s, "
+        f"diffusion {m['diffusion'] * 1e3:.1f} ms; prefix {m['prefix_len']} tokens)"
+    )
+
+
+def run_bench(args: argparse.Namespace) -> dict:
+    import torch
+
+    from alpasim_policy.model.config import AlpamayoConfig
+    from alpasim_policy.model.modeling_alpamayo import AlpamayoR1
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from alpasim_policy.errors import ConfigError
+
+        raise ConfigError("bench model --device cuda: no CUDA device available")
+    torch.manual_seed(0)
+    if args.weights:
+        model = AlpamayoR1.from_pretrained(args.weights, preset=args.preset, device=device)
+    else:
+        model = AlpamayoR1(AlpamayoConfig.from_preset(args.preset)).to(device)
+    images, history = synthetic_inputs(model.config)
+    k = args.samples
+    main_diff = "graph" if device.type == "cuda" else "eager"
+    common = dict(num_samples=k, cot_tokens=args.cot_tokens, repeats=args.repeats, warmup=args.warmup)
+    res: dict[str, dict] = {}
+    res["single"] = _median_timings(model, images, history, reasoning="single", diffusion=main_diff, **common)
+    res["multi"] = _median_timings(model, images, history, reasoning="multi", diffusion=main_diff, **common)
+    if device.type == "cuda":
+        res["single_eager"] = _median_timings(
+            model, images, history, reasoning="single", diffusion="eager", **common
+        )
+    res["single_dynamic"] = _median_timings(
+        model, images, history, reasoning="single", diffusion="dynamic", **common
+    )
+
+    params = model.num_parameters()
+    name = f"model {args.preset} K={k} CoC={args.cot_tokens} {device.type}"
+    ratio_sm = res["multi"]["total"] / res["single"]["total"]
+    rows = [
+        {
+            "benchmark": f"{name}: single reasoning, {main_diff} diffusion",
+            "result": _fmt(res["single"]),
+            "ratio": f"{params / 1e6:.1f} M params",
+        },
+        {
+            "benchmark": f"{name}: multi reasoning (NVlabs), {main_diff} diffusion",
+            "result": _fmt(res["multi"]),
+            "ratio": f"single {ratio_sm:.2f}x faster per tick (target >= 4x at K=6)",
+        },
+        {
+            "benchmark": f"{name}: single reasoning, dynamic-cache diffusion (HF reference)",
+            "result": _fmt(res["single_dynamic"]),
+            "ratio": f"static/{main_diff} diffusion {res['single_dynamic']['diffusion'] / res['single']['diffusion']:.2f}x faster",
+        },
+    ]
+    ratio_ge = None
+    if "single_eager" in res:
+        ratio_ge = res["single_eager"]["diffusion"] / res["single"]["diffusion"]
+        rows.append(
+            {
+                "benchmark": f"{name}: single reasoning, eager static diffusion",
+                "result": _fmt(res["single_eager"]),
+                "ratio": f"graph {ratio_ge:.2f}x faster diffusion (target >= 3x); tick {res['single']['total'] * 1e3:.1f} ms vs 100 ms budget",
+            }
+        )
+    summary = {
+        "benchmark": "model",
+        "preset": args.preset,
+        "device": str(device),
+        "samples": k,
+        "cot_tokens": args.cot_tokens,
+        "params": params,
+        "ratio_single_vs_multi": ratio_sm,
+        "ratio_graph_vs_eager_diffusion": ratio_ge,
+    }
+    for mode, m in res.items():
+        for s in STAGES:
+            summary[f"{mode}_{s}_ms"] = m[s] * 1e3
+        summary[f"{mode}_decode_tok_per_s"] = m["decode_tok_per_s"]
+    summary["_rows"] = rows
+    return summary
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from alpasim_policy.bench import append_rows, print_summary
+
+    summary = run_bench(args)
+    rows = summary.pop("_rows")
+    for r in rows:
+        print(f"{r['benchmark']}: {r['result']} | {r['ratio']}")
+    if not args.no_write:
+        append_rows(rows, args.out)
+    print_summary(summary)
+    return 0
