@@ -469,8 +469,9 @@ class CameraRenderer:
         # ground layers as lists of (P, 2) polygons with bounding circles
         self._road = geo.road
         cw = geo.crosswalks
+        # bars of one crosswalk never overlap, so each crosswalk is one even-odd fillPoly call
         self._crosswalk_bars = [
-            _crosswalk_bars(cw.points[cw.offsets[i] : cw.offsets[i + 1]], s.crosswalk_bar)
+            np.array(_crosswalk_bars(cw.points[cw.offsets[i] : cw.offsets[i + 1]], s.crosswalk_bar))
             for i in range(len(cw))
         ]
         self._crosswalks = cw
@@ -610,12 +611,6 @@ class CameraRenderer:
         A2 = A[:, :2]  # ground points have z = 0
         near = s.near
 
-        def ground_poly(p2: np.ndarray, color) -> None:
-            pc = p2 @ A2.T + b
-            pc = clip_polygon_near(pc, near)
-            if len(pc) >= 3:
-                cv2.fillPoly(img, [self._fixed(cam, pc)], color, self._line, _SHIFT)
-
         road = s.colors["road"]
         for rings in world["road"]:
             # clip each ring on its own, then fill them together: even-odd keeps the holes
@@ -626,8 +621,15 @@ class CameraRenderer:
         if s.draw_crosswalks:
             cw = s.colors["crosswalk"]
             for bars in world["crosswalks"]:
-                for p in bars:
-                    ground_poly(p, cw)
+                pc = bars @ A2.T + b  # (n, P, 3)
+                front = (pc[..., 2] >= near).all(axis=1)
+                polys = list(self._fixed(cam, pc[front]))
+                for k in np.nonzero(~front)[0]:  # the few bars crossing the near plane
+                    q = clip_polygon_near(pc[k], near)
+                    if len(q) >= 3:
+                        polys.append(self._fixed(cam, q))
+                if polys:
+                    cv2.fillPoly(img, polys, cw, self._line, _SHIFT)
         if s.draw_lane_lines:
             self._lane_lines(img, cam, world["lane_segs"], A2, b, s.lane_line_width, s.colors["lane_line"])
         if world["lights"]:
@@ -637,10 +639,12 @@ class CameraRenderer:
         self._boxes(img, cam, world["boxes"], world["box_colors"], A, b)
         return img
 
-    def _fixed(self, cam: Camera, pc: np.ndarray) -> np.ndarray:
-        uv = np.empty((len(pc), 2))
-        uv[:, 0] = cam.fx * pc[:, 0] / pc[:, 2] + cam.cx
-        uv[:, 1] = cam.fy * pc[:, 1] / pc[:, 2] + cam.cy
+    @staticmethod
+    def _fixed(cam: Camera, pc: np.ndarray) -> np.ndarray:
+        """Camera-frame (..., 3) points with z >= near -> int32 sub-pixel (..., 2) for cv2."""
+        uv = np.empty(pc.shape[:-1] + (2,))
+        uv[..., 0] = cam.fx * pc[..., 0] / pc[..., 2] + cam.cx
+        uv[..., 1] = cam.fy * pc[..., 1] / pc[..., 2] + cam.cy
         uv *= _SCALE
         np.clip(uv, -_LIMIT, _LIMIT, out=uv)
         return np.rint(uv).astype(np.int32)
@@ -715,17 +719,20 @@ class CameraRenderer:
         light = A @ np.array([0.4, 0.3, 0.85])
         shade = 0.55 + 0.45 * np.clip(nn @ light, 0.0, 1.0)
         outline = (25, 25, 25)
-        for j, bi in enumerate(idx):
-            base = colors[bi]
+        cols = np.clip(colors[idx][:, None, :] * shade[..., None], 0, 255).astype(np.int64)  # (B, 5, 3)
+        infront = allf[idx]
+        # project every face of the boxes fully in front at once; clip the rest one by one
+        fixed_all = self._fixed(cam, np.where(infront[:, None, None, None], faces, 1.0))
+        for j in range(len(idx)):
             for f in np.nonzero(facing[j])[0]:
-                poly = faces[j, f]
-                if not allf[bi]:
-                    poly = clip_polygon_near(poly, near)
+                if infront[j]:
+                    fx = fixed_all[j, f]
+                else:
+                    poly = clip_polygon_near(faces[j, f], near)
                     if len(poly) < 3:
                         continue
-                fx = self._fixed(cam, poly)
-                col = tuple(int(v) for v in np.clip(base * shade[j, f], 0, 255))
-                cv2.fillConvexPoly(img, fx, col, self._line, _SHIFT)
+                    fx = self._fixed(cam, poly)
+                cv2.fillConvexPoly(img, fx, cols[j, f].tolist(), self._line, _SHIFT)
                 cv2.polylines(img, [fx], True, outline, 1, self._line, _SHIFT)
 
 
