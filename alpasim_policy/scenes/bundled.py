@@ -17,7 +17,7 @@ from alpasim_policy.scenes.format import Scene, save_scene
 #: over the eligible vehicles, ordered by obstacle id).
 COMMONROAD_FILES: dict[str, int] = {
     "DEU_A9-3_1_T-1.xml": 5,
-    "USA_Lanker-1_1_T-1.xml": 8,
+    "USA_Lanker-1_1_T-1.xml": 9,
     "USA_US101-4_1_T-1.xml": 8,
 }
 

@@ -22,13 +22,15 @@ chosen vehicle is removed from the agents. Facts used (scenarios/README.md docum
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import shapely
 
 from alpasim_policy.errors import ImportSourceError
 from alpasim_policy.scenes.format import DT, AgentType, Lane, LightState, RoadMap, Scene, TrafficLight
-from alpasim_policy.scenes.geometry import centerline_from_boundaries
+from alpasim_policy.scenes.geometry import MapIndex, box_polygons, centerline_from_boundaries
 from alpasim_policy.scenes.importers.common import (
     EgoSpec,
     Track,
@@ -327,29 +329,120 @@ def _resample(
     return xy, hd, valid
 
 
-def ego_candidates(path: str | Path) -> list[str]:
-    """Obstacle ids eligible as ego: car-like, <= 6 m long, present at every step, moving >= 10 m."""
-    src = _Src(Path(path))
-    root = _parse(src.path)
-    dt_src = float(root.get("timeStepSize", "0.1"))
+@dataclass
+class _Scenario:
+    """A parsed CommonRoad file on the 0.1 s grid (source coordinates)."""
+
+    src: _Src
+    version: str
+    dt_src: float
+    bench: str
+    road: RoadMap
+    light_refs: dict[str, list[str]]
+    stop_lines: dict[str, np.ndarray]
+    light_by_id: dict[str, np.ndarray]
+    obs: list[dict]
+    tracks: dict[str, Track]
+    n_grid: int
+
+
+def _load(path: Path) -> _Scenario:
+    src = _Src(path)
+    root = _parse(path)
+    version = root.get("commonRoadVersion", "")
+    if version not in ("2018b", "2020a"):
+        raise src.err("commonRoadVersion", f"unsupported version {version!r} (reads 2018b, 2020a)")
+    try:
+        dt_src = float(root.get("timeStepSize", ""))
+    except ValueError as e:
+        raise src.err("timeStepSize", "missing or not a number") from e
+    if not (np.isfinite(dt_src) and dt_src > 0):
+        raise src.err("timeStepSize", f"must be a positive number, got {dt_src}")
+    road, light_refs, stop_lines = _read_map(src, root)
     obs = _obstacles(src, root, dt_src)
-    return _candidates(obs)
-
-
-def _candidates(obs: list[dict]) -> list[str]:
     dyn = [o for o in obs if o["role"] == "dynamic"]
     if not dyn:
-        return []
+        raise src.err("dynamicObstacle", "no dynamic obstacles")
     t_min = min(o["s"][0, 0] for o in dyn)
     t_max = max(o["s"][-1, 0] for o in dyn)
+    t_start, t_end = t_min * dt_src, t_max * dt_src
+    n_grid = int(np.floor((t_end - t_start) / DT + 1e-6)) + 1
+    grid_t = t_start + np.arange(n_grid) * DT
+    steps_src = np.floor(grid_t / dt_src + 1e-6).astype(np.int64)
+    tracks = {}
+    for o in obs:
+        if o["role"] == "static":
+            s0 = o["s"][0]
+            xy = np.tile(s0[1:3], (n_grid, 1))
+            hd = np.full(n_grid, s0[3])
+            valid = np.ones(n_grid, dtype=bool)
+        else:
+            xy, hd, valid = _resample(o["s"], dt_src, grid_t)
+        atype = (
+            AgentType.STATIC
+            if o["role"] == "static" and o["type"] != "parkedVehicle"
+            else CR_TYPES.get(o["type"], AgentType.UNKNOWN)
+        )
+        tracks[o["id"]] = Track(id=o["id"], type=atype, length=o["length"], width=o["width"], xy=xy,
+                                heading=hd, valid=valid)  # fmt: skip
+    return _Scenario(
+        src=src,
+        version=version,
+        dt_src=dt_src,
+        bench=root.get("benchmarkID") or path.stem,
+        road=road,
+        light_refs=light_refs,
+        stop_lines=stop_lines,
+        light_by_id=_light_states(src, root, steps_src),
+        obs=obs,
+        tracks=tracks,
+        n_grid=n_grid,
+    )
+
+
+def ego_candidates(path: str | Path) -> list[str]:
+    """Obstacle ids eligible as ego, ordered by id (see :func:`_candidates`)."""
+    return _candidates(_load(Path(path)))
+
+
+def _candidates(sc: _Scenario) -> list[str]:
+    """Car-like (<= 6 m), present at every step, moving >= 10 m, and a clean log to replay.
+
+    Clean: the box stays on the lanes and touches no other road user at every step. Why:
+    recorded data (NGSIM in particular) has vehicles whose boxes poke off the mapped road
+    or into a neighbour; replaying such a log would already fail the drivable-area or
+    collision metrics, so it makes a misleading scene.
+    """
+    dyn = [o for o in sc.obs if o["role"] == "dynamic"]
+    t_min = min(o["s"][0, 0] for o in dyn)
+    t_max = max(o["s"][-1, 0] for o in dyn)
+    index = MapIndex(sc.road)
+    others = list(sc.tracks.values())
+    o_boxes = box_polygons(
+        np.stack([t.xy[:, 0] for t in others]),
+        np.stack([t.xy[:, 1] for t in others]),
+        np.stack([t.heading for t in others]),
+        np.array([t.length for t in others])[:, None],
+        np.array([t.width for t in others])[:, None],
+    )  # (N, T)
+    o_valid = np.stack([t.valid for t in others])
     out = []
     for o in dyn:
         s = o["s"]
         whole = s[0, 0] == t_min and s[-1, 0] == t_max and len(s) == t_max - t_min + 1
         travel = float(np.hypot(*(s[-1, 1:3] - s[0, 1:3])))
         car_sized = o["length"] <= MAX_EGO_LENGTH_M
-        if o["type"] in EGO_TYPES and whole and travel >= MIN_EGO_TRAVEL_M and car_sized:
-            out.append(o["id"])
+        if not (o["type"] in EGO_TYPES and whole and travel >= MIN_EGO_TRAVEL_M and car_sized):
+            continue
+        tr = sc.tracks[o["id"]]
+        boxes = box_polygons(tr.xy[:, 0], tr.xy[:, 1], tr.heading, tr.length, tr.width)
+        if not index.on_drivable(boxes[tr.valid]).all():
+            continue
+        me = np.array([t.id == o["id"] for t in others])
+        hits = shapely.intersects(boxes[None, :], o_boxes) & o_valid & tr.valid[None, :] & ~me[:, None]
+        if hits.any():
+            continue
+        out.append(o["id"])
     return sorted(out, key=lambda x: (len(x), x))
 
 
@@ -369,79 +462,39 @@ def import_commonroad(
     ``egos`` names obstacle ids to use; otherwise all candidates, thinned to ``max_egos``
     spread evenly over the candidates ordered by id.
     """
-    path = Path(path)
-    src = _Src(path)
-    root = _parse(path)
-    version = root.get("commonRoadVersion", "")
-    if version not in ("2018b", "2020a"):
-        raise src.err("commonRoadVersion", f"unsupported version {version!r} (reads 2018b, 2020a)")
-    try:
-        dt_src = float(root.get("timeStepSize", ""))
-    except ValueError as e:
-        raise src.err("timeStepSize", "missing or not a number") from e
-    bench = root.get("benchmarkID") or path.stem
-    road_src, light_refs, stop_lines = _read_map(src, root)
-    obs = _obstacles(src, root, dt_src)
-    cands = _candidates(obs)
+    sc = _load(Path(path))
+    cands = _candidates(sc)
     if egos is None:
         chosen = spread(cands, max_egos)
     else:
         bad = [e for e in egos if e not in cands]
         if bad:
-            raise src.err("obstacle", f"not eligible as ego (whole scenario, car-like, >= 10 m): {bad}")
+            raise sc.src.err("obstacle", f"not eligible as ego (see ego_candidates): {bad}")
         chosen = list(egos)
-    dyn = [o for o in obs if o["role"] == "dynamic"]
-    if not dyn:
-        raise src.err("dynamicObstacle", "no dynamic obstacles")
-    t_min = min(o["s"][0, 0] for o in dyn)
-    t_max = max(o["s"][-1, 0] for o in dyn)
-    t_start, t_end = t_min * dt_src, t_max * dt_src
-    n_grid = int(np.floor((t_end - t_start) / DT + 1e-6)) + 1
-    grid_t = t_start + np.arange(n_grid) * DT
-    steps_src = np.floor(grid_t / dt_src + 1e-6).astype(np.int64)
-    light_by_id = _light_states(src, root, steps_src)
-    location = bench.split("-")[0]
-
-    tracks_all = {}
-    for o in obs:
-        if o["role"] == "static":
-            s = o["s"][0]
-            xy = np.tile(s[1:3], (n_grid, 1))
-            hd = np.full(n_grid, s[3])
-            valid = np.ones(n_grid, dtype=bool)
-        else:
-            xy, hd, valid = _resample(o["s"], dt_src, grid_t)
-        atype = (
-            AgentType.STATIC
-            if o["role"] == "static" and o["type"] != "parkedVehicle"
-            else CR_TYPES.get(o["type"], AgentType.UNKNOWN)
-        )
-        tracks_all[o["id"]] = (Track(id=o["id"], type=atype, length=o["length"], width=o["width"], xy=xy,
-                                     heading=hd, valid=valid), o)  # fmt: skip
-
+    location = sc.bench.split("-")[0]
     scenes = []
-    wins = windows(n_grid)
+    wins = windows(sc.n_grid)
     for ego_id in chosen:
-        ego_tr, ego_o = tracks_all[ego_id]
-        d = REAR_AXLE_TO_CENTER_RATIO * ego_o["length"]
-        spec = EgoSpec(length=ego_o["length"], width=ego_o["width"],
-                       wheelbase=WHEELBASE_RATIO * ego_o["length"], rear_axle_to_center=d)  # fmt: skip
+        ego_tr = sc.tracks[ego_id]
+        d = REAR_AXLE_TO_CENTER_RATIO * ego_tr.length
+        spec = EgoSpec(length=ego_tr.length, width=ego_tr.width,
+                       wheelbase=WHEELBASE_RATIO * ego_tr.length, rear_axle_to_center=d)  # fmt: skip
         rear = ego_tr.xy - d * np.stack([np.cos(ego_tr.heading), np.sin(ego_tr.heading)], axis=1)
         for w, (a, b) in enumerate(wins):
             T = b - a
             tracks = []
-            for oid, (tr, _) in tracks_all.items():
+            for oid, tr in sc.tracks.items():
                 if oid == ego_id or not tr.valid[a:b].any():
                     continue
                 tracks.append(Track(id=oid, type=tr.type, length=tr.length, width=tr.width, xy=tr.xy[a:b],
                                     heading=tr.heading[a:b], valid=tr.valid[a:b]))  # fmt: skip
-            road = _with_lights(road_src, light_refs, stop_lines, light_by_id, a, b, T)
-            sid = f"cr-{bench}-ego{ego_id}" + (f"-w{w:02d}" if len(wins) > 1 else "")
+            road = _with_lights(sc.road, sc.light_refs, sc.stop_lines, sc.light_by_id, a, b, T)
+            sid = f"cr-{sc.bench}-ego{ego_id}" + (f"-w{w:02d}" if len(wins) > 1 else "")
             scenes.append(
                 assemble_scene(
                     scene_id=sid,
                     source_dataset="commonroad",
-                    source_id=bench,
+                    source_id=sc.bench,
                     license=CR_LICENSE,
                     location=location,
                     road=road,
@@ -452,12 +505,12 @@ def import_commonroad(
                     tracks=tracks,
                     t0_index=t0_index,
                     extra={
-                        "commonroad_version": version,
+                        "commonroad_version": sc.version,
                         "ego_obstacle_id": ego_id,
-                        "source_dt": dt_src,
+                        "source_dt": sc.dt_src,
                         "window": w,
                         "window_start_step": int(a),
-                    },  # fmt: skip
+                    },
                 )
             )
     return scenes

@@ -1,0 +1,104 @@
+"""Geometry helpers, checked against shapely / closed forms and on the bundled real scenes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import shapely
+
+from alpasim_policy.scenes import load_scene, load_suite
+from alpasim_policy.scenes.geometry import (
+    MapIndex,
+    Polyline,
+    box_corners,
+    box_polygons,
+    center_to_rear_axle,
+    centerline_from_boundaries,
+    rear_axle_to_center,
+    wrap_angle,
+)
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return [load_scene(p) for p in load_suite("bundled")]
+
+
+def test_box_corners_order_and_shape():
+    rng = np.random.default_rng(0)
+    x, y, h = rng.normal(size=(3, 5, 7))
+    ln, w = 4.0 + rng.random((5, 7)), 1.5 + rng.random((5, 7))
+    c = box_corners(x, y, h, ln, w)
+    assert c.shape == (5, 7, 4, 2)
+    # Centre is the corner mean; front-left minus rear-left is length along the heading.
+    np.testing.assert_allclose(c.mean(axis=-2), np.stack([x, y], -1), atol=1e-12)
+    fwd = c[..., 0, :] - c[..., 1, :]
+    np.testing.assert_allclose(np.linalg.norm(fwd, axis=-1), ln)
+    np.testing.assert_allclose(np.arctan2(fwd[..., 1], fwd[..., 0]), wrap_angle(h), atol=1e-12)
+    left = c[..., 0, :] - c[..., 3, :]  # front-left minus front-right points to the left
+    np.testing.assert_allclose(np.arctan2(left[..., 1], left[..., 0]), wrap_angle(h + np.pi / 2), atol=1e-12)
+    polys = box_polygons(x, y, h, ln, w)
+    assert polys.shape == (5, 7)
+    np.testing.assert_allclose(shapely.area(polys), ln * w)
+    assert shapely.is_valid(polys).all() and shapely.is_ccw(shapely.get_exterior_ring(polys)).all()
+
+
+def test_rear_axle_center_round_trip(scenes):
+    e = scenes[0].ego
+    c = rear_axle_to_center(e.state, e.rear_axle_to_center)
+    d = np.linalg.norm(c[:, :2] - e.xy, axis=1)
+    np.testing.assert_allclose(d, e.rear_axle_to_center)
+    np.testing.assert_allclose(center_to_rear_axle(c, e.rear_axle_to_center), e.state, atol=1e-9)
+
+
+def test_polyline_project_interpolate_round_trip(scenes):
+    for sc in scenes:
+        pl = Polyline(sc.route.polyline)
+        s = np.linspace(0, pl.length, 57)
+        pts, hd = pl.interpolate(s)
+        s2, lat, hd2 = pl.project(pts)
+        np.testing.assert_allclose(s2, s, atol=1e-6)
+        np.testing.assert_allclose(lat, 0, atol=1e-6)
+        # A point 1 m to the left of the line projects with lateral +1.
+        off = pts + np.stack([-np.sin(hd), np.cos(hd)], -1)
+        inner = (s > 1) & (s < pl.length - 1)
+        _, lat_l, _ = pl.project(off[inner])
+        assert np.median(lat_l) == pytest.approx(1.0, abs=0.05)
+
+
+def test_centerline_is_midline():
+    left = np.array([[0.0, 2.0], [10.0, 2.0], [20.0, 4.0]])
+    right = np.array([[0.0, -2.0], [5.0, -2.0], [10.0, -2.0], [20.0, 0.0]])
+    c = centerline_from_boundaries(left, right)
+    np.testing.assert_allclose(c[0], [0, 0])
+    np.testing.assert_allclose(c[-1], [20, 2])
+    assert len(c) == 4
+
+
+def test_map_index_matches_shapely_per_lane(scenes):
+    sc = next(s for s in scenes if s.metadata.source_dataset == "av2-sensor")
+    idx = MapIndex(sc)
+    rng = np.random.default_rng(1)
+    pts = np.concatenate([sc.ego.xy, rng.uniform(-60, 60, size=(300, 2))])
+    m = idx.lane_membership(pts)
+    ref = np.stack([shapely.intersects_xy(p, pts[:, 0], pts[:, 1]) for p in idx.lane_polygons], axis=1)
+    np.testing.assert_array_equal(m, ref)
+    lists = idx.lanes_containing(pts)
+    assert all(np.array_equal(lists[i], np.flatnonzero(ref[i])) for i in range(len(pts)))
+    # Every point inside some lane is on the drivable area.
+    assert idx.on_drivable(pts[ref.any(axis=1)]).all()
+    # The ego's own lane at t0 is the one nearest_lane picks, and it is on the route.
+    t0 = sc.metadata.t0_index
+    i = idx.nearest_lane(sc.ego.xy[t0], float(sc.ego.heading[t0]))
+    assert idx.lane_ids[i] in sc.route.lane_ids
+    # count_lanes agrees with a direct shapely count.
+    boxes = box_polygons(pts[:20, 0], pts[:20, 1], 0.3, 4.5, 2.0)
+    ref_count = np.array([shapely.intersects(b, idx.lane_polygons).sum() for b in boxes])
+    np.testing.assert_array_equal(idx.count_lanes(boxes), ref_count)
+
+
+def test_on_drivable_far_away_is_false(scenes):
+    for sc in scenes:
+        idx = MapIndex(sc)
+        far = np.array([[1e5, 1e5], [-1e5, 3e4]])
+        assert not idx.on_drivable(far).any()
