@@ -301,3 +301,43 @@ def test_road_surface_matches_ray_cast_of_drivable_area(any_scene):
         edge = cv2.dilate(t8, k) != cv2.erode(t8, k)
         assert (bad & ~edge).mean() < 0.003, cam.name
         assert bad.mean() < 0.03, cam.name
+
+
+def test_traffic_light_head_and_stop_line_coloured_by_state(scene):
+    import copy
+
+    from alpasim_policy.scenes.format import LightState, TrafficLight
+
+    s = copy.deepcopy(scene)
+    t = s.metadata.t0_index
+    pose = s.ego.state[t, :3]
+    c, sn = np.cos(pose[2]), np.sin(pose[2])
+
+    def world(x, y):
+        return [pose[0] + c * x - sn * y, pose[1] + sn * x + c * y]
+
+    s.map.traffic_lights = [TrafficLight("tl", s.map.lanes[0].id, np.array([world(20, 2), world(20, -2)]))]
+    states = np.full((1, s.num_steps), LightState.RED, dtype=np.int8)
+    states[0, t + 1 :] = LightState.GREEN
+    s.map.light_states = states
+    s.validate()
+    rig = CameraRig.from_preset("alpamayo4", 480, 270)
+    style = CameraStyle(antialias=False)
+    r = CameraRenderer(s, rig, style)
+    cam = rig["camera_front_wide_120fov"]
+    kw = dict(ego_state=s.ego.state[t], agent_states=None, agent_valid=None)
+    red = r.render(step=t, **kw)[cam.name].astype(int)
+    green = r.render(step=t + 1, **kw)[cam.name].astype(int)
+
+    def is_red(im):
+        return (im[..., 0] > 120) & (im[..., 1] < 40) & (im[..., 2] < 40)
+
+    def is_green(im):
+        return (im[..., 1] > 120) & (im[..., 0] < 100) & (im[..., 2] < 100)
+
+    assert is_red(red).sum() > 20 and not is_green(red).any()
+    assert is_green(green).sum() > 20 and not is_red(green).any()
+    # the head sits above the horizon (5 m up, 20 m ahead), centred on the lane ahead
+    rows, cols = np.nonzero(is_red(red))
+    assert rows.min() < cam.cy
+    assert np.median(cols) == pytest.approx(cam.cx, abs=0.4 * cam.fx / 20 + 3)
