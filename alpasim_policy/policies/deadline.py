@@ -70,23 +70,25 @@ def _wrap(a: np.ndarray) -> np.ndarray:
 
 
 def rig_to_scene(poses: np.ndarray, pose: np.ndarray) -> np.ndarray:
-    """(T, 3) rig-frame (x, y, heading) poses -> scene frame, for a rig at ``pose`` (x, y, heading)."""
+    """(..., 3) rig-frame (x, y, heading) poses -> scene frame, for a rig at ``pose`` (x, y, heading)."""
+    poses = np.asarray(poses, dtype=np.float64)
     c, s = math.cos(pose[2]), math.sin(pose[2])
-    out = np.empty_like(poses, dtype=np.float64)
-    out[:, 0] = pose[0] + c * poses[:, 0] - s * poses[:, 1]
-    out[:, 1] = pose[1] + s * poses[:, 0] + c * poses[:, 1]
-    out[:, 2] = _wrap(poses[:, 2] + pose[2])
+    out = np.empty(poses.shape, dtype=np.float64)
+    out[..., 0] = pose[0] + c * poses[..., 0] - s * poses[..., 1]
+    out[..., 1] = pose[1] + s * poses[..., 0] + c * poses[..., 1]
+    out[..., 2] = _wrap(poses[..., 2] + pose[2])
     return out
 
 
 def scene_to_rig(poses: np.ndarray, pose: np.ndarray) -> np.ndarray:
     """Inverse of :func:`rig_to_scene`."""
+    poses = np.asarray(poses, dtype=np.float64)
     c, s = math.cos(pose[2]), math.sin(pose[2])
-    dx, dy = poses[:, 0] - pose[0], poses[:, 1] - pose[1]
-    out = np.empty_like(poses, dtype=np.float64)
-    out[:, 0] = c * dx + s * dy
-    out[:, 1] = -s * dx + c * dy
-    out[:, 2] = _wrap(poses[:, 2] - pose[2])
+    dx, dy = poses[..., 0] - pose[0], poses[..., 1] - pose[1]
+    out = np.empty(poses.shape, dtype=np.float64)
+    out[..., 0] = c * dx + s * dy
+    out[..., 1] = -s * dx + c * dy
+    out[..., 2] = _wrap(poses[..., 2] - pose[2])
     return out
 
 

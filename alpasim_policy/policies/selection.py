@@ -138,9 +138,20 @@ def t0_scene(
     ego_state[HISTORY + 1 - n_past : HISTORY + 1, 3] = spd * np.cos(past[:, 2])
     ego_state[HISTORY + 1 - n_past : HISTORY + 1, 4] = spd * np.sin(past[:, 2])
     ego_state[: HISTORY + 1 - n_past] = ego_state[HISTORY + 1 - n_past]  # pad a short history
-    ego_state[HISTORY:, :5] = _cv_rollout(ego_state[HISTORY, :5][None], horizon + 1)[0]
-    acc = float(np.asarray(observation.get("acceleration", 0.0)))
-    ego_state[HISTORY, 5:7] = acc * np.cos(pose[2]), acc * np.sin(pose[2])
+    if n_past >= 5:
+        # accelerations of the observed past (comfort metrics and the tracker's actuator state read
+        # them): a Savitzky-Golay derivative of the velocity, which is far less noisy at "now" than a
+        # one-sided difference
+        from scipy.signal import savgol_filter
+
+        rows = slice(HISTORY + 1 - n_past, HISTORY + 1)
+        win = min(7, n_past if n_past % 2 else n_past - 1)
+        for col in (3, 4):
+            ego_state[rows, col + 2] = savgol_filter(ego_state[rows, col], win, 2, deriv=1, delta=DT)
+    else:
+        acc = float(np.asarray(observation.get("acceleration", 0.0)))
+        ego_state[HISTORY, 5:7] = acc * np.cos(pose[2]), acc * np.sin(pose[2])
+    ego_state[HISTORY + 1 :, :5] = _cv_rollout(ego_state[HISTORY, :5][None], horizon + 1)[0, 1:]
     ego_valid = np.zeros(n_total, bool)
     ego_valid[HISTORY + 1 - n_past : HISTORY + 1] = True  # only what was observed is "valid"
 
@@ -225,9 +236,12 @@ class Selection:
 class SampleSelector:
     """Pick one of K rig-frame samples. ``reset(scene)`` once per rollout; ``select`` every tick."""
 
-    def __init__(self, method: str = "first", scorer: ProposalScorer | None = None):
+    def __init__(
+        self, method: str = "first", scorer: ProposalScorer | None = None, *, use_observed_agents: bool = True
+    ):
         self.method = parse_select(method)
         self._scorer = scorer
+        self.use_observed_agents = use_observed_agents
         self.scene: Scene | None = None
 
     def reset(self, scene: Scene | None) -> None:
@@ -246,9 +260,14 @@ class SampleSelector:
             return Selection(int(np.argmin(total)), self.method, -total)
         if observation is None or self.scene is None:
             raise ConfigError("option 'select': 'scored' needs the observation and the scene")
-        view = t0_scene(self.scene, observation, horizon=max(SCORING_HORIZON_STEPS, samples.shape[1]))
+        view = t0_scene(
+            self.scene,
+            observation,
+            horizon=max(SCORING_HORIZON_STEPS, samples.shape[1]),
+            use_observed_agents=self.use_observed_agents,
+        )
         pose = np.asarray(observation["pose"], dtype=np.float64).reshape(3)
-        proposals = np.stack([rig_to_scene(s, pose) for s in samples])
+        proposals = rig_to_scene(samples, pose)
         scorer = self._scorer or default_scorer()
         scores = np.asarray(scorer(view, proposals), dtype=np.float64).reshape(len(samples))
         # best EPDMS; ties (e.g. several perfect samples) go to the lowest index, like ``first``
@@ -256,7 +275,11 @@ class SampleSelector:
 
 
 def default_scorer() -> ProposalScorer:
-    """The scorer's batched open-loop EPDMS on the t0 view, without the human filter."""
-    raise ConfigError(
-        "option 'select': 'scored' needs the scorer (alpasim_policy.scoring), not available yet"
-    )
+    """The scorer's batched open-loop EPDMS on the t0 view: constant-velocity agents, no human filter.
+
+    EP is normalised by the best safe proposal of the batch (there is no reference planner
+    rollout at t0 that would not need the log), so the ranking rewards progress among samples.
+    """
+    from alpasim_policy.scoring.openloop import epdms_scorer
+
+    return epdms_scorer
