@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -297,9 +298,20 @@ def _unpack_ragged(arrays: dict[str, np.ndarray], name: str, path: Path | str) -
 
 
 def scene_from_bytes(data: bytes, path: str | Path = "<bytes>") -> Scene:
+    """Parse and validate a scene; every problem is a :class:`SceneFormatError` naming ``path``."""
+    try:
+        return _scene_from_bytes(data, path)
+    except SceneFormatError:
+        raise
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+        # meta.json that is valid JSON but of the wrong structure (e.g. a lane without "id").
+        raise SceneFormatError(path, None, f"malformed scene content: {type(e).__name__}: {e}") from e
+
+
+def _scene_from_bytes(data: bytes, path: str | Path) -> Scene:
     try:
         arrays, meta = unpack_archive(data)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError) as e:
         raise SceneFormatError(path, None, f"not a readable scene archive (truncated or corrupt): {e}") from e
     if meta is None:
         raise SceneFormatError(path, "meta.json", "missing")
