@@ -146,6 +146,11 @@ class SceneGeometry:
     stop_lines: np.ndarray  # (K, 2, 2)
 
     @classmethod
+    def for_scene(cls, scene: Scene) -> SceneGeometry:
+        """The cached geometry of this scene object (shared by the BEV and camera renderers)."""
+        return scene_cache(scene, "geometry", lambda: cls.from_scene(scene))
+
+    @classmethod
     def from_scene(cls, scene: Scene) -> SceneGeometry:
         m = scene.map
         vehicle_lanes = list(m.lanes)

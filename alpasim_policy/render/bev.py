@@ -141,7 +141,7 @@ class BevRenderer:
         self._agents = scene.agents
         self._light_states = scene.map.light_states
         self.config = config or BevConfig()
-        self.geometry = SceneGeometry.from_scene(scene)
+        self.geometry = SceneGeometry.for_scene(scene)
         c = self.config
         self._line = cv2.LINE_AA if c.antialias else cv2.LINE_8
         self._bg = np.empty((c.height, c.width, 3), dtype=np.uint8)

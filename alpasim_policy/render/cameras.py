@@ -461,7 +461,7 @@ class CameraRenderer:
         self.rig = rig
         self.style = style or CameraStyle()
         s = self.style
-        geo = SceneGeometry.from_scene(scene)
+        geo = SceneGeometry.for_scene(scene)
         self._agents = scene.agents  # not the scene: see bev.BevRenderer
         self._light_states = scene.map.light_states
         self._ego_len = float(scene.ego.length)
