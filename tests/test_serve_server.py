@@ -402,3 +402,16 @@ def test_serve_command_stops_gracefully_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_shut_down_rpc_triggers_the_shutdown_callback():
+    stopped = threading.Event()
+    service = EgodriverService(RouteCruisePolicy, on_shutdown=stopped.set)
+    server, port = build_server(service, port=0)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            egodriver_pb2_grpc.EgodriverServiceStub(ch).shut_down(common_pb2.Empty(), timeout=TIMEOUT)
+        assert stopped.wait(timeout=5.0)
+    finally:
+        server.stop(0).wait()
