@@ -102,3 +102,17 @@ def test_on_drivable_far_away_is_false(scenes):
         idx = MapIndex(sc)
         far = np.array([[1e5, 1e5], [-1e5, 3e4]])
         assert not idx.on_drivable(far).any()
+
+
+def test_in_crosswalk_matches_polygons(scenes):
+    sc = next(s for s in scenes if s.map.crosswalks)
+    idx = MapIndex(sc)
+    rng = np.random.default_rng(2)
+    pts = np.concatenate(
+        [np.array([c.mean(axis=0) for c in sc.map.crosswalks]), rng.uniform(-80, 80, (500, 2))]
+    )
+    ref = np.zeros(len(pts), dtype=bool)
+    for c in sc.map.crosswalks:
+        ref |= shapely.intersects_xy(shapely.Polygon(c), pts[:, 0], pts[:, 1])
+    np.testing.assert_array_equal(idx.in_crosswalk(pts), ref)
+    assert ref[: len(sc.map.crosswalks)].all()

@@ -252,12 +252,19 @@ class MapIndex:
         pts = arr.astype(np.float64).reshape(-1, 2)
         return shapely.intersects_xy(self.drivable, pts[:, 0], pts[:, 1])
 
+    @cached_property
+    def crosswalk_area(self) -> shapely.Geometry:
+        """Union of all crosswalks (prepared), for fast point tests."""
+        cw = shapely.union_all(self.crosswalk_polygons) if len(self.crosswalk_polygons) else shapely.Polygon()
+        shapely.prepare(cw)
+        return cw
+
     def in_crosswalk(self, points: np.ndarray) -> np.ndarray:
+        """Points ``(N, 2)`` -> bool (N,) inside some crosswalk."""
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         if not len(self.crosswalk_polygons):
             return np.zeros(len(pts), dtype=bool)
-        cw = shapely.union_all(self.crosswalk_polygons)
-        return shapely.intersects_xy(cw, pts[:, 0], pts[:, 1])
+        return shapely.intersects_xy(self.crosswalk_area, pts[:, 0], pts[:, 1])
 
     def count_lanes(self, polygons: np.ndarray | Sequence) -> np.ndarray:
         """How many lane polygons each given polygon intersects (int array)."""

@@ -3,7 +3,7 @@
 A suite file looks like::
 
     name: bundled
-    scenes: [av2s_7fab2350_000, cr_USA_US101-4_1_T-1_ego123, ...]
+    scenes: [av2s-7fab2350-w00, av2f-0a1e6f0a, cr-USA_US101-4_1_T-1-ego427, ...]
 
 Scene ids resolve to ``<scenarios root>/scenes/<id>.npz``. The scenarios root is
 ``$ALPASIM_SCENARIOS`` if set, else ``./scenarios`` if it exists, else the
