@@ -1,0 +1,41 @@
+"""``alpasim-policy bench model`` on the tiny preset: rows in the given markdown file, JSON last line."""
+
+from __future__ import annotations
+
+import json
+
+from alpasim_policy.cli import main
+
+
+def test_bench_model_cli(tmp_path, capsys):
+    out = tmp_path / "BENCH.md"
+    rc = main(
+        [
+            "bench",
+            "model",
+            "--preset",
+            "tiny",
+            "--samples",
+            "2",
+            "--cot-tokens",
+            "3",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["benchmark"] == "model" and summary["samples"] == 2
+    for mode in ("single", "multi", "single_dynamic"):
+        for stage in ("vision", "prefill", "decode", "diffusion", "total"):
+            assert summary[f"{mode}_{stage}_ms"] > 0
+    assert summary["ratio_single_vs_multi"] > 0
+    assert summary["ratio_graph_vs_eager_diffusion"] is None  # CPU: no graph
+    text = out.read_text()
+    assert text.count("model tiny K=2 CoC=3 cpu") == 3
+    assert "single reasoning" in text and "multi reasoning (NVlabs)" in text

@@ -1,0 +1,111 @@
+"""save_pretrained / from_pretrained: sharded safetensors in NVlabs' key layout, clear key errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from model_helpers import frames, rig_history
+from safetensors.torch import load_file, save_file
+
+from alpasim_policy.errors import ModelWeightsError
+from alpasim_policy.model.config import AlpamayoConfig
+from alpasim_policy.model.modeling_alpamayo import AlpamayoR1
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    torch.manual_seed(1)
+    model = AlpamayoR1(AlpamayoConfig.from_preset("tiny"))
+    d = tmp_path_factory.mktemp("weights")
+    model.save_pretrained(d, max_shard_bytes=1 << 20)  # force several shards
+    return model, d
+
+
+def test_key_layout_is_nvlabs(saved):
+    model, d = saved
+    keys = set(model.state_dict())
+    prefixes = {k.split(".")[0] for k in keys}
+    assert prefixes == {"vlm", "expert", "action_in_proj", "action_out_proj", "action_space"}
+    assert "vlm.model.visual.patch_embed.proj.weight" in keys
+    assert "vlm.model.language_model.layers.0.self_attn.q_proj.weight" in keys
+    assert "vlm.lm_head.weight" in keys
+    assert "expert.layers.0.self_attn.k_proj.weight" in keys
+    assert not any(k.startswith("expert.embed_tokens") for k in keys)
+    assert "action_in_proj.sinus.0.freqs" in keys and "action_in_proj.timestep_fourier_encoder.freqs" in keys
+    assert "action_in_proj.encoder.trunk.0.weight" in keys and "action_in_proj.norm.weight" in keys
+    assert "action_out_proj.weight" in keys
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == keys
+    assert len(set(index["weight_map"].values())) > 1
+
+
+def test_round_trip_gives_identical_model(saved):
+    model, d = saved
+    loaded = AlpamayoR1.from_pretrained(d)
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    hist, _ = rig_history("cr-USA_Lanker-1_1_T-1-ego1213")
+    imgs = frames(model.config, seed=3)
+    kw = dict(num_samples=2, reasoning="multi", cot_tokens=5, diffusion="eager")
+    o1 = model.drive(imgs, hist, generator=torch.Generator().manual_seed(0), **kw)
+    o2 = loaded.drive(imgs, hist, generator=torch.Generator().manual_seed(0), **kw)
+    assert o1.reasoning == o2.reasoning
+    np.testing.assert_array_equal(o1.trajectories, o2.trajectories)
+
+
+def _edit_shard(d, fn):
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    name = index["weight_map"]["action_out_proj.weight"]
+    tensors = load_file(str(d / name))
+    fn(tensors)
+    save_file(tensors, str(d / name))
+
+
+def test_missing_unexpected_and_misshaped_keys_are_listed(saved, tmp_path):
+    import shutil
+
+    _, src = saved
+    d = tmp_path / "w"
+    shutil.copytree(src, d)
+    _edit_shard(d, lambda t: t.pop("action_out_proj.weight"))
+    with pytest.raises(ModelWeightsError, match=r"1 missing keys: action_out_proj\.weight"):
+        AlpamayoR1.from_pretrained(d)
+    with pytest.warns(UserWarning, match="missing"):
+        m = AlpamayoR1.from_pretrained(d, strict=False)
+    assert m.action_out_proj.weight.shape == (2, m.config.expert_hidden)
+
+    shutil.rmtree(d)
+    shutil.copytree(src, d)
+    _edit_shard(
+        d,
+        lambda t: t.update({"action_out_proj.extra": torch.zeros(2), "action_out_proj.bias": torch.zeros(5)}),
+    )
+    with pytest.raises(ModelWeightsError) as e:
+        AlpamayoR1.from_pretrained(d)
+    assert "unexpected keys: action_out_proj.extra" in str(e.value)
+    assert "action_out_proj.bias: file (5,) vs model (2,)" in str(e.value)
+
+
+def test_missing_directory_shards_and_config(saved, tmp_path):
+    _, src = saved
+    with pytest.raises(ModelWeightsError, match="does not exist"):
+        AlpamayoR1.from_pretrained(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelWeightsError, match="pass preset"):
+        AlpamayoR1.from_pretrained(tmp_path / "empty")
+    with pytest.raises(ModelWeightsError, match="no model.safetensors"):
+        AlpamayoR1.from_pretrained(tmp_path / "empty", preset="tiny")
+    import shutil
+
+    d = tmp_path / "partial"
+    shutil.copytree(src, d)
+    next(d.glob("model-*.safetensors")).unlink()
+    with pytest.raises(ModelWeightsError, match="absent"):
+        AlpamayoR1.from_pretrained(d)
+    with pytest.raises(ModelWeightsError, match="not 'small'"):
+        AlpamayoR1.from_pretrained(src, preset="small")
