@@ -415,3 +415,22 @@ def test_shut_down_rpc_triggers_the_shutdown_callback():
         assert stopped.wait(timeout=5.0)
     finally:
         server.stop(0).wait()
+
+
+def test_route_may_arrive_before_egomotion_and_is_moved_to_the_current_rig(harness):
+    sid = harness.start()
+    # Route valid at t = 0.5 s, in the rig frame of that time: a lane 1 m to the left.
+    wps = [common_pb2.Vec3(x=float(x), y=1.0) for x in np.arange(-10, 60, 2.0)]
+    harness.stub.submit_route(
+        egodriver_pb2.RouteRequest(
+            session_uuid=sid, route=egodriver_pb2.Route(timestamp_us=500_000, waypoints=wps)
+        ),
+        timeout=TIMEOUT,
+    )
+    now, _ = _history(harness, sid, speed=5.0, yaw=0.3)  # straight along 0.3 rad, 1.5 s
+    harness.drive(sid, now)
+    obs_route = harness.policies[0].seen[-1]
+    assert obs_route["command"] == 1
+    policy_route = harness.service.observation(harness.service._sessions[sid])["route"]
+    np.testing.assert_allclose(policy_route[:, 1], 1.0, atol=1e-4)  # still 1 m left, straight ahead
+    np.testing.assert_allclose(policy_route[:5, 0], [0, 2, 4, 6, 8], atol=1e-4)

@@ -57,7 +57,7 @@ class Session:
     policy: Policy
     cameras: convert.RemoteCameraRig
     ego: convert.EgoBuffer = field(default_factory=convert.EgoBuffer)
-    route_local: np.ndarray | None = None  # (N, 2) route waypoints in the local frame
+    route: tuple[int, np.ndarray] | None = None  # (timestamp_us, (N, 2) rig-frame waypoints at that time)
     images: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)  # name -> (t_us, RGB)
     ground_truth: common_pb2.Trajectory | None = None
     drives: int = 0
@@ -235,14 +235,9 @@ class EgodriverService(egodriver_pb2_grpc.EgodriverServiceServicer):
             s = self._session(request.session_uuid)
             pts = convert.parse_waypoints(request.route.waypoints)
             with s.lock:
-                if not s.ego.ts:
-                    raise _Abort(
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        "route: rig-frame waypoints need an egomotion observation first (none received)",
-                    )
-                # Store in the local frame, so a route sent at t stays right when driven at t' > t.
-                origin = s.ego.pose_at(int(request.route.timestamp_us or s.ego.ts[-1]))
-                s.route_local = convert.from_rig(pts, origin) if len(pts) else pts
+                # Kept in the rig frame of its timestamp; drive moves it into the current rig frame
+                # through the egomotion at that time, so it may arrive before or after the egomotion.
+                s.route = (int(request.route.timestamp_us), pts)
             return common_pb2.Empty()
 
         return self._run(context, go)
@@ -269,11 +264,11 @@ class EgodriverService(egodriver_pb2_grpc.EgodriverServiceServicer):
         if needs_cameras and any(n not in s.images for n in s.cameras.names):
             return None
         pose = hist["pose"]
-        route_rig = (
-            convert.to_rig(s.route_local, tuple(pose))
-            if s.route_local is not None and len(s.route_local)
-            else None
-        )
+        route_rig = None
+        if s.route is not None and len(s.route[1]):
+            t_route, pts = s.route
+            origin = s.ego.pose_at(t_route or hist["now_us"])  # rig pose when the route was valid
+            route_rig = convert.to_rig(convert.from_rig(pts, origin), tuple(pose))
         obs: dict[str, Any] = {
             "ego_history": hist["ego_history"],
             "speed": hist["speed"],
