@@ -80,7 +80,7 @@ class TrackerParams:
 
 
 #: The closed-loop env's tracker (see the module docstring for why it differs from NAVSIM's).
-ENV_TRACKER = TrackerParams(q_pos=300.0, allow_reverse=False)
+ENV_TRACKER = TrackerParams(q_pos=1000.0, lon_horizon=8, allow_reverse=False)
 
 
 # --------------------------------------------------------------------------- profile fits

@@ -1,0 +1,85 @@
+"""Policy names -> Policy objects, for ``eval`` and ``serve``.
+
+``make_policy("idm")``, ``make_policy("alpamayo", preset="tiny")``,
+``make_policy("grpc://localhost:50051")``. Heavy policies are imported lazily, so asking for a
+baseline never imports torch or grpc. Options are passed to the policy's constructor; an option it
+does not take is a :class:`~alpasim_policy.errors.ConfigError` naming it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+from alpasim_policy.errors import ConfigError
+
+#: name -> "module:Class"
+POLICIES: dict[str, str] = {
+    "log_replay": "alpasim_policy.policies.baselines:LogReplayPolicy",
+    "constant_velocity": "alpasim_policy.policies.baselines:ConstantVelocityPolicy",
+    "idm": "alpasim_policy.policies.baselines:IDMPolicy",
+    "alpamayo": "alpasim_policy.policies.alpamayo:AlpamayoPolicy",
+}
+GRPC_PREFIX = "grpc://"
+GRPC_POLICY = "alpasim_policy.serve.client:EgodriverPolicy"
+
+
+def known_policies() -> list[str]:
+    return sorted(POLICIES) + [GRPC_PREFIX + "HOST:PORT"]
+
+
+def _load(target: str, spec: str) -> type:
+    module, _, cls = target.partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and module.startswith(e.name):
+            raise ConfigError(f"policy {spec!r}: its module {module} is not available in this build") from e
+        raise
+    return getattr(mod, cls)
+
+
+def _construct(cls: type, spec: str, args: tuple, options: dict[str, Any]) -> Any:
+    try:
+        sig = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return cls(*args, **options)
+    params = sig.parameters
+    takes_kwargs = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    if not takes_kwargs:
+        bad = sorted(k for k in options if k not in params)
+        if bad:
+            known = sorted(
+                k for k, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+            )
+            raise ConfigError(f"policy {spec!r}: unknown option(s) {bad}; it takes {known}")
+    return cls(*args, **options)
+
+
+def make_policy(spec: str, **options: Any) -> Any:
+    """Build the policy named ``spec`` (see :data:`POLICIES`, or ``grpc://HOST:PORT``)."""
+    spec = str(spec).strip()
+    if spec.startswith(GRPC_PREFIX):
+        if len(spec) <= len(GRPC_PREFIX):
+            raise ConfigError(f"policy {spec!r}: expected grpc://HOST:PORT")
+        return _construct(_load(GRPC_POLICY, spec), spec, (spec,), options)
+    if spec not in POLICIES:
+        raise ConfigError(f"unknown policy {spec!r}; known: {', '.join(known_policies())}")
+    return _construct(_load(POLICIES[spec], spec), spec, (), options)
+
+
+def parse_options(items: list[str] | None) -> dict[str, Any]:
+    """``["key=value", ...]`` -> dict, values parsed as YAML scalars (numbers, true/false, null)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--policy-option {item!r}: expected key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out

@@ -1,0 +1,315 @@
+"""The other road users: log replay, or reactive IDM agents that follow the lane graph.
+
+``LogReplayAgents`` plays each agent's logged boxes back unchanged (non-reactive: a car ahead
+of the ego brakes whatever the ego does, a car behind may drive into a slow ego).
+
+``IDMAgents`` (the ``reactive`` config) hands every *moving vehicle* that is in the scene when the
+policy takes over to the Intelligent Driver Model: it drives along a path made of its current
+lane's centreline and the successors that best match where its log went, at a desired speed
+taken from its own log, keeping a time gap to the nearest box ahead in its path (other agents,
+the ego, and the stop line of a red light). Pedestrians, cyclists, static objects, parked cars,
+agents off any lane and agents that appear later keep replaying their log.
+
+Reactive agents must never drive *through* the ego: besides treating the ego as a lead, a step
+that would make an IDM agent's box overlap the ego's box is refused (the agent holds its place
+and its speed drops to zero). If the ego drives into a reactive agent, that is the ego's doing.
+
+Everything per step is vectorised over the IDM agents (paths are pre-sampled at 1 m at reset).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from alpasim_policy.errors import ConfigError
+from alpasim_policy.scenes.format import AgentType, LightState, Scene
+from alpasim_policy.scenes.geometry import MapIndex, Polyline, box_corners, wrap_angle
+from alpasim_policy.sim.collision import boxes_overlap
+
+PATH_SPACING_M = 1.0
+LOOKAHEAD_M = 60.0
+DRIVING_TYPES = (AgentType.VEHICLE, AgentType.BUS, AgentType.TRUCK, AgentType.MOTORCYCLE)
+
+
+@dataclass(frozen=True)
+class IDMParams:
+    """Intelligent Driver Model constants (Treiber et al.); defaults as nuPlan's IDM agents."""
+
+    min_gap: float = 2.0  # s0, m bumper to bumper at standstill
+    headway: float = 1.5  # T, s
+    accel_max: float = 1.0  # a, m/s^2
+    decel_comfort: float = 2.0  # b, m/s^2
+    decel_max: float = 8.0  # physical braking limit, m/s^2
+    exponent: float = 4.0  # delta
+    min_desired_speed: float = 2.0  # m/s, floor of the speed taken from the log
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, where: str = "idm") -> IDMParams:
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise ConfigError(f"{where}: unknown key(s) {bad}; known: {sorted(known)}")
+        for k, v in d.items():
+            if not isinstance(v, int | float) or not np.isfinite(v) or v < 0:
+                raise ConfigError(f"{where}.{k}: must be a non-negative number, got {v!r}")
+        return cls(**{k: float(v) for k, v in d.items()})
+
+
+def idm_acceleration(
+    v: np.ndarray, v_desired: np.ndarray, gap: np.ndarray, v_lead: np.ndarray, p: IDMParams
+) -> np.ndarray:
+    """IDM acceleration; ``gap`` = inf where there is no lead. Clipped to [-decel_max, accel_max]."""
+    v = np.maximum(v, 0.0)
+    free = 1.0 - (v / np.maximum(v_desired, 1e-3)) ** p.exponent
+    s_star = p.min_gap + np.maximum(
+        0.0, v * p.headway + v * (v - v_lead) / (2.0 * np.sqrt(p.accel_max * p.decel_comfort))
+    )
+    inter = np.where(np.isfinite(gap), (s_star / np.maximum(gap, 1e-2)) ** 2, 0.0)
+    return np.clip(p.accel_max * (free - inter), -p.decel_max, p.accel_max)
+
+
+def lane_path(
+    scene: Scene,
+    index: MapIndex,
+    xy: np.ndarray,
+    heading: float,
+    length: float,
+    follow: np.ndarray | None = None,
+) -> tuple[np.ndarray, list[str]] | None:
+    """A path from ``xy`` along the lane graph, at least ``length`` m long where the graph allows.
+
+    Starts at the lane best matching the pose; at each junction takes the successor whose
+    centreline passes closest to any of the ``follow`` points (e.g. the agent's logged future),
+    else the first successor. Returns (points (P, 2), lane ids) or None when no lane fits the
+    pose (more than 3 m off or more than 60 deg off the lane direction).
+    """
+    li = index.nearest_lane(xy, heading)
+    if li is None:
+        return None
+    lanes = scene.map.lanes
+    cl = index.centerlines[li]
+    s, lat, hd = cl.project(np.asarray(xy, float)[None])
+    if abs(lat[0]) > 3.0 or abs(wrap_angle(hd[0] - heading)) > np.pi / 3:
+        return None
+    pts = [np.asarray(xy, float)[None]]
+    # Join the centreline a few metres ahead, so the start offset is absorbed smoothly.
+    ahead = cl.points[cl.s > s[0] + 4.0]
+    pts.append(ahead)
+    ids = [lanes[li].id]
+    total = max(0.0, cl.length - s[0])
+    cur = lanes[li]
+    while total < length:
+        succ = [x for x in cur.successors if x in index.lane_index]
+        if not succ:
+            break
+        if len(succ) > 1 and follow is not None and len(follow):
+            cost = [np.min(np.linalg.norm(follow[:, None, :] - lanes[index.lane_index[x]].centerline[None], axis=-1))
+                    for x in succ]  # fmt: skip
+            nxt = succ[int(np.argmin(cost))]
+        else:
+            nxt = succ[0]
+        if nxt in ids:  # a loop in the graph
+            break
+        cur = lanes[index.lane_index[nxt]]
+        ids.append(cur.id)
+        pts.append(cur.centerline)
+        total += index.centerlines[index.lane_index[nxt]].length
+    path = np.concatenate(pts)
+    if len(path) < 2:
+        return None
+    return path, ids
+
+
+class LogReplayAgents:
+    """Agents exactly as logged."""
+
+    reactive = False
+
+    def __init__(self, scene: Scene):
+        self.scene = scene
+        self.state = scene.agents.state
+        self.valid = scene.agents.valid
+
+    def reset(self, step: int) -> None:
+        pass
+
+    def at(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.state[:, step], self.valid[:, step]
+
+    def advance(self, step: int, ego_corners: np.ndarray, ego_speed: float) -> tuple[np.ndarray, np.ndarray]:
+        """States and validity at ``step`` (the step being entered)."""
+        return self.state[:, step], self.valid[:, step]
+
+
+class IDMAgents:
+    """Reactive agents: IDM along lane-graph paths (see the module docstring)."""
+
+    reactive = True
+
+    def __init__(self, scene: Scene, index: MapIndex, params: IDMParams | None = None):
+        self.scene = scene
+        self.index = index
+        self.p = params or IDMParams()
+        self.cur_state = scene.agents.state[:, 0].copy()
+        self.cur_valid = scene.agents.valid[:, 0].copy()
+
+    def reset(self, step: int) -> None:
+        """Take over the agents present at ``step`` (the first controlled step)."""
+        sc = self.scene
+        a = sc.agents
+        n = len(a)
+        self.cur_state = a.state[:, step].copy()
+        self.cur_valid = a.valid[:, step].copy()
+        speed_log = np.hypot(a.state[..., 3], a.state[..., 4])
+        controlled = []
+        paths = []
+        for i in range(n):
+            if not a.valid[i, step] or int(a.types[i]) not in DRIVING_TYPES:
+                continue
+            vlog = speed_log[i][a.valid[i]]
+            if vlog.max(initial=0.0) < 0.5:  # parked the whole time: keep it where it is
+                continue
+            fut = a.valid[i, step:]
+            follow = a.state[i, step:][fut][:, :2]
+            res = lane_path(sc, self.index, a.state[i, step, :2], float(a.state[i, step, 2]), 200.0, follow)
+            if res is None:
+                continue
+            controlled.append(i)
+            paths.append(res)
+        self.ids = np.array(controlled, dtype=np.int64)
+        k = len(self.ids)
+        self.lengths = a.size[self.ids, 0] if k else np.zeros(0)
+        self.widths = a.size[self.ids, 1] if k else np.zeros(0)
+        # Paths resampled every PATH_SPACING_M, padded to a common length with their end point.
+        polys = [Polyline(p) for p, _ in paths]
+        npts = max([int(pl.length / PATH_SPACING_M) + 2 for pl in polys], default=2)
+        self.path_xy = np.zeros((k, npts, 2))
+        self.path_h = np.zeros((k, npts))
+        self.path_len = np.zeros(k)
+        for j, pl in enumerate(polys):
+            s = np.minimum(np.arange(npts) * PATH_SPACING_M, pl.length)
+            xy, h = pl.interpolate(s)
+            self.path_xy[j], self.path_h[j] = xy, h
+            self.path_len[j] = pl.length
+        self.path_lanes = [ids for _, ids in paths]
+        self.s = np.zeros(k)
+        self.v = np.hypot(a.state[self.ids, step, 3], a.state[self.ids, step, 4]) if k else np.zeros(0)
+        vmax = np.array([speed_log[i][a.valid[i]].max() for i in self.ids]) if k else np.zeros(0)
+        self.v_desired = np.maximum(vmax, self.p.min_desired_speed)
+        self._stop_s = self._red_light_positions()
+        self.is_idm = np.zeros(n, dtype=bool)
+        self.is_idm[self.ids] = True
+
+    def _red_light_positions(self) -> list[list[tuple[int, float]]]:
+        """Per IDM agent: (light index, arc length of its stop line on the agent's path)."""
+        out: list[list[tuple[int, float]]] = []
+        lights = self.scene.map.traffic_lights
+        for j in range(len(self.ids)):
+            entries = []
+            lanes = set(self.path_lanes[j])
+            for li, tl in enumerate(lights):
+                if tl.lane_id in lanes:
+                    mid = np.asarray(tl.stop_line, float).mean(axis=0)
+                    d = np.linalg.norm(self.path_xy[j] - mid, axis=1)
+                    k = int(np.argmin(d))
+                    if d[k] < 4.0 and k > 0:
+                        entries.append((li, k * PATH_SPACING_M))
+            out.append(entries)
+        return out
+
+    def at(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.cur_state, self.cur_valid
+
+    def _pose_at(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        k = len(self.ids)
+        f = np.clip(s / PATH_SPACING_M, 0, self.path_xy.shape[1] - 1)
+        i0 = np.minimum(np.floor(f).astype(np.int64), self.path_xy.shape[1] - 2)
+        w = (f - i0)[:, None]
+        rows = np.arange(k)
+        xy = (1 - w) * self.path_xy[rows, i0] + w * self.path_xy[rows, i0 + 1]
+        h = self.path_h[rows, np.minimum(np.round(f).astype(np.int64), self.path_xy.shape[1] - 1)]
+        return xy, h
+
+    def advance(self, step: int, ego_corners: np.ndarray, ego_speed: float, dt: float = 0.1):
+        """Move to ``step``: log agents from the log, IDM agents by one IDM step."""
+        a = self.scene.agents
+        new_state = a.state[:, step].copy()
+        new_valid = a.valid[:, step].copy()
+        k = len(self.ids)
+        if k:
+            gap, v_lead = self._leads(step, ego_corners, ego_speed)
+            acc = idm_acceleration(self.v, self.v_desired, gap, v_lead, self.p)
+            v_new = np.maximum(self.v + dt * acc, 0.0)
+            s_new = np.minimum(self.s + dt * 0.5 * (self.v + v_new), self.path_len)
+            xy, h = self._pose_at(s_new)
+            # Never into the ego: refuse a step that would overlap the ego's box.
+            corners = box_corners(xy[:, 0], xy[:, 1], h, self.lengths, self.widths)
+            bad = boxes_overlap(corners, ego_corners[None])
+            if bad.any():
+                s_new = np.where(bad, self.s, s_new)
+                v_new = np.where(bad, 0.0, v_new)
+                xy, h = self._pose_at(s_new)
+            self.s, self.v = s_new, v_new
+            new_state[self.ids, 0] = xy[:, 0]
+            new_state[self.ids, 1] = xy[:, 1]
+            new_state[self.ids, 2] = h
+            new_state[self.ids, 3] = v_new * np.cos(h)
+            new_state[self.ids, 4] = v_new * np.sin(h)
+            new_valid[self.ids] = True
+        self.cur_state, self.cur_valid = new_state, new_valid
+        return new_state, new_valid
+
+    def _leads(self, step: int, ego_corners: np.ndarray, ego_speed: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per IDM agent: bumper gap to the nearest box ahead in its path, and that box's speed."""
+        k = len(self.ids)
+        st, val = self.cur_state, self.cur_valid
+        ego_c = ego_corners.mean(axis=0)
+        ego_h = float(np.arctan2(*(ego_corners[0] - ego_corners[1])[::-1]))
+        ego_len = float(np.linalg.norm(ego_corners[0] - ego_corners[1]))
+        ego_w = float(np.linalg.norm(ego_corners[0] - ego_corners[3]))
+        others = np.flatnonzero(val)
+        obj_xy = np.concatenate([st[others, :2], ego_c[None]])
+        obj_h = np.concatenate([st[others, 2], [ego_h]])
+        obj_v = np.concatenate([np.hypot(st[others, 3], st[others, 4]), [ego_speed]])
+        obj_len = np.concatenate([self.scene.agents.size[others, 0], [ego_len]])
+        obj_w = np.concatenate([self.scene.agents.size[others, 1], [ego_w]])
+        obj_id = np.concatenate([others, [-1]])
+        n_win = int(LOOKAHEAD_M / PATH_SPACING_M)
+        start = np.floor(self.s / PATH_SPACING_M).astype(np.int64)
+        idx = np.minimum(start[:, None] + np.arange(n_win)[None, :], self.path_xy.shape[1] - 1)
+        win = self.path_xy[np.arange(k)[:, None], idx]  # (k, W, 2)
+        d = np.linalg.norm(win[:, :, None, :] - obj_xy[None, None], axis=-1)  # (k, W, M)
+        jmin = np.argmin(d, axis=1)  # (k, M)
+        lat = np.take_along_axis(d, jmin[:, None, :], axis=1)[:, 0]
+        s_obj = (start[:, None] + jmin) * PATH_SPACING_M
+        in_path = (lat < 0.5 * (self.widths[:, None] + obj_w[None]) + 0.3) & (s_obj > self.s[:, None])
+        in_path &= obj_id[None, :] != self.ids[:, None]
+        in_path &= jmin < n_win - 1  # the window's last point collects everything beyond it
+        gap = s_obj - self.s[:, None] - 0.5 * (self.lengths[:, None] + obj_len[None])
+        hpath = np.take_along_axis(self.path_h[np.arange(k)[:, None], idx], jmin, axis=1)
+        v_along = obj_v[None] * np.cos(obj_h[None] - hpath)
+        gap = np.where(in_path, gap, np.inf)
+        j = np.argmin(gap, axis=1)
+        rows = np.arange(k)
+        best_gap, best_v = gap[rows, j], np.maximum(v_along[rows, j], 0.0)
+        # Red lights: a standing obstacle at the stop line.
+        states = self.scene.map.light_states
+        for r, entries in enumerate(self._stop_s):
+            for li, s_stop in entries:
+                if states[li, min(step, states.shape[1] - 1)] == LightState.RED:
+                    g = s_stop - self.s[r] - 0.5 * self.lengths[r]
+                    if 0.0 < g < best_gap[r]:
+                        best_gap[r], best_v[r] = g, 0.0
+        return best_gap, best_v
+
+
+def make_agents(kind: str, scene: Scene, index: MapIndex, idm: IDMParams | None = None):
+    if kind == "log":
+        return LogReplayAgents(scene)
+    if kind == "idm":
+        return IDMAgents(scene, index, idm)
+    raise ConfigError(f"agents: must be 'log' or 'idm', got {kind!r}")

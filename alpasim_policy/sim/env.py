@@ -1,0 +1,429 @@
+"""``alpasim_policy/LogReplay-v0``: a closed-loop 10 Hz Gymnasium env on one logged scene.
+
+``gymnasium.make("alpasim_policy/LogReplay-v0", scene=..., config=...)``: ``scene`` is a scene
+file, a scene id of the bundled scenarios, or a loaded :class:`~alpasim_policy.scenes.format.Scene`;
+``config`` a YAML path or mapping (see :mod:`alpasim_policy.sim.config` and ``envs/*.yaml``).
+
+Episode. The log is replayed for ``warmup_s`` (1.6 s), so the first observation already has a full
+16-step history; from then on, every ``step(plan)`` tracks the plan with the LQR tracker for one
+0.1 s step of the kinematic bicycle, moves the agents (log replay, or IDM when ``agents: idm``),
+and checks collisions, the drivable area and the distance to the log. The episode *terminates*
+at the end of the log; *truncation* (after an at-fault collision, leaving the drivable area, or
+more than ``max_distance_to_log_m`` from the log, AlpaSim uses 4 m) is off by default.
+
+Action: a planned trajectory in the current rig frame (x forward, y left, origin rear axle),
+``(T, 3)`` x, y, heading, row ``i`` at ``+(i + 1) * 0.1 s``. The declared Box has 64 rows (what
+Alpamayo emits, and what ``gymnasium.vector`` stacks), but any ``T >= 10`` is accepted. A NaN /
+empty / too short / wrong-shaped plan raises :class:`~alpasim_policy.errors.PolicyOutputError`.
+
+Observation: the Dict documented in :mod:`alpasim_policy.policies.base` (``cameras`` / ``bev``
+only when enabled in the config). ``info``: ``ego_state`` (EGO_COLUMNS, scene frame), ``step``,
+``time``, ``controlled``, ``collisions`` (contacts that started this step: agent id / index,
+type, at_fault, penalty), ``at_fault_collision`` (this step), ``any_collision``, ``off_drivable``,
+``distance_to_log`` (m, rear axle vs the logged rear axle at the same step).
+
+The env is deterministic: ``reset(seed=s)`` with the same scene and config gives a bit-identical
+rollout (the seed is kept for the policy and for ``np_random``; no simulation step draws from it).
+"""
+
+from __future__ import annotations
+
+import weakref
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from alpasim_policy.errors import ConfigError
+from alpasim_policy.policies.base import (
+    COMMAND_LEFT,
+    COMMAND_RIGHT,
+    COMMAND_STRAIGHT,
+    HISTORY_STEPS,
+    MAX_AGENTS,
+    MIN_PLAN_STEPS,
+    ROUTE_POINTS,
+    ROUTE_SPACING_M,
+    validate_plan,
+)
+from alpasim_policy.scenes.format import Scene, load_scene
+from alpasim_policy.scenes.geometry import MapIndex, Polyline, box_corners
+from alpasim_policy.sim import collision as col
+from alpasim_policy.sim.agents import IDMParams, make_agents
+from alpasim_policy.sim.config import load_env_config, tracker_params
+from alpasim_policy.sim.dynamics import VehicleParams, from_ego_columns, to_ego_columns
+from alpasim_policy.sim.tracker import simulate_internal
+
+ACTION_ROWS = 64
+
+_INDEX_CACHE: dict[int, MapIndex] = {}
+
+
+def map_index(scene: Scene) -> MapIndex:
+    """The scene's :class:`MapIndex`, built once per scene object."""
+    key = id(scene)
+    idx = _INDEX_CACHE.get(key)
+    if idx is None:
+        idx = _INDEX_CACHE[key] = MapIndex(scene)
+        weakref.finalize(scene, _INDEX_CACHE.pop, key, None)
+    return idx
+
+
+def resolve_scene(scene: str | Path | Scene) -> Scene:
+    if isinstance(scene, Scene):
+        return scene
+    if scene is None:
+        raise ConfigError("LogReplay-v0: pass scene=<path | scene id | Scene>")
+    from alpasim_policy.scenes.suite import find_scene
+
+    return load_scene(find_scene(scene))
+
+
+def to_rig(xy: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """Scene-frame points (..., 2) -> rig frame of ``pose`` (x, y, heading)."""
+    c, s = np.cos(pose[2]), np.sin(pose[2])
+    d = np.asarray(xy, np.float64) - pose[:2]
+    return np.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]], axis=-1)
+
+
+def rig_to_scene(plan: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """Rig-frame poses (T, 3) -> scene frame."""
+    c, s = np.cos(pose[2]), np.sin(pose[2])
+    out = np.empty_like(plan, dtype=np.float64)
+    out[:, 0] = pose[0] + c * plan[:, 0] - s * plan[:, 1]
+    out[:, 1] = pose[1] + s * plan[:, 0] + c * plan[:, 1]
+    out[:, 2] = plan[:, 2] + pose[2]
+    return out
+
+
+def scene_to_rig_poses(poses: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """Scene-frame poses (T, 3) -> rig frame of ``pose``."""
+    out = np.empty_like(poses, dtype=np.float64)
+    out[:, :2] = to_rig(poses[:, :2], pose)
+    out[:, 2] = (poses[:, 2] - pose[2] + np.pi) % (2 * np.pi) - np.pi
+    return out
+
+
+def navigation_command(route_rig: np.ndarray, lookahead_m: float = 5.0, threshold_m: float = 2.0) -> int:
+    """AlpaSim's rule: the first route point at least ``lookahead_m`` from the rig decides.
+
+    Its lateral offset > ``threshold_m`` -> left, < -``threshold_m`` -> right, else straight (also
+    when no route point is that far).
+    """
+    d = np.hypot(route_rig[:, 0], route_rig[:, 1])
+    far = np.flatnonzero(d >= lookahead_m)
+    if not len(far):
+        return COMMAND_STRAIGHT
+    y = route_rig[far[0], 1]
+    return COMMAND_LEFT if y > threshold_m else COMMAND_RIGHT if y < -threshold_m else COMMAND_STRAIGHT
+
+
+def initial_steer(log: np.ndarray, k: int, vehicle: VehicleParams, window: int = 10) -> float:
+    """Steering angle at hand-over: the curvature the log drove over the last second.
+
+    Logged accelerations (and so ``a_lat``-based estimates) are noisy, at low speed a 1 m/s^2
+    error is a large steering angle; heading change over distance travelled is robust. Zero
+    when the car moved less than 2 m in that second.
+    """
+    lo = max(k - window, 0)
+    seg = log[lo : k + 1]
+    dist = float(np.sum(np.hypot(*np.diff(seg[:, :2], axis=0).T))) if len(seg) > 1 else 0.0
+    if dist < 2.0:
+        return 0.0
+    dh = float((seg[-1, 2] - seg[0, 2] + np.pi) % (2 * np.pi) - np.pi)
+    steer = float(np.arctan(vehicle.wheelbase * dh / dist))
+    return float(np.clip(steer, -vehicle.max_steering_angle, vehicle.max_steering_angle))
+
+
+class LogReplayEnv(gym.Env):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(
+        self,
+        scene: str | Path | Scene | None = None,
+        config: str | Path | dict | None = None,
+        render_mode: str | None = None,
+    ):
+        self.config = load_env_config(config)
+        self.scene = resolve_scene(scene)
+        sc = self.scene
+        if abs(self.config["dt"] - sc.metadata.dt) > 1e-9:
+            raise ConfigError(
+                f"env config: 'dt' is {self.config['dt']} but scene {sc.scene_id} has dt {sc.metadata.dt}"
+            )
+        if render_mode not in (None, "rgb_array"):
+            raise ConfigError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
+        self.dt = float(self.config["dt"])
+        self.start_step = int(round(self.config["warmup_s"] / self.dt))
+        if self.start_step > sc.num_steps - 2:
+            raise ConfigError(f"env config: 'warmup_s' {self.config['warmup_s']} leaves no step to drive in "
+                              f"scene {sc.scene_id} ({sc.duration:.1f} s)")  # fmt: skip
+        self.vehicle = VehicleParams.from_scene(sc)
+        self.tracker = tracker_params(self.config)
+        self.anchor = self.config["tracker"]["anchor"]
+        self.fit_steps = self.config["tracker"]["fit_steps"]
+        self.index = map_index(sc)
+        self.route = Polyline(sc.route.polyline)
+        self.agent_static = col.is_static_type(sc.agents.types)
+        self.agent_size = sc.agents.size
+        self.agent_types = sc.agents.types.astype(np.float32)
+        self._idm_params = IDMParams.from_dict(self.config["idm"])
+        bev = dict(self.config["bev"])
+        self.bev_enabled = bool(bev.pop("enabled", False))
+        from alpasim_policy.render.bev import BevConfig
+
+        self.bev_config = BevConfig.from_dict(bev)
+        cam = self.config["cameras"]
+        self.camera_rig = None
+        if cam["enabled"]:
+            from alpasim_policy.render.cameras import CameraRig
+
+            self.camera_rig = CameraRig.from_preset(cam["preset"], cam["width"], cam["height"])
+        self.action_space = spaces.Box(-np.inf, np.inf, shape=(ACTION_ROWS, 3), dtype=np.float32)
+        self.observation_space = self._make_observation_space()
+        self._step = self.start_step
+        self._seed: int | None = None
+
+    # ------------------------------------------------------------------ spaces
+
+    def _make_observation_space(self) -> spaces.Dict:
+        inf = np.inf
+        d: dict[str, spaces.Space] = {
+            "ego_history": spaces.Box(-inf, inf, (HISTORY_STEPS, 4), np.float32),
+            "speed": spaces.Box(-inf, inf, (), np.float32),
+            "acceleration": spaces.Box(-inf, inf, (), np.float32),
+            "route": spaces.Box(-inf, inf, (ROUTE_POINTS, 2), np.float32),
+            "command": spaces.Discrete(3),
+            "pose": spaces.Box(-inf, inf, (3,), np.float64),
+            "step": spaces.Box(0, np.iinfo(np.int64).max, (), np.int64),
+            "agents": spaces.Box(-inf, inf, (MAX_AGENTS, 8), np.float32),
+            "agents_mask": spaces.MultiBinary(MAX_AGENTS),
+        }
+        if self.camera_rig is not None:
+            d["cameras"] = spaces.Dict(
+                {
+                    n: spaces.Box(0, 255, (self.camera_rig[n].height, self.camera_rig[n].width, 3), np.uint8)
+                    for n in self.camera_rig.names
+                }  # fmt: skip
+            )
+        if self.bev_enabled:
+            d["bev"] = spaces.Box(0, 255, (self.bev_config.height, self.bev_config.width, 3), np.uint8)
+        return spaces.Dict(d)
+
+    # ------------------------------------------------------------------ episode
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self._seed = int(seed)
+        sc = self.scene
+        n_steps = sc.num_steps
+        self._step = k = self.start_step
+        # Recorded trajectory; steps up to the start are the log (the warm-up).
+        self.ego_traj = np.zeros((n_steps, 7))
+        self.ego_traj[: k + 1] = sc.ego.state[: k + 1]
+        self.agent_traj = np.zeros((len(sc.agents), n_steps, 5))
+        self.agent_valid_traj = np.zeros((len(sc.agents), n_steps), dtype=bool)
+        self.agent_traj[:, : k + 1] = sc.agents.state[:, : k + 1]
+        self.agent_valid_traj[:, : k + 1] = sc.agents.valid[:, : k + 1]
+        self.plans: dict[int, np.ndarray] = {}
+        self._state = from_ego_columns(
+            sc.ego.state[k : k + 1], self.vehicle, steer=initial_steer(sc.ego.state, k, self.vehicle)
+        )
+        self.agents = make_agents(self.config["agents"], sc, self.index, self._idm_params)
+        self.agents.reset(k)
+        self._collided: set[int] = set()
+        self._last_plan_world: np.ndarray | None = None
+        obs = self._observation()
+        info = self._info(contacts=[], at_fault=False)
+        return obs, info
+
+    def step(self, action: Any):
+        k = self._step
+        if k >= self.scene.num_steps - 1:
+            raise RuntimeError("step() called after the episode ended; call reset()")
+        plan = validate_plan(action, min_steps=MIN_PLAN_STEPS, where=f"{self.scene.scene_id} step {k}: plan")
+        pose = self._state[0, :3]
+        plan_world = rig_to_scene(plan, pose)
+        self.plans[k] = plan_world
+        self._last_plan_world = plan_world
+        self._state = simulate_internal(
+            self._state, plan_world[None], 1, self.vehicle, self.tracker, self.fit_steps, self.anchor
+        )[:, -1]
+        k += 1
+        self._step = k
+        ego = to_ego_columns(self._state[0], self.vehicle)
+        self.ego_traj[k] = ego
+        ego_corners = col.ego_corners_from_rear_axle(ego, self.vehicle.length, self.vehicle.width,
+                                                     self.vehicle.rear_axle_to_center)  # fmt: skip
+        speed = float(self._state[0, 3])
+        a_state, a_valid = self.agents.advance(k, ego_corners, speed)
+        self.agent_traj[:, k] = a_state
+        self.agent_valid_traj[:, k] = a_valid
+        contacts, at_fault, off = self._check(ego, ego_corners, speed, a_state, a_valid)
+        obs = self._observation()
+        info = self._info(contacts=contacts, at_fault=at_fault, off=off)
+        terminated = k >= self.scene.num_steps - 1
+        t = self.config["truncate"]
+        truncated = bool(
+            (t["at_fault_collision"] and at_fault)
+            or (t["off_road"] and info["off_drivable"])
+            or (
+                t["max_distance_to_log_m"] is not None
+                and info["distance_to_log"] > t["max_distance_to_log_m"]
+            )
+        )
+        return obs, 0.0, bool(terminated), truncated and not terminated, info
+
+    # ------------------------------------------------------------------ checks
+
+    def _check(self, ego, ego_corners, speed, a_state, a_valid):
+        contacts: list[dict[str, Any]] = []
+        at_fault_any = False
+        off = not bool(np.all(self.index.on_drivable(ego_corners)))
+        if not len(a_state):
+            return contacts, False, off
+        a_corners = box_corners(a_state[:, 0], a_state[:, 1], a_state[:, 2], self.agent_size[:, 0],
+                                self.agent_size[:, 1])  # fmt: skip
+        _, hit = col.overlapping_pairs(ego_corners[None], a_corners, a_valid)
+        hit = [int(i) for i in hit if int(i) not in self._collided]
+        if not hit:
+            return contacts, False, off
+        hit_arr = np.array(hit)
+        a_speed = np.hypot(a_state[hit_arr, 3], a_state[hit_arr, 4])
+        types = col.classify_contacts(ego[:3], speed, ego_corners, a_state[hit_arr, :2], a_speed,
+                                      a_corners[hit_arr], self.agent_static[hit_arr])  # fmt: skip
+        multi = None
+        for j, i in enumerate(hit):
+            ctype = col.CollisionType(int(types[j]))
+            if ctype == col.CollisionType.ACTIVE_LATERAL and multi is None:
+                import shapely
+
+                poly = shapely.polygons(ego_corners)
+                multi = bool(off or self.index.count_lanes(np.array([poly], dtype=object))[0] > 1)
+            fault = bool(col.is_at_fault(ctype, bool(multi)))
+            pen = float(col.collision_penalty(fault, self.agent_static[i]))
+            self._collided.add(i)
+            at_fault_any |= fault
+            contacts.append({"agent_id": self.scene.agents.ids[i], "agent_index": i, "type": col.COLLISION_NAMES[ctype],
+                             "at_fault": fault, "penalty": pen})  # fmt: skip
+        return contacts, at_fault_any, off
+
+    def _info(self, contacts, at_fault, off: bool | None = None) -> dict[str, Any]:
+        k = self._step
+        ego = self.ego_traj[k]
+        if off is None:
+            corners = col.ego_corners_from_rear_axle(ego, self.vehicle.length, self.vehicle.width,
+                                                     self.vehicle.rear_axle_to_center)  # fmt: skip
+            off = not bool(np.all(self.index.on_drivable(corners)))
+        log = self.scene.ego
+        dist = float(np.hypot(*(ego[:2] - log.state[k, :2]))) if log.valid[k] else float("nan")
+        return {
+            "ego_state": ego.copy(),
+            "step": k,
+            "time": float(self.scene.timestamps[k]),
+            "controlled": k > self.start_step,
+            "collisions": contacts,
+            "at_fault_collision": bool(at_fault),
+            "any_collision": bool(contacts),
+            "off_drivable": bool(off),
+            "distance_to_log": dist,
+        }
+
+    # ------------------------------------------------------------------ observation
+
+    def _observation(self) -> dict[str, Any]:
+        k = self._step
+        ego = self.ego_traj[k]
+        pose = ego[:3].copy()
+        lo = k - HISTORY_STEPS + 1
+        idx = np.clip(np.arange(lo, k + 1), 0, None)
+        hist = self.ego_traj[idx]
+        h = np.empty((HISTORY_STEPS, 4), np.float32)
+        h[:, :2] = to_rig(hist[:, :2], pose)
+        h[:, 2] = (hist[:, 2] - pose[2] + np.pi) % (2 * np.pi) - np.pi
+        h[:, 3] = np.hypot(hist[:, 3], hist[:, 4])
+        s0, _, _ = self.route.project(pose[None, :2])
+        pts, _ = self.route.interpolate(s0[0] + ROUTE_SPACING_M * np.arange(ROUTE_POINTS))
+        route = to_rig(pts, pose)
+        c = self.config["command"]
+        cmd = navigation_command(route, c["lookahead_m"], c["lateral_threshold_m"])
+        a_state, a_valid = self.agent_traj[:, k], self.agent_valid_traj[:, k]
+        agents = np.zeros((MAX_AGENTS, 8), np.float32)
+        mask = np.zeros(MAX_AGENTS, np.int8)
+        valid = np.flatnonzero(a_valid)
+        if len(valid):
+            d = np.hypot(a_state[valid, 0] - pose[0], a_state[valid, 1] - pose[1])
+            sel = valid[np.argsort(d, kind="stable")[:MAX_AGENTS]]
+            m = len(sel)
+            cth, sth = np.cos(pose[2]), np.sin(pose[2])
+            agents[:m, :2] = to_rig(a_state[sel, :2], pose)
+            agents[:m, 2] = (a_state[sel, 2] - pose[2] + np.pi) % (2 * np.pi) - np.pi
+            agents[:m, 3] = cth * a_state[sel, 3] + sth * a_state[sel, 4]
+            agents[:m, 4] = -sth * a_state[sel, 3] + cth * a_state[sel, 4]
+            agents[:m, 5:7] = self.agent_size[sel]
+            agents[:m, 7] = self.agent_types[sel]
+            mask[:m] = 1
+        obs: dict[str, Any] = {
+            "ego_history": h,
+            "speed": np.array(self._state[0, 3], dtype=np.float32),
+            "acceleration": np.array(self._state[0, 5], dtype=np.float32),
+            "route": route.astype(np.float32),
+            "command": np.int64(cmd),
+            "pose": pose,
+            "step": np.array(k, dtype=np.int64),
+            "agents": agents,
+            "agents_mask": mask,
+        }
+        if self.camera_rig is not None:
+            from alpasim_policy.render.cameras import render_cameras
+
+            obs["cameras"] = render_cameras(self.scene, self.camera_rig, ego_state=ego, agent_states=a_state,
+                                            agent_valid=a_valid, step=k)  # fmt: skip
+        if self.bev_enabled:
+            obs["bev"] = self._bev(ego, a_state, a_valid, k)
+        return obs
+
+    def _bev(self, ego, a_state, a_valid, k) -> np.ndarray:
+        from alpasim_policy.render.bev import render_bev
+
+        return render_bev(self.scene, ego_state=ego, agent_states=a_state, agent_valid=a_valid, step=k,
+                          plan_world=self._last_plan_world, config=self.bev_config)  # fmt: skip
+
+    def render(self):
+        if self.render_mode != "rgb_array":
+            return None
+        k = self._step
+        return self._bev(self.ego_traj[k], self.agent_traj[:, k], self.agent_valid_traj[:, k], k)
+
+    # ------------------------------------------------------------------ records
+
+    @property
+    def current_step(self) -> int:
+        return self._step
+
+    @property
+    def seed_value(self) -> int | None:
+        return self._seed
+
+    def trajectory(self) -> dict[str, np.ndarray]:
+        """What happened so far (steps 0..now), the arrays a :class:`Rollout` records."""
+        k = self._step
+        n = k + 1
+        rows = max([len(p) for p in self.plans.values()], default=MIN_PLAN_STEPS)
+        plans = np.full((n, rows, 3), np.nan)
+        for s, p in self.plans.items():
+            plans[s, : len(p)] = p
+        steps = np.arange(n)
+        return {
+            "times": self.scene.timestamps[:n].copy(),
+            "steps": steps,
+            "ego_state": self.ego_traj[:n].copy(),
+            "controlled": steps > self.start_step,
+            "plans": plans,
+            "agent_state": self.agent_traj[:, :n].copy(),
+            "agent_valid": self.agent_valid_traj[:, :n].copy(),
+        }

@@ -1,0 +1,267 @@
+"""The closed-loop env on the real bundled scenes: log following, collisions, agents, config, spaces."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import alpasim_policy  # noqa: F401  (registers the env)
+from alpasim_policy.errors import ConfigError, PolicyOutputError
+from alpasim_policy.policies.base import COMMAND_LEFT, COMMAND_RIGHT, COMMAND_STRAIGHT
+from alpasim_policy.policies.baselines import ConstantVelocityPolicy, IDMPolicy, LogReplayPolicy
+from alpasim_policy.scenes.format import AgentType, load_scene
+from alpasim_policy.scenes.geometry import Polyline
+from alpasim_policy.scenes.suite import find_scene, load_suite
+from alpasim_policy.sim.collision import boxes_overlap, ego_corners_from_rear_axle
+from alpasim_policy.sim.env import LogReplayEnv, navigation_command
+
+BUNDLED = [p.stem for p in load_suite("bundled")]
+ENV_ID = "alpasim_policy/LogReplay-v0"
+
+
+def run(env, policy, seed=0):
+    obs, info = env.reset(seed=seed)
+    policy.reset(seed=seed, scene=env.unwrapped.scene)
+    infos = []
+    while True:
+        obs, _, term, trunc, info = env.step(policy.act(obs).trajectory)
+        infos.append(info)
+        if term or trunc:
+            return infos
+
+
+@pytest.mark.parametrize("scene_id", BUNDLED)
+def test_log_replay_follows_the_log_without_at_fault_collision(scene_id):
+    env = gym.make(ENV_ID, scene=scene_id)
+    infos = run(env, LogReplayPolicy())
+    dev = np.array([i["distance_to_log"] for i in infos])
+    print(f"{scene_id}: log_replay deviation max {dev.max():.3f} m, median {np.median(dev):.3f} m")
+    assert dev.max() <= 0.5
+    assert np.median(dev) <= 0.2
+    assert not any(c["at_fault"] for i in infos for c in i["collisions"])
+    # The episode runs to the end of the log.
+    assert infos[-1]["step"] == env.unwrapped.scene.num_steps - 1
+
+
+def test_make_accepts_path_id_scene_and_config_forms(tmp_path):
+    sid = BUNDLED[0]
+    scene = load_scene(find_scene(sid))
+    cfg = tmp_path / "env.yaml"
+    cfg.write_text("agents: idm\nwarmup_s: 1.6\n")
+    for s, c in (
+        (sid, None),
+        (str(find_scene(sid)), str(cfg)),
+        (scene, {"agents": "log"}),
+        (scene, "reactive"),
+    ):
+        env = gym.make(ENV_ID, scene=s, config=c)
+        obs, info = env.reset(seed=1)
+        assert env.observation_space.contains(obs)
+        assert obs["step"] == 16 and not info["controlled"]
+    assert env.unwrapped.config["agents"] == "idm"  # the shipped reactive config
+
+
+@pytest.mark.parametrize(
+    "cfg,key",
+    [
+        ({"agentz": "log"}, "agentz"),
+        ({"agents": "smart"}, "agents"),
+        ({"truncate": {"off_road": "yes"}}, "truncate.off_road"),
+        ({"tracker": {"q_lon": -1.0}}, "tracker.q_lon"),
+        ({"tracker": {"horizon_x": 3}}, "tracker.horizon_x"),
+        ({"idm": {"headway": "long"}}, "headway"),
+        ({"cameras": {"width": 3}}, "cameras.width"),
+        ({"warmup_s": 100.0}, "warmup_s"),
+    ],
+)
+def test_bad_config_names_the_key(cfg, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        LogReplayEnv(scene=BUNDLED[0], config=cfg)
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        np.full((20, 3), np.nan),
+        np.zeros((0, 3)),
+        np.zeros((5, 3)),
+        np.zeros((20, 2)),
+        np.zeros((2, 20, 3)),
+        None,
+    ],
+    ids=["nan", "empty", "too_short", "wrong_columns", "wrong_rank", "none"],
+)
+def test_step_rejects_invalid_plans(plan):
+    env = LogReplayEnv(scene=BUNDLED[0])
+    env.reset(seed=0)
+    with pytest.raises(PolicyOutputError):
+        env.step(plan)
+    # The env is untouched and still accepts a valid plan (any T >= 10).
+    _, _, _, _, info = env.step(np.zeros((10, 3)))
+    assert info["step"] == 17
+
+
+def test_seeding_gives_bit_identical_rollouts():
+    def rollout():
+        env = gym.make(ENV_ID, scene=BUNDLED[-1], config="reactive")
+        obs, _ = env.reset(seed=7)
+        pol = IDMPolicy()
+        pol.reset(seed=7, scene=env.unwrapped.scene)
+        obs_list = []
+        while True:
+            obs, _, term, trunc, _ = env.step(pol.act(obs).trajectory)
+            obs_list.append(obs["agents"].copy())
+            if term or trunc:
+                break
+        return env.unwrapped.trajectory(), np.stack(obs_list)
+
+    (a, oa), (b, ob) = rollout(), rollout()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    np.testing.assert_array_equal(oa, ob)
+
+
+def test_vector_env_steps_two_scenes():
+    fns = [lambda s=s: gym.make(ENV_ID, scene=s) for s in BUNDLED[:2]]
+    venv = gym.vector.SyncVectorEnv(fns)
+    obs, _ = venv.reset(seed=[0, 1])
+    assert obs["ego_history"].shape == (2, 16, 4) and obs["route"].shape == (2, 64, 2)
+    plans = np.zeros((2, 64, 3), np.float32)
+    plans[:, :, 0] = 0.5 * np.arange(1, 65)  # 5 m/s straight ahead
+    for _ in range(5):
+        obs, _, term, trunc, info = venv.step(plans)
+    assert np.all(obs["step"] == 21) and not term.any()
+    assert info["distance_to_log"].shape == (2,)
+    venv.close()
+
+
+def test_observation_frames_and_command():
+    env = LogReplayEnv(scene=BUNDLED[0])
+    obs, info = env.reset(seed=0)
+    sc = env.scene
+    k = int(obs["step"])
+    np.testing.assert_allclose(obs["pose"], sc.ego.state[k, :3])
+    # The last history row is "now": the rig origin with zero heading.
+    np.testing.assert_allclose(obs["ego_history"][-1, :3], 0.0, atol=1e-5)
+    np.testing.assert_allclose(obs["ego_history"][-1, 3], sc.ego.speed[k], rtol=1e-5)
+    # One step back along the log is behind the car (negative x).
+    assert obs["ego_history"][-2, 0] < 0
+    # The route starts near the car and runs forward at 2 m spacing.
+    route = obs["route"]
+    assert np.hypot(*route[0]) < 2.0 and route[10, 0] > 10.0
+    np.testing.assert_allclose(np.hypot(*np.diff(route[:20], axis=0).T), 2.0, atol=0.05)
+    # Agents are the nearest first, in the rig frame.
+    m = obs["agents_mask"].astype(bool)
+    d = np.hypot(obs["agents"][m, 0], obs["agents"][m, 1])
+    assert np.all(np.diff(d) >= -1e-4)
+    assert obs["command"] in (COMMAND_LEFT, COMMAND_STRAIGHT, COMMAND_RIGHT)
+
+
+def test_navigation_command_rule():
+    straight = np.stack([np.arange(0, 64) * 2.0, np.zeros(64)], axis=1)
+    assert navigation_command(straight) == COMMAND_STRAIGHT
+    left = straight.copy()
+    left[3:, 1] = 3.0  # the first point >= 5 m ahead is 2.5 m... then 3 m left
+    assert navigation_command(left) == COMMAND_LEFT
+    assert navigation_command(left * [1, -1]) == COMMAND_RIGHT
+    assert navigation_command(np.zeros((64, 2))) == COMMAND_STRAIGHT  # nothing 5 m away
+
+
+def test_truncation_rules_off_by_default_and_on_when_asked():
+    env = gym.make(ENV_ID, scene=BUNDLED[0])
+    infos = run(env, ConstantVelocityPolicy())
+    assert max(i["distance_to_log"] for i in infos) > 4.0  # it does drift away ...
+    assert infos[-1]["step"] == env.unwrapped.scene.num_steps - 1  # ... but is not cut off
+    env = gym.make(ENV_ID, scene=BUNDLED[0], config={"truncate": {"max_distance_to_log_m": 4.0}})
+    obs, _ = env.reset(seed=0)
+    pol = ConstantVelocityPolicy()
+    while True:
+        obs, _, term, trunc, info = env.step(pol.act(obs).trajectory)
+        if term or trunc:
+            break
+    assert trunc and not term and info["distance_to_log"] > 4.0
+
+
+def test_standing_ego_rear_ended_by_log_agent_but_not_by_reactive_agents():
+    """A log-replay car drives into an ego that stopped (not at fault); IDM agents queue behind."""
+    stand = np.zeros((10, 3))
+    scene = BUNDLED[0]
+    env = LogReplayEnv(scene=scene)
+    env.reset(seed=0)
+    hits = []
+    for _ in range(env.scene.num_steps - 1 - env.start_step):
+        hits += env.step(stand)[4]["collisions"]
+    assert hits and all(c["type"] == "stopped_ego" and not c["at_fault"] for c in hits)
+
+    env = LogReplayEnv(scene=scene, config="reactive")
+    env.reset(seed=0)
+    assert len(env.agents.ids) > 0
+    hit_id = hits[0]["agent_index"]
+    assert env.agents.is_idm[hit_id]  # the car that hit us is reactive now
+    v = env.scene.ego.length, env.scene.ego.width, env.scene.ego.rear_axle_to_center
+    for _ in range(env.scene.num_steps - 1 - env.start_step):
+        info = env.step(stand)[4]
+        assert not info["collisions"]
+        k = info["step"]
+        ego = ego_corners_from_rear_axle(env.ego_traj[k], *v)
+        a = env.agent_traj[hit_id, k]
+        from alpasim_policy.scenes.geometry import box_corners
+
+        c = box_corners(a[0], a[1], a[2], *env.scene.agents.size[hit_id])
+        assert not boxes_overlap(ego, c)
+    # It ended up stopped behind the ego, close but not touching.
+    assert np.hypot(*env.agent_traj[hit_id, k, 3:5]) < 0.5
+
+
+def _with_stopped_car(scene, ahead_m):
+    """The scene plus a parked car on the route ``ahead_m`` metres in front of the ego at t0."""
+    route = Polyline(scene.route.polyline)
+    t0 = scene.metadata.t0_index
+    s0 = route.project(scene.ego.state[t0 : t0 + 1, :2])[0][0]
+    xy, h = route.interpolate(s0 + ahead_m)
+    a = scene.agents
+    T = scene.num_steps
+    st = np.zeros((1, T, 5))
+    st[0, :, 0], st[0, :, 1], st[0, :, 2] = xy[0, 0], xy[0, 1], h[0]
+    agents = dataclasses.replace(
+        a,
+        ids=[*a.ids, "stopped_lead"],
+        types=np.append(a.types, np.int8(AgentType.VEHICLE)).astype(np.int8),
+        size=np.concatenate([a.size, [[4.5, 1.9]]]),
+        state=np.concatenate([a.state, st]),
+        valid=np.concatenate([a.valid, np.ones((1, T), bool)]),
+    )
+    return dataclasses.replace(scene, agents=agents), s0 + ahead_m
+
+
+def test_idm_policy_stops_behind_a_stopped_lead():
+    scene = load_scene(find_scene("av2s-7fab2350-w01"))
+    scene, s_lead = _with_stopped_car(scene, 25.0)
+    env = LogReplayEnv(scene=scene)
+    infos = run(env, IDMPolicy())
+    assert not any(i["collisions"] for i in infos)
+    route = Polyline(scene.route.polyline)
+    s_ego = route.project(env.ego_traj[-1:, :2])[0][0]
+    front = s_ego + scene.ego.rear_axle_to_center + scene.ego.length / 2
+    gap = s_lead - 4.5 / 2 - front
+    assert np.hypot(*env.ego_traj[-1, 3:5]) < 0.1  # standing
+    assert 0.5 < gap < 4.0, gap  # behind the lead at about the IDM minimum gap (2 m)
+
+
+def test_render_and_bev_and_cameras():
+    env = gym.make(ENV_ID, scene=BUNDLED[0], render_mode="rgb_array",
+                   config={"bev": {"enabled": True, "width": 128, "height": 96},
+                           "cameras": {"enabled": True, "width": 160, "height": 90}})  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        obs, _ = env.reset(seed=0)
+        assert env.observation_space.contains(obs)
+        obs, *_ = env.step(np.zeros((10, 3)))
+    assert obs["bev"].shape == (96, 128, 3) and obs["bev"].dtype == np.uint8
+    assert len(obs["cameras"]) >= 1 and all(im.shape[:2] == (90, 160) for im in obs["cameras"].values())
+    frame = env.render()
+    assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.std() > 0
