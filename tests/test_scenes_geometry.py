@@ -116,3 +116,25 @@ def test_in_crosswalk_matches_polygons(scenes):
         ref |= shapely.intersects_xy(shapely.Polygon(c), pts[:, 0], pts[:, 1])
     np.testing.assert_array_equal(idx.in_crosswalk(pts), ref)
     assert ref[: len(sc.map.crosswalks)].all()
+
+
+@pytest.mark.parametrize("scene_id", ["av2s-7fab2350-w00", "cr-USA_Lanker-1_1_T-1-ego1213"])
+def test_route_builder_follows_a_lane_change(scene_id):
+    """A path along a real lane that changes into its right neighbour gives a route A -> neighbour."""
+    from alpasim_policy.scenes import find_scene
+    from alpasim_policy.scenes.importers.common import build_route
+
+    sc = load_scene(find_scene(scene_id))
+    idx = MapIndex(sc)
+    cands = [ln for ln in sc.map.lanes if ln.right_neighbor and not ln.is_intersection]
+    lane = max(cands, key=lambda ln: Polyline(ln.centerline).length)
+    nb = sc.map.lane(lane.right_neighbor)
+    a, b = Polyline(lane.centerline), Polyline(nb.centerline)
+    pa, ha = a.interpolate(np.linspace(0.05 * a.length, 0.4 * a.length, 20))
+    pb, hb = b.interpolate(np.linspace(0.6 * b.length, b.length, 20))
+    route = build_route(sc.map, idx, np.concatenate([pa, pb]), np.concatenate([ha, hb]))
+    i = route.lane_ids.index(lane.id)
+    assert route.lane_ids[i + 1] == nb.id
+    # The route polyline runs along the neighbour's centerline where the path ends.
+    _, lat, _ = Polyline(route.polyline).project(pb)
+    assert np.abs(lat).max() < 1e-6
