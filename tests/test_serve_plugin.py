@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 import types
 from importlib.metadata import entry_points
 
@@ -76,14 +75,9 @@ def test_from_config_uses_the_registry_for_other_policies(monkeypatch):
         built["spec"], built["options"] = spec, options
         return RouteCruisePolicy(**{k: v for k, v in options.items() if k != "device"})
 
-    try:
-        import alpasim_policy.policies.registry as registry
+    import alpasim_policy.policies.registry as registry
 
-        monkeypatch.setattr(registry, "make_policy", make_policy)
-    except ModuleNotFoundError:  # the registry not built in this checkout: stand one in
-        monkeypatch.setitem(
-            sys.modules, "alpasim_policy.policies.registry", types.SimpleNamespace(make_policy=make_policy)
-        )
+    monkeypatch.setattr(registry, "make_policy", make_policy)
     cfg = {
         "policy": "route_cruise",
         "policy_options": {"cruise_speed": 3.0},
@@ -108,3 +102,13 @@ def test_predict_rejects_empty_history():
     inp.ego_pose_history = []
     with pytest.raises(ValueError, match="ego_pose_history"):
         model.predict(inp)
+
+
+def test_from_config_builds_a_real_baseline_through_the_registry():
+    model = AlpamayoDriverModel.from_config(
+        {"policy": "constant_velocity"}, device=None, camera_ids=[], context_length=1, output_frequency_hz=10
+    )
+    pred = model.predict(_input(command=DriveCommand.STRAIGHT, speed=5.0, cams=()))
+    # Constant velocity at 5 m/s straight ahead in the rig frame: 0.5 m per 0.1 s row.
+    np.testing.assert_allclose(pred.trajectory_xy[:10, 0], 0.5 * np.arange(1, 11), atol=1e-3)
+    np.testing.assert_allclose(pred.trajectory_xy[:, 1], 0.0, atol=1e-3)
