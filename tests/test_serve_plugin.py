@@ -73,7 +73,7 @@ def test_from_config_uses_the_registry_for_other_policies(monkeypatch):
 
     def make_policy(spec, **options):
         built["spec"], built["options"] = spec, options
-        return RouteCruisePolicy(**{k: v for k, v in options.items() if k != "device"})
+        return RouteCruisePolicy(**options)
 
     import alpasim_policy.policies.registry as registry
 
@@ -87,7 +87,7 @@ def test_from_config_uses_the_registry_for_other_policies(monkeypatch):
     model = AlpamayoDriverModel.from_config(
         cfg, device="cpu", camera_ids=None, context_length=None, output_frequency_hz=10
     )
-    assert built == {"spec": "route_cruise", "options": {"cruise_speed": 3.0, "device": "cpu"}}
+    assert built == {"spec": "route_cruise", "options": {"cruise_speed": 3.0}}  # no device for baselines
     assert model._policy.seed == 9 and model.context_length == 1
     assert len(model.camera_ids) == 4  # the alpamayo4 preset's cameras
     assert model._policy.camera_rig.names == model.camera_ids
@@ -106,7 +106,7 @@ def test_predict_rejects_empty_history():
 
 def test_from_config_builds_a_real_baseline_through_the_registry():
     model = AlpamayoDriverModel.from_config(
-        {"policy": "constant_velocity"}, device=None, camera_ids=[], context_length=1, output_frequency_hz=10
+        {"policy": "constant_velocity"}, device="cpu", camera_ids=[], context_length=1, output_frequency_hz=10
     )
     pred = model.predict(_input(command=DriveCommand.STRAIGHT, speed=5.0, cams=()))
     # Constant velocity at 5 m/s straight ahead in the rig frame: 0.5 m per 0.1 s row.

@@ -113,18 +113,20 @@ class AlpamayoDriverModel(_Base):  # type: ignore[misc,valid-type]
         """Build from AlpaSim's model config.
 
         Keys read from ``model_cfg``: ``policy`` (default: our Alpamayo policy), ``policy_options``
-        (dict, passed to the policy; ``checkpoint_path`` and ``device`` are forwarded when set),
+        (dict, passed to the policy; for our Alpamayo policy ``checkpoint_path`` and ``device`` are
+        forwarded when set),
         ``seed`` (default 0), ``camera_preset`` (our rig preset whose cameras AlpaSim's ids map to).
         """
         name = _cfg_get(model_cfg, "policy", cls.DEFAULT_POLICY)
         options = dict(_cfg_get(model_cfg, "policy_options", None) or {})
-        for key in ("checkpoint_path", "device"):
-            val = _cfg_get(model_cfg, key)
-            if val is not None and key not in options:
-                options[key] = str(val)
-        if device is not None and "device" not in options:
-            options["device"] = str(device)
         if name == cls.DEFAULT_POLICY:
+            # Only our model takes these; registry baselines reject unknown options.
+            for key in ("checkpoint_path", "device"):
+                val = _cfg_get(model_cfg, key)
+                if val is not None and key not in options:
+                    options[key] = str(val)
+            if device is not None and "device" not in options:
+                options["device"] = str(device)
             from alpasim_policy.policies.alpamayo import AlpamayoPolicy
 
             policy = AlpamayoPolicy(**options)
