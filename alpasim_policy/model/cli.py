@@ -81,7 +81,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     if args.weights:
         model = AlpamayoR1.from_pretrained(args.weights, preset=args.preset, device=device)
     else:
-        model = AlpamayoR1(AlpamayoConfig.from_preset(args.preset)).to(device)
+        model = AlpamayoR1.create(AlpamayoConfig.from_preset(args.preset), device)
     images, history = synthetic_inputs(model.config)
     k = args.samples
     main_diff = "graph" if device.type == "cuda" else "eager"

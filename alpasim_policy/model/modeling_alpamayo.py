@@ -121,13 +121,61 @@ class AlpamayoR1(nn.Module):
         # parameters in the model dtype; buffers (RoPE inverse frequencies, Fourier frequencies,
         # action statistics) stay float32 because bf16 would round them.
         dtype = config.torch_dtype
-        if dtype != torch.float32:
-            for p in self.parameters():
+        for p in self.parameters():
+            if p.dtype != dtype:
                 p.data = p.data.to(dtype)
+        self._float32_buffers()
         self.image_processor: Any = None
         self.counters: Counter[str] = Counter()
         self._static: dict[tuple, StaticFlowSampler] = {}
         self.eval()
+
+    @classmethod
+    def create(
+        cls,
+        config: AlpamayoConfig,
+        device: str | torch.device = "cpu",
+        tokenizer: AlpamayoTokenizer | None = None,
+    ) -> AlpamayoR1:
+        """Build with random weights directly on ``device`` in the config's dtype.
+
+        Why: the real-size preset has 10.9 B parameters; building it in float32 on the CPU and
+        moving it would need ~44 GB of host memory and minutes of initialisation.
+        """
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(config.torch_dtype if config.torch_dtype.is_floating_point else previous)
+        try:
+            with torch.device(device):
+                model = cls(config, tokenizer)
+        finally:
+            torch.set_default_dtype(previous)
+        return model
+
+    def _float32_buffers(self) -> None:
+        """Recompute the float buffers in float32 (they may have been created under a bf16 default dtype)."""
+        from alpasim_policy.model.expert import FourierFeatures
+
+        cfg = self.config
+        for mod in self.action_in_proj.modules():
+            if isinstance(mod, FourierFeatures):
+                half = mod.freqs.shape[-1]
+                freqs = torch.logspace(
+                    0.0, float(np.log10(cfg.fourier_max_freq)), steps=half, dtype=torch.float32
+                )
+                mod.freqs = freqs[None, :].to(mod.freqs.device)
+        sp = self.action_space
+        for name, value in (
+            ("accel_mean", cfg.accel_mean),
+            ("accel_std", cfg.accel_std),
+            ("curvature_mean", cfg.curvature_mean),
+            ("curvature_std", cfg.curvature_std),
+        ):
+            setattr(
+                sp, name, torch.tensor(float(value), dtype=torch.float32, device=getattr(sp, name).device)
+            )
+        for mod in self.modules():
+            if hasattr(mod, "inv_freq") and mod.inv_freq.dtype != torch.float32:
+                raise ConfigError("RoPE inverse frequencies were built in reduced precision")
 
     # ================================================================== properties
     @property
@@ -629,7 +677,7 @@ class AlpamayoR1(nn.Module):
         config = _load_config(directory, preset)
         tokenizer = _load_tokenizer(directory, tokenizer_dir, config.traj_vocab_size)
         files = _weight_files(directory)
-        model = cls(config, tokenizer)
+        model = cls.create(config, device, tokenizer)
         expected = model.state_dict()
         from safetensors import safe_open
 
@@ -665,12 +713,12 @@ class AlpamayoR1(nn.Module):
                 raise ModelWeightsError(msg)
             warnings.warn(msg, stacklevel=2)
         usable = {
-            k: v.to(expected[k].dtype)
+            k: v.to(device=expected[k].device, dtype=expected[k].dtype)
             for k, v in loaded.items()
             if k in expected and tuple(v.shape) == tuple(expected[k].shape)
         }
         model.load_state_dict(usable, strict=False)
-        return model.to(device)
+        return model
 
 
 # ---------------------------------------------------------------------- helpers
