@@ -1,0 +1,394 @@
+"""``alpasim-policy eval``: closed-loop rollouts of one or more policies over a suite of scenes.
+
+For each (policy, scene) the env is driven to the end of the log and the rollout is written to
+``OUT/rollouts/<policy>/<scene_id>.npz`` (:class:`~alpasim_policy.sim.rollout.Rollout`, atomic).
+A finished file whose seed, env config, scene hash and policy options match is skipped, so an
+interrupted run resumes where it stopped. At the end the scorer ranks the run
+(:func:`alpasim_policy.scoring.report.score_run`) and ``OUT/run.json`` records the arguments and
+versions.
+
+Policy failures never stop a suite: when ``act`` raises or returns an invalid plan (NaN, empty,
+too short, wrong shape) the tick is recorded as a failure (with its message) and the car keeps
+executing its last valid plan shifted in time (continued at constant velocity when it runs out;
+before any valid plan, it coasts straight at its current speed).
+
+``--backend ray --workers N`` runs one Ray task per (policy, scene) on a local Ray with N CPUs;
+the env is deterministic, so the rollouts are identical to the serial ones (only wall-time
+latencies differ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alpasim_policy.errors import ConfigError
+
+MIN_ROWS = 10
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="closed-loop rollouts of policies over a suite, then the leaderboard")
+    p.add_argument("--suite", required=True, help="suite name (scenarios/suites/NAME.yaml) or YAML path")
+    p.add_argument("--policy", required=True, help="comma-separated policy names (log_replay,idm,...)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--env-config", default=None, help="envs/X.yaml or a shipped name (default, reactive)")
+    p.add_argument("--workers", type=int, default=1, help="Ray CPUs (with --backend ray)")
+    p.add_argument("--backend", choices=("serial", "ray"), default="serial")
+    p.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="option passed to every policy's constructor (repeatable)")  # fmt: skip
+    p.add_argument("--no-score", action="store_true", help="write rollouts only, skip the scorer")
+    p.set_defaults(func=main)
+
+
+# --------------------------------------------------------------------------- one rollout
+
+
+def _coast_plan(speed: float, rows: int = MIN_ROWS) -> np.ndarray:
+    plan = np.zeros((rows, 3))
+    plan[:, 0] = max(speed, 0.0) * 0.1 * np.arange(1, rows + 1)
+    return plan
+
+
+def shifted_plan(plan_world: np.ndarray, made_at: int, step: int, pose: np.ndarray) -> np.ndarray:
+    """The rows of a scene-frame plan made at ``made_at`` that lie after ``step``, in the rig frame
+    of ``pose``; extended at the last rows' constant velocity to at least 10 rows."""
+    from alpasim_policy.sim.env import scene_to_rig_poses
+
+    rows = plan_world[step - made_at :]
+    if len(rows) < MIN_ROWS:
+        src = plan_world[-2:] if len(plan_world) >= 2 else np.repeat(plan_world[-1:], 2, axis=0)
+        d = src[-1] - src[-2]
+        d[2] = 0.0
+        n = MIN_ROWS - len(rows)
+        extra = src[-1][None] + np.arange(1, n + 1)[:, None] * d[None]
+        rows = np.concatenate([rows, extra]) if len(rows) else extra
+    return scene_to_rig_poses(rows, pose)
+
+
+def _to_scene(samples: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    from alpasim_policy.sim.env import rig_to_scene
+
+    return np.stack([rig_to_scene(s, pose) for s in samples])
+
+
+def effective_env_config(env_config: str | dict | None, policy: Any) -> dict[str, Any]:
+    """The env config for a policy: cameras switched on with its preset when it asks for them."""
+    from alpasim_policy.sim.config import load_env_config
+
+    cfg = load_env_config(env_config)
+    preset = getattr(policy, "camera_preset", None)
+    if preset and str(preset).lower() != "none":
+        cfg["cameras"] = {**cfg["cameras"], "enabled": True, "preset": str(preset)}
+    return cfg
+
+
+def run_rollout(
+    policy_spec: str,
+    scene_path: str | Path,
+    *,
+    seed: int = 0,
+    env_config: str | dict | None = None,
+    policy_options: dict[str, Any] | None = None,
+    policy: Any = None,
+    progress: Any = None,
+):
+    """Drive one scene with one policy; returns the :class:`Rollout` (not saved)."""
+    from alpasim_policy.policies.base import validate_plan
+    from alpasim_policy.policies.registry import make_policy
+    from alpasim_policy.scenes.format import load_scene
+    from alpasim_policy.sim.env import LogReplayEnv
+    from alpasim_policy.sim.rollout import Rollout
+
+    policy_options = dict(policy_options or {})
+    if policy is None:
+        policy = make_policy(policy_spec, **policy_options)
+    scene = load_scene(scene_path)
+    cfg = effective_env_config(env_config, policy)
+    env = LogReplayEnv(scene=scene, config=cfg)
+    obs, info = env.reset(seed=seed)
+    policy.reset(seed=seed, scene=scene, camera_rig=env.camera_rig)
+    n = scene.num_steps
+    latency = np.full(n, np.nan)
+    failure = np.zeros(n, dtype=bool)
+    deadline_miss = np.zeros(n, dtype=bool)
+    reasoning = [""] * n
+    messages: list[str] = []
+    samples: dict[int, np.ndarray] = {}
+    contacts: list[dict[str, Any]] = []
+    last_valid: tuple[np.ndarray, int] | None = None
+    truncated = False
+    t_start = time.perf_counter()
+    while True:
+        k = int(obs["step"])
+        pose = np.asarray(obs["pose"], np.float64)
+        t0 = time.perf_counter()
+        out = None
+        try:
+            out = policy.act(obs)
+            plan = validate_plan(out.trajectory, where=f"{policy_spec} at {scene.scene_id} step {k}")
+        except Exception as e:  # any policy fault is recorded, the suite goes on
+            latency[k] = time.perf_counter() - t0
+            failure[k] = True
+            msg = f"step {k}: {type(e).__name__}: {e}"
+            messages.append(msg)
+            if last_valid is not None:
+                plan = shifted_plan(last_valid[0], last_valid[1], k, pose)
+            else:
+                plan = _coast_plan(float(obs["speed"]))
+        else:
+            latency[k] = time.perf_counter() - t0
+            from alpasim_policy.sim.env import rig_to_scene
+
+            last_valid = (rig_to_scene(plan, pose), k)
+        if out is not None:
+            if getattr(out, "reasoning", None):
+                reasoning[k] = str(out.reasoning)
+            extra = getattr(out, "extra", None) or {}
+            if extra.get("latency_s") is not None and np.isfinite(extra["latency_s"]):
+                latency[k] = float(extra["latency_s"])  # the wrapper's own measurement (e.g. DeadlinePolicy)
+            deadline_miss[k] = bool(extra.get("deadline_miss", False))
+            if getattr(out, "samples", None) is not None and not failure[k]:
+                smp = np.asarray(out.samples, np.float64)
+                if smp.ndim == 3 and smp.shape[-1] == 3 and np.all(np.isfinite(smp)):
+                    samples[k] = _to_scene(smp, pose)
+        obs, _, term, trunc, info = env.step(plan)
+        for c in info["collisions"]:
+            contacts.append({**c, "step": int(info["step"])})
+        if progress is not None:
+            progress()
+        if term or trunc:
+            truncated = bool(trunc)
+            break
+    wall = time.perf_counter() - t_start
+    traj = env.trajectory()
+    m = len(traj["steps"])
+    smp_arr = None
+    if samples:
+        kmax = max(s.shape[0] for s in samples.values())
+        tmax = max(s.shape[1] for s in samples.values())
+        smp_arr = np.full((m, kmax, tmax, 3), np.nan)
+        for k, s in samples.items():
+            smp_arr[k, : s.shape[0], : s.shape[1]] = s
+    name = getattr(policy, "name", policy_spec)
+    return Rollout(
+        scene_id=scene.scene_id,
+        policy=policy_spec,
+        seed=int(seed),
+        scene_hash=scene.content_hash,
+        env_config=cfg,
+        samples=smp_arr,
+        reasoning=reasoning[:m],
+        latency_s=latency[:m],
+        deadline_miss=deadline_miss[:m],
+        policy_failure=failure[:m],
+        failure_messages=messages,
+        extra={
+            "policy_name": name,
+            "policy_options": _jsonable(policy_options),
+            "collisions": contacts,
+            "truncated": truncated,
+            "wall_s": wall,
+            "ticks": int(np.sum(np.isfinite(latency))),
+            "start_step": int(env.start_step),
+        },
+        **traj,
+    )
+
+
+def _jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=str))
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def rollout_path(out: Path, policy_spec: str, scene_id: str) -> Path:
+    safe = policy_spec.replace("://", "_").replace("/", "_").replace(":", "_")
+    return out / "rollouts" / safe / f"{scene_id}.npz"
+
+
+def is_done(path: Path, seed: int, cfg: dict, scene_hash: str | None, options: dict) -> bool:
+    """A finished rollout for these settings already exists (corrupt or stale files do not count)."""
+    if not path.is_file():
+        return False
+    from alpasim_policy.io import unpack_archive
+
+    try:
+        _, meta = unpack_archive(path)
+    except Exception:
+        return False
+    if not meta:
+        return False
+    return (
+        meta.get("seed") == seed
+        and meta.get("env_config") == _jsonable(cfg)
+        and meta.get("scene_hash") == scene_hash
+        and (meta.get("extra") or {}).get("policy_options") == _jsonable(options)
+    )
+
+
+def _task(policy_spec: str, scene_path: str, seed: int, env_config: Any, options: dict, out: str) -> dict:
+    """Run and save one rollout; the unit of work for both backends."""
+    r = run_rollout(policy_spec, scene_path, seed=seed, env_config=env_config, policy_options=options)
+    path = rollout_path(Path(out), policy_spec, r.scene_id)
+    r.save(path)
+    return _summary(r, path)
+
+
+def _summary(r, path: Path) -> dict:
+    return {
+        "policy": r.policy,
+        "scene_id": r.scene_id,
+        "path": str(path),
+        "failures": int(np.sum(r.policy_failure)) if r.policy_failure is not None else 0,
+        "collisions": len(r.extra.get("collisions", [])),
+        "at_fault": sum(bool(c["at_fault"]) for c in r.extra.get("collisions", [])),
+    }
+
+
+# --------------------------------------------------------------------------- command
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("alpasim-policy", "numpy", "gymnasium", "shapely", "torch", "ray"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def evaluate(
+    suite: str,
+    policies: list[str],
+    out: str | Path,
+    *,
+    seed: int = 0,
+    env_config: str | dict | None = None,
+    workers: int = 1,
+    backend: str = "serial",
+    policy_options: dict[str, Any] | None = None,
+    show_progress: bool = True,
+) -> list[dict]:
+    """Run (or resume) every (policy, scene) rollout; returns one summary per rollout."""
+    from tqdm import tqdm
+
+    from alpasim_policy.policies.registry import make_policy
+    from alpasim_policy.scenes.format import load_scene
+    from alpasim_policy.scenes.suite import load_suite
+
+    out = Path(out)
+    options = dict(policy_options or {})
+    scenes = load_suite(suite)
+    if not policies:
+        raise ConfigError("--policy: give at least one policy name")
+    # Build each policy once up front: bad names / options fail before any work starts.
+    cfgs = {}
+    for p in policies:
+        pol = make_policy(p, **options)
+        cfgs[p] = effective_env_config(env_config, pol)
+    hashes = {}
+    ids = {}
+    for s in scenes:
+        sc = load_scene(s)
+        hashes[str(s)], ids[str(s)] = sc.content_hash, sc.scene_id
+    todo, done = [], []
+    for p in policies:
+        for s in scenes:
+            path = rollout_path(out, p, ids[str(s)])
+            if is_done(path, seed, cfgs[p], hashes[str(s)], options):
+                done.append({"policy": p, "scene_id": ids[str(s)], "path": str(path), "skipped": True})
+            else:
+                todo.append((p, str(s)))
+    if done:
+        print(f"resuming: {len(done)} rollouts already on disk, {len(todo)} to run", file=sys.stderr)
+    results: list[dict] = []
+    bar = tqdm(total=len(todo), desc="eval", unit="rollout", disable=not show_progress or not todo)
+    if backend == "ray" and todo:
+        import ray
+
+        ray.init(num_cpus=max(1, workers), include_dashboard=False, ignore_reinit_error=True,
+                 log_to_driver=False, configure_logging=False)  # fmt: skip
+        remote = ray.remote(num_cpus=1)(_task)
+        pending = {remote.remote(p, s, seed, env_config, options, str(out)): (p, s) for p, s in todo}
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    p, s = pending.pop(ref)
+                    try:
+                        results.append(ray.get(ref))
+                    except Exception as e:  # a crashed task: report it, finish the rest
+                        results.append({"policy": p, "scene_id": Path(s).stem, "error": str(e)})
+                    bar.update(1)
+        finally:
+            ray.shutdown()
+    else:
+        if backend == "serial" and workers > 1:
+            print("note: --workers applies to --backend ray; running serially", file=sys.stderr)
+        for p, s in todo:
+            bar.set_postfix_str(f"{p} {Path(s).stem}")
+            try:
+                results.append(_task(p, s, seed, env_config, options, str(out)))
+            except Exception as e:  # env / scene fault outside the policy: report, go on
+                traceback.print_exc()
+                results.append({"policy": p, "scene_id": Path(s).stem, "error": f"{type(e).__name__}: {e}"})
+            bar.update(1)
+    bar.close()
+    return done + results
+
+
+def main(args: argparse.Namespace) -> int:
+    from alpasim_policy.io import atomic_write_json
+    from alpasim_policy.policies.registry import parse_options
+
+    policies = [p.strip() for p in args.policy.split(",") if p.strip()]
+    options = parse_options(args.policy_option)
+    out = Path(args.out)
+    t0 = time.time()
+    results = evaluate(
+        args.suite, policies, out, seed=args.seed, env_config=args.env_config, workers=args.workers,
+        backend=args.backend, policy_options=options,
+    )  # fmt: skip
+    errors = [r for r in results if "error" in r]
+    for r in errors:
+        print(f"error: {r['policy']} on {r['scene_id']}: {r['error']}", file=sys.stderr)
+    failures = sum(r.get("failures", 0) for r in results)
+    if failures:
+        print(
+            f"note: {failures} policy failures recorded (see failure_messages in the rollouts)",
+            file=sys.stderr,
+        )
+    run = {
+        "args": {k: v for k, v in vars(args).items() if k != "func"},
+        "policies": policies,
+        "policy_options": _jsonable(options),
+        "versions": _versions(),
+        "started": t0,
+        "wall_s": time.time() - t0,
+        "rollouts": results,
+    }
+    atomic_write_json(out / "run.json", _jsonable(run))
+    if not args.no_score:
+        from alpasim_policy.scoring.report import score_run
+
+        board = score_run(out)
+        if board is not None:
+            print(board)
+    return 1 if errors else 0
+
+
+__all__ = ["evaluate", "register", "run_rollout", "shifted_plan"]
