@@ -199,6 +199,11 @@ def score_plans(
     t0 = world.t0_index if t0 is None else int(t0)
     if not 0 <= t0 < world.num_steps:
         raise ValueError(f"t0 {t0} outside the scene's {world.num_steps} steps")
+    if agents == "log":
+        # the log ends: score only the steps it covers (short scenes have < 4 s after t0)
+        num_steps = min(num_steps, world.num_steps - 1 - t0)
+        if num_steps < 1:
+            raise ValueError(f"t0 {t0} is the last step of the scene: nothing to score")
     start = world.human_state[t0] if start_state is None else np.asarray(start_state, np.float64)
     states = simulate(world, start, plans, num_steps)
     previous = None
