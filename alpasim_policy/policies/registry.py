@@ -1,7 +1,8 @@
 """Policy names -> Policy objects, for ``eval`` and ``serve``.
 
 ``make_policy("idm")``, ``make_policy("alpamayo", preset="tiny")``,
-``make_policy("grpc://localhost:50051")``. Heavy policies are imported lazily, so asking for a
+``make_policy("grpc://localhost:50051")``, or any importable class as ``"package.module:Class"``
+(a user's own policy, no registration needed). Heavy policies are imported lazily, so asking for a
 baseline never imports torch or grpc. Options are passed to the policy's constructor; an option it
 does not take is a :class:`~alpasim_policy.errors.ConfigError` naming it.
 """
@@ -26,7 +27,7 @@ GRPC_POLICY = "alpasim_policy.serve.client:EgodriverPolicy"
 
 
 def known_policies() -> list[str]:
-    return sorted(POLICIES) + [GRPC_PREFIX + "HOST:PORT"]
+    return sorted(POLICIES) + [GRPC_PREFIX + "HOST:PORT", "package.module:Class"]
 
 
 def _load(target: str, spec: str) -> type:
@@ -64,6 +65,14 @@ def make_policy(spec: str, **options: Any) -> Any:
         if len(spec) <= len(GRPC_PREFIX):
             raise ConfigError(f"policy {spec!r}: expected grpc://HOST:PORT")
         return _construct(_load(GRPC_POLICY, spec), spec, (spec,), options)
+    if spec not in POLICIES and ":" in spec:
+        module, _, cls = spec.partition(":")
+        if module and cls.isidentifier():
+            try:
+                target = _load(spec, spec)
+            except AttributeError as e:
+                raise ConfigError(f"policy {spec!r}: {module} has no class {cls}") from e
+            return _construct(target, spec, (), options)
     if spec not in POLICIES:
         raise ConfigError(f"unknown policy {spec!r}; known: {', '.join(known_policies())}")
     return _construct(_load(POLICIES[spec], spec), spec, (), options)

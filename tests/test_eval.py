@@ -1,0 +1,130 @@
+"""``eval``: rollouts on real scenes, policy failures recorded without stopping, resume, Ray = serial."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from alpasim_policy.cli import main as cli_main
+from alpasim_policy.errors import ConfigError
+from alpasim_policy.evaluate import evaluate, rollout_path
+from alpasim_policy.policies.base import PolicyOutput
+from alpasim_policy.policies.registry import make_policy, parse_options
+from alpasim_policy.sim.rollout import Rollout
+
+SCENES = ["av2s-7fab2350-w01", "av2s-7fab2350-w00"]
+
+
+@pytest.fixture
+def suite(tmp_path):
+    path = tmp_path / "two.yaml"
+    path.write_text("name: two\nscenes: [" + ", ".join(SCENES) + "]\n")
+    return path
+
+
+class FaultyPolicy:
+    """Drives straight at 5 m/s, but returns a broken plan (or raises) at chosen steps."""
+
+    name = "faulty"
+    camera_preset = None
+
+    def __init__(self, mode: str = "nan", bad_steps: tuple[int, ...] = (20, 21, 22)):
+        self.mode, self.bad_steps = mode, set(bad_steps)
+
+    def reset(self, *, seed=None, scene=None, camera_rig=None):
+        pass
+
+    def act(self, obs):
+        k = int(obs["step"])
+        plan = np.zeros((30, 3))
+        plan[:, 0] = 5.0 * 0.1 * np.arange(1, 31) + 0.2 * k  # each plan differs from the last
+        if k in self.bad_steps:
+            if self.mode == "nan":
+                plan[3, 1] = np.nan
+            elif self.mode == "empty":
+                plan = np.zeros((0, 3))
+            elif self.mode == "short":
+                plan = plan[:4]
+            elif self.mode == "shape":
+                plan = plan[:, :2]
+            elif self.mode == "raise":
+                raise RuntimeError("model crashed")
+        return PolicyOutput(trajectory=plan, reasoning=f"tick {k}")
+
+
+@pytest.mark.parametrize("mode", ["nan", "empty", "short", "shape", "raise"])
+def test_policy_failures_are_recorded_and_the_suite_finishes(tmp_path, suite, mode):
+    res = evaluate(str(suite), ["test_eval:FaultyPolicy"], tmp_path, policy_options={"mode": mode},
+                   show_progress=False)  # fmt: skip
+    assert len(res) == 2 and not any("error" in r for r in res)
+    r = Rollout.load(rollout_path(tmp_path, "test_eval:FaultyPolicy", SCENES[0]))
+    assert list(np.flatnonzero(r.policy_failure)) == [20, 21, 22]
+    assert len(r.failure_messages) == 3 and "step 20" in r.failure_messages[0]
+    assert r.steps[-1] == len(r.times) - 1 and r.controlled[-1]  # ran to the end of the log
+    # During the failure the car executes the last valid plan (made at 19) shifted in time.
+    for k in (20, 21, 22):
+        shift = k - 19
+        np.testing.assert_allclose(r.plans[k, :10], r.plans[19, shift : shift + 10], atol=1e-9)
+    assert r.reasoning[19] == "tick 19" and r.reasoning[30] == "tick 30"
+    assert np.all(np.isfinite(r.latency_s[16:-1])) and np.all(np.isnan(r.latency_s[:16]))  # one per tick
+
+
+def test_resume_skips_finished_rollouts_and_reruns_stale_ones(tmp_path, suite):
+    evaluate(str(suite), ["constant_velocity"], tmp_path, seed=1, show_progress=False)
+    path = rollout_path(tmp_path, "constant_velocity", SCENES[1])
+    mtime = path.stat().st_mtime_ns
+    again = evaluate(str(suite), ["constant_velocity"], tmp_path, seed=1, show_progress=False)
+    assert all(r.get("skipped") for r in again)
+    assert path.stat().st_mtime_ns == mtime
+    path.write_bytes(b"truncated")  # an interrupted write is redone
+    third = evaluate(str(suite), ["constant_velocity"], tmp_path, seed=1, show_progress=False)
+    assert sum(not r.get("skipped") for r in third) == 1
+    assert Rollout.load(path).seed == 1
+    fourth = evaluate(str(suite), ["constant_velocity"], tmp_path, seed=2, show_progress=False)
+    assert not any(r.get("skipped") for r in fourth)  # another seed is another run
+
+
+def test_ray_backend_matches_serial(tmp_path, suite):
+    pytest.importorskip("ray")
+    evaluate(str(suite), ["idm"], tmp_path / "serial", show_progress=False)
+    res = evaluate(str(suite), ["idm"], tmp_path / "ray", backend="ray", workers=2, show_progress=False)
+    assert len(res) == 2 and not any("error" in r for r in res)
+    for sid in SCENES:
+        a = Rollout.load(rollout_path(tmp_path / "serial", "idm", sid))
+        b = Rollout.load(rollout_path(tmp_path / "ray", "idm", sid))
+        for field in ("ego_state", "plans", "agent_state", "agent_valid", "controlled"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+
+
+def test_cli_eval_writes_rollouts_run_json_and_leaderboard(tmp_path, suite, capsys):
+    out = tmp_path / "run"
+    rc = cli_main(["eval", "--suite", str(suite), "--policy", "log_replay,constant_velocity", "--out", str(out),
+                   "--seed", "3", "--env-config", "default"])  # fmt: skip
+    assert rc == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["args"]["seed"] == 3 and run["policies"] == ["log_replay", "constant_velocity"]
+    assert "numpy" in run["versions"]
+    for p in ("log_replay", "constant_velocity"):
+        for sid in SCENES:
+            r = Rollout.load(rollout_path(out, p, sid))
+            assert r.seed == 3 and r.policy == p and r.scene_hash
+            assert r.env_config["agents"] == "log"
+    assert (out / "leaderboard.csv").is_file()
+    assert "log_replay" in capsys.readouterr().out
+
+
+def test_registry_names_and_errors():
+    assert make_policy("idm").name == "idm"
+    assert make_policy("constant_velocity", steps=20).steps == 20
+    with pytest.raises(ConfigError, match="log_replay"):  # the message lists the known names
+        make_policy("human")
+    with pytest.raises(ConfigError, match="speed"):
+        make_policy("idm", speed=3)
+    with pytest.raises(ConfigError, match="grpc"):
+        make_policy("grpc://")
+    assert parse_options(["steps=20", "target_speed=8.5", "mode=nan"]) == {"steps": 20, "target_speed": 8.5,
+                                                                           "mode": "nan"}  # fmt: skip
+    with pytest.raises(ConfigError):
+        parse_options(["novalue"])
