@@ -136,3 +136,37 @@ def test_epdms_scorer_ranks_samples():
     assert scores[0] == pytest.approx(1.0)
     assert scores[2] == 0.0  # leaves the road: DAC = 0
     assert 0.0 < scores[1] < scores[0]  # safe but slow: lower EP
+
+
+def test_alpasim_metrics_min_ade_plan_deviation_and_short_rollouts():
+    from alpasim_policy.scoring.alpasim_metrics import rollout_metrics
+    from alpasim_policy.scoring.closedloop import score_rollout
+
+    scene = straight_road_scene(t0_index=16, num_steps=60)
+    world = ScoringWorld.from_scene(scene)
+    ro = rollout(scene, LogReplayPolicy())
+    plans = ro.plans  # (N, T, 3): the logged future at every tick
+    shifted = plans + np.array([0.0, 1.0, 0.0])
+    ro.samples = np.stack([shifted, plans], axis=1)  # sample 1 is exactly the log: min-ADE ~ 0
+    res = score_rollout(world, ro)
+    m = rollout_metrics(world, ro, 15, res.contacts)
+    assert m["min_ade_m"] < 0.05 and m["plan_deviation_m"] < 0.05
+    assert m["progress_ratio"] == pytest.approx(1.0, abs=0.05) and m["scene_score"] == 1.0
+    ro.samples = np.stack([shifted, shifted + 1.0], axis=1)
+    assert rollout_metrics(world, ro, 15, res.contacts)["min_ade_m"] == pytest.approx(1.0, abs=0.05)
+    # a rollout cut 0.5 s after the first plan still gets one (short) window
+    cut = 16 + 6
+    for name in ("times", "steps", "ego_state", "controlled", "plans"):
+        setattr(ro, name, getattr(ro, name)[:cut])
+    ro.agent_state, ro.agent_valid = ro.agent_state[:, :cut], ro.agent_valid[:, :cut]
+    short = score_rollout(world, ro)
+    assert short.metrics["windows"] == 1 and short.metrics["EPDMS"] == pytest.approx(1.0)
+
+
+def test_score_cli_prints_the_table(bundled_run, capsys):
+    from alpasim_policy.cli import main
+
+    run, board = bundled_run
+    assert main(["score", str(run), "--cache", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "| policy | scenes |" in out and "log_replay" in out and "constant_velocity" in out

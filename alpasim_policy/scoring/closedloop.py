@@ -87,7 +87,9 @@ def score_rollout(world: ScoringWorld, rollout, human_filter: bool = True) -> Cl
     windows: list[dict[str, float]] = []
     for i in range(i0, last + 1, WINDOW_STRIDE):
         n = min(HORIZON_STEPS + 1, last - i + 1)
-        if n < MIN_WINDOW_STATES:
+        # windows shorter than 1 s are dropped, except the first (a rollout cut short early,
+        # e.g. truncated after a collision, is still scored on what it has)
+        if n < MIN_WINDOW_STATES and (windows or n < 2):
             break
         k = int(steps[i])
         states = ego[i : i + n][None]
