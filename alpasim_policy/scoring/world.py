@@ -138,13 +138,9 @@ class ScoringWorld:
     def from_scene(
         cls, scene: Scene, reference_state: np.ndarray | None = None, reference_name: str = "human"
     ) -> ScoringWorld:
-        from alpasim_policy.scenes.geometry import MapIndex, Polyline
+        from alpasim_policy.scenes.geometry import Polyline
 
-        mi = MapIndex(scene)
-        lanes = scene.map.lanes
-        lane_ids = [ln.id for ln in lanes]
-        is_inter = np.array([bool(ln.is_intersection) for ln in lanes], dtype=bool)
-        on_route = _on_route_lanes(scene, mi)
+        static = _static_map(scene)
         red_polys, red_mask = _red_light_polygons(scene, Polyline)
         return cls(
             scene_id=scene.scene_id,
@@ -167,17 +163,47 @@ class ScoringWorld:
             agent_valid=np.asarray(scene.agents.valid, dtype=bool).reshape(
                 len(scene.agents.ids), scene.num_steps
             ),
-            lane_ids=lane_ids,
-            lane_polygons=np.asarray(mi.lane_polygons, dtype=object).reshape(-1),
-            lane_is_intersection=is_inter,
-            lane_on_route=on_route,
-            drivable=mi.drivable,
-            route_polyline=np.asarray(Polyline(scene.route.polyline).points, dtype=np.float64),
+            lane_ids=static["lane_ids"],
+            lane_polygons=static["lane_polygons"],
+            lane_is_intersection=static["lane_is_intersection"],
+            lane_on_route=static["lane_on_route"],
+            drivable=static["drivable"],
+            route_polyline=static["route_polyline"],
             red_light_polygons=red_polys,
             red_light_red=red_mask,
             reference_state=None if reference_state is None else np.asarray(reference_state, np.float64),
             reference_name=reference_name if reference_state is not None else "human",
         )
+
+
+# Static map geometry per map object: a policy that scores samples every tick on a "t0 view" of
+# the same scene (same lane list, same route) must not rebuild lane polygons and the drivable
+# union each time. Keyed by object identity; the entry keeps the objects alive so ids stay valid.
+_STATIC: dict[tuple, tuple] = {}
+_STATIC_MAX = 16
+
+
+def _static_map(scene: Scene) -> dict:
+    from alpasim_policy.scenes.geometry import MapIndex, Polyline
+
+    m = scene.map
+    key = (id(m.lanes), id(m.drivable_areas), tuple(scene.route.lane_ids), scene.route.polyline.tobytes())
+    hit = _STATIC.get(key)
+    if hit is not None and hit[0] is m.lanes and hit[1] is m.drivable_areas:
+        return hit[2]
+    mi = MapIndex(scene)
+    static = {
+        "lane_ids": [ln.id for ln in m.lanes],
+        "lane_polygons": np.asarray(mi.lane_polygons, dtype=object).reshape(-1),
+        "lane_is_intersection": np.array([bool(ln.is_intersection) for ln in m.lanes], dtype=bool),
+        "lane_on_route": _on_route_lanes(scene, mi),
+        "drivable": mi.drivable,
+        "route_polyline": np.asarray(Polyline(scene.route.polyline).points, dtype=np.float64),
+    }
+    if len(_STATIC) >= _STATIC_MAX:
+        _STATIC.pop(next(iter(_STATIC)))
+    _STATIC[key] = (m.lanes, m.drivable_areas, static)
+    return static
 
 
 def _mean_direction(points: np.ndarray) -> np.ndarray:
