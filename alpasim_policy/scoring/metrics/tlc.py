@@ -18,11 +18,14 @@ def traffic_light_compliance(ego: EgoGeometry, win: AgentWindow) -> np.ndarray:
     out = np.ones(B)
     if not len(win.red_polygons) or not win.red.any():
         return out
-    centers = shapely.centroid(win.red_polygons)
-    cxy = shapely.get_coordinates(centers)
-    reach = ego.half_diag + 0.5 * np.array(
-        [shapely.length(shapely.boundary(p)) / 2 for p in win.red_polygons]
-    )  # generous radius around each light polygon
+    cxy = shapely.get_coordinates(shapely.centroid(win.red_polygons))  # (K, 2)
+    # broad phase: centre distance within the ego's half-diagonal + the polygon's circumradius
+    reach = ego.half_diag + np.array(
+        [
+            np.linalg.norm(shapely.get_coordinates(p) - cxy[k], axis=1).max()
+            for k, p in enumerate(win.red_polygons)
+        ]
+    )
     for k, poly in enumerate(win.red_polygons):
         steps = np.flatnonzero(win.red[:, k])
         if not len(steps):
