@@ -167,9 +167,12 @@ class LogReplayEnv(gym.Env):
         self.fit_steps = self.config["tracker"]["fit_steps"]
         self.index = map_index(sc)
         self.route = Polyline(sc.route.polyline)
+        self._route_offsets = ROUTE_SPACING_M * np.arange(ROUTE_POINTS)
         self.agent_static = col.is_static_type(sc.agents.types)
         self.agent_size = sc.agents.size
         self.agent_types = sc.agents.types.astype(np.float32)
+        self._agent_radius = 0.5 * np.hypot(sc.agents.size[:, 0], sc.agents.size[:, 1])
+        self._ego_radius = 0.5 * float(np.hypot(self.vehicle.length, self.vehicle.width))
         self._idm_params = IDMParams.from_dict(self.config["idm"])
         bev = dict(self.config["bev"])
         self.bev_enabled = bool(bev.pop("enabled", False))
@@ -286,10 +289,18 @@ class LogReplayEnv(gym.Env):
         off = not bool(np.all(self.index.on_drivable(ego_corners)))
         if not len(a_state):
             return contacts, False, off
-        a_corners = box_corners(a_state[:, 0], a_state[:, 1], a_state[:, 2], self.agent_size[:, 0],
-                                self.agent_size[:, 1])  # fmt: skip
-        _, hit = col.overlapping_pairs(ego_corners[None], a_corners, a_valid)
-        hit = [int(i) for i in hit if int(i) not in self._collided]
+        # Cheap prefilter: only agents whose circumscribed circle reaches the ego's.
+        c = ego_corners.mean(axis=0)
+        d2 = (a_state[:, 0] - c[0]) ** 2 + (a_state[:, 1] - c[1]) ** 2
+        near = np.flatnonzero(a_valid & (d2 <= (self._ego_radius + self._agent_radius) ** 2))
+        near = np.array([i for i in near.tolist() if i not in self._collided], dtype=np.int64)
+        if not len(near):
+            return contacts, False, off
+        a_corners = np.zeros((len(a_state), 4, 2))
+        a_corners[near] = box_corners(a_state[near, 0], a_state[near, 1], a_state[near, 2],
+                                      self.agent_size[near, 0], self.agent_size[near, 1])  # fmt: skip
+        touching = col.boxes_overlap(ego_corners[None], a_corners[near])
+        hit = near[touching].tolist()
         if not hit:
             return contacts, False, off
         hit_arr = np.array(hit)
@@ -346,9 +357,7 @@ class LogReplayEnv(gym.Env):
         h[:, :2] = to_rig(hist[:, :2], pose)
         h[:, 2] = (hist[:, 2] - pose[2] + np.pi) % (2 * np.pi) - np.pi
         h[:, 3] = np.hypot(hist[:, 3], hist[:, 4])
-        s0, _, _ = self.route.project(pose[None, :2])
-        pts, _ = self.route.interpolate(s0[0] + ROUTE_SPACING_M * np.arange(ROUTE_POINTS))
-        route = to_rig(pts, pose)
+        route = to_rig(self._route_ahead(pose[:2]), pose)
         c = self.config["command"]
         cmd = navigation_command(route, c["lookahead_m"], c["lateral_threshold_m"])
         a_state, a_valid = self.agent_traj[:, k], self.agent_valid_traj[:, k]
@@ -386,6 +395,20 @@ class LogReplayEnv(gym.Env):
         if self.bev_enabled:
             obs["bev"] = self._bev(ego, a_state, a_valid, k)
         return obs
+
+    def _route_ahead(self, xy: np.ndarray) -> np.ndarray:
+        """ROUTE_POINTS scene-frame points along the route from the car's projection, every 2 m
+        (clamped at the route's end). A lean version of Polyline.project + interpolate: this runs
+        every tick."""
+        r = self.route
+        rel = xy - r.points[:-1]
+        along = rel[:, 0] * r.seg_dir[:, 0] + rel[:, 1] * r.seg_dir[:, 1]
+        t = np.clip(along, 0.0, r.seg_len)
+        fx = rel[:, 0] - t * r.seg_dir[:, 0]
+        fy = rel[:, 1] - t * r.seg_dir[:, 1]
+        k = int(np.argmin(fx * fx + fy * fy))
+        sq = r.s[k] + t[k] + self._route_offsets
+        return np.stack([np.interp(sq, r.s, r.points[:, 0]), np.interp(sq, r.s, r.points[:, 1])], axis=-1)
 
     def _bev(self, ego, a_state, a_valid, k) -> np.ndarray:
         from alpasim_policy.render.bev import render_bev
