@@ -230,5 +230,6 @@ class DeadlinePolicy:
             latency_mode=self.latency_mode,
             plan_source=source,
             previous_rows=int(n_prev),
+            deadline_enforced=True,
         )
         return PolicyOutput(trajectory=plan, reasoning=out.reasoning, samples=out.samples, extra=extra)

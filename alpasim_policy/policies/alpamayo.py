@@ -1,0 +1,358 @@
+"""``alpamayo``: the Alpamayo-R1 model driving in the closed loop, one model call per 0.1 s tick.
+
+What this adapter does each tick (``act``):
+
+1. *Frames.* It keeps the last ``F`` frames (``F`` = the model's ``frames``, 4 for Alpamayo-R1)
+   of every camera of the ``alpamayo4`` rig, one per tick, i.e. 0.1 s apart, oldest first. At the
+   start of a rollout (fewer than ``F`` frames seen) the oldest frame is repeated, so the first
+   tick sees ``F`` copies of the first image. If the env skips steps (the observation's ``step``
+   jumps by more than one) the last frame is held for the missing steps, so the spacing stays
+   0.1 s. Camera order is the rig's (the model's camera-index order).
+2. *Model inputs.* ``ego_history`` (16 x (x, y, heading, speed), rig frame, oldest first) goes in
+   as is; ``speed`` is the measured speed (the unicycle's v0); ``command`` (left / straight /
+   right, from the route) becomes a navigation sentence in the prompt.
+3. *One model call* (:meth:`AlpamayoR1.drive`) -> K trajectories (K, 64, 3) in the rig frame, the
+   chain-of-causation text(s) and per-stage timings.
+4. *Selection* (:mod:`alpasim_policy.policies.selection`): ``first`` (AlpaSim), ``medoid`` or
+   ``scored`` (t0-only EPDMS). The chosen trajectory is returned with the reasoning (the chosen
+   sample's own text in ``multi`` mode) and all K samples in ``PolicyOutput.samples``.
+
+Options (keyword arguments; strings accepted, since ``--policy-option key=value`` passes them):
+``preset`` tiny | small | alpamayo-r1-10b (default tiny), ``weights`` a local directory
+(``from_pretrained``; without it the weights are random, seeded), ``samples`` K (6),
+``reasoning`` single | multi, ``diffusion`` graph | eager | dynamic, ``select`` first | medoid |
+scored, ``device`` cpu | cuda, ``seed`` (0), ``cot_tokens`` (force the CoC length),
+``max_cot_tokens``, ``temperature``, ``camera_width`` / ``camera_height`` (the resolution this
+policy asks the env to render; the model resizes anyway), and the real-time budget
+``deadline_ms`` + ``latency_mode`` ignore | delay + ``assumed_latency_ms`` (see
+:mod:`alpasim_policy.policies.deadline`). Bad values raise :class:`ConfigError` naming the option.
+
+Deadline default. Without ``deadline_ms`` the plan is always the model's (AlpaSim's behaviour and
+reproducible run to run); the wall time is still measured and ``extra["deadline_miss"]`` says
+whether it exceeded 100 ms, so ``eval`` reports the miss rate. With ``deadline_ms=100`` a late
+plan is dropped (``ignore``) or takes effect late (``delay``), which makes the score depend on
+the machine's speed, as on a car.
+
+Determinism: random weights are initialised from ``seed``; sampling (noise, multi-mode CoC
+sampling) uses a generator seeded from ``seed`` and the rollout's reset seed, so a rollout with
+the same seeds is identical (on one device and thread count) unless a deadline is enforced.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alpasim_policy.errors import ConfigError
+from alpasim_policy.policies.base import PolicyOutput
+from alpasim_policy.policies.selection import SampleSelector, parse_select
+
+PRESETS = ("tiny", "small", "alpamayo-r1-10b")
+REASONING_MODES = ("single", "multi")
+DIFFUSION_MODES = ("graph", "eager", "dynamic")
+DEVICES = ("cpu", "cuda")
+DEFAULT_DEADLINE_S = 0.1  # one 10 Hz tick
+#: camera resolution asked of the env per preset (width, height); the model resizes to its input
+DEFAULT_CAMERA_SIZE = {"tiny": (128, 72), "small": (384, 216), "alpamayo-r1-10b": (1920, 1080)}
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    v = str(value).strip().lower()
+    if v not in allowed:
+        raise ConfigError(f"option '{name}': {value!r} is not one of {', '.join(allowed)}")
+    return v
+
+
+def _int(name: str, value: Any, *, minimum: int | None = None, allow_none: bool = False) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        if allow_none:
+            return None
+        raise ConfigError(f"option '{name}': a whole number is required")
+    try:
+        f = float(value)
+        v = int(f)
+        if v != f:
+            raise ValueError
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"option '{name}': {value!r} is not a whole number") from e
+    if minimum is not None and v < minimum:
+        raise ConfigError(f"option '{name}': must be >= {minimum}, got {v}")
+    return v
+
+
+def _float(name: str, value: Any, *, minimum: float = 0.0, allow_none: bool = True) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        if allow_none:
+            return None
+        raise ConfigError(f"option '{name}': a number is required")
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"option '{name}': {value!r} is not a number") from e
+    if not np.isfinite(v) or v < minimum:
+        raise ConfigError(f"option '{name}': must be a finite number >= {minimum}, got {value!r}")
+    return v
+
+
+class FrameBuffer:
+    """The last ``frames`` images of each camera at 0.1 s spacing (see the module docstring)."""
+
+    def __init__(self, frames: int):
+        self.frames = frames
+        self.reset()
+
+    def reset(self) -> None:
+        self._buf: dict[str, deque] = {}
+        self._last_step: int | None = None
+
+    def push(self, cameras: dict[str, np.ndarray], step: int, order: list[str]) -> np.ndarray:
+        """Add this tick's images; return (C, F, 3, H, W) uint8, cameras in ``order``, frames oldest first."""
+        if self._last_step is not None and step <= self._last_step:
+            self.reset()  # a new rollout without reset(): start over
+        gap = 1 if self._last_step is None else step - self._last_step
+        for name in order:
+            img = np.asarray(cameras[name])
+            if img.ndim != 3 or img.shape[2] != 3:
+                raise ConfigError(f"observation 'cameras/{name}': expected (H, W, 3) RGB, got {img.shape}")
+            q = self._buf.setdefault(name, deque(maxlen=self.frames))
+            if q and q[-1].shape != img.shape:
+                raise ConfigError(
+                    f"observation 'cameras/{name}': image size changed from {q[-1].shape} to {img.shape}"
+                )
+            for _ in range(min(gap - 1, self.frames)):  # hold the last frame over skipped steps
+                q.append(q[-1])
+            q.append(img)
+        self._last_step = step
+        out = []
+        for name in order:
+            q = list(self._buf[name])
+            q = [q[0]] * (self.frames - len(q)) + q  # pad the start by repeating the first frame
+            out.append(np.stack(q))
+        return np.ascontiguousarray(np.stack(out).transpose(0, 1, 4, 2, 3))  # (C, F, 3, H, W)
+
+
+class AlpamayoCore:
+    """The model policy without a deadline wrapper (see :class:`AlpamayoPolicy`)."""
+
+    name = "alpamayo"
+    camera_preset: str | None = "alpamayo4"
+
+    def __init__(
+        self,
+        preset: str = "tiny",
+        weights: str | None = None,
+        samples: int | str = 6,
+        reasoning: str = "single",
+        diffusion: str = "graph",
+        select: str = "first",
+        device: str = "cpu",
+        seed: int | str = 0,
+        cot_tokens: int | str | None = None,
+        max_cot_tokens: int | str | None = None,
+        temperature: float | str | None = None,
+        camera_width: int | str | None = None,
+        camera_height: int | str | None = None,
+    ):
+        self.preset = _choice("preset", preset, PRESETS)
+        self.samples = _int("samples", samples, minimum=1)
+        self.reasoning = _choice("reasoning", reasoning, REASONING_MODES)
+        self.diffusion = _choice("diffusion", diffusion, DIFFUSION_MODES)
+        self.select = parse_select(select)
+        self.device = _choice("device", device, DEVICES)
+        self.seed = _int("seed", seed)
+        self.cot_tokens = _int("cot_tokens", cot_tokens, minimum=1, allow_none=True)
+        self.max_cot_tokens = _int("max_cot_tokens", max_cot_tokens, minimum=1, allow_none=True)
+        self.temperature = _float("temperature", temperature)
+        w, h = DEFAULT_CAMERA_SIZE[self.preset]
+        self.camera_size = (
+            _int("camera_width", camera_width if camera_width is not None else w, minimum=16),
+            _int("camera_height", camera_height if camera_height is not None else h, minimum=16),
+        )
+        self.weights = None if weights in (None, "", "none", "null") else Path(str(weights))
+        if self.weights is not None and not self.weights.is_dir():
+            raise ConfigError(f"option 'weights': {self.weights} is not a directory")
+        import torch
+
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("option 'device': 'cuda' requested but no CUDA device is available")
+        self.model = self._build_model()
+        self.frames = FrameBuffer(self.model.config.frames)
+        self.selector = SampleSelector(self.select)
+        self._camera_order: list[str] | None = None
+        self._generator = torch.Generator().manual_seed(self.seed)
+        self._warm = False
+
+    def _build_model(self):  # noqa: ANN202 - torch types imported lazily
+        import torch
+
+        from alpasim_policy.model import AlpamayoConfig, AlpamayoR1
+
+        if self.weights is not None:
+            return AlpamayoR1.from_pretrained(self.weights, preset=self.preset, device=self.device)
+        with torch.random.fork_rng(devices=[]):  # random weights, reproducible from the seed
+            torch.manual_seed(self.seed)
+            model = AlpamayoR1(AlpamayoConfig.from_preset(self.preset))
+        return model.to(self.device)
+
+    # ------------------------------------------------------------------ protocol
+
+    def reset(self, *, seed: int | None = None, scene: Any = None, camera_rig: Any = None) -> None:
+        import torch
+
+        self.frames.reset()
+        self._camera_order = list(camera_rig.names) if camera_rig is not None else None
+        state = np.random.SeedSequence([self.seed, 0 if seed is None else int(seed)]).generate_state(2)
+        self._generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        if self.select == "scored":
+            self.selector.reset(scene)
+        if not self._warm:
+            self._warmup(camera_rig)
+
+    def _warmup(self, camera_rig: Any) -> None:
+        """One throw-away tick so one-time costs (allocation, static buffers) are not in tick 1's latency."""
+        import torch
+
+        cfg = self.model.config
+        if camera_rig is not None:
+            cam = camera_rig[camera_rig.names[0]]
+            h, w = cam.height, cam.width
+        else:
+            w, h = self.camera_size
+        images = np.zeros((cfg.cameras, cfg.frames, 3, h, w), np.uint8)
+        history = np.zeros((cfg.history_steps, 4))
+        self.model.drive(images, history, 0.0, 1, num_samples=self.samples, reasoning=self.reasoning,
+                         diffusion=self.diffusion, cot_tokens=self.cot_tokens or 4,
+                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+        self._warm = True
+
+    def _images(self, observation: dict[str, Any]) -> np.ndarray:
+        cams = observation.get("cameras")
+        if not cams:
+            raise ConfigError(
+                "policy 'alpamayo': the observation has no camera images; run the env with cameras "
+                f"enabled (preset {self.camera_preset!r}, e.g. {self.camera_size[0]}x{self.camera_size[1]})"
+            )
+        order = self._camera_order or list(cams)
+        missing = [n for n in order if n not in cams]
+        if missing:
+            raise ConfigError(f"observation 'cameras': missing {missing}; the model needs {order}")
+        need = self.model.config.cameras
+        if len(order) != need:
+            raise ConfigError(
+                f"observation 'cameras': {len(order)} cameras ({order}), preset {self.preset!r} needs {need}"
+            )
+        return self.frames.push(cams, int(np.asarray(observation["step"])), order)
+
+    def act(self, observation: dict[str, Any]) -> PolicyOutput:
+        t0 = time.perf_counter()
+        images = self._images(observation)
+        out = self.model.drive(
+            images,
+            np.asarray(observation["ego_history"], dtype=np.float64),
+            float(np.asarray(observation["speed"])),
+            int(np.asarray(observation.get("command", 1))),
+            num_samples=self.samples,
+            reasoning=self.reasoning,
+            diffusion=self.diffusion,
+            cot_tokens=self.cot_tokens,
+            max_cot_tokens=self.max_cot_tokens,
+            temperature=self.temperature,
+            generator=self._generator,
+        )
+        t1 = time.perf_counter()
+        samples = np.asarray(out.trajectories, dtype=np.float64)
+        chosen = self.selector.select(samples, observation)
+        t2 = time.perf_counter()
+        texts = out.reasoning
+        reasoning = texts[chosen.index] if len(texts) == len(samples) and len(texts) > 1 else texts[0]
+        timings = {k: float(v) for k, v in out.timings.items()}
+        timings["model"] = t1 - t0
+        timings["selection"] = t2 - t1
+        timings["frames"] = timings["model"] - timings.get("total", 0.0)
+        extra = {
+            "timings": timings,
+            "selected_index": chosen.index,
+            "selection": chosen.method,
+            "selection_scores": None if chosen.scores is None else chosen.scores.tolist(),
+            "reasoning_all": list(texts) if len(texts) > 1 else None,
+            "cot_tokens": out.stats.get("cot_tokens"),
+            "v0": out.v0,
+        }
+        return PolicyOutput(
+            trajectory=samples[chosen.index], reasoning=reasoning, samples=samples, extra=extra
+        )
+
+
+class AlpamayoPolicy:
+    """The ``alpamayo`` policy: :class:`AlpamayoCore`, optionally under a real-time deadline."""
+
+    name = "alpamayo"
+    camera_preset: str | None = "alpamayo4"
+
+    def __init__(
+        self,
+        preset: str = "tiny",
+        weights: str | None = None,
+        samples: int | str = 6,
+        reasoning: str = "single",
+        diffusion: str = "graph",
+        select: str = "first",
+        device: str = "cpu",
+        seed: int | str = 0,
+        cot_tokens: int | str | None = None,
+        max_cot_tokens: int | str | None = None,
+        temperature: float | str | None = None,
+        camera_width: int | str | None = None,
+        camera_height: int | str | None = None,
+        deadline_ms: float | str | None = None,
+        latency_mode: str = "ignore",
+        assumed_latency_ms: float | str | None = None,
+    ):
+        from alpasim_policy.policies.deadline import DeadlinePolicy, _parse_mode
+
+        latency_mode = _parse_mode(latency_mode)
+        deadline = _float("deadline_ms", deadline_ms)
+        assumed = _float("assumed_latency_ms", assumed_latency_ms)
+        if assumed is not None and deadline is None:
+            raise ConfigError("option 'assumed_latency_ms': only meaningful with 'deadline_ms'")
+        self.core = AlpamayoCore(
+            preset=preset, weights=weights, samples=samples, reasoning=reasoning, diffusion=diffusion,
+            select=select, device=device, seed=seed, cot_tokens=cot_tokens, max_cot_tokens=max_cot_tokens,
+            temperature=temperature, camera_width=camera_width, camera_height=camera_height,
+        )  # fmt: skip
+        self.camera_size = self.core.camera_size
+        self.deadline_s = DEFAULT_DEADLINE_S if deadline is None else deadline / 1000.0
+        self.enforce_deadline = deadline is not None
+        self.wrapper = (
+            DeadlinePolicy(
+                self.core, self.deadline_s, latency_mode, None if assumed is None else assumed / 1000.0
+            )  # fmt: skip
+            if self.enforce_deadline
+            else None
+        )
+
+    @property
+    def model(self):  # noqa: ANN201
+        return self.core.model
+
+    def reset(self, *, seed: int | None = None, scene: Any = None, camera_rig: Any = None) -> None:
+        (self.wrapper or self.core).reset(seed=seed, scene=scene, camera_rig=camera_rig)
+
+    def act(self, observation: dict[str, Any]) -> PolicyOutput:
+        if self.wrapper is not None:
+            return self.wrapper.act(observation)
+        t0 = time.perf_counter()
+        out = self.core.act(observation)
+        latency = time.perf_counter() - t0
+        out.extra.update(
+            latency_s=latency,
+            deadline_s=self.deadline_s,
+            deadline_miss=bool(latency > self.deadline_s),
+            plan_source="new",
+            deadline_enforced=False,
+        )
+        return out

@@ -1,0 +1,175 @@
+"""AlpamayoPolicy: frames, options, and the tiny preset driving a real bundled scene in closed loop."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import alpasim_policy.sim.env  # noqa: F401 - registers the env
+from alpasim_policy.errors import ConfigError
+from alpasim_policy.policies.alpamayo import AlpamayoPolicy, FrameBuffer
+from alpasim_policy.policies.base import Policy, validate_plan
+from alpasim_policy.policies.registry import make_policy
+
+SCENE = "cr-USA_Lanker-1_1_T-1-ego1213"  # the shortest bundled scene: 24 controlled ticks
+FAST = {"preset": "tiny", "samples": 3, "cot_tokens": 4, "camera_width": 64, "camera_height": 36}
+
+
+def make_env(policy, scene: str = SCENE):
+    w, h = policy.camera_size
+    cfg = {"cameras": {"enabled": True, "preset": policy.camera_preset, "width": w, "height": h}}
+    return gym.make("alpasim_policy/LogReplay-v0", scene=scene, config=cfg)
+
+
+def drive(policy, ticks: int | None = None, seed: int = 0, scene: str = SCENE):
+    env = make_env(policy, scene)
+    obs, _ = env.reset(seed=seed)
+    policy.reset(seed=seed, scene=env.unwrapped.scene, camera_rig=env.unwrapped.camera_rig)
+    outs, infos = [], []
+    while ticks is None or len(outs) < ticks:
+        out = policy.act(obs)
+        outs.append(out)
+        obs, _, term, trunc, info = env.step(out.trajectory)
+        infos.append(info)
+        if term or trunc:
+            break
+    return outs, infos, env
+
+
+# ----------------------------------------------------------------------------- frames
+
+
+def test_frame_buffer_pads_with_the_first_frame_and_keeps_order():
+    fb = FrameBuffer(4)
+    img = {n: np.full((6, 8, 3), i, np.uint8) for i, n in enumerate(["a", "b"])}
+
+    def frame(v):
+        return {"a": np.full((6, 8, 3), v, np.uint8), "b": np.full((6, 8, 3), 100 + v, np.uint8)}
+
+    out = fb.push(img, 16, ["a", "b"])
+    assert out.shape == (2, 4, 3, 6, 8) and out.dtype == np.uint8
+    assert (out[0] == 0).all() and (out[1] == 1).all()  # four copies of the first frame
+    for k, v in enumerate([10, 20, 30, 40]):
+        out = fb.push(frame(v), 17 + k, ["a", "b"])
+    assert out[0, :, 0, 0, 0].tolist() == [10, 20, 30, 40]  # oldest first, 0.1 s apart
+    assert out[1, :, 0, 0, 0].tolist() == [110, 120, 130, 140]
+    out = fb.push(frame(70), 23, ["b", "a"])  # steps 21, 22 skipped: the last frame is held for them
+    assert out[1, :, 0, 0, 0].tolist() == [40, 40, 40, 70] and out[0, -1, 0, 0, 0] == 170
+    out = fb.push(frame(5), 16, ["a", "b"])  # step went back: a new rollout starts over
+    assert out[0, :, 0, 0, 0].tolist() == [5, 5, 5, 5]
+
+
+def test_frame_buffer_rejects_a_changing_image_size():
+    fb = FrameBuffer(2)
+    fb.push({"a": np.zeros((6, 8, 3), np.uint8)}, 0, ["a"])
+    with pytest.raises(ConfigError, match="cameras/a"):
+        fb.push({"a": np.zeros((7, 8, 3), np.uint8)}, 1, ["a"])
+
+
+# ----------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("preset", "huge"), ("select", "best"), ("reasoning", "double"), ("diffusion", "magic"),
+     ("samples", 0), ("samples", "six"), ("device", "tpu"), ("weights", "/nonexistent/dir"),
+     ("deadline_ms", "-5"), ("latency_mode", "later"), ("seed", "1.5")],
+)  # fmt: skip
+def test_bad_options_raise_config_error_naming_the_option(option, value):
+    with pytest.raises(ConfigError, match=option):
+        make_policy("alpamayo", **{option: value})
+
+
+def test_unknown_option_is_named_by_the_registry():
+    with pytest.raises(ConfigError, match="samplez"):
+        make_policy("alpamayo", samplez=3)
+
+
+def test_missing_cameras_is_a_clear_error():
+    pol = AlpamayoPolicy(**FAST)
+    env = gym.make("alpasim_policy/LogReplay-v0", scene=SCENE)  # cameras off
+    obs, _ = env.reset(seed=0)
+    pol.reset(seed=0, scene=env.unwrapped.scene)
+    with pytest.raises(ConfigError, match="camera"):
+        pol.act(obs)
+
+
+# ----------------------------------------------------------------------------- closed loop
+
+
+@pytest.fixture(scope="module")
+def first_run():
+    pol = make_policy("alpamayo", **FAST)  # string-free kwargs; the CLI path is tested below
+    outs, infos, env = drive(pol)
+    return pol, outs, infos, env
+
+
+def test_tiny_preset_drives_a_real_scene_to_the_end(first_run):
+    pol, outs, infos, env = first_run
+    assert isinstance(pol, Policy) and pol.camera_preset == "alpamayo4"
+    scene = env.unwrapped.scene
+    assert len(outs) == scene.num_steps - 1 - env.unwrapped.start_step  # every controlled tick
+    assert infos[-1]["step"] == scene.num_steps - 1
+    for out in outs:
+        validate_plan(out.trajectory)
+        assert out.trajectory.shape == (64, 3)
+        assert out.samples.shape == (3, 64, 3) and np.isfinite(out.samples).all()
+        np.testing.assert_array_equal(out.trajectory, out.samples[out.extra["selected_index"]])
+        assert out.extra["selected_index"] == 0  # select=first, AlpaSim's rule
+        assert isinstance(out.reasoning, str)
+        t = out.extra["timings"]
+        assert {"vision", "prefill", "decode", "diffusion", "total"} <= set(t)
+        assert out.extra["latency_s"] >= t["total"] > 0
+        assert out.extra["cot_tokens"] == [4]
+    # the samples differ (independent noise) and the car moved
+    assert np.ptp(outs[0].samples[:, -1, :2], axis=0).max() > 0
+    assert (
+        np.hypot(*(infos[-1]["ego_state"][:2] - env.unwrapped.ego_traj[env.unwrapped.start_step, :2])) > 1.0
+    )
+
+
+def test_same_seed_same_rollout_different_seed_different_samples(first_run):
+    _, outs, _, _ = first_run
+    again, _, _ = drive(make_policy("alpamayo", **{k: str(v) for k, v in FAST.items()}), ticks=3)
+    for a, b in zip(outs[:3], again, strict=True):
+        np.testing.assert_array_equal(a.samples, b.samples)
+        assert a.reasoning == b.reasoning
+    other, _, _ = drive(make_policy("alpamayo", **FAST), ticks=1, seed=1)
+    assert not np.array_equal(other[0].samples, outs[0].samples)
+
+
+def test_multi_reasoning_gives_the_chosen_sample_its_own_text():
+    pol = AlpamayoPolicy(**{**FAST, "reasoning": "multi", "select": "medoid"})
+    outs, _, _ = drive(pol, ticks=2)
+    for out in outs:
+        texts = out.extra["reasoning_all"]
+        assert len(texts) == 3 and out.extra["cot_tokens"] == [4, 4, 4]
+        assert out.reasoning == texts[out.extra["selected_index"]]
+        assert out.extra["selection"] == "medoid" and len(out.extra["selection_scores"]) == 3
+
+
+def test_scored_selection_in_the_loop_keeps_the_best_epdms():
+    pol = AlpamayoPolicy(**{**FAST, "select": "scored"})
+    outs, _, _ = drive(pol, ticks=2)
+    for out in outs:
+        scores = np.asarray(out.extra["selection_scores"])
+        assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
+        assert scores[out.extra["selected_index"]] == scores.max()
+
+
+def test_deadline_options_fall_back_and_splice():
+    # a 1 microsecond deadline: every tick misses; the car keeps its previous plan (coast at first)
+    pol = AlpamayoPolicy(**FAST, deadline_ms="0.001")
+    outs, _, _ = drive(pol, ticks=3)
+    assert all(o.extra["deadline_miss"] and o.extra["deadline_enforced"] for o in outs)
+    assert all(o.extra["plan_source"] == "previous" for o in outs)
+    assert outs[0].samples is not None  # the late model output is still recorded
+    np.testing.assert_allclose(outs[0].trajectory[:, 1:], 0.0)  # coasting straight ahead
+    # delay mode with an assumed 250 ms: the first 2 rows follow the previous plan, the rest the model's
+    pol = AlpamayoPolicy(**FAST, deadline_ms=1000, latency_mode="delay", assumed_latency_ms=250)
+    outs, _, _ = drive(pol, ticks=2)
+    for o in outs:
+        assert o.extra["previous_rows"] == 2 and o.extra["plan_source"] == "spliced"
+        assert not o.extra["deadline_miss"]
+        np.testing.assert_array_equal(o.trajectory[2:], o.samples[0][2:])
