@@ -112,3 +112,29 @@ def test_from_config_builds_a_real_baseline_through_the_registry():
     # Constant velocity at 5 m/s straight ahead in the rig frame: 0.5 m per 0.1 s row.
     np.testing.assert_allclose(pred.trajectory_xy[:10, 0], 0.5 * np.arange(1, 11), atol=1e-3)
     np.testing.assert_allclose(pred.trajectory_xy[:, 1], 0.0, atol=1e-3)
+
+
+def test_default_plugin_wraps_our_alpamayo_policy():
+    """The entry point's default: AlpamayoPolicy (tiny preset, random seeded weights) behind AlpaSim's
+    interface, with AlpaSim's camera ids (the alpamayo4 names) and a torch-style device string."""
+    names = [
+        "camera_cross_left_120fov",
+        "camera_front_wide_120fov",
+        "camera_cross_right_120fov",
+        "camera_front_tele_30fov",
+    ]
+    model = AlpamayoDriverModel.from_config(
+        {"policy_options": {"preset": "tiny", "samples": 1, "cot_tokens": 4}},
+        device="cpu:0",
+        camera_ids=names,
+        context_length=4,
+        output_frequency_hz=10,
+    )
+    assert type(model._policy).__name__ == "AlpamayoPolicy" and model.camera_map == {}
+    inp = _input(command=DriveCommand.LEFT, cams=names)
+    for c in names:
+        inp.camera_images[c][0].image = np.zeros((72, 128, 3), np.uint8)
+    pred = model.predict(inp)
+    assert pred.trajectory_xy.shape == (64, 2) and pred.headings.shape == (64,)
+    assert np.isfinite(pred.trajectory_xy).all() and isinstance(pred.reasoning_text, str)
+    assert pred.debug_metadata["num_samples"] == 1

@@ -93,6 +93,7 @@ class AlpamayoDriverModel(_Base):  # type: ignore[misc,valid-type]
     ):
         self._policy = policy
         self._camera_ids = list(camera_ids)
+        self.camera_map: dict[str, str] = {}  # AlpaSim camera id -> our camera name (identity if absent)
         self._context_length = int(context_length)
         self._output_frequency_hz = int(output_frequency_hz)
         if self._output_frequency_hz <= 0:
@@ -113,20 +114,21 @@ class AlpamayoDriverModel(_Base):  # type: ignore[misc,valid-type]
         """Build from AlpaSim's model config.
 
         Keys read from ``model_cfg``: ``policy`` (default: our Alpamayo policy), ``policy_options``
-        (dict, passed to the policy; for our Alpamayo policy ``checkpoint_path`` and ``device`` are
-        forwarded when set),
-        ``seed`` (default 0), ``camera_preset`` (our rig preset whose cameras AlpaSim's ids map to).
+        (dict, passed to the policy; for our Alpamayo policy AlpaSim's ``checkpoint_path`` becomes
+        ``weights`` and the torch device its ``device``), ``camera_map`` (AlpaSim camera id -> our
+        rig's camera name; default: the same names, else AlpaSim's ``camera_ids`` in order onto the
+        rig's), ``seed`` (default 0), ``camera_preset`` (our rig preset whose cameras AlpaSim's ids map to).
         """
         name = _cfg_get(model_cfg, "policy", cls.DEFAULT_POLICY)
         options = dict(_cfg_get(model_cfg, "policy_options", None) or {})
         if name == cls.DEFAULT_POLICY:
             # Only our model takes these; registry baselines reject unknown options.
-            for key in ("checkpoint_path", "device"):
-                val = _cfg_get(model_cfg, key)
-                if val is not None and key not in options:
-                    options[key] = str(val)
-            if device is not None and "device" not in options:
-                options["device"] = str(device)
+            ckpt = _cfg_get(model_cfg, "checkpoint_path")
+            if ckpt is not None and "weights" not in options:
+                options["weights"] = str(ckpt)
+            dev = _cfg_get(model_cfg, "device", device)
+            if dev is not None and "device" not in options:
+                options["device"] = str(dev).split(":")[0]  # torch.device("cuda:0") -> "cuda"
             from alpasim_policy.policies.alpamayo import AlpamayoPolicy
 
             policy = AlpamayoPolicy(**options)
@@ -141,7 +143,14 @@ class AlpamayoDriverModel(_Base):  # type: ignore[misc,valid-type]
 
             camera_rig = CameraRig.from_preset(preset)
         ids = list(camera_ids) if camera_ids else (camera_rig.names if camera_rig is not None else [])
-        return cls(
+        camera_map = dict(_cfg_get(model_cfg, "camera_map", None) or {})
+        if camera_rig is not None and not camera_map and set(ids) != set(camera_rig.names):
+            if len(ids) != len(camera_rig):
+                raise ConfigError(
+                    f"camera_ids {ids} do not match the {preset} rig {camera_rig.names}; set model_cfg.camera_map"
+                )
+            camera_map = dict(zip(ids, camera_rig.names, strict=True))
+        model = cls(
             policy,
             ids,
             context_length=context_length or 1,
@@ -149,6 +158,8 @@ class AlpamayoDriverModel(_Base):  # type: ignore[misc,valid-type]
             seed=_cfg_get(model_cfg, "seed", 0),
             camera_rig=camera_rig,
         )
+        model.camera_map = camera_map
+        return model
 
     # ------------------------------------------------------------------ AlpaSim's model interface
 
@@ -201,9 +212,8 @@ class AlpamayoDriverModel(_Base):  # type: ignore[misc,valid-type]
         for cam_id, frames in (_cfg_get(prediction_input, "camera_images", None) or {}).items():
             if frames:
                 last = frames[-1]
-                cameras[cam_id] = np.asarray(
-                    getattr(last, "image", last[1] if isinstance(last, tuple) else last)
-                )
+                image = getattr(last, "image", last[1] if isinstance(last, tuple) else last)
+                cameras[self.camera_map.get(cam_id, cam_id)] = np.asarray(image)
         # AlpaSim gives a command but no route polyline to the model: straight ahead, and the command.
         route = np.zeros((ROUTE_POINTS, 2), dtype=np.float32)
         route[:, 0] = ROUTE_SPACING_M * np.arange(ROUTE_POINTS)
