@@ -434,3 +434,62 @@ def test_route_may_arrive_before_egomotion_and_is_moved_to_the_current_rig(harne
     policy_route = harness.service.observation(harness.service._sessions[sid])["route"]
     np.testing.assert_allclose(policy_route[:, 1], 1.0, atol=1e-4)  # still 1 m left, straight ahead
     np.testing.assert_allclose(policy_route[:5, 0], [0, 2, 4, 6, 8], atol=1e-4)
+
+
+def test_fakeloop_drives_our_alpamayo_policy_served_over_grpc():
+    """The real policy behind the server: AlpamayoPolicy (tiny preset, seeded random weights) fed by
+    FakeLoop's four rendered cameras under the alpamayo4 names."""
+    from carla_driver_interface.testing import FakeCamera, FakeLoop
+
+    from alpasim_policy.policies.registry import make_policy
+
+    class Recording:  # the served policy, keeping what it answered
+        def __init__(self, inner):
+            self.inner, self.name, self.camera_preset, self.outputs = (
+                inner,
+                inner.name,
+                inner.camera_preset,
+                [],
+            )
+
+        def reset(self, **kw):
+            self.inner.reset(**kw)
+
+        def act(self, obs):
+            self.outputs.append(self.inner.act(obs))
+            return self.outputs[-1]
+
+    names = [
+        "camera_cross_left_120fov",
+        "camera_front_wide_120fov",
+        "camera_cross_right_120fov",
+        "camera_front_tele_30fov",
+    ]
+    yaws = [60.0, 0.0, -60.0, 0.0]
+    cams = [
+        FakeCamera(n, 128, 72, fov_deg=120.0 if "120" in n else 30.0, yaw_left_deg=y)
+        for n, y in zip(names, yaws, strict=True)
+    ]
+    built: list[Recording] = []
+
+    def factory():
+        built.append(Recording(make_policy("alpamayo", preset="tiny", samples=1, cot_tokens=4)))
+        return built[-1]
+
+    service = EgodriverService(factory, name="alpamayo", min_history=2)
+    server, port = build_server(service, port=0)
+    server.start()
+    try:
+        with FakeLoop(f"127.0.0.1:{port}", cams, initial_speed_mps=5.0, timeout_s=120) as loop:
+            result = loop.run(5, seed=2)
+    finally:
+        server.stop(0).wait()
+    assert result.steps == 5 and service.session_count == 0
+    (p,) = built
+    # Tick 0 is "not ready" (1 pose < min_history 2) and FakeLoop holds; the model drives ticks 1-4.
+    assert len(p.outputs) == 4
+    assert all(o.trajectory.shape == (64, 3) and o.samples.shape[0] == 1 for o in p.outputs)
+    assert all(isinstance(o.reasoning, str) for o in p.outputs)
+    # FakeLoop's ego follows each plan exactly: tick 2's pose is the first plan's first row
+    # (ego at the origin, heading 0, so rig frame = local frame).
+    np.testing.assert_allclose(result.ego.positions[2, :2], p.outputs[0].trajectory[0, :2], atol=1e-4)
