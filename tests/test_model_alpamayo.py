@@ -152,3 +152,14 @@ def test_bad_inputs_raise_clear_errors(model, real_inputs):
         model.drive(images, hist[:, :1])
     with pytest.raises(ModelInputError, match="noise"):
         model.drive(images, hist, num_samples=2, noise=torch.zeros(3, 64, 2))
+
+
+def test_channel_last_camera_layout_is_the_same_input(model, real_inputs):
+    images, hist, _ = real_inputs
+    c, f = model.config.cameras, model.config.frames
+    hwc = images.transpose(0, 2, 3, 1).reshape(c, f, *images.shape[2:], 3)
+    kw = dict(num_samples=2, cot_tokens=3, diffusion="eager")
+    a = model.drive(images, hist, generator=torch.Generator().manual_seed(0), **kw)
+    b = model.drive(hwc, hist, generator=torch.Generator().manual_seed(0), **kw)
+    assert a.reasoning == b.reasoning
+    np.testing.assert_array_equal(a.trajectories, b.trajectories)

@@ -27,6 +27,7 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cot-tokens", type=int, default=40, help="forced chain-of-causation length (tokens)")
     p.add_argument("--repeats", type=int, default=5, help="timed ticks per configuration (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed ticks first (graph capture, allocator)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default="BENCHMARKS.md", help="markdown file the rows are appended to")
     p.add_argument("--no-write", action="store_true", help="print only, do not append rows")
     p.set_defaults(func=_cmd_bench)
@@ -77,6 +78,8 @@ def run_bench(args: argparse.Namespace) -> dict:
         from alpasim_policy.errors import ConfigError
 
         raise ConfigError("bench model --device cuda: no CUDA device available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.weights:
         model = AlpamayoR1.from_pretrained(args.weights, preset=args.preset, device=device)

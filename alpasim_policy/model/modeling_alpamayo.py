@@ -205,9 +205,11 @@ class AlpamayoR1(nn.Module):
         if t.ndim == 5:
             if t.shape[0] != cfg.cameras or t.shape[1] != cfg.frames:
                 raise ModelInputError(
-                    f"images: expected (C={cfg.cameras}, F={cfg.frames}, 3, H, W), got {tuple(t.shape)}"
+                    f"images: expected (C={cfg.cameras}, F={cfg.frames}, 3, H, W) or (C, F, H, W, 3), got {tuple(t.shape)}"
                 )
             t = t.reshape(-1, *t.shape[2:])
+        if t.ndim == 4 and t.shape[1] != 3 and t.shape[-1] == 3:
+            t = t.permute(0, 3, 1, 2)  # channel-last (N, H, W, 3), as cameras deliver them
         if t.ndim != 4 or t.shape[1] != 3:
             raise ModelInputError(
                 f"images: expected (C*F={cfg.num_images}, 3, H, W) RGB, got shape {tuple(t.shape)}"
@@ -310,9 +312,8 @@ class AlpamayoR1(nn.Module):
         hist_ids = self.hist_tokenizer.encode(xyz)
         nav = []
         if command is not None:
-            nav.append(
-                f"Navigation: {COMMAND_TEXT.get(int(command), str(command)) if not isinstance(command, str) else command}."
-            )
+            what = command if isinstance(command, str) else COMMAND_TEXT.get(int(command), str(command))
+            nav.append(f"Navigation: {what}.")
         if route_text:
             nav.append(route_text.strip())
         ids = self.build_prompt(per_image, hist_ids, " ".join(nav))
@@ -542,8 +543,9 @@ class AlpamayoR1(nn.Module):
     ) -> DriveOutput:
         """One planning tick: images + ego history -> CoC text(s) and K trajectories (see module doc).
 
-        ``images``: (C*F, 3, H, W) or (C, F, 3, H, W), uint8 or float in [0, 1], camera-major,
-        frames oldest first. ``history_xyh``: (>=16, 3|4) rig-frame x, y, heading (, speed), oldest
+        ``images``: (C*F, 3, H, W) or (C, F, 3, H, W) (channel-last (..., H, W, 3) also accepted),
+        uint8 or float in [0, 1], camera-major, frames oldest first; any size (resized to
+        ``config.image_hw``). ``history_xyh``: (>=16, 3|4) rig-frame x, y, heading (, speed), oldest
         first, last row = now. ``speed``: measured speed (m/s); ``None`` estimates it from the
         history. ``temperature`` 0 = greedy (default for ``single``; ``multi`` samples with the
         config's temperature / top-p so the K reasonings differ). ``cot_tokens`` forces the CoC
@@ -584,7 +586,8 @@ class AlpamayoR1(nn.Module):
         texts = [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in cot_ids]
 
         if noise is None:
-            noise = torch.randn((num_samples, cfg.n_waypoints, 2), generator=generator)
+            gen_device = generator.device if generator is not None else "cpu"
+            noise = torch.randn((num_samples, cfg.n_waypoints, 2), generator=generator, device=gen_device)
         elif tuple(noise.shape) != (num_samples, cfg.n_waypoints, 2):
             raise ModelInputError(
                 f"noise: expected ({num_samples}, {cfg.n_waypoints}, 2), got {tuple(noise.shape)}"
