@@ -212,9 +212,15 @@ def score_run(
     files = sorted(root.glob("*/*.npz")) if root.is_dir() else []
     if not files:
         raise AlpasimError(f"{root}: no rollouts to score (expected rollouts/<policy>/<scene_id>.npz)")
+    # one scene at a time, so only one scene's scoring world (map rasters, caches) is in memory
+    scene_rows = []
     memo: dict = {}
-    scene_rows = [score_rollout_file(f, cache_dir, rebuild, memo) for f in files]
-    # keep the policy order of the run (directory order is alphabetical; eval's order is in the rows)
+    for f in sorted(files, key=lambda p: (p.stem, p.parent.name)):
+        if f.stem not in memo:
+            memo.clear()
+        scene_rows.append(score_rollout_file(f, cache_dir, rebuild, memo))
+    order = {pol: i for i, pol in enumerate(dict.fromkeys(f.parent.name for f in files))}
+    scene_rows.sort(key=lambda r: (order.get(r["policy"], len(order)), r["scene_id"]))
     board = Leaderboard(rows=aggregate(scene_rows), scene_rows=scene_rows, run_dir=run_dir)
     atomic_write_text(run_dir / "scenes.csv", _csv(scene_rows, SCENE_COLUMNS))
     atomic_write_text(run_dir / "leaderboard.csv", _csv(board.rows, LEADERBOARD_COLUMNS))

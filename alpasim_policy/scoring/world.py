@@ -38,6 +38,9 @@ from alpasim_policy.scenes.format import AgentType, LightState
 if TYPE_CHECKING:
     from alpasim_policy.scenes.format import Scene
 
+#: point queries at least this large use the grid accelerator (scoring/raster.py)
+RASTER_MIN_POINTS = 50_000
+
 #: how far past the stop line a red light's polygon reaches (m)
 RED_LIGHT_DEPTH_M = 1.0
 
@@ -104,6 +107,60 @@ class ScoringWorld:
         shapely.prepare(g)
         return g
 
+    def _raster(self, name: str, polygons_fn):
+        """A grid accelerator (see :mod:`alpasim_policy.scoring.raster`), shared with other worlds
+        of the same static map when there is one (t0 views scored every tick)."""
+        from alpasim_policy.scoring.raster import PolygonRaster
+
+        store = self.extra.setdefault("static", {})
+        if name not in store:
+            store[name] = PolygonRaster(polygons_fn())
+        return store[name]
+
+    @property
+    def lane_raster(self):
+        return self._raster("lane_raster", lambda: self.lane_polygons)
+
+    @property
+    def drivable_raster(self):
+        return self._raster("drivable_raster", lambda: np.array([self.drivable], dtype=object))
+
+    @property
+    def intersection_raster(self):
+        inter = self.intersection_area
+        return self._raster(
+            "intersection_raster", lambda: np.array([] if inter.is_empty else [inter], dtype=object)
+        )
+
+    def _use_raster(self, name: str, n_points: int) -> bool:
+        # below ~50k points shapely alone is faster than building a grid
+        return n_points >= RASTER_MIN_POINTS or name in self.extra.get("static", {})
+
+    def lane_membership(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(point index, lane index) pairs: the point lies in (or on) the lane polygon."""
+        from alpasim_policy.scoring.metrics._common import points_in_polygons
+
+        xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        if self._use_raster("lane_raster", len(xy)):
+            return self.lane_raster.query(xy)
+        return points_in_polygons(xy, self.lane_polygons)
+
+    def on_drivable(self, xy: np.ndarray) -> np.ndarray:
+        xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        if self._use_raster("drivable_raster", len(xy)):
+            return self.drivable_raster.contains(xy)
+        shapely.prepare(self.drivable)
+        return shapely.intersects_xy(self.drivable, xy[:, 0], xy[:, 1])
+
+    def in_intersection(self, xy: np.ndarray) -> np.ndarray:
+        xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        inter = self.intersection_area
+        if inter.is_empty:
+            return np.zeros(len(xy), dtype=bool)
+        if self._use_raster("intersection_raster", len(xy)):
+            return self.intersection_raster.contains(xy)
+        return shapely.intersects_xy(inter, xy[:, 0], xy[:, 1])
+
     @cached_property
     def route_line(self) -> shapely.LineString:
         line = shapely.linestrings(self.route_polyline)
@@ -114,10 +171,45 @@ class ScoringWorld:
     def route_length(self) -> float:
         return float(self.route_line.length)
 
+    @cached_property
+    def _route_dense(self) -> tuple[np.ndarray, object]:
+        """The route resampled at <= 0.5 m and a KD-tree over its vertices (for fast distances)."""
+        from scipy.spatial import cKDTree
+
+        pts = np.asarray(self.route_polyline, np.float64)
+        seg = np.diff(pts, axis=0)
+        n = np.maximum(np.ceil(np.linalg.norm(seg, axis=1) / 0.5).astype(int), 1)
+        idx = np.repeat(np.arange(len(seg)), n)
+        start = np.concatenate([[0], np.cumsum(n)[:-1]])
+        frac = (np.arange(int(n.sum())) - start[idx]) / n[idx]
+        dense = np.concatenate([pts[idx] + seg[idx] * frac[:, None], pts[-1:]])
+        return dense, cKDTree(dense)
+
+    def route_distance(self, points: np.ndarray) -> np.ndarray:
+        """Distance (m) of points (N, 2) to the route centerline.
+
+        Equals shapely's point-to-line distance: the nearest point of a polyline sampled every
+        0.5 m lies on a segment next to the nearest vertex, so only those two segments are
+        checked (a KD-tree query instead of building 10^5 shapely points).
+        """
+        p = np.asarray(points, np.float64).reshape(-1, 2)
+        dense, tree = self._route_dense
+        _, k = tree.query(p)
+        best = np.full(len(p), np.inf)
+        for a_i in (k - 1, k):
+            a_i = np.clip(a_i, 0, len(dense) - 2)
+            a, b = dense[a_i], dense[a_i + 1]
+            ab = b - a
+            denom = np.maximum((ab**2).sum(-1), 1e-18)
+            t = np.clip(((p - a) * ab).sum(-1) / denom, 0.0, 1.0)
+            d = np.linalg.norm(p - (a + t[:, None] * ab), axis=-1)
+            best = np.minimum(best, d)
+        return best
+
     def prepare(self) -> ScoringWorld:
         """Build the spatial indices now (so a benchmark or a worker pays it once, up front)."""
         shapely.prepare(self.drivable)
-        _ = self.lane_tree, self.intersection_area, self.route_line
+        _ = self.lane_tree, self.intersection_area, self.route_line, self._route_dense
         return self
 
     @property
@@ -173,6 +265,7 @@ class ScoringWorld:
             red_light_red=red_mask,
             reference_state=None if reference_state is None else np.asarray(reference_state, np.float64),
             reference_name=reference_name if reference_state is not None else "human",
+            extra={"static": static["_accel"]},
         )
 
 
@@ -199,6 +292,7 @@ def _static_map(scene: Scene) -> dict:
         "lane_on_route": _on_route_lanes(scene, mi),
         "drivable": mi.drivable,
         "route_polyline": np.asarray(Polyline(scene.route.polyline).points, dtype=np.float64),
+        "_accel": {},  # grid accelerators, built on first large query and shared by every world of this map
     }
     if len(_STATIC) >= _STATIC_MAX:
         _STATIC.pop(next(iter(_STATIC)))

@@ -117,8 +117,7 @@ class EgoGeometry:
         n = B * S
         corners = self.corners.reshape(n * 4, 2)
         centers = self.center.reshape(n, 2)
-        shapely.prepare(w.drivable)
-        on_road = shapely.intersects_xy(w.drivable, corners[:, 0], corners[:, 1]).reshape(n, 4)
+        on_road = w.on_drivable(corners).reshape(n, 4)
         non_drivable = ~on_road.all(axis=1)
 
         L = len(w.lane_polygons)
@@ -126,7 +125,7 @@ class EgoGeometry:
         on_route = np.zeros(n, dtype=bool)
         if L:
             pts = np.concatenate([corners, centers])
-            p_idx, l_idx = points_in_polygons(pts, w.lane_polygons)
+            p_idx, l_idx = w.lane_membership(pts)
             is_corner = p_idx < n * 4
             # corners: count corners per (box, lane)
             box = p_idx[is_corner] // 4
@@ -141,12 +140,7 @@ class EgoGeometry:
             cbox = p_idx[~is_corner] - n * 4
             clane = l_idx[~is_corner]
             on_route[cbox[w.lane_on_route[clane]]] = True
-        inter = w.intersection_area
-        in_inter = (
-            shapely.intersects_xy(inter, centers[:, 0], centers[:, 1])
-            if not inter.is_empty
-            else np.zeros(n, dtype=bool)
-        )
+        in_inter = w.in_intersection(centers)
         return {
             "multiple_lanes": multiple.reshape(B, S),
             "non_drivable": non_drivable.reshape(B, S),
@@ -248,8 +242,8 @@ def overlapping_pairs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(b, s, m) triples where the ego box at (b, s) intersects agent m at step ``agent_step[s]``.
 
-    Broad phase by centre distance vs. the sum of half-diagonals (numpy), exact test with
-    shapely only on the survivors.
+    Broad phase by centre distance vs. the sum of half-diagonals, then axis-aligned bounding
+    boxes (numpy), then the exact separating-axis test on the survivors.
     """
     B, S = ego_center.shape[:2]
     if win.num_agents == 0:
@@ -284,6 +278,11 @@ def overlapping_pairs(
     b = np.concatenate(bb)
     s = np.concatenate(ss)
     m = np.concatenate(mm)
+    # axis-aligned bounding boxes next (cheap), then the exact test on what is left
+    ec = ego_corners[b, s]  # (K, 4, 2)
+    ac = win.corners[a_step[s], m]
+    aabb = np.all((ec.min(axis=1) <= ac.max(axis=1)) & (ac.min(axis=1) <= ec.max(axis=1)), axis=-1)
+    b, s, m = b[aabb], s[aabb], m[aabb]
     # exact test: separating axes on the rectangles (the sim's rule, so env and scorer agree)
     hit = boxes_overlap(ego_corners[b, s], win.corners[a_step[s], m])
     return b[hit], s[hit], m[hit]

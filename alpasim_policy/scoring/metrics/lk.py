@@ -8,7 +8,6 @@ intersection are skipped: they neither count nor break the run, as in NAVSIM.
 from __future__ import annotations
 
 import numpy as np
-import shapely
 
 from alpasim_policy.scoring.metrics._common import EgoGeometry
 
@@ -18,9 +17,7 @@ HORIZON_S = 2.0
 
 def lateral_deviation(ego: EgoGeometry) -> np.ndarray:
     """(B, S) distance (m) of the box centre from the route centerline."""
-    c = ego.center.reshape(-1, 2)
-    d = shapely.distance(ego.world.route_line, shapely.points(c))
-    return np.asarray(d, float).reshape(ego.shape)
+    return ego.world.route_distance(ego.center.reshape(-1, 2)).reshape(ego.shape)
 
 
 def lane_keeping(ego: EgoGeometry, dt: float = 0.1, deviation: np.ndarray | None = None) -> np.ndarray:

@@ -13,7 +13,6 @@ agents touching the ego at the first state are ignored, as in NAVSIM.
 from __future__ import annotations
 
 import numpy as np
-import shapely
 
 from alpasim_policy.scoring.metrics._common import (
     AHEAD_ANGLE,
@@ -61,12 +60,7 @@ def time_to_collision(ego: EgoGeometry, win: AgentWindow, dt: float = 0.1) -> np
     agent_xy = win.state[s + k_steps, m, :2]
     ang = relative_angle(ego.rear_xy[b, s], ego.heading[b, s], agent_xy)
     a = ego.areas
-    inter = ego.world.intersection_area
-    rear_in_inter = (
-        shapely.intersects_xy(inter, ego.rear_xy[b, s, 0], ego.rear_xy[b, s, 1])
-        if not inter.is_empty
-        else np.zeros(len(b), bool)
-    )
+    rear_in_inter = ego.world.in_intersection(ego.rear_xy[b, s])
     risky_area = a["multiple_lanes"][b, s] | a["non_drivable"][b, s] | rear_in_inter
     violation = (ang < AHEAD_ANGLE) | (risky_area & ~(ang > BEHIND_ANGLE))
     out[b[violation]] = 0.0
