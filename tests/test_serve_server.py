@@ -370,17 +370,18 @@ def test_session_seed_reproduces_plans_exactly(harness):
 
 
 def test_serve_command_stops_gracefully_on_sigterm(tmp_path):
-    script = (
-        "import sys\n"
-        "from alpasim_policy.serve import cli\n"
-        "from alpasim_policy.serve.testing import RouteCruisePolicy\n"
-        "cli.policy_factory = lambda spec, options: (lambda: RouteCruisePolicy(**options))\n"
-        "from alpasim_policy.cli import main\n"
-        "sys.exit(main(['serve', '--policy', 'route_cruise', '--port', '0', '--policy-option', 'cruise_speed=3',"
-        " '--grace', '1']))\n"
-    )
+    # A module:Class policy spec through the real registry, one option parsed as YAML.
+    cmd = [
+        sys.executable,
+        "-m",
+        "alpasim_policy.cli",
+        "serve",
+        "--policy",
+        "alpasim_policy.serve.testing:RouteCruisePolicy",
+    ]
+    cmd += ["--port", "0", "--policy-option", "cruise_speed=3", "--grace", "1"]
     proc = subprocess.Popen(
-        [sys.executable, "-c", script],
+        cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -388,13 +389,13 @@ def test_serve_command_stops_gracefully_on_sigterm(tmp_path):
     )
     try:
         line = proc.stdout.readline()
-        assert "serving route_cruise" in line, line + proc.stderr.read()
+        assert "serving alpasim_policy.serve.testing:RouteCruisePolicy" in line, line + proc.stderr.read()
         port = int(line.rsplit(":", 1)[1])
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             version = egodriver_pb2_grpc.EgodriverServiceStub(ch).get_version(
                 common_pb2.Empty(), timeout=TIMEOUT
             )
-        assert "route_cruise" in version.version_id
+        assert "RouteCruisePolicy" in version.version_id
         proc.terminate()  # SIGTERM
         assert proc.wait(timeout=TIMEOUT) == 0
         assert "server stopped" in proc.stdout.read()

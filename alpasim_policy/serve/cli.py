@@ -10,21 +10,6 @@ import argparse
 from typing import Any
 
 
-def parse_options(pairs: list[str] | None) -> dict[str, Any]:
-    """``["k=v", ...]`` -> dict; values are parsed as YAML scalars (``3`` -> int, ``none`` -> None)."""
-    import yaml
-
-    from alpasim_policy.errors import ConfigError
-
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--policy-option {pair!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-    return out
-
-
 def policy_factory(spec: str, options: dict[str, Any]):
     """A zero-argument callable building a fresh policy per session (one instance per session)."""
     from alpasim_policy.policies.registry import make_policy
@@ -41,6 +26,8 @@ def _serve(args: argparse.Namespace) -> int:
     from alpasim_policy.serve.service import EgodriverService, build_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from alpasim_policy.policies.registry import parse_options
+
     options = parse_options(args.policy_option)
     stop = threading.Event()
     service = EgodriverService(
@@ -71,7 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Serve any registered policy over AlpaSim's egodriver gRPC contract. "
         "One policy instance per session; SIGTERM shuts down gracefully.",
     )
-    p.add_argument("--policy", required=True, help="policy name (as in eval --policy)")
+    p.add_argument(
+        "--policy",
+        required=True,
+        help="policy name as in eval --policy (idm, alpamayo, package.module:Class)",
+    )
     p.add_argument(
         "--policy-option", action="append", metavar="KEY=VALUE", help="policy constructor option (repeatable)"
     )
