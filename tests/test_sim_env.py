@@ -151,6 +151,14 @@ def test_vector_env_steps_two_scenes():
     venv.close()
 
 
+def test_gymnasium_env_checker_passes():
+    from gymnasium.utils.env_checker import check_env
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unbounded observation Boxes are reported as warnings only
+        check_env(gym.make(ENV_ID, scene=BUNDLED[0]).unwrapped)
+
+
 def test_observation_frames_and_command():
     env = LogReplayEnv(scene=BUNDLED[0])
     obs, info = env.reset(seed=0)

@@ -185,7 +185,9 @@ class LogReplayEnv(gym.Env):
             from alpasim_policy.render.cameras import CameraRig
 
             self.camera_rig = CameraRig.from_preset(cam["preset"], cam["width"], cam["height"])
-        self.action_space = spaces.Box(-np.inf, np.inf, shape=(ACTION_ROWS, 3), dtype=np.float32)
+        # Finite bounds (1 km, 4 pi) so that sampling gives usable plans; any T >= 10 rows is accepted.
+        bound = np.tile(np.array([1000.0, 1000.0, 4 * np.pi], np.float32), (ACTION_ROWS, 1))
+        self.action_space = spaces.Box(-bound, bound, dtype=np.float32)
         self.observation_space = self._make_observation_space()
         self._step = self.start_step
         self._seed: int | None = None
