@@ -203,6 +203,19 @@ def aggregate(scene_rows: list[dict]) -> list[dict]:
     return out
 
 
+def _policy_order(run_dir: Path, files: list[Path]) -> list[str]:
+    """The order policies were given to ``eval`` (``run.json``), else alphabetical."""
+    import json
+
+    names = list(dict.fromkeys(f.parent.name for f in files))
+    try:
+        listed = json.loads((run_dir / "run.json").read_text()).get("policies", [])
+        listed = [p if isinstance(p, str) else p.get("name") for p in listed]
+    except (OSError, ValueError, AttributeError):
+        listed = []
+    return [p for p in listed if p in names] + [p for p in names if p not in listed]
+
+
 def score_run(
     run_dir: str | Path, cache_dir: str | Path | None = "auto", rebuild: bool = False
 ) -> Leaderboard:
@@ -219,7 +232,7 @@ def score_run(
         if f.stem not in memo:
             memo.clear()
         scene_rows.append(score_rollout_file(f, cache_dir, rebuild, memo))
-    order = {pol: i for i, pol in enumerate(dict.fromkeys(f.parent.name for f in files))}
+    order = {pol: i for i, pol in enumerate(_policy_order(run_dir, files))}
     scene_rows.sort(key=lambda r: (order.get(r["policy"], len(order)), r["scene_id"]))
     board = Leaderboard(rows=aggregate(scene_rows), scene_rows=scene_rows, run_dir=run_dir)
     atomic_write_text(run_dir / "scenes.csv", _csv(scene_rows, SCENE_COLUMNS))
