@@ -83,3 +83,15 @@ def test_private_pool_keeps_default_pool_free():
 
 def test_committed_stubs_are_current():
     assert gen_proto.main(["--check"]) == 0
+
+
+def test_check_tolerates_another_grpcio_tools_but_not_another_contract():
+    files = gen_proto.generate()
+    other_tools = {n: t.replace("(grpcio-tools ", "(grpcio-tools 0.0.0-other ", 1) for n, t in files.items()}
+    assert gen_proto.stale_modules(other_tools) == []  # version stamps differ, descriptors equal
+    changed = dict(other_tools)
+    changed["egodriver_pb2.py"] = changed["egodriver_pb2.py"].replace("random_seed", "random_sead", 1)
+    assert gen_proto.stale_modules(changed) == ["egodriver_pb2.py"]
+    edited = dict(files)
+    edited["common_pb2.py"] += "\n# hand edit\n"
+    assert gen_proto.stale_modules(edited) == ["common_pb2.py"]
