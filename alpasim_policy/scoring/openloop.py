@@ -189,12 +189,15 @@ def score_plans(
     agents: str = "log",
     human_filter: bool = True,
     previous_plan: np.ndarray | None = None,
+    history: np.ndarray | None = None,
     num_steps: int = HORIZON_STEPS,
 ) -> ScoreResult:
     """NAVSIM open-loop scoring of N plans (N, T, 3) (scene frame) made at step ``t0``.
 
-    ``start_state`` (7,) defaults to the logged ego at t0. ``previous_plan`` (T', 3), the plan
-    made one step earlier, enables EC (it is simulated from the logged state one step before).
+    ``start_state`` (7,) defaults to the logged ego at t0 and ``history`` (H, 7), the states
+    before it for HC, to the logged past; a closed-loop caller passes the executed ones.
+    ``previous_plan`` (T', 3), the plan made one step earlier, enables EC (it is simulated from
+    the state one step before: ``history[-1]`` when given, else the log).
     """
     t0 = world.t0_index if t0 is None else int(t0)
     if not 0 <= t0 < world.num_steps:
@@ -207,10 +210,14 @@ def score_plans(
     start = world.human_state[t0] if start_state is None else np.asarray(start_state, np.float64)
     states = simulate(world, start, plans, num_steps)
     previous = None
-    if previous_plan is not None and t0 > 0:
-        prev = simulate(world, world.human_state[t0 - 1], np.asarray(previous_plan)[None], num_steps + 1)
+    has_hist = history is not None and len(history) > 0
+    if previous_plan is not None and (t0 > 0 or has_hist):
+        before = history[-1] if has_hist else world.human_state[t0 - 1]
+        prev = simulate(world, before, np.asarray(previous_plan)[None], num_steps + 1)
         previous = prev[:, 1:]  # align: previous plan's states at t0 .. t0 + num_steps
-    return score_states(world, states, t0, agents=agents, human_filter=human_filter, previous=previous)
+    return score_states(
+        world, states, t0, agents=agents, human_filter=human_filter, previous=previous, history=history
+    )
 
 
 def epdms_scorer(scene, proposals: np.ndarray) -> np.ndarray:
