@@ -163,3 +163,10 @@ def test_channel_last_camera_layout_is_the_same_input(model, real_inputs):
     b = model.drive(hwc, hist, generator=torch.Generator().manual_seed(0), **kw)
     assert a.reasoning == b.reasoning
     np.testing.assert_array_equal(a.trajectories, b.trajectories)
+
+
+def test_warmup_prepares_the_static_sampler(model):
+    model._static.clear()
+    out = model.warmup(num_samples=2, diffusion="graph", ticks=1)
+    assert out.trajectories.shape == (2, 64, 3)
+    assert any(key[:2] == (2, 1) for key in model._static)
