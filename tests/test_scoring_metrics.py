@@ -299,3 +299,20 @@ def test_human_filter_in_scoring_when_the_log_itself_collides():
     assert r.metrics["NC"][0] == 1.0 and r.metrics["TTC"][0] == 1.0
     r2 = score_states(w, straight_states(1, S, 10.0), T0, human_filter=False)
     assert r2.metrics["EPDMS"][0] == 0.0
+
+
+def test_score_plans_simulates_with_the_sim_tracker_and_ec_uses_the_previous_plan():
+    from alpasim_policy.scoring.openloop import score_plans
+
+    w = world_with()
+    t = (np.arange(40) + 1) * DT
+    keep = np.stack([10 * t, 0 * t, 0 * t], -1)  # the logged ego's own future: 10 m/s straight
+    brake = np.stack([10 * t - 2.0 * t**2, 0 * t, 0 * t], -1)  # -4 m/s^2
+    r = score_plans(w, np.stack([keep, brake]), T0)
+    assert r.states.shape == (2, 41, 7)
+    assert r.metrics["EPDMS"][0] == pytest.approx(1.0, abs=1e-6)
+    assert r.progress_m[1] < r.progress_m[0] and r.metrics["EP"][1] < 1.0
+    prev_keep = np.stack([10 * (t + 0.1), 0 * t, 0 * t], -1)  # made one step earlier, same intent
+    assert score_plans(w, keep[None], T0, previous_plan=prev_keep).metrics["EC"][0] == 1.0
+    prev_brake = np.stack([10 * (t + 0.1) - 2.5 * (t + 0.1) ** 2, 0 * t, 0 * t], -1)
+    assert score_plans(w, keep[None], T0, previous_plan=prev_brake).metrics["EC"][0] == 0.0
