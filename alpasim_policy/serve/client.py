@@ -89,6 +89,7 @@ class EgodriverPolicy:
         self.send_scene_id = _parse_bool("send_scene_id", send_scene_id)
         self._channel = None
         self._stub = None
+        self._pool = None
         self._session: str | None = None
         self.server_version: str | None = None
 
@@ -117,8 +118,15 @@ class EgodriverPolicy:
                 f"{self.name}: {method} failed: {e.code().name}: {e.details()}"  # type: ignore[attr-defined]
             ) from e
 
+    def _workers(self):
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="egodriver-upload")
+        return self._pool
+
     def close(self) -> None:
-        """Close the open session (if any) and the channel."""
+        """Close the open session (if any), the channel and the upload threads."""
         if self._session is not None and self._stub is not None:
             from alpasim_policy.serve.proto import egodriver_pb2
 
@@ -132,6 +140,9 @@ class EgodriverPolicy:
         if self._channel is not None:
             self._channel.close()
         self._channel = self._stub = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def __enter__(self) -> EgodriverPolicy:
         return self
@@ -141,7 +152,7 @@ class EgodriverPolicy:
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for process / Ray workers: reconnect there
         d = dict(self.__dict__)
-        d["_channel"] = d["_stub"] = d["_session"] = None
+        d["_channel"] = d["_stub"] = d["_session"] = d["_pool"] = None
         return d
 
     # ------------------------------------------------------------------ Policy protocol
@@ -178,12 +189,17 @@ class EgodriverPolicy:
         pose = tuple(float(v) for v in np.asarray(observation["pose"], dtype=np.float64)[:3])
         t0 = time.perf_counter()
 
-        for name, rgb in (observation.get("cameras") or {}).items():
+        def send_image(name: str, rgb: np.ndarray) -> None:
             msg = egodriver_pb2.RolloutCameraImage(session_uuid=sid)
             msg.camera_image.logical_id = name
             msg.camera_image.frame_start_us = msg.camera_image.frame_end_us = now
             msg.camera_image.image_bytes = self._jpeg(rgb)
             self._call("submit_image_observation", msg)
+
+        # Cameras are JPEG-encoded and uploaded in parallel (OpenCV and gRPC release the GIL; the
+        # server decodes each in its own worker), while egomotion and route go out on this thread.
+        cams = list((observation.get("cameras") or {}).items())
+        pending = [self._workers().submit(send_image, n, img) for n, img in cams]
 
         ego = egodriver_pb2.RolloutEgoTrajectory(session_uuid=sid)
         hist = np.asarray(observation["ego_history"], dtype=np.float64)
@@ -213,6 +229,8 @@ class EgodriverPolicy:
                 ),
             ),
         )
+        for f in pending:
+            f.result()  # re-raises an upload's error; every frame is in before drive
         t_drive = time.perf_counter()
         resp = self._call(
             "drive",
