@@ -90,3 +90,15 @@ def test_parallel_suite_build(tmp_path):
     assert [r[1] for r in out] == [str(tmp_path / "mc" / f"{i}.npz") for i in ids]
     for _, p, _ in out:
         assert read_world(p).scene_id in ids
+
+
+def test_committed_metric_caches_match_the_bundled_scenes():
+    """metric_cache/ must be rebuilt whenever a bundled scene changes (`alpasim-policy cache build`)."""
+    from alpasim_policy.scoring.report import DEFAULT_CACHE_DIR
+
+    if not DEFAULT_CACHE_DIR.is_dir():
+        pytest.skip("no metric_cache/ next to the package (not a source checkout)")
+    for p in load_suite("bundled"):
+        scene = load_scene(p)
+        world = read_world(DEFAULT_CACHE_DIR / f"{scene.scene_id}.npz", scene.content_hash)
+        assert world.reference_name == "idm"
