@@ -121,6 +121,7 @@ def _proposals(world, n: int, seed: int = 0):
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    import os
     import statistics
     import time
 
@@ -156,6 +157,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         res = score_states(world, states, world.t0_index)
         score_t.append(time.perf_counter() - t)
     s_score, s_sim = statistics.median(score_t), statistics.median(sim_t)
+    load = os.getloadavg()[0]
     n = args.proposals
     summary = {
         "benchmark": "scorer",
@@ -173,13 +175,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         "cache_build_max_s": round(max(build), 3),
         "cache_build_goal_s": 1.0,
         "scenes": len(scenes),
+        "load_avg": round(load, 2),
     }
     append_rows(
         [
             {
                 "benchmark": f"scorer: {n} proposals x 41 states, open loop ({scene.scene_id}, "
                 f"{len(scene.agents)} agents, {len(scene.map.lanes)} lanes)",
-                "result": f"score {s_score:.2f} s + LQR/bicycle simulate {s_sim:.2f} s = {s_score + s_sim:.2f} s",
+                "result": f"score {s_score:.2f} s + LQR/bicycle simulate {s_sim:.2f} s = {s_score + s_sim:.2f} s "
+                f"(median of {max(1, args.repeats)}; load avg {load:.1f} on the machine)",
                 "ratio": f"score {s_score / 2.0:.2f}x of the 2 s goal; with simulation {(s_score + s_sim) / 2.0:.2f}x",
             },
             {
