@@ -279,23 +279,38 @@ class IDMAgents:
         obj_w = np.concatenate([self.scene.agents.size[others, 1], [ego_w]])
         obj_id = np.concatenate([others, [-1]])
         n_win = int(LOOKAHEAD_M / PATH_SPACING_M)
-        start = np.floor(self.s / PATH_SPACING_M).astype(np.int64)
-        idx = np.minimum(start[:, None] + np.arange(n_win)[None, :], self.path_xy.shape[1] - 1)
-        win = self.path_xy[np.arange(k)[:, None], idx]  # (k, W, 2)
-        d = np.linalg.norm(win[:, :, None, :] - obj_xy[None, None], axis=-1)  # (k, W, M)
-        jmin = np.argmin(d, axis=1)  # (k, M)
-        lat = np.take_along_axis(d, jmin[:, None, :], axis=1)[:, 0]
-        s_obj = (start[:, None] + jmin) * PATH_SPACING_M
-        in_path = (lat < 0.5 * (self.widths[:, None] + obj_w[None]) + 0.3) & (s_obj > self.s[:, None])
-        in_path &= obj_id[None, :] != self.ids[:, None]
-        in_path &= jmin < n_win - 1  # the window's last point collects everything beyond it
-        gap = s_obj - self.s[:, None] - 0.5 * (self.lengths[:, None] + obj_len[None])
-        hpath = np.take_along_axis(self.path_h[np.arange(k)[:, None], idx], jmin, axis=1)
-        v_along = obj_v[None] * np.cos(obj_h[None] - hpath)
-        gap = np.where(in_path, gap, np.inf)
-        j = np.argmin(gap, axis=1)
-        rows = np.arange(k)
-        best_gap, best_v = gap[rows, j], np.maximum(v_along[rows, j], 0.0)
+        best_gap = np.full(k, np.inf)
+        best_v = np.zeros(k)
+        # Candidate (agent, object) pairs: the object is near and not behind the agent.
+        agent_xy = st[self.ids, :2]
+        agent_h = st[self.ids, 2]
+        rel = obj_xy[None, :, :] - agent_xy[:, None, :]  # (k, M, 2)
+        fwd = rel[..., 0] * np.cos(agent_h)[:, None] + rel[..., 1] * np.sin(agent_h)[:, None]
+        dist2 = rel[..., 0] ** 2 + rel[..., 1] ** 2
+        cand = (dist2 < (LOOKAHEAD_M + 10.0) ** 2) & (fwd > -5.0) & (obj_id[None, :] != self.ids[:, None])
+        ai, oj = np.nonzero(cand)
+        if len(ai):
+            start = np.floor(self.s / PATH_SPACING_M).astype(np.int64)
+            idx = np.minimum(start[ai, None] + np.arange(n_win)[None, :], self.path_xy.shape[1] - 1)
+            win = self.path_xy[ai[:, None], idx]  # (P, W, 2)
+            dx = win[..., 0] - obj_xy[oj, None, 0]
+            dy = win[..., 1] - obj_xy[oj, None, 1]
+            d2 = dx * dx + dy * dy
+            jmin = np.argmin(d2, axis=1)
+            pr = np.arange(len(ai))
+            lat = np.sqrt(d2[pr, jmin])
+            s_obj = (start[ai] + jmin) * PATH_SPACING_M
+            in_path = (lat < 0.5 * (self.widths[ai] + obj_w[oj]) + 0.3) & (s_obj > self.s[ai])
+            in_path &= jmin < n_win - 1  # the window's last point collects everything beyond it
+            gap = np.where(in_path, s_obj - self.s[ai] - 0.5 * (self.lengths[ai] + obj_len[oj]), np.inf)
+            hpath = self.path_h[ai, idx[pr, jmin]]
+            v_along = np.maximum(obj_v[oj] * np.cos(obj_h[oj] - hpath), 0.0)
+            order = np.lexsort((gap, ai))  # per agent, smallest gap first
+            first = np.ones(len(order), dtype=bool)
+            first[1:] = ai[order][1:] != ai[order][:-1]
+            sel = order[first]
+            best_gap[ai[sel]] = gap[sel]
+            best_v[ai[sel]] = np.where(np.isfinite(gap[sel]), v_along[sel], 0.0)
         # Red lights: a standing obstacle at the stop line.
         states = self.scene.map.light_states
         for r, entries in enumerate(self._stop_s):
