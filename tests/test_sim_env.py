@@ -137,9 +137,10 @@ def test_seeding_gives_bit_identical_rollouts():
     np.testing.assert_array_equal(oa, ob)
 
 
-def test_vector_env_steps_two_scenes():
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_vector_env_steps_two_scenes(kind):
     fns = [lambda s=s: gym.make(ENV_ID, scene=s) for s in BUNDLED[:2]]
-    venv = gym.vector.SyncVectorEnv(fns)
+    venv = gym.vector.SyncVectorEnv(fns) if kind == "sync" else gym.vector.AsyncVectorEnv(fns)
     obs, _ = venv.reset(seed=[0, 1])
     assert obs["ego_history"].shape == (2, 16, 4) and obs["route"].shape == (2, 64, 2)
     plans = np.zeros((2, 64, 3), np.float32)
@@ -149,6 +150,12 @@ def test_vector_env_steps_two_scenes():
     assert np.all(obs["step"] == 21) and not term.any()
     assert info["distance_to_log"].shape == (2,)
     venv.close()
+    # The same as stepping each env on its own.
+    env = gym.make(ENV_ID, scene=BUNDLED[1])
+    env.reset(seed=1)
+    for _ in range(5):
+        single, *_ = env.step(plans[1])
+    np.testing.assert_array_equal(single["ego_history"], obs["ego_history"][1])
 
 
 def test_gymnasium_env_checker_passes():
