@@ -266,6 +266,15 @@ class AlpamayoR1(nn.Module):
         if not np.all(np.isfinite(arr[:, :3] if arr.shape[1] > 2 else arr)):
             rows = np.unique(np.argwhere(~np.isfinite(arr))[:, 0]).tolist()
             raise ModelInputError(f"ego history: NaN/inf in rows {rows[:5]} of the last {cfg.history_steps}")
+        if arr.shape[1] >= 3:
+            # express the poses in the rig frame of the last row ("now"); identity for rig-frame input,
+            # so callers may pass scene-frame poses too
+            x0, y0, h0 = arr[-1, :3]
+            c, s = np.cos(h0), np.sin(h0)
+            dx, dy = arr[:, 0] - x0, arr[:, 1] - y0
+            arr = arr.copy()
+            arr[:, 0], arr[:, 1] = c * dx + s * dy, -s * dx + c * dy
+            arr[:, 2] = np.unwrap(arr[:, 2] - h0)
         return arr
 
     def build_prompt(self, tokens_per_image: list[int], history_ids: np.ndarray, nav_text: str) -> list[int]:
@@ -543,13 +552,16 @@ class AlpamayoR1(nn.Module):
     ) -> DriveOutput:
         """One planning tick: images + ego history -> CoC text(s) and K trajectories (see module doc).
 
-        ``images``: (C*F, 3, H, W) or (C, F, 3, H, W) (channel-last (..., H, W, 3) also accepted),
-        uint8 or float in [0, 1], camera-major, frames oldest first; any size (resized to
-        ``config.image_hw``). ``history_xyh``: (>=16, 3|4) rig-frame x, y, heading (, speed), oldest
-        first, last row = now. ``speed``: measured speed (m/s); ``None`` estimates it from the
-        history. ``temperature`` 0 = greedy (default for ``single``; ``multi`` samples with the
-        config's temperature / top-p so the K reasonings differ). ``cot_tokens`` forces the CoC
-        length; ``noise`` (K, 64, 2) fixes the flow's starting point (else drawn from ``generator``).
+        * ``images``: (C*F, 3, H, W) or (C, F, 3, H, W) (channel-last (..., H, W, 3) also accepted),
+          uint8 or float in [0, 1], camera-major, frames oldest first; any size (resized to
+          ``config.image_hw``).
+        * ``history_xyh``: (>=16, 3|4) x, y, heading (, speed), oldest first, last row = now, 0.1 s
+          apart; any fixed frame (converted to the rig frame of the last row).
+        * ``speed``: measured speed (m/s); ``None`` estimates it from the history.
+        * ``command``: 0 left, 1 straight, 2 right (or free text); ``route_text``: extra prompt text.
+        * ``temperature``: 0 = greedy (default for ``single``; ``multi`` samples with the config's
+          temperature / top-p so the K reasonings differ). ``cot_tokens`` forces the CoC length.
+        * ``noise`` (K, 64, 2) fixes the flow's starting point (else drawn from ``generator``).
         """
         if reasoning not in ("single", "multi"):
             raise ConfigError(f"reasoning mode {reasoning!r}: choose single or multi")
