@@ -286,9 +286,11 @@ def test_pdms_epdms_formulas_and_human_filter():
     m.update(NC=np.array([0.5]), EP=np.array([0.6]), TTC=np.array([0.0]), LK=np.array([0.0]))
     assert P.pdms(m)[0] == pytest.approx(0.5 * (5 * 0 + 5 * 0.6 + 2) / 12)
     assert P.epdms(m)[0] == pytest.approx(0.5 * (5 * 0.6 + 0 + 0 + 2 + 2) / 16)
+    # NAVSIM's rule: only a sub-metric the human scores 0 on is set to 1 (a human 1/2 filters nothing)
     human = {k: 1.0 for k in P.SUB_METRICS} | {"TTC": 0.0, "NC": 0.5}
     f = P.apply_human_filter(m, human)
-    assert f["TTC"][0] == 1.0 and f["NC"][0] == 1.0 and f["LK"][0] == 0.0 and f["EP"][0] == 0.6
+    assert f["TTC"][0] == 1.0 and f["NC"][0] == 0.5 and f["LK"][0] == 0.0 and f["EP"][0] == 0.6
+    assert P.apply_human_filter(m, human | {"NC": 0.0, "EP": 0.0})["NC"][0] == 1.0
 
 
 def test_human_filter_in_scoring_when_the_log_itself_collides():

@@ -133,7 +133,7 @@ def score_rollout(world: ScoringWorld, rollout, human_filter: bool = True) -> Cl
             "DDC": float(driving_direction_compliance(hg, world.dt)[0]),
             "TLC": float(traffic_light_compliance(hg, hwin)[0]),
         }
-        events = {key: (1.0 if human[key] < 1.0 else v) for key, v in events.items()}
+        events = {key: (1.0 if human[key] == 0.0 else v) for key, v in events.items()}
     metrics = dict(events)
     for key in WEIGHTED:
         metrics[key] = float(np.mean([w[key] for w in windows])) if windows else np.nan

@@ -108,8 +108,12 @@ def score_states(
     history: np.ndarray | None = None,
     previous: np.ndarray | None = None,
     reference: np.ndarray | None = None,
+    human_states: np.ndarray | None = None,
 ) -> ScoreResult:
     """Score already-simulated ego states (B, S, 7) whose first row is at scene step ``start_step``.
+
+    ``human_states`` (S, 7) is what the human filter scores (default: the logged ego over the
+    same steps; :func:`score_plans` passes the log's future run through the tracker).
 
     ``reference`` (S, 7) overrides the progress reference (default: the world's reference
     rollout over the same steps). With ``agents="constant_velocity"`` and no explicit reference,
@@ -133,7 +137,7 @@ def score_states(
         extra.append(ref_states)
     want_human = human_filter and agents == "log"
     if want_human:
-        extra.append(_slice_steps(world.human_state, start_step, S))
+        extra.append(_slice_steps(world.human_state, start_step, S) if human_states is None else human_states)
     ref_prog, ref_mult, human = 0.0, 0.0, None
     if extra:
         em, eprog = raw_metrics(world, np.stack(extra), win, history, None)
@@ -215,9 +219,15 @@ def score_plans(
         before = history[-1] if has_hist else world.human_state[t0 - 1]
         prev = simulate(world, before, np.asarray(previous_plan)[None], num_steps + 1)
         previous = prev[:, 1:]  # align: previous plan's states at t0 .. t0 + num_steps
+    human_states = None
+    if human_filter and agents == "log" and start_state is None:
+        # NAVSIM runs the human's logged future through the same tracker before scoring it
+        log_plan = _slice_steps(world.human_state, t0 + 1, num_steps)[:, :3]
+        human_states = simulate(world, start, log_plan[None], num_steps)[0]
     return score_states(
-        world, states, t0, agents=agents, human_filter=human_filter, previous=previous, history=history
-    )
+        world, states, t0, agents=agents, human_filter=human_filter, previous=previous, history=history,
+        human_states=human_states,
+    )  # fmt: skip
 
 
 def epdms_scorer(scene, proposals: np.ndarray) -> np.ndarray:

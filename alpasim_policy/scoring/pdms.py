@@ -3,11 +3,13 @@
 * PDMS  = NC · DAC · (5·TTC + 5·EP + 2·C) / 12            (NAVSIM v1)
 * EPDMS = NC · DAC · DDC · TLC · (5·EP + 5·TTC + 2·LK + 2·HC + 2·EC) / 16   (NAVSIM v2)
 
-Human filter (NAVSIM v2): when the logged human trajectory, scored the same way, fails a
-sub-metric (scores below 1 on it), that sub-metric is set to 1 for the proposal -- the log
-shows the situation makes it unavoidable (or the map / labels are wrong there). EP is never
-filtered. We apply the filter before computing both PDMS and EPDMS so the sub-metric columns
-of a report always multiply out to its scores (NAVSIM v1 had no filter).
+Human filter (NAVSIM v2): the logged human trajectory (simulated through the same tracker
+when plans are scored) is scored the same way; every sub-metric on which the human scores 0 is
+set to 1 for the proposals -- the log shows the situation makes it unavoidable (or the map /
+labels are wrong there). As in NAVSIM the test is "human == 0", so a human 1/2 (e.g. NC on a
+static object) filters nothing, and EP is filtered too. We apply the filter before computing
+both PDMS and EPDMS so the sub-metric columns of a report always multiply out to its scores
+(NAVSIM v1 had no filter).
 
 Aggregation: a scene's score is computed first (open loop: one plan; closed loop: the mean over
 its windows), then scenes are averaged with equal weight.
@@ -24,7 +26,7 @@ MULTIPLIERS_EPDMS = ("NC", "DAC", "DDC", "TLC")
 WEIGHTS_PDMS = {"TTC": 5.0, "EP": 5.0, "C": 2.0}
 WEIGHTS_EPDMS = {"EP": 5.0, "TTC": 5.0, "LK": 2.0, "HC": 2.0, "EC": 2.0}
 SUB_METRICS = ("NC", "DAC", "DDC", "TLC", "EP", "TTC", "C", "HC", "LK", "EC")
-HUMAN_FILTERED = ("NC", "DAC", "DDC", "TLC", "TTC", "C", "HC", "LK", "EC")
+HUMAN_FILTERED = ("NC", "DAC", "DDC", "TLC", "EP", "TTC", "C", "HC", "LK", "EC")
 
 
 def pdms(m: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -40,10 +42,10 @@ def epdms(m: Mapping[str, np.ndarray]) -> np.ndarray:
 
 
 def apply_human_filter(m: Mapping[str, np.ndarray], human: Mapping[str, float]) -> dict[str, np.ndarray]:
-    """Sub-metrics with every metric the human fails set to 1 (see the module docstring)."""
+    """Sub-metrics with every metric the human scores 0 on set to 1 (see the module docstring)."""
     out = {k: np.asarray(v, float).copy() for k, v in m.items()}
     for k in HUMAN_FILTERED:
-        if k in out and k in human and float(human[k]) < 1.0:
+        if k in out and k in human and float(human[k]) == 0.0:
             out[k] = np.ones_like(out[k])
     return out
 
