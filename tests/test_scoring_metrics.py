@@ -318,3 +318,16 @@ def test_score_plans_simulates_with_the_sim_tracker_and_ec_uses_the_previous_pla
     assert score_plans(w, keep[None], T0, previous_plan=prev_keep).metrics["EC"][0] == 1.0
     prev_brake = np.stack([10 * (t + 0.1) - 2.5 * (t + 0.1) ** 2, 0 * t, 0 * t], -1)
     assert score_plans(w, keep[None], T0, previous_plan=prev_brake).metrics["EC"][0] == 0.0
+
+
+def test_score_plans_rejects_bad_plans():
+    from alpasim_policy.errors import PolicyOutputError
+    from alpasim_policy.scoring.openloop import score_plans
+
+    w = world_with()
+    plans = np.zeros((3, 40, 3))
+    plans[1, 5, 0] = np.nan
+    with pytest.raises(PolicyOutputError, match=r"proposals \[1\]"):
+        score_plans(w, plans, T0)
+    with pytest.raises(PolicyOutputError, match="expected"):
+        score_plans(w, np.zeros((3, 40, 2)), T0)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from alpasim_policy.errors import PolicyOutputError
 from alpasim_policy.scoring import pdms as P
 from alpasim_policy.scoring.metrics import comfort as C
 from alpasim_policy.scoring.metrics._common import AgentWindow, EgoGeometry, agent_window
@@ -203,6 +204,16 @@ def score_plans(
     ``previous_plan`` (T', 3), the plan made one step earlier, enables EC (it is simulated from
     the state one step before: ``history[-1]`` when given, else the log).
     """
+    plans = np.asarray(plans, dtype=np.float64)
+    if plans.ndim == 2:
+        plans = plans[None]
+    if plans.ndim != 3 or plans.shape[-1] != 3 or plans.shape[1] < 1:
+        raise PolicyOutputError(
+            f"plans: expected (N, T, 3) x, y, heading in the scene frame, got {plans.shape}"
+        )
+    bad = ~np.isfinite(plans).all(axis=(1, 2))
+    if bad.any():
+        raise PolicyOutputError(f"plans: proposals {np.flatnonzero(bad)[:5].tolist()} contain NaN/inf")
     t0 = world.t0_index if t0 is None else int(t0)
     if not 0 <= t0 < world.num_steps:
         raise ValueError(f"t0 {t0} outside the scene's {world.num_steps} steps")
