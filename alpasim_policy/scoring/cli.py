@@ -75,10 +75,8 @@ def build_suite_caches(suite: str, out: Path, workers: int = 1, reference: str =
 
 
 def _cmd_cache_build(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     results = build_suite_caches(args.suite, args.out, args.workers, args.reference)
-    for scene, path, secs in tqdm(results, desc="caches", disable=True):
+    for scene, path, secs in results:
         print(f"{path}  ({secs:.2f} s)  <- {scene}")
     print(f"{len(results)} caches in {args.out}")
     return 0
