@@ -237,9 +237,18 @@ def is_done(path: Path, seed: int, cfg: dict, scene_hash: str | None, options: d
     )
 
 
-def _task(policy_spec: str, scene_path: str, seed: int, env_config: Any, options: dict, out: str) -> dict:
+def _task(
+    policy_spec: str,
+    scene_path: str,
+    seed: int,
+    env_config: Any,
+    options: dict,
+    out: str,
+    progress: Any = None,
+) -> dict:
     """Run and save one rollout; the unit of work for both backends."""
-    r = run_rollout(policy_spec, scene_path, seed=seed, env_config=env_config, policy_options=options)
+    r = run_rollout(policy_spec, scene_path, seed=seed, env_config=env_config, policy_options=options,
+                    progress=progress)  # fmt: skip
     path = rollout_path(Path(out), policy_spec, r.scene_id)
     r.save(path)
     return _summary(r, path)
@@ -289,6 +298,7 @@ def evaluate(
     from alpasim_policy.policies.registry import make_policy
     from alpasim_policy.scenes.format import load_scene
     from alpasim_policy.scenes.suite import load_suite
+    from alpasim_policy.sim.config import load_env_config
 
     out = Path(out)
     options = dict(policy_options or {})
@@ -300,11 +310,12 @@ def evaluate(
     for p in policies:
         pol = make_policy(p, **options)
         cfgs[p] = effective_env_config(env_config, pol)
-    hashes = {}
-    ids = {}
+    hashes, ids, ticks = {}, {}, {}
+    warmup = int(round(load_env_config(env_config)["warmup_s"] / 0.1))
     for s in scenes:
         sc = load_scene(s)
         hashes[str(s)], ids[str(s)] = sc.content_hash, sc.scene_id
+        ticks[str(s)] = max(sc.num_steps - 1 - warmup, 1)
     todo, done = [], []
     for p in policies:
         for s in scenes:
@@ -316,7 +327,10 @@ def evaluate(
     if done:
         print(f"resuming: {len(done)} rollouts already on disk, {len(todo)} to run", file=sys.stderr)
     results: list[dict] = []
-    bar = tqdm(total=len(todo), desc="eval", unit="rollout", disable=not show_progress or not todo)
+    # Progress in ticks (a slow policy shows progress within a rollout too).
+    bar = tqdm(
+        total=sum(ticks[s] for _, s in todo), desc="eval", unit="tick", disable=not show_progress or not todo
+    )
     if backend == "ray" and todo:
         import ray
 
@@ -333,7 +347,7 @@ def evaluate(
                         results.append(ray.get(ref))
                     except Exception as e:  # a crashed task: report it, finish the rest
                         results.append({"policy": p, "scene_id": Path(s).stem, "error": str(e)})
-                    bar.update(1)
+                    bar.update(ticks[s])
         finally:
             ray.shutdown()
     else:
@@ -341,12 +355,15 @@ def evaluate(
             print("note: --workers applies to --backend ray; running serially", file=sys.stderr)
         for p, s in todo:
             bar.set_postfix_str(f"{p} {Path(s).stem}")
+            before = bar.n
             try:
-                results.append(_task(p, s, seed, env_config, options, str(out)))
+                results.append(
+                    _task(p, s, seed, env_config, options, str(out), progress=lambda: bar.update(1))
+                )
             except Exception as e:  # env / scene fault outside the policy: report, go on
                 traceback.print_exc()
                 results.append({"policy": p, "scene_id": Path(s).stem, "error": f"{type(e).__name__}: {e}"})
-            bar.update(1)
+            bar.update(max(0, before + ticks[s] - bar.n))  # truncated episodes: count the rest
     bar.close()
     return done + results
 
