@@ -108,7 +108,7 @@ def test_static_sampler_reused_across_prefix_lengths(smooth):
     noise = torch.randn(K, 64, 2, generator=torch.Generator().manual_seed(9))
     long_prefix, _ = model.reason(prep, vision, 1, cot_tokens=12)
     short_prefix, _ = model.reason(prep, vision, 1, cot_tokens=3)
-    assert prefix_capacity(long_prefix.length) == prefix_capacity(short_prefix.length)
+    assert short_prefix.length < long_prefix.length
     _, static = _samplers(model, long_prefix)
     static.load(long_prefix, noise)
     static.run()
@@ -158,3 +158,19 @@ def test_cuda_graph_replay_matches_eager_and_dynamic():
         assert torch.cuda.memory_allocated() - mem < 1 << 20
         static.load(prefix, noise2)
         torch.testing.assert_close(graph2, static.run(use_graph=False))
+
+
+def test_model_keeps_one_growing_static_sampler(smooth):
+    model, prep, vision = smooth
+    model._static.clear()
+    noise = torch.randn(K, 64, 2, generator=torch.Generator().manual_seed(2))
+    long_prefix, _ = model.reason(prep, vision, 1, cot_tokens=80)
+    short_prefix, _ = model.reason(prep, vision, 1, cot_tokens=2)
+    model.sample_actions(short_prefix, noise, "eager")
+    (first,) = model._static.values()
+    model.sample_actions(long_prefix, noise, "eager")  # does not fit: grows
+    (grown,) = model._static.values()
+    assert grown is not first and grown.capacity >= long_prefix.length > first.capacity
+    model.sample_actions(short_prefix, noise, "eager")  # fits the grown one: reused
+    (again,) = model._static.values()
+    assert again is grown

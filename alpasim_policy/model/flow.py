@@ -29,8 +29,9 @@ from alpasim_policy.model.expert import (
     static_mask,
 )
 
-# Capacity granularity of the static prefix cache: prefixes of different lengths reuse one graph.
-PREFIX_BUCKET = 256
+# Capacity granularity of the static prefix cache (tokens): headroom so that prefixes of slightly
+# different CoC lengths reuse one captured graph, without much padded attention work.
+PREFIX_BUCKET = 64
 
 
 @dataclass

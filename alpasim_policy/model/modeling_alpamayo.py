@@ -491,13 +491,11 @@ class AlpamayoR1(nn.Module):
 
     # ================================================================== diffusion
     def _static_sampler(self, samples: int, prefix: Prefix) -> StaticFlowSampler:
-        cap = prefix_capacity(prefix.length)
-        key = (samples, prefix.batch, cap, str(self.device), self.dtype)
+        """The live static sampler for (samples, prefix rows); grown (and re-captured) only when a
+        prefix no longer fits, so capacity is monotonic and graphs are captured a handful of times."""
+        key = (samples, prefix.batch, str(self.device), self.dtype)
         sampler = self._static.get(key)
-        if sampler is None:
-            # one live sampler per (samples, rows): a longer prefix replaces the old capacity
-            for k in [k for k in self._static if k[:2] == key[:2]]:
-                del self._static[k]
+        if sampler is None or sampler.capacity < prefix.length:
             sampler = StaticFlowSampler(
                 self.expert,
                 self.action_in_proj,
@@ -505,7 +503,7 @@ class AlpamayoR1(nn.Module):
                 steps=self.config.flow_steps,
                 samples=samples,
                 prefix_batch=prefix.batch,
-                capacity=cap,
+                capacity=prefix_capacity(prefix.length),
                 n_waypoints=self.config.n_waypoints,
                 device=self.device,
             )
