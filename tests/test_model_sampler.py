@@ -174,3 +174,31 @@ def test_model_keeps_one_growing_static_sampler(smooth):
     model.sample_actions(short_prefix, noise, "eager")  # fits the grown one: reused
     (again,) = model._static.values()
     assert again is grown
+
+
+@pytest.mark.gpu
+@cuda
+def test_drive_with_graph_on_cuda_matches_eager():
+    model, _, _ = _setup(2.0, "cuda")
+    hist, _ = rig_history("av2f-0a1e6f0a", t=30)
+    imgs = frames(model.config)
+    kw = dict(
+        num_samples=K, cot_tokens=6, noise=torch.randn(K, 64, 2, generator=torch.Generator().manual_seed(4))
+    )
+    eager = model.drive(imgs, hist, diffusion="eager", **kw)
+    graph = model.drive(imgs, hist, diffusion="graph", **kw)
+    assert graph.stats["graph"] == 1 and eager.reasoning == graph.reasoning
+    np.testing.assert_allclose(graph.actions, eager.actions, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.heavy
+@cuda
+@pytest.mark.skipif(not __import__("os").environ.get("ALPASIM_HEAVY"), reason="set ALPASIM_HEAVY=1")
+def test_real_size_tick_on_cuda():
+    torch.manual_seed(0)
+    model = AlpamayoR1.create(AlpamayoConfig.from_preset("alpamayo-r1-10b"), "cuda")
+    hist, _ = rig_history("av2s-7fab2350-w00", t=40)
+    out = model.drive(frames(model.config), hist, num_samples=6, cot_tokens=40, diffusion="graph")
+    assert out.trajectories.shape == (6, 64, 3) and np.isfinite(out.trajectories).all()
+    assert out.stats["graph"] == 1 and out.stats["prefix_len"] > 2000
