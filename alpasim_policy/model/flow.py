@@ -9,10 +9,11 @@ noise, so they can be compared number for number:
 
 * :class:`DynamicCacheSampler` — NVlabs' behaviour: an HF ``DynamicCache`` with one prefix copy per
   sample, grown by 64 tokens and cropped back at every step.
-* :class:`StaticFlowSampler` — all tensors preallocated once (prefix K/V of a fixed capacity
-  plus in-place slots for the action tokens, attention mask, RoPE tables, noise and output); the loop only reads them. On CUDA the *whole* Euler loop
-  (projection, 36 expert layers, head, update) x 10 steps is captured once as a single
-  ``torch.cuda.CUDAGraph`` and replayed each tick; elsewhere the same code runs eagerly.
+* :class:`StaticFlowSampler` — all tensors preallocated once (prefix K/V of a fixed capacity plus
+  in-place slots for the action tokens, attention mask, RoPE tables, noise and output); the loop
+  never allocates a cache, concatenates or crops. On CUDA the *whole* Euler loop (projection,
+  36 expert layers, head, update) x 10 steps is captured once as a single ``torch.cuda.CUDAGraph``
+  and replayed each tick; elsewhere the same code runs eagerly.
 """
 
 from __future__ import annotations
@@ -123,9 +124,9 @@ class StaticFlowSampler:
     """Static-buffer Euler sampler for a fixed (samples, prefix rows, prefix capacity); CUDA-graph capable.
 
     Usage per tick: :meth:`load` (copies the prefix K/V into the static cache once, builds the
-    attention mask and the RoPE tables, copies the noise) then :meth:`run`. With ``use_graph`` on a CUDA
-    device the first run captures the loop (after two warm-up runs on a side stream, as CUDA graphs
-    require) and every later run is one ``graph.replay()``.
+    attention mask and the RoPE tables, copies the noise) then :meth:`run`. With ``use_graph`` on
+    a CUDA device the first run captures the loop (after two warm-up runs on a side stream, as
+    CUDA graphs require) and every later run is one ``graph.replay()``.
     """
 
     def __init__(
