@@ -182,7 +182,8 @@ def test_observation_frames_and_command():
     assert np.hypot(*route[0]) < 2.0 and route[10, 0] > 10.0
     np.testing.assert_allclose(np.hypot(*np.diff(route[:20], axis=0).T), 2.0, atol=0.05)
     # Agents are the nearest first, in the rig frame.
-    m = obs["agents_mask"].astype(bool)
+    m = obs["agents_mask"]
+    assert m.dtype == bool and m.any()
     d = np.hypot(obs["agents"][m, 0], obs["agents"][m, 1])
     assert np.all(np.diff(d) >= -1e-4)
     assert obs["command"] in (COMMAND_LEFT, COMMAND_STRAIGHT, COMMAND_RIGHT)

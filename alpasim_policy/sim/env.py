@@ -205,7 +205,7 @@ class LogReplayEnv(gym.Env):
             "pose": spaces.Box(-inf, inf, (3,), np.float64),
             "step": spaces.Box(0, np.iinfo(np.int64).max, (), np.int64),
             "agents": spaces.Box(-inf, inf, (MAX_AGENTS, 8), np.float32),
-            "agents_mask": spaces.MultiBinary(MAX_AGENTS),
+            "agents_mask": spaces.Box(0, 1, (MAX_AGENTS,), np.bool_),
         }
         if self.camera_rig is not None:
             d["cameras"] = spaces.Dict(
@@ -364,7 +364,7 @@ class LogReplayEnv(gym.Env):
         cmd = navigation_command(route, c["lookahead_m"], c["lateral_threshold_m"])
         a_state, a_valid = self.agent_traj[:, k], self.agent_valid_traj[:, k]
         agents = np.zeros((MAX_AGENTS, 8), np.float32)
-        mask = np.zeros(MAX_AGENTS, np.int8)
+        mask = np.zeros(MAX_AGENTS, dtype=bool)
         valid = np.flatnonzero(a_valid)
         if len(valid):
             d = np.hypot(a_state[valid, 0] - pose[0], a_state[valid, 1] - pose[1])
@@ -377,7 +377,7 @@ class LogReplayEnv(gym.Env):
             agents[:m, 4] = -sth * a_state[sel, 3] + cth * a_state[sel, 4]
             agents[:m, 5:7] = self.agent_size[sel]
             agents[:m, 7] = self.agent_types[sel]
-            mask[:m] = 1
+            mask[:m] = True
         obs: dict[str, Any] = {
             "ego_history": h,
             "speed": np.array(self._state[0, 3], dtype=np.float32),
