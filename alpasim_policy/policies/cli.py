@@ -1,0 +1,278 @@
+"""``alpasim-policy bench policy``: the Alpamayo policy driving real scenes in closed loop.
+
+What it measures, in one run (so the variants share the machine's state):
+
+* closed-loop ticks/s of the whole loop (env step + camera rendering + policy) with the tiny
+  preset on CPU, and the share of the tick spent in the policy;
+* the per-tick latency breakdown, medians over every controlled tick, from the model's own
+  stage timings (preprocess, vision, prefill, decode, diffusion, post) plus the adapter's frame
+  handling and sample selection;
+* side by side: ``single`` vs ``multi`` reasoning and ``first`` vs ``scored`` selection, each
+  with its closed-loop EPDMS / PDMS (the scorer's closed-loop mode on the rollouts) and latency.
+
+Why a forced chain-of-causation length (``--cot-tokens``, default 40): with random weights the
+CoC would run to ``max_cot_tokens`` in some samples and stop early in others, so single and multi
+would decode different amounts of text; forcing it compares the same work, as the model
+benchmark does. The default scene set is a spread of ``--max-scenes`` scenes of the suite
+(evenly spaced in suite order) to keep the run to minutes on 2 cores; ``--max-scenes 0`` runs
+the whole suite. The rows name the scenes used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+STAGES = ("preprocess", "vision", "prefill", "decode", "diffusion", "post", "frames", "selection")
+
+
+def register_bench(bench_sub: argparse._SubParsersAction) -> None:
+    p = bench_sub.add_parser(
+        "policy",
+        help="Alpamayo policy in closed loop: ticks/s, latency breakdown, single/multi x first/scored",
+    )
+    p.add_argument("--suite", default="bundled", help="suite name or YAML path")
+    p.add_argument("--max-scenes", type=int, default=4, help="evenly spaced scenes of the suite (0 = all)")
+    p.add_argument("--preset", default="tiny", help="tiny | small | alpamayo-r1-10b")
+    p.add_argument("--weights", default=None, help="local weights directory (default: random weights)")
+    p.add_argument("--samples", type=int, default=6, help="trajectory samples K per tick")
+    p.add_argument("--cot-tokens", type=int, default=40, help="forced CoC length (0 = free)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--reasoning", default="single,multi", help="reasoning modes to compare")
+    p.add_argument("--select", default="first,scored", help="selection methods to compare")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", default=None, help="keep the rollouts here (default: a temporary dir)")
+    p.add_argument("--out", default="BENCHMARKS.md", help="markdown file the rows are appended to")
+    p.add_argument("--no-write", action="store_true", help="print only, do not append rows")
+    p.set_defaults(func=_cmd_bench)
+
+
+class _Recorder:
+    """Passes a policy through and keeps every tick's ``extra`` (the model's stage timings)."""
+
+    def __init__(self, policy: Any):
+        self.policy = policy
+        self.name = policy.name
+        self.camera_preset = policy.camera_preset
+        self.camera_size = getattr(policy, "camera_size", None)
+        self.extras: list[dict] = []
+
+    def reset(self, **kw: Any) -> None:
+        self.policy.reset(**kw)
+
+    def act(self, observation: dict) -> Any:
+        out = self.policy.act(observation)
+        self.extras.append(out.extra)
+        return out
+
+
+def pick_scenes(paths: list[Path], max_scenes: int) -> list[Path]:
+    """``max_scenes`` evenly spaced scenes of the suite (all when 0 or more than there are)."""
+    if max_scenes <= 0 or max_scenes >= len(paths):
+        return list(paths)
+    if max_scenes == 1:
+        return [paths[0]]
+    idx = sorted({round(i * (len(paths) - 1) / (max_scenes - 1)) for i in range(max_scenes)})
+    return [paths[i] for i in idx]
+
+
+def _pct(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def run_variant(
+    name: str, options: dict, scenes: list[Path], run_dir: Path, seed: int, cameras: dict | None = None
+) -> dict:
+    """Drive every scene with one policy configuration; rollouts under ``run_dir/rollouts/name``."""
+    import numpy as np
+
+    from alpasim_policy.evaluate import rollout_path, run_rollout
+    from alpasim_policy.policies.registry import make_policy
+    from alpasim_policy.scoring.report import score_rollout_file
+
+    t_build = time.perf_counter()
+    policy = _Recorder(make_policy("alpamayo", **options))
+    build_s = time.perf_counter() - t_build
+    w, h = policy.camera_size
+    env_cfg = {
+        "cameras": {
+            "enabled": True,
+            "preset": policy.camera_preset,
+            "width": w,
+            "height": h,
+            **(cameras or {}),
+        }
+    }
+    wall = ticks = 0.0
+    latencies: list[float] = []
+    rows = []
+    memo: dict = {}
+    for path in scenes:
+        ro = run_rollout(name, path, seed=seed, env_config=env_cfg, policy=policy, policy_options=options)
+        out_path = rollout_path(run_dir, name, ro.scene_id)
+        ro.save(out_path)
+        n = int(np.isfinite(ro.latency_s).sum())
+        wall += float(ro.extra["wall_s"])
+        ticks += n
+        latencies += [float(x) for x in ro.latency_s[np.isfinite(ro.latency_s)]]
+        memo.clear()
+        row = score_rollout_file(out_path, memo=memo)
+        rows.append(row)
+    stage = {k: statistics.median(e["timings"].get(k, 0.0) for e in policy.extras) for k in STAGES}
+    stage["total_model"] = statistics.median(e["timings"]["total"] for e in policy.extras)
+    stage["decode_tok_per_s"] = statistics.median(e["timings"]["decode_tok_per_s"] for e in policy.extras)
+    return {
+        "variant": name,
+        "scenes": [r["scene_id"] for r in rows],
+        "ticks": int(ticks),
+        "wall_s": wall,
+        "ticks_per_s": ticks / wall if wall else float("nan"),
+        "policy_share": sum(latencies) / wall if wall else float("nan"),
+        "latency_p50_ms": _pct(latencies, 50) * 1e3,
+        "latency_p95_ms": _pct(latencies, 95) * 1e3,
+        "latency_max_ms": max(latencies) * 1e3 if latencies else float("nan"),
+        "deadline_miss_rate": float(np.mean([x > 0.1 for x in latencies])) if latencies else float("nan"),
+        "EPDMS": float(np.mean([r["EPDMS"] for r in rows])),
+        "PDMS": float(np.mean([r["PDMS"] for r in rows])),
+        "collisions_at_fault": int(sum(r["collisions_at_fault_count"] for r in rows)),
+        "stages_ms": {k: v * 1e3 for k, v in stage.items() if k != "decode_tok_per_s"},
+        "decode_tok_per_s": stage["decode_tok_per_s"],
+        "build_s": build_s,
+        # how often selection kept another sample than the first (0 for "first" by definition)
+        "non_first_rate": float(np.mean([e.get("selected_index", 0) != 0 for e in policy.extras])),
+    }
+
+
+def run_bench(args: argparse.Namespace) -> tuple[list[dict], dict]:
+    from alpasim_policy.errors import ConfigError
+    from alpasim_policy.policies.alpamayo import REASONING_MODES
+    from alpasim_policy.policies.selection import SELECT_METHODS
+    from alpasim_policy.scenes.suite import load_suite
+
+    reasonings = [r.strip() for r in args.reasoning.split(",") if r.strip()]
+    selections = [s.strip() for s in args.select.split(",") if s.strip()]
+    for r in reasonings:
+        if r not in REASONING_MODES:
+            raise ConfigError(f"--reasoning: {r!r} is not one of {', '.join(REASONING_MODES)}")
+    for s in selections:
+        if s not in SELECT_METHODS:
+            raise ConfigError(f"--select: {s!r} is not one of {', '.join(SELECT_METHODS)}")
+    scenes = pick_scenes(load_suite(args.suite), args.max_scenes)
+    base = {"preset": args.preset, "samples": args.samples, "device": args.device, "seed": args.seed}
+    if args.weights:
+        base["weights"] = args.weights
+    if args.cot_tokens:
+        base["cot_tokens"] = args.cot_tokens
+    tmp = None
+    if args.run_dir:
+        run_dir = Path(args.run_dir)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="bench-policy-")
+        run_dir = Path(tmp.name)
+    results = []
+    load_before = os.getloadavg()[0]
+    try:
+        for r in reasonings:
+            for s in selections:
+                name = f"alpamayo-{r}-{s}"
+                res = run_variant(name, {**base, "reasoning": r, "select": s}, scenes, run_dir, args.seed)
+                results.append(res)
+                print(
+                    f"{name}: {res['ticks']} ticks, {res['ticks_per_s']:.2f} ticks/s, latency p50 "
+                    f"{res['latency_p50_ms']:.0f} ms, EPDMS {res['EPDMS']:.3f}",
+                    flush=True,
+                )
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    load_after = os.getloadavg()[0]
+    for r in results:
+        r["load"] = (load_before, load_after)
+    summary = {
+        "benchmark": "policy",
+        "load_average_1min": [load_before, load_after],
+        "preset": args.preset,
+        "samples": args.samples,
+        "cot_tokens": args.cot_tokens,
+        "device": args.device,
+        "scenes": [p.stem for p in scenes],
+        "variants": {
+            r["variant"]: {
+                k: r[k]
+                for k in (
+                    "ticks",
+                    "ticks_per_s",
+                    "latency_p50_ms",
+                    "latency_p95_ms",
+                    "latency_max_ms",
+                    "deadline_miss_rate",
+                    "EPDMS",
+                    "PDMS",
+                    "collisions_at_fault",
+                    "stages_ms",
+                )
+            }  # fmt: skip
+            for r in results
+        },
+    }
+    return results, summary
+
+
+def bench_rows(results: list[dict], args: argparse.Namespace) -> list[dict]:
+    tag = f"{args.preset} K={args.samples} CoC={args.cot_tokens or 'free'} {args.device}"
+    n_sc = len(results[0]["scenes"])
+    scenes = ", ".join(results[0]["scenes"])
+    ref = results[0]
+    rows = [
+        {
+            "benchmark": f"policy closed loop ticks/s ({tag}, {ref['variant']})",
+            "result": f"{ref['ticks_per_s']:.2f} ticks/s over {ref['ticks']} ticks on {n_sc} scenes ({scenes}); "
+            f"policy {ref['policy_share'] * 100:.0f}% of the loop, env + 4 cameras the rest; shared machine, "
+            f"1-min load average {ref['load'][0]:.1f} -> {ref['load'][1]:.1f}",
+            "ratio": f"{ref['ticks_per_s'] / 10.0:.2f}x real time (10 Hz)",
+        }
+    ]
+    for r in results:
+        st = r["stages_ms"]
+        rows.append(
+            {
+                "benchmark": f"policy per-tick latency breakdown ({tag}, {r['variant']})",
+                "result": f"p50 {r['latency_p50_ms']:.1f} ms, p95 {r['latency_p95_ms']:.1f}, max "
+                f"{r['latency_max_ms']:.1f}; stage medians: "
+                + ", ".join(f"{k} {st[k]:.1f}" for k in STAGES)
+                + f" ms (decode {r['decode_tok_per_s']:.0f} tok/s; model total {st['total_model']:.1f} ms)",
+                "ratio": f"deadline 100 ms missed on {r['deadline_miss_rate'] * 100:.0f}% of ticks",
+            }
+        )
+    for r in results:
+        rows.append(
+            {
+                "benchmark": f"policy closed-loop score ({tag}, {r['variant']}, {n_sc} scenes)",
+                "result": f"EPDMS {r['EPDMS']:.3f}, PDMS {r['PDMS']:.3f}, at-fault collisions "
+                f"{r['collisions_at_fault']}, latency p50 {r['latency_p50_ms']:.1f} ms; selection kept a sample "
+                f"other than the first on {r['non_first_rate'] * 100:.0f}% of ticks",
+                "ratio": f"vs {ref['variant']}: latency x{r['latency_p50_ms'] / ref['latency_p50_ms']:.2f}, "
+                f"EPDMS {r['EPDMS'] - ref['EPDMS']:+.3f}",
+            }
+        )
+    return rows
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from alpasim_policy.bench import append_rows, print_summary
+
+    results, summary = run_bench(args)
+    rows = bench_rows(results, args)
+    for r in rows:
+        print(f"{r['benchmark']}: {r['result']} [{r['ratio']}]")
+    if not args.no_write:
+        append_rows(rows, args.out)
+    print_summary(summary)
+    return 0
