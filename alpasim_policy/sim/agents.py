@@ -7,8 +7,9 @@ of the ego brakes whatever the ego does, a car behind may drive into a slow ego)
 policy takes over to the Intelligent Driver Model: it drives along a path made of its current
 lane's centreline and the successors that best match where its log went, at a desired speed
 taken from its own log, keeping a time gap to the nearest box ahead in its path (other agents,
-the ego, and the stop line of a red light). Pedestrians, cyclists, static objects, parked cars,
-agents off any lane and agents that appear later keep replaying their log.
+the ego, and the stop line of a red light). Pedestrians, cyclists, static objects, parked cars
+(less than 3 m of movement in the whole log), agents outside any lane (more than 1.75 m from its
+centreline, e.g. on the shoulder) and agents that appear later keep replaying their log.
 
 Reactive agents must never drive *through* the ego: besides treating the ego as a lead, a step
 that would make an IDM agent's box overlap the ego's box is refused (the agent holds its place
@@ -79,13 +80,15 @@ def lane_path(
     heading: float,
     length: float,
     follow: np.ndarray | None = None,
+    max_offset: float = 1.75,
 ) -> tuple[np.ndarray, list[str]] | None:
     """A path from ``xy`` along the lane graph, at least ``length`` m long where the graph allows.
 
     Starts at the lane best matching the pose; at each junction takes the successor whose
     centreline passes closest to any of the ``follow`` points (e.g. the agent's logged future),
     else the first successor. Returns (points (P, 2), lane ids) or None when no lane fits the
-    pose (more than 3 m off or more than 60 deg off the lane direction).
+    pose (more than ``max_offset`` m off its centreline, i.e. outside the lane, or more than
+    60 deg off the lane direction): a car on the shoulder is parked, not in the lane.
     """
     li = index.nearest_lane(xy, heading)
     if li is None:
@@ -93,7 +96,7 @@ def lane_path(
     lanes = scene.map.lanes
     cl = index.centerlines[li]
     s, lat, hd = cl.project(np.asarray(xy, float)[None])
-    if abs(lat[0]) > 3.0 or abs(wrap_angle(hd[0] - heading)) > np.pi / 3:
+    if abs(lat[0]) > max_offset or abs(wrap_angle(hd[0] - heading)) > np.pi / 3:
         return None
     pts = [np.asarray(xy, float)[None]]
     # Join the centreline a few metres ahead, so the start offset is absorbed smoothly.
@@ -170,9 +173,9 @@ class IDMAgents:
         for i in range(n):
             if not a.valid[i, step] or int(a.types[i]) not in DRIVING_TYPES:
                 continue
-            vlog = speed_log[i][a.valid[i]]
-            if vlog.max(initial=0.0) < 0.5:  # parked the whole time: keep it where it is
-                continue
+            pos = a.state[i][a.valid[i], :2]
+            if np.hypot(*(pos.max(axis=0) - pos.min(axis=0))) < 3.0:
+                continue  # parked (moves < 3 m over the whole log, speed noise aside): keep it there
             fut = a.valid[i, step:]
             follow = a.state[i, step:][fut][:, :2]
             res = lane_path(sc, self.index, a.state[i, step, :2], float(a.state[i, step, 2]), 200.0, follow)
