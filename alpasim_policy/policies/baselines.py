@@ -242,15 +242,18 @@ class IDMPolicy:
             out_s[i] = s
         return out_s
 
-    def _poses(self, pose: np.ndarray, lat0: float, out_s: np.ndarray) -> np.ndarray:
+    def _poses(self, pose: np.ndarray, s_ego: float, lat0: float, out_s: np.ndarray) -> np.ndarray:
         """Scene-frame poses (steps, 3) on the route at arc lengths ``out_s``.
 
-        The current lateral offset to the route is blended out over 2 s, so the plan starts at
-        the car rather than jumping onto the centreline.
+        The current lateral offset to the route is blended out over 15 m (or 3 s of travel, if
+        longer), so the plan starts at the car rather than jumping onto the centreline.
         """
         pts, hd = self.route.interpolate(out_s)
         normal = np.stack([-np.sin(hd), np.cos(hd)], axis=-1)
-        fade = np.clip(1.0 - DT * np.arange(1, self.steps + 1) / 2.0, 0.0, 1.0)
+        # Blend over distance (at least 15 m, or 3 s of travel), so that merging back at low
+        # speed is a gentle drift rather than a sharp swerve.
+        fade_len = max(15.0, 3.0 * (out_s[-1] - s_ego) / (DT * len(out_s)))
+        fade = np.clip(1.0 - (out_s - s_ego) / fade_len, 0.0, 1.0)
         pts = pts + (lat0 * fade)[:, None] * normal
         past_end = out_s > self.route.length
         if past_end.any():  # beyond the route end: continue straight along its last direction
@@ -301,7 +304,7 @@ class IDMPolicy:
         s_ego, lat0 = float(s_arr[0]), float(lat[0])
         lead_s, lead_v = self._leads(observation, s_ego)
         out_s = self._speed_profile(s_ego, v, lead_s, lead_v)
-        poses = self._poses(pose, lat0, out_s)
+        poses = self._poses(pose, s_ego, lat0, out_s)
         # PDM-style safety check: if the plan would meet an agent forecast at constant velocity
         # (crossing or oncoming traffic the corridor test does not see), put a standing obstacle
         # where the front bumper would be at that moment and re-plan; a few rounds at most.
@@ -316,7 +319,7 @@ class IDMPolicy:
             lead_s = np.append(lead_s, stop_at)
             lead_v = np.append(lead_v, 0.0)
             out_s = self._speed_profile(s_ego, v, lead_s, lead_v)
-            poses = self._poses(pose, lat0, out_s)
+            poses = self._poses(pose, s_ego, lat0, out_s)
         plan = np.empty((self.steps, 3))
         plan[:, :2] = _rig(poses[:, :2], pose)
         plan[:, 2] = _wrap(poses[:, 2] - pose[2])
