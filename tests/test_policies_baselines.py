@@ -100,3 +100,23 @@ def test_idm_acceleration_free_road_and_standing_lead():
     # Closing fast on a close lead: hard braking, clipped at the physical limit.
     a = idm_acceleration(np.array([15.0]), np.array([15.0]), np.array([5.0]), np.array([0.0]), p)
     assert a[0] == -p.decel_max
+
+
+@pytest.mark.parametrize(
+    "scene_id",
+    # a car turning across the ego's path; a start 1 m off the route centreline at low speed; stop-and-go
+    ["av2s-7fab2350-w00", "cr-USA_US101-4_1_T-1-ego442", "av2f-0a1e6f0a"],
+)
+def test_idm_drives_real_scenes_without_collision_or_leaving_the_road(scene_id):
+    env = LogReplayEnv(scene=scene_id)
+    obs, _ = env.reset(seed=0)
+    pol = IDMPolicy()
+    pol.reset(seed=0, scene=env.scene)
+    start = np.asarray(obs["pose"]).copy()
+    while True:
+        obs, _, term, trunc, info = env.step(pol.act(obs).trajectory)
+        assert not info["collisions"], info["collisions"]
+        assert not info["off_drivable"], info["step"]
+        if term or trunc:
+            break
+    assert np.hypot(*(np.asarray(obs["pose"])[:2] - start[:2])) > 5.0  # it did drive
