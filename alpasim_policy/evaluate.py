@@ -305,13 +305,15 @@ def evaluate(
     scenes = load_suite(suite)
     if not policies:
         raise ConfigError("--policy: give at least one policy name")
+    # Resolve the config once (a relative path means the same on Ray workers), then pass the dict.
+    env_config = load_env_config(env_config)
     # Build each policy once up front: bad names / options fail before any work starts.
     cfgs = {}
     for p in policies:
         pol = make_policy(p, **options)
         cfgs[p] = effective_env_config(env_config, pol)
     hashes, ids, ticks = {}, {}, {}
-    warmup = int(round(load_env_config(env_config)["warmup_s"] / 0.1))
+    warmup = int(round(env_config["warmup_s"] / env_config["dt"]))
     for s in scenes:
         sc = load_scene(s)
         hashes[str(s)], ids[str(s)] = sc.content_hash, sc.scene_id
