@@ -128,3 +128,31 @@ def test_registry_names_and_errors():
                                                                            "mode": "nan"}  # fmt: skip
     with pytest.raises(ConfigError):
         parse_options(["novalue"])
+
+
+class CameraPolicy:
+    """Asks for the alpamayo4 rig and checks it gets the images each tick."""
+
+    name = "camera_probe"
+    camera_preset = "alpamayo4"
+
+    def reset(self, *, seed=None, scene=None, camera_rig=None):
+        assert camera_rig is not None and len(camera_rig.names) == 4
+        self.names = list(camera_rig.names)
+
+    def act(self, obs):
+        cams = obs["cameras"]
+        assert sorted(cams) == sorted(self.names)
+        assert all(im.shape == (45, 80, 3) and im.dtype == np.uint8 for im in cams.values())
+        return PolicyOutput(trajectory=np.tile([[1.0, 0.0, 0.0]], (10, 1)) * np.arange(1, 11)[:, None])
+
+
+def test_policies_with_a_camera_preset_get_cameras(tmp_path):
+    from alpasim_policy.evaluate import run_rollout
+    from alpasim_policy.scenes.suite import find_scene
+
+    cfg = {"cameras": {"width": 80, "height": 45}}
+    r = run_rollout("camera_probe", find_scene("cr-USA_Lanker-1_1_T-1-ego1213"), env_config=cfg,
+                    policy=CameraPolicy())  # fmt: skip
+    assert not r.policy_failure.any(), r.failure_messages  # the asserts inside act held every tick
+    assert r.env_config["cameras"]["enabled"] and r.env_config["cameras"]["preset"] == "alpamayo4"
