@@ -44,8 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env-config", default=None, help="envs/X.yaml or a shipped name (default, reactive)")
     p.add_argument("--workers", type=int, default=1, help="Ray CPUs (with --backend ray)")
     p.add_argument("--backend", choices=("serial", "ray"), default="serial")
-    p.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="option passed to every policy's constructor (repeatable)")  # fmt: skip
+    p.add_argument("--policy-option", action="append", default=[], metavar="[POLICY.]KEY=VALUE",
+                   help="constructor option (repeatable): KEY goes to every policy that takes it, "
+                        "POLICY.KEY to that policy only")  # fmt: skip
     p.add_argument("--no-score", action="store_true", help="write rollouts only, skip the scorer")
     p.set_defaults(func=main)
 
@@ -295,7 +296,7 @@ def evaluate(
     """Run (or resume) every (policy, scene) rollout; returns one summary per rollout."""
     from tqdm import tqdm
 
-    from alpasim_policy.policies.registry import make_policy
+    from alpasim_policy.policies.registry import make_policy, split_options
     from alpasim_policy.scenes.format import load_scene
     from alpasim_policy.scenes.suite import load_suite
     from alpasim_policy.sim.config import load_env_config
@@ -309,8 +310,9 @@ def evaluate(
     env_config = load_env_config(env_config)
     # Build each policy once up front: bad names / options fail before any work starts.
     cfgs = {}
+    per_policy = split_options(policies, options)
     for p in policies:
-        pol = make_policy(p, **options)
+        pol = make_policy(p, **per_policy[p])
         cfgs[p] = effective_env_config(env_config, pol)
     hashes, ids, ticks = {}, {}, {}
     warmup = int(round(env_config["warmup_s"] / env_config["dt"]))
@@ -322,7 +324,7 @@ def evaluate(
     for p in policies:
         for s in scenes:
             path = rollout_path(out, p, ids[str(s)])
-            if is_done(path, seed, cfgs[p], hashes[str(s)], options):
+            if is_done(path, seed, cfgs[p], hashes[str(s)], per_policy[p]):
                 done.append({"policy": p, "scene_id": ids[str(s)], "path": str(path), "skipped": True})
             else:
                 todo.append((p, str(s)))
@@ -339,7 +341,7 @@ def evaluate(
         ray.init(num_cpus=max(1, workers), include_dashboard=False, ignore_reinit_error=True,
                  log_to_driver=False, configure_logging=False)  # fmt: skip
         remote = ray.remote(num_cpus=1)(_task)
-        pending = {remote.remote(p, s, seed, env_config, options, str(out)): (p, s) for p, s in todo}
+        pending = {remote.remote(p, s, seed, env_config, per_policy[p], str(out)): (p, s) for p, s in todo}
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
@@ -360,7 +362,7 @@ def evaluate(
             before = bar.n
             try:
                 results.append(
-                    _task(p, s, seed, env_config, options, str(out), progress=lambda: bar.update(1))
+                    _task(p, s, seed, env_config, per_policy[p], str(out), progress=lambda: bar.update(1))
                 )
             except Exception as e:  # env / scene fault outside the policy: report, go on
                 traceback.print_exc()

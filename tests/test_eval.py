@@ -130,6 +130,21 @@ def test_registry_names_and_errors():
         parse_options(["novalue"])
 
 
+def test_policy_options_go_to_the_policies_that_take_them():
+    from alpasim_policy.policies.registry import split_options
+
+    got = split_options(
+        ["log_replay", "idm", "constant_velocity"], {"target_speed": 8.0, "constant_velocity.steps": 20}
+    )
+    assert got == {"log_replay": {}, "idm": {"target_speed": 8.0}, "constant_velocity": {"steps": 20}}
+    assert split_options(["log_replay", "idm"], {"steps": 30}) == {
+        "log_replay": {"steps": 30},
+        "idm": {"steps": 30},
+    }
+    with pytest.raises(ConfigError, match="preset"):
+        split_options(["log_replay", "idm"], {"preset": "tiny"})
+
+
 class CameraPolicy:
     """Asks for the alpamayo4 rig and checks it gets the images each tick."""
 

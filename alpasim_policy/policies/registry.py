@@ -58,6 +58,51 @@ def _construct(cls: type, spec: str, args: tuple, options: dict[str, Any]) -> An
     return cls(*args, **options)
 
 
+def policy_class(spec: str) -> type:
+    """The class ``spec`` names (imported lazily)."""
+    spec = str(spec).strip()
+    if spec.startswith(GRPC_PREFIX):
+        return _load(GRPC_POLICY, spec)
+    if spec in POLICIES:
+        return _load(POLICIES[spec], spec)
+    if ":" in spec:
+        try:
+            return _load(spec, spec)
+        except AttributeError as e:
+            raise ConfigError(f"policy {spec!r}: no such class") from e
+    raise ConfigError(f"unknown policy {spec!r}; known: {', '.join(known_policies())}")
+
+
+def _accepts(cls: type, key: str) -> bool:
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return True
+    return key in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def split_options(policies: list[str], options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Distribute ``--policy-option`` values over several policies.
+
+    ``name.key=value`` goes to policy ``name`` only; a plain ``key=value`` goes to every policy
+    whose constructor takes ``key`` (so ``--policy log_replay,alpamayo --policy-option preset=tiny``
+    configures alpamayo and leaves log_replay alone). A key that no policy takes is a ConfigError.
+    """
+    out: dict[str, dict[str, Any]] = {p: {} for p in policies}
+    classes = {p: policy_class(p) for p in policies}
+    for key, value in options.items():
+        scope, dot, sub = key.rpartition(".")
+        if dot and scope in out:
+            out[scope][sub] = value
+            continue
+        takers = [p for p in policies if _accepts(classes[p], key)]
+        if not takers:
+            raise ConfigError(f"--policy-option {key!r}: none of the policies {policies} takes it")
+        for p in takers:
+            out[p][key] = value
+    return out
+
+
 def make_policy(spec: str, **options: Any) -> Any:
     """Build the policy named ``spec`` (see :data:`POLICIES`, or ``grpc://HOST:PORT``)."""
     spec = str(spec).strip()
