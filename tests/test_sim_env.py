@@ -296,3 +296,43 @@ def test_render_and_bev_and_cameras():
     assert len(obs["cameras"]) >= 1 and all(im.shape[:2] == (90, 160) for im in obs["cameras"].values())
     frame = env.render()
     assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.std() > 0
+
+
+def test_reactive_agent_stops_behind_a_parked_car_in_its_lane():
+    """An IDM agent at > 7 m/s with a free road meets a parked car placed 30 m ahead on its path."""
+    scene = load_scene(find_scene("av2s-7fab2350-w01"))
+    env = LogReplayEnv(scene=scene, config="reactive")
+    env.reset(seed=0)
+    ag = env.agents
+    free, _ = ag._leads(env.start_step, np.full((4, 2), 1e6), 0.0)  # nobody ahead of it yet
+    j = int(np.flatnonzero((ag.v > 7.0) & (ag.path_len > 80.0) & np.isinf(free))[0])
+    who = int(ag.ids[j])
+    k = int(30.0 / 1.0)  # path points are 1 m apart
+    xy, h = ag.path_xy[j, k], ag.path_h[j, k]
+    a = scene.agents
+    T = scene.num_steps
+    st = np.zeros((1, T, 5))
+    st[0, :, 0], st[0, :, 1], st[0, :, 2] = xy[0], xy[1], h
+    agents = dataclasses.replace(
+        a, ids=[*a.ids, "parked"], types=np.append(a.types, np.int8(AgentType.VEHICLE)).astype(np.int8),
+        size=np.concatenate([a.size, [[4.5, 1.9]]]), state=np.concatenate([a.state, st]),
+        valid=np.concatenate([a.valid, np.ones((1, T), bool)]),
+    )  # fmt: skip
+    env = LogReplayEnv(scene=dataclasses.replace(scene, agents=agents), config="reactive")
+    obs, _ = env.reset(seed=0)
+    assert env.agents.ids[j] == who and not env.agents.is_idm[-1]  # parked car: log replay
+    pol = LogReplayPolicy()
+    pol.reset(scene=env.scene)
+    size = env.scene.agents.size
+    from alpasim_policy.scenes.geometry import box_corners
+
+    parked = box_corners(xy[0], xy[1], h, 4.5, 1.9)
+    while True:
+        obs, _, term, trunc, _ = env.step(pol.act(obs).trajectory)
+        s = env.agent_traj[who, int(obs["step"])]
+        assert not boxes_overlap(box_corners(s[0], s[1], s[2], *size[who]), parked)
+        if term or trunc:
+            break
+    gap = np.hypot(*(s[:2] - xy)) - 0.5 * (size[who, 0] + 4.5)
+    assert np.hypot(s[3], s[4]) < 0.5  # stopped ...
+    assert 0.5 < gap < 4.0, gap  # ... about the IDM minimum gap (2 m) behind it

@@ -303,7 +303,10 @@ class IDMAgents:
             pr = np.arange(len(ai))
             lat = np.sqrt(d2[pr, jmin])
             s_obj = (start[ai] + jmin) * PATH_SPACING_M
-            in_path = (lat < 0.5 * (self.widths[ai] + obj_w[oj]) + 0.3) & (s_obj > self.s[ai])
+            # In the path and ahead: its centre beyond our front bumper (a car alongside is not a lead).
+            in_path = (lat < 0.5 * (self.widths[ai] + obj_w[oj]) + 0.3) & (
+                s_obj > self.s[ai] + 0.5 * self.lengths[ai]
+            )
             in_path &= jmin < n_win - 1  # the window's last point collects everything beyond it
             gap = np.where(in_path, s_obj - self.s[ai] - 0.5 * (self.lengths[ai] + obj_len[oj]), np.inf)
             hpath = self.path_h[ai, idx[pr, jmin]]
