@@ -102,3 +102,23 @@ def test_committed_metric_caches_match_the_bundled_scenes():
         scene = load_scene(p)
         world = read_world(DEFAULT_CACHE_DIR / f"{scene.scene_id}.npz", scene.content_hash)
         assert world.reference_name == "idm"
+
+
+def test_auto_mode_ignores_a_cache_whose_idm_reference_came_from_other_code(
+    tmp_path, scene_path, monkeypatch
+):
+    from alpasim_policy.scoring import report
+
+    scene = load_scene(scene_path)
+    path = build_cache(scene_path, tmp_path)
+    arrays, meta = unpack_archive(path)
+    arrays["reference/state"] = arrays["reference/state"] + 100.0  # an "old idm" that drove elsewhere
+    path.write_bytes(pack_archive(arrays, meta))
+    monkeypatch.setattr(report, "DEFAULT_CACHE_DIR", tmp_path)
+    _, used = report._world_for(scene.scene_id, "auto", False, {})
+    assert used.extra["reference_fingerprint"] == meta["reference_fingerprint"]
+    np.testing.assert_array_equal(used.reference_state, arrays["reference/state"])  # same code: cache used
+    meta["reference_fingerprint"] = "0" * 64
+    path.write_bytes(pack_archive(arrays, meta))
+    _, rebuilt = report._world_for(scene.scene_id, "auto", False, {})
+    assert np.abs(rebuilt.reference_state - arrays["reference/state"]).min() > 50.0

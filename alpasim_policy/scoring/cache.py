@@ -6,7 +6,8 @@ the cache stores them once per scene so scoring a run (or 4096 proposals) starts
 File ``<out>/<scene_id>.npz`` (a deterministic zip via :func:`alpasim_policy.io.pack_archive`,
 written atomically). ``meta.json`` holds ``cache_version``, ``scene_id``, ``scene_hash`` (the
 sha256 of the scene file, :attr:`Scene.content_hash`), ``reference`` (``"idm"`` when the idm
-baseline's closed-loop rollout is stored, else ``"human"``), ids and scalars. Arrays:
+baseline's closed-loop rollout is stored, else ``"human"``), ``reference_fingerprint`` (sha256 of
+the env / tracker / idm source that made that rollout), ids and scalars. Arrays:
 
 ==============================  =============================================================
 ``timestamps``                  (T,) s
@@ -74,6 +75,34 @@ def _unpack_geoms(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- reference
 
+#: modules whose code decides the idm reference rollout (the env, its tracker and agents, idm)
+REFERENCE_MODULES = (
+    "alpasim_policy.policies.baselines",
+    "alpasim_policy.sim.env",
+    "alpasim_policy.sim.tracker",
+    "alpasim_policy.sim.dynamics",
+    "alpasim_policy.sim.agents",
+    "alpasim_policy.sim.config",
+    "alpasim_policy.sim.collision",
+)
+
+
+def reference_fingerprint() -> str:
+    """sha256 over the source of :data:`REFERENCE_MODULES`: a cached idm rollout made by other
+    code is out of date (the scene hash cannot tell)."""
+    import hashlib
+    import importlib.util
+
+    h = hashlib.sha256()
+    for name in REFERENCE_MODULES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            h.update(f"{name}:missing".encode())
+            continue
+        h.update(name.encode())
+        h.update(Path(spec.origin).read_bytes())
+    return h.hexdigest()
+
 
 def idm_reference(scene: Scene) -> np.ndarray | None:
     """The idm baseline driven closed-loop through the env (default config): (T, 7) ego states.
@@ -107,9 +136,12 @@ def idm_reference(scene: Scene) -> np.ndarray | None:
 def build_world(scene: Scene, reference: str = "idm") -> ScoringWorld:
     """A :class:`ScoringWorld` for ``scene`` with the requested progress reference (idm | human)."""
     ref = idm_reference(scene) if reference == "idm" else None
-    return ScoringWorld.from_scene(
+    world = ScoringWorld.from_scene(
         scene, reference_state=ref, reference_name="idm" if ref is not None else "human"
     )
+    if ref is not None:
+        world.extra["reference_fingerprint"] = reference_fingerprint()
+    return world
 
 
 def world_to_bytes(world: ScoringWorld) -> bytes:
@@ -151,6 +183,7 @@ def world_to_bytes(world: ScoringWorld) -> bytes:
         "scene_id": world.scene_id,
         "scene_hash": world.content_hash,
         "reference": world.reference_name,
+        "reference_fingerprint": world.extra.get("reference_fingerprint"),
         "dt": world.dt,
         "t0_index": world.t0_index,
         "ego": {
@@ -240,6 +273,7 @@ def read_world(path: str | Path, scene_hash: str | None = None) -> ScoringWorld:
             reference_state=arrays.get("reference/state"),
             reference_name=str(meta.get("reference", "human")),
         )
+        world.extra["reference_fingerprint"] = meta.get("reference_fingerprint")
     except (KeyError, TypeError, ValueError, shapely.errors.GEOSException) as e:
         raise CacheError(f"{path}: corrupt metric cache ({type(e).__name__}: {e}); rebuild it") from e
     T = world.num_steps

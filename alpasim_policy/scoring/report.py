@@ -18,8 +18,8 @@ the policy (the ``latency_s`` array of each rollout); ``deadline_miss_rate`` is 
 those ticks whose ``deadline_miss`` is set.
 
 Metric caches: ``cache_dir="auto"`` uses the package's ``metric_cache/`` when it holds a fresh
-cache of a scene and otherwise builds the scene's scoring world in memory (with a note on
-stderr when a cache is stale); an explicit ``cache_dir`` is strict (stale or corrupt ->
+cache of a scene (scene hash and idm-reference code fingerprint match) and otherwise builds the
+scene's scoring world in memory (with a note on stderr when the scene changed); an explicit ``cache_dir`` is strict (stale or corrupt ->
 :class:`~alpasim_policy.errors.CacheError`, unless ``rebuild=True``).
 """
 
@@ -116,7 +116,13 @@ def _world_for(scene_id: str, cache_dir, rebuild: bool, memo: dict):
         return memo[scene_id]
     from alpasim_policy.scenes.format import load_scene
     from alpasim_policy.scenes.suite import find_scene
-    from alpasim_policy.scoring.cache import build_world, cache_path, load_world, read_world
+    from alpasim_policy.scoring.cache import (
+        build_world,
+        cache_path,
+        load_world,
+        read_world,
+        reference_fingerprint,
+    )
 
     scene = load_scene(find_scene(scene_id))
     if cache_dir == "auto":
@@ -127,6 +133,10 @@ def _world_for(scene_id: str, cache_dir, rebuild: bool, memo: dict):
                 world = read_world(path, scene.content_hash)
             except CacheError as e:
                 print(f"note: {e} -- scoring from the scene instead", file=sys.stderr)
+            if world is not None and world.reference_name == "idm":
+                if world.extra.get("reference_fingerprint") != reference_fingerprint():
+                    # the env or idm changed since the cache was built: its idm rollout is outdated
+                    world = None
         if world is None:
             world = build_world(scene).prepare()
     elif cache_dir is None:
