@@ -13,7 +13,25 @@ from alpasim_policy.policies.base import Policy, validate_plan
 from alpasim_policy.policies.registry import make_policy
 
 SCENE = "cr-USA_Lanker-1_1_T-1-ego1213"  # the shortest bundled scene: 24 controlled ticks
-FAST = {"preset": "tiny", "samples": 3, "cot_tokens": 4, "camera_width": 64, "camera_height": 36}
+# one torch thread: never pathological on a shared CI runner (oversubscribed pools are ~10x slower)
+FAST = {
+    "preset": "tiny",
+    "samples": 3,
+    "cot_tokens": 4,
+    "camera_width": 64,
+    "camera_height": 36,
+    "threads": 1,
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_torch_threads():
+    """``threads=1`` is process-wide; give the next test modules torch's setting back."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
 
 
 def make_env(policy, scene: str = SCENE):
@@ -74,7 +92,7 @@ def test_frame_buffer_rejects_a_changing_image_size():
     ("option", "value"),
     [("preset", "huge"), ("select", "best"), ("reasoning", "double"), ("diffusion", "magic"),
      ("samples", 0), ("samples", "six"), ("device", "tpu"), ("weights", "/nonexistent/dir"),
-     ("deadline_ms", "-5"), ("latency_mode", "later"), ("seed", "1.5")],
+     ("deadline_ms", "-5"), ("latency_mode", "later"), ("seed", "1.5"), ("threads", "0")],
 )  # fmt: skip
 def test_bad_options_raise_config_error_naming_the_option(option, value):
     with pytest.raises(ConfigError, match=option):
@@ -173,3 +191,39 @@ def test_deadline_options_fall_back_and_splice():
         assert o.extra["previous_rows"] == 2 and o.extra["plan_source"] == "spliced"
         assert not o.extra["deadline_miss"]
         np.testing.assert_array_equal(o.trajectory[2:], o.samples[0][2:])
+
+
+# ----------------------------------------------------------------------------- bench policy
+
+
+def test_bench_scene_spread():
+    from pathlib import Path
+
+    from alpasim_policy.policies.cli import pick_scenes
+
+    paths = [Path(f"s{i}.npz") for i in range(21)]
+    assert [p.stem for p in pick_scenes(paths, 4)] == ["s0", "s7", "s13", "s20"]
+    assert pick_scenes(paths, 0) == paths and pick_scenes(paths, 50) == paths
+    assert pick_scenes(paths, 1) == paths[:1]
+
+
+def test_bench_policy_runs_and_prints_a_json_summary(tmp_path, capsys):
+    import json
+
+    from alpasim_policy.cli import main
+
+    suite = tmp_path / "one.yaml"
+    suite.write_text(f"name: one\nscenes: [{SCENE}]\n")
+    rc = main(["bench", "policy", "--suite", str(suite), "--samples", "2", "--cot-tokens", "4", "--threads", "1",
+               "--reasoning", "single", "--select", "first", "--no-write"])  # fmt: skip
+    assert rc == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["scenes"] == [SCENE]
+    variants = summary["variants"]
+    assert set(variants) == {"alpamayo-single-first"}
+    for v in variants.values():
+        assert v["ticks"] == 24 and 0.0 <= v["EPDMS"] <= 1.0
+        assert v["stages_ms"]["decode"] > 0 and v["latency_p50_ms"] > 0
+    assert variants["alpamayo-single-first"]["non_first_rate"] == 0.0
+    assert any("latency breakdown" in line for line in lines)

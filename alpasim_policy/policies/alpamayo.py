@@ -22,7 +22,8 @@ Options (keyword arguments; strings accepted, since ``--policy-option key=value`
 (``from_pretrained``; without it the weights are random, seeded), ``samples`` K (6),
 ``reasoning`` single | multi, ``diffusion`` graph | eager | dynamic, ``select`` first | medoid |
 scored, ``device`` cpu | cuda, ``seed`` (0), ``cot_tokens`` (force the CoC length),
-``max_cot_tokens``, ``temperature``, ``camera_width`` / ``camera_height`` (the resolution this
+``max_cot_tokens``, ``temperature``, ``threads`` (torch CPU threads, process-wide; default: torch's
+choice), ``camera_width`` / ``camera_height`` (the resolution this
 policy asks the env to render; the model resizes anyway), and the real-time budget
 ``deadline_ms`` + ``latency_mode`` ignore | delay + ``assumed_latency_ms`` (see
 :mod:`alpasim_policy.policies.deadline`). Bad values raise :class:`ConfigError` naming the option.
@@ -156,6 +157,7 @@ class AlpamayoCore:
         temperature: float | str | None = None,
         camera_width: int | str | None = None,
         camera_height: int | str | None = None,
+        threads: int | str | None = None,
     ):
         self.preset = _choice("preset", preset, PRESETS)
         self.samples = _int("samples", samples, minimum=1)
@@ -175,8 +177,13 @@ class AlpamayoCore:
         self.weights = None if weights in (None, "", "none", "null") else Path(str(weights))
         if self.weights is not None and not self.weights.is_dir():
             raise ConfigError(f"option 'weights': {self.weights} is not a directory")
+        self.threads = _int("threads", threads, minimum=1, allow_none=True)
         import torch
 
+        if self.threads is not None:
+            # process-wide: torch has one intra-op pool. On a shared or small machine more threads
+            # than free cores make every op wait for stragglers (10x slower ticks were measured).
+            torch.set_num_threads(self.threads)
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("option 'device': 'cuda' requested but no CUDA device is available")
         self.model = self._build_model()
@@ -308,6 +315,7 @@ class AlpamayoPolicy:
         temperature: float | str | None = None,
         camera_width: int | str | None = None,
         camera_height: int | str | None = None,
+        threads: int | str | None = None,
         deadline_ms: float | str | None = None,
         latency_mode: str = "ignore",
         assumed_latency_ms: float | str | None = None,
@@ -322,7 +330,7 @@ class AlpamayoPolicy:
         self.core = AlpamayoCore(
             preset=preset, weights=weights, samples=samples, reasoning=reasoning, diffusion=diffusion,
             select=select, device=device, seed=seed, cot_tokens=cot_tokens, max_cot_tokens=max_cot_tokens,
-            temperature=temperature, camera_width=camera_width, camera_height=camera_height,
+            temperature=temperature, camera_width=camera_width, camera_height=camera_height, threads=threads,
         )  # fmt: skip
         self.camera_size = self.core.camera_size
         self.deadline_s = DEFAULT_DEADLINE_S if deadline is None else deadline / 1000.0

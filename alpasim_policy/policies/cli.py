@@ -28,6 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+SUMMARY_KEYS = (
+    "ticks", "ticks_per_s", "latency_p50_ms", "latency_p95_ms", "latency_max_ms", "deadline_miss_rate",
+    "EPDMS", "PDMS", "collisions_at_fault", "stages_ms", "non_first_rate",
+)  # fmt: skip
 STAGES = ("preprocess", "vision", "prefill", "decode", "diffusion", "post", "frames", "selection")
 
 
@@ -45,6 +49,7 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--reasoning", default="single,multi", help="reasoning modes to compare")
     p.add_argument("--select", default="first,scored", help="selection methods to compare")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", default=None, help="keep the rollouts here (default: a temporary dir)")
     p.add_argument("--out", default="BENCHMARKS.md", help="markdown file the rows are appended to")
@@ -170,6 +175,8 @@ def run_bench(args: argparse.Namespace) -> tuple[list[dict], dict]:
         base["weights"] = args.weights
     if args.cot_tokens:
         base["cot_tokens"] = args.cot_tokens
+    if args.threads:
+        base["threads"] = args.threads
     tmp = None
     if args.run_dir:
         run_dir = Path(args.run_dir)
@@ -203,30 +210,15 @@ def run_bench(args: argparse.Namespace) -> tuple[list[dict], dict]:
         "cot_tokens": args.cot_tokens,
         "device": args.device,
         "scenes": [p.stem for p in scenes],
-        "variants": {
-            r["variant"]: {
-                k: r[k]
-                for k in (
-                    "ticks",
-                    "ticks_per_s",
-                    "latency_p50_ms",
-                    "latency_p95_ms",
-                    "latency_max_ms",
-                    "deadline_miss_rate",
-                    "EPDMS",
-                    "PDMS",
-                    "collisions_at_fault",
-                    "stages_ms",
-                )
-            }  # fmt: skip
-            for r in results
-        },
+        "variants": {r["variant"]: {k: r[k] for k in SUMMARY_KEYS} for r in results},
     }
     return results, summary
 
 
 def bench_rows(results: list[dict], args: argparse.Namespace) -> list[dict]:
     tag = f"{args.preset} K={args.samples} CoC={args.cot_tokens or 'free'} {args.device}"
+    if args.threads:
+        tag += f" {args.threads} thread{'s' if args.threads > 1 else ''}"
     n_sc = len(results[0]["scenes"])
     scenes = ", ".join(results[0]["scenes"])
     ref = results[0]
