@@ -227,3 +227,21 @@ def test_bench_policy_runs_and_prints_a_json_summary(tmp_path, capsys):
         assert v["stages_ms"]["decode"] > 0 and v["latency_p50_ms"] > 0
     assert variants["alpamayo-single-first"]["non_first_rate"] == 0.0
     assert any("latency breakdown" in line for line in lines)
+
+
+def test_larger_camera_frames_are_downsampled_to_the_policy_size():
+    pol = AlpamayoPolicy(**FAST)
+    env = gym.make(
+        "alpasim_policy/LogReplay-v0",
+        scene=SCENE,
+        config={"cameras": {"enabled": True, "preset": "alpamayo4", "width": 256, "height": 144}},
+    )
+    obs, _ = env.reset(seed=0)
+    pol.reset(seed=0, scene=env.unwrapped.scene, camera_rig=env.unwrapped.camera_rig)
+    images = pol.core._images(obs)
+    assert images.shape == (4, 4, 3, 36, 64)
+    # area averaging: the mean colour of the front camera survives the 4x downsampling
+    front = list(obs["cameras"])[1]
+    np.testing.assert_allclose(
+        images[1, -1].mean(axis=(1, 2)), obs["cameras"][front].mean(axis=(0, 1)), atol=1.0
+    )

@@ -23,9 +23,8 @@ Options (keyword arguments; strings accepted, since ``--policy-option key=value`
 ``reasoning`` single | multi, ``diffusion`` graph | eager | dynamic, ``select`` first | medoid |
 scored, ``device`` cpu | cuda, ``seed`` (0), ``cot_tokens`` (force the CoC length),
 ``max_cot_tokens``, ``temperature``, ``threads`` (torch CPU threads, process-wide; default: torch's
-choice), ``camera_width`` / ``camera_height`` (the resolution this
-policy asks the env to render; the model resizes anyway), and the real-time budget
-``deadline_ms`` + ``latency_mode`` ignore | delay + ``assumed_latency_ms`` (see
+choice), ``camera_width`` / ``camera_height`` (the resolution this policy asks the env to render,
+``camera_size``; other sizes are area-resampled to it), and the real-time budget ``deadline_ms`` + ``latency_mode`` ignore | delay + ``assumed_latency_ms`` (see
 :mod:`alpasim_policy.policies.deadline`). Bad values raise :class:`ConfigError` naming the option.
 
 Deadline default. Without ``deadline_ms`` the plan is always the model's (AlpaSim's behaviour and
@@ -252,7 +251,18 @@ class AlpamayoCore:
             raise ConfigError(
                 f"observation 'cameras': {len(order)} cameras ({order}), preset {self.preset!r} needs {need}"
             )
-        return self.frames.push(cams, int(np.asarray(observation["step"])), order)
+        w, h = self.camera_size
+        sized = {}
+        for n in order:
+            img = np.asarray(cams[n])
+            if img.ndim == 3 and img.shape[:2] != (h, w):
+                # the env may render larger than this preset needs (its default is 1920x1080): area
+                # downsampling here is far cheaper than the model resizing 4 x F full frames each tick
+                import cv2
+
+                img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+            sized[n] = img
+        return self.frames.push(sized, int(np.asarray(observation["step"])), order)
 
     def act(self, observation: dict[str, Any]) -> PolicyOutput:
         t0 = time.perf_counter()
