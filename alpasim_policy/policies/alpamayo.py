@@ -24,8 +24,9 @@ Options (keyword arguments; strings accepted, since ``--policy-option key=value`
 scored, ``device`` cpu | cuda, ``seed`` (0), ``cot_tokens`` (force the CoC length),
 ``max_cot_tokens``, ``temperature``, ``threads`` (torch CPU threads, process-wide; default: torch's
 choice), ``camera_width`` / ``camera_height`` (the resolution this policy asks the env to render,
-``camera_size``; other sizes are area-resampled to it), and the real-time budget ``deadline_ms`` + ``latency_mode`` ignore | delay + ``assumed_latency_ms`` (see
-:mod:`alpasim_policy.policies.deadline`). Bad values raise :class:`ConfigError` naming the option.
+``camera_size``; other sizes are area-resampled to it), and the real-time budget ``deadline_ms`` +
+``latency_mode`` ignore | delay + ``assumed_latency_ms`` (see :mod:`alpasim_policy.policies.deadline`).
+Bad values raise :class:`ConfigError` naming the option.
 
 Deadline default. Without ``deadline_ms`` the plan is always the model's (AlpaSim's behaviour and
 reproducible run to run); the wall time is still measured and ``extra["deadline_miss"]`` says
