@@ -245,3 +245,30 @@ def test_larger_camera_frames_are_downsampled_to_the_policy_size():
     np.testing.assert_allclose(
         images[1, -1].mean(axis=(1, 2)), obs["cameras"][front].mean(axis=(0, 1)), atol=1.0
     )
+
+
+def test_eval_cli_records_reasoning_samples_and_latency(tmp_path):
+    """``alpasim-policy eval --policy alpamayo,constant_velocity --policy-option ...`` through the registry."""
+    from alpasim_policy.cli import main
+    from alpasim_policy.sim.rollout import Rollout
+
+    suite = tmp_path / "one.yaml"
+    suite.write_text(f"name: one\nscenes: [{SCENE}]\n")
+    out = tmp_path / "run"
+    opts = ["alpamayo.preset=tiny", "alpamayo.samples=2", "alpamayo.cot_tokens=4", "alpamayo.threads=1",
+            "alpamayo.camera_width=64", "alpamayo.camera_height=36"]  # fmt: skip
+    argv = ["eval", "--suite", str(suite), "--policy", "alpamayo,constant_velocity", "--out", str(out)]
+    for o in opts:
+        argv += ["--policy-option", o]
+    assert main(argv) == 0
+    ro = Rollout.load(out / "rollouts" / "alpamayo" / f"{SCENE}.npz")
+    ticks = np.flatnonzero(np.isfinite(ro.latency_s))
+    assert len(ticks) == 24 and not ro.policy_failure.any()
+    assert all(ro.reasoning[k] for k in ticks)  # a chain-of-causation text at every tick
+    assert ro.samples is not None and ro.samples.shape[1:] == (2, 64, 3)
+    assert np.isfinite(ro.samples[ticks]).all()
+    # the executed plan of each tick is one of its samples (select=first: sample 0), in the scene frame
+    np.testing.assert_allclose(ro.plans[ticks, :, :2], ro.samples[ticks, 0, :, :2], atol=1e-6)
+    assert ro.deadline_miss.dtype == bool and (ro.latency_s[ticks] > 0).all()
+    board = (out / "leaderboard.csv").read_text()
+    assert "latency_p50_ms" in board and "alpamayo" in board and "constant_velocity" in board
