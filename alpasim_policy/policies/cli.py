@@ -92,67 +92,64 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def run_variant(
-    name: str, options: dict, scenes: list[Path], run_dir: Path, seed: int, cameras: dict | None = None
-) -> dict:
-    """Drive every scene with one policy configuration; rollouts under ``run_dir/rollouts/name``."""
-    import numpy as np
+class Variant:
+    """One policy configuration under test and what its rollouts measured."""
 
-    from alpasim_policy.evaluate import rollout_path, run_rollout
-    from alpasim_policy.policies.registry import make_policy
-    from alpasim_policy.scoring.report import score_rollout_file
+    def __init__(self, name: str, options: dict):
+        from alpasim_policy.policies.registry import make_policy
 
-    t_build = time.perf_counter()
-    policy = _Recorder(make_policy("alpamayo", **options))
-    build_s = time.perf_counter() - t_build
-    w, h = policy.camera_size
-    env_cfg = {
-        "cameras": {
-            "enabled": True,
-            "preset": policy.camera_preset,
-            "width": w,
-            "height": h,
-            **(cameras or {}),
+        self.name, self.options = name, options
+        t = time.perf_counter()
+        self.policy = _Recorder(make_policy("alpamayo", **options))
+        self.build_s = time.perf_counter() - t
+        w, h = self.policy.camera_size
+        self.env_cfg = {
+            "cameras": {"enabled": True, "preset": self.policy.camera_preset, "width": w, "height": h}
         }
-    }
-    wall = ticks = 0.0
-    latencies: list[float] = []
-    rows = []
-    memo: dict = {}
-    for path in scenes:
-        ro = run_rollout(name, path, seed=seed, env_config=env_cfg, policy=policy, policy_options=options)
-        out_path = rollout_path(run_dir, name, ro.scene_id)
+        self.wall = 0.0
+        self.latencies: list[float] = []
+        self.rows: list[dict] = []
+
+    def drive(self, scene: Path, run_dir: Path, seed: int) -> None:
+        import numpy as np
+
+        from alpasim_policy.evaluate import rollout_path, run_rollout
+        from alpasim_policy.scoring.report import score_rollout_file
+
+        ro = run_rollout(self.name, scene, seed=seed, env_config=self.env_cfg, policy=self.policy,
+                         policy_options=self.options)  # fmt: skip
+        out_path = rollout_path(run_dir, self.name, ro.scene_id)
         ro.save(out_path)
-        n = int(np.isfinite(ro.latency_s).sum())
-        wall += float(ro.extra["wall_s"])
-        ticks += n
-        latencies += [float(x) for x in ro.latency_s[np.isfinite(ro.latency_s)]]
-        memo.clear()
-        row = score_rollout_file(out_path, memo=memo)
-        rows.append(row)
-    stage = {k: statistics.median(e["timings"].get(k, 0.0) for e in policy.extras) for k in STAGES}
-    stage["total_model"] = statistics.median(e["timings"]["total"] for e in policy.extras)
-    stage["decode_tok_per_s"] = statistics.median(e["timings"]["decode_tok_per_s"] for e in policy.extras)
-    return {
-        "variant": name,
-        "scenes": [r["scene_id"] for r in rows],
-        "ticks": int(ticks),
-        "wall_s": wall,
-        "ticks_per_s": ticks / wall if wall else float("nan"),
-        "policy_share": sum(latencies) / wall if wall else float("nan"),
-        "latency_p50_ms": _pct(latencies, 50) * 1e3,
-        "latency_p95_ms": _pct(latencies, 95) * 1e3,
-        "latency_max_ms": max(latencies) * 1e3 if latencies else float("nan"),
-        "deadline_miss_rate": float(np.mean([x > 0.1 for x in latencies])) if latencies else float("nan"),
-        "EPDMS": float(np.mean([r["EPDMS"] for r in rows])),
-        "PDMS": float(np.mean([r["PDMS"] for r in rows])),
-        "collisions_at_fault": int(sum(r["collisions_at_fault_count"] for r in rows)),
-        "stages_ms": {k: v * 1e3 for k, v in stage.items() if k != "decode_tok_per_s"},
-        "decode_tok_per_s": stage["decode_tok_per_s"],
-        "build_s": build_s,
-        # how often selection kept another sample than the first (0 for "first" by definition)
-        "non_first_rate": float(np.mean([e.get("selected_index", 0) != 0 for e in policy.extras])),
-    }
+        self.wall += float(ro.extra["wall_s"])
+        self.latencies += [float(x) for x in ro.latency_s[np.isfinite(ro.latency_s)]]
+        self.rows.append(score_rollout_file(out_path, memo={}))
+
+    def result(self) -> dict:
+        import numpy as np
+
+        ex, lat, rows, wall = self.policy.extras, self.latencies, self.rows, self.wall
+        stage = {k: statistics.median(e["timings"].get(k, 0.0) for e in ex) for k in STAGES}
+        stage["total_model"] = statistics.median(e["timings"]["total"] for e in ex)
+        return {
+            "variant": self.name,
+            "scenes": [r["scene_id"] for r in rows],
+            "ticks": len(lat),
+            "wall_s": wall,
+            "ticks_per_s": len(lat) / wall if wall else float("nan"),
+            "policy_share": sum(lat) / wall if wall else float("nan"),
+            "latency_p50_ms": _pct(lat, 50) * 1e3,
+            "latency_p95_ms": _pct(lat, 95) * 1e3,
+            "latency_max_ms": max(lat) * 1e3 if lat else float("nan"),
+            "deadline_miss_rate": float(np.mean([x > 0.1 for x in lat])) if lat else float("nan"),
+            "EPDMS": float(np.mean([r["EPDMS"] for r in rows])),
+            "PDMS": float(np.mean([r["PDMS"] for r in rows])),
+            "collisions_at_fault": int(sum(r["collisions_at_fault_count"] for r in rows)),
+            "stages_ms": {k: v * 1e3 for k, v in stage.items()},
+            "decode_tok_per_s": statistics.median(e["timings"]["decode_tok_per_s"] for e in ex),
+            "build_s": self.build_s,
+            # how often selection kept another sample than the first (0 for "first" by definition)
+            "non_first_rate": float(np.mean([e.get("selected_index", 0) != 0 for e in ex])),
+        }
 
 
 def run_bench(args: argparse.Namespace) -> tuple[list[dict], dict]:
@@ -183,19 +180,20 @@ def run_bench(args: argparse.Namespace) -> tuple[list[dict], dict]:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="bench-policy-")
         run_dir = Path(tmp.name)
-    results = []
     load_before = os.getloadavg()[0]
     try:
-        for r in reasonings:
-            for s in selections:
-                name = f"alpamayo-{r}-{s}"
-                res = run_variant(name, {**base, "reasoning": r, "select": s}, scenes, run_dir, args.seed)
-                results.append(res)
-                print(
-                    f"{name}: {res['ticks']} ticks, {res['ticks_per_s']:.2f} ticks/s, latency p50 "
-                    f"{res['latency_p50_ms']:.0f} ms, EPDMS {res['EPDMS']:.3f}",
-                    flush=True,
-                )
+        variants = [
+            Variant(f"alpamayo-{r}-{s}", {**base, "reasoning": r, "select": s})
+            for r in reasonings
+            for s in selections
+        ]
+        # scene by scene, every variant in turn: load changes on a shared machine hit all alike
+        for scene in scenes:
+            for v in variants:
+                v.drive(scene, run_dir, args.seed)
+            print(f"{scene.stem}: " + ", ".join(f"{v.name} EPDMS {v.rows[-1]['EPDMS']:.3f}" for v in variants),
+                  flush=True)  # fmt: skip
+        results = [v.result() for v in variants]
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -239,10 +237,24 @@ def bench_rows(results: list[dict], args: argparse.Namespace) -> list[dict]:
                 "result": f"p50 {r['latency_p50_ms']:.1f} ms, p95 {r['latency_p95_ms']:.1f}, max "
                 f"{r['latency_max_ms']:.1f}; stage medians: "
                 + ", ".join(f"{k} {st[k]:.1f}" for k in STAGES)
-                + f" ms (decode {r['decode_tok_per_s']:.0f} tok/s; model total {st['total_model']:.1f} ms)",
+                + f" ms (decode {r['decode_tok_per_s']:.0f} tok/s; model total {st['total_model']:.1f} ms; "
+                f"1-min load average {r['load'][0]:.1f} -> {r['load'][1]:.1f})",
                 "ratio": f"deadline 100 ms missed on {r['deadline_miss_rate'] * 100:.0f}% of ticks",
             }
         )
+    by = {r["variant"]: r for r in results}
+    for sel in ("first", "scored"):
+        one, many = by.get(f"alpamayo-single-{sel}"), by.get(f"alpamayo-multi-{sel}")
+        if one and many:
+            a, b = one["stages_ms"]["total_model"], many["stages_ms"]["total_model"]
+            rows.append(
+                {
+                    "benchmark": f"policy single vs multi reasoning, model time per tick ({tag}, select={sel})",
+                    "result": f"single {a:.1f} ms, multi {b:.1f} ms (medians over {one['ticks']} closed-loop "
+                    f"ticks); EPDMS single {one['EPDMS']:.3f}, multi {many['EPDMS']:.3f}",
+                    "ratio": f"single {b / a:.2f}x faster",
+                }
+            )
     for r in results:
         rows.append(
             {
