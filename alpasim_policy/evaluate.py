@@ -63,7 +63,7 @@ def _coast_plan(speed: float, rows: int = MIN_ROWS) -> np.ndarray:
 def shifted_plan(plan_world: np.ndarray, made_at: int, step: int, pose: np.ndarray) -> np.ndarray:
     """The rows of a scene-frame plan made at ``made_at`` that lie after ``step``, in the rig frame
     of ``pose``; extended at the last rows' constant velocity to at least 10 rows."""
-    from alpasim_policy.sim.env import scene_to_rig_poses
+    from alpasim_policy.scenes.geometry import scene_to_rig_poses
 
     rows = plan_world[step - made_at :]
     if len(rows) < MIN_ROWS:
@@ -74,12 +74,6 @@ def shifted_plan(plan_world: np.ndarray, made_at: int, step: int, pose: np.ndarr
         extra = src[-1][None] + np.arange(1, n + 1)[:, None] * d[None]
         rows = np.concatenate([rows, extra]) if len(rows) else extra
     return scene_to_rig_poses(rows, pose)
-
-
-def _to_scene(samples: np.ndarray, pose: np.ndarray) -> np.ndarray:
-    from alpasim_policy.sim.env import rig_to_scene
-
-    return np.stack([rig_to_scene(s, pose) for s in samples])
 
 
 def effective_env_config(env_config: str | dict | None, policy: Any) -> dict[str, Any]:
@@ -107,6 +101,7 @@ def run_rollout(
     from alpasim_policy.policies.base import validate_plan
     from alpasim_policy.policies.registry import make_policy
     from alpasim_policy.scenes.format import load_scene
+    from alpasim_policy.scenes.geometry import rig_to_scene_poses
     from alpasim_policy.sim.env import LogReplayEnv
     from alpasim_policy.sim.rollout import Rollout
 
@@ -148,9 +143,7 @@ def run_rollout(
                 plan = _coast_plan(float(obs["speed"]))
         else:
             latency[k] = time.perf_counter() - t0
-            from alpasim_policy.sim.env import rig_to_scene
-
-            last_valid = (rig_to_scene(plan, pose), k)
+            last_valid = (rig_to_scene_poses(plan, pose), k)
         if out is not None:
             if getattr(out, "reasoning", None):
                 reasoning[k] = str(out.reasoning)
@@ -161,7 +154,7 @@ def run_rollout(
             if getattr(out, "samples", None) is not None and not failure[k]:
                 smp = np.asarray(out.samples, np.float64)
                 if smp.ndim == 3 and smp.shape[-1] == 3 and np.all(np.isfinite(smp)):
-                    samples[k] = _to_scene(smp, pose)
+                    samples[k] = rig_to_scene_poses(smp, pose)
         obs, _, term, trunc, info = env.step(plan)
         for c in info["collisions"]:
             contacts.append({**c, "step": int(info["step"])})

@@ -170,21 +170,6 @@ class SceneGeometry:
         )
 
 
-def world_to_rig(points: np.ndarray, pose: np.ndarray) -> np.ndarray:
-    """Scene-frame (..., 2) points into the rig frame of ``pose`` = (x, y, heading)."""
-    c, s = np.cos(pose[2]), np.sin(pose[2])
-    d = points - pose[:2]
-    out = np.empty_like(d, dtype=np.float64)
-    out[..., 0] = c * d[..., 0] + s * d[..., 1]
-    out[..., 1] = -s * d[..., 0] + c * d[..., 1]
-    return out
-
-
-def split(points: np.ndarray, offsets: np.ndarray, idx: np.ndarray) -> list[np.ndarray]:
-    """The selected items of a flattened array, as a list (what cv2 drawing calls take)."""
-    return [points[offsets[i] : offsets[i + 1]] for i in idx]
-
-
 # Renderers cached per scene *object* (scenes are unhashable dataclasses, so keyed by id
 # and dropped by a finalizer when the scene is garbage-collected).
 _SCENE_CACHE: dict[int, dict[Any, Any]] = {}

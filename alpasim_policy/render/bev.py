@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 
 from alpasim_policy.errors import ConfigError
-from alpasim_policy.render._geometry import SceneGeometry, scene_cache, world_to_rig
+from alpasim_policy.render._geometry import SceneGeometry, scene_cache
 from alpasim_policy.scenes.format import AgentType, LightState, Scene
-from alpasim_policy.scenes.geometry import box_corners
+from alpasim_policy.scenes.geometry import box_corners, scene_to_rig_xy
 
 _SHIFT = 4  # sub-pixel bits for cv2 drawing calls
 _SCALE = float(1 << _SHIFT)
@@ -183,7 +183,7 @@ class BevRenderer:
             return
         # Transforming every point of the layer is one vectorised op (cheaper than gathering
         # the selected items' points first); culling then only decides what cv2 fills.
-        fx = self._fixed(world_to_rig(flat.points, pose))
+        fx = self._fixed(scene_to_rig_xy(flat.points, pose))
         o = flat.offsets
         polys = [fx[o[i] : o[i + 1]] for i in idx]
         if fill:
@@ -199,7 +199,7 @@ class BevRenderer:
         idx = road.near(pose[:2], self._radius)
         if len(idx) == 0:
             return
-        fx = self._fixed(world_to_rig(road.rings.points, pose))
+        fx = self._fixed(scene_to_rig_xy(road.rings.points, pose))
         o = road.rings.offsets
         for k in idx:  # one call per polygon: exterior + holes, even-odd
             cv2.fillPoly(img, [fx[o[i] : o[i + 1]] for i in road.groups[k]], color, self._line, _SHIFT)
@@ -244,7 +244,7 @@ class BevRenderer:
             self._draw_agents(img, pose, np.asarray(agent_states), agent_valid)
         if c.draw_plan and (plan_world is not None or plan_rig is not None):
             if plan_rig is None:
-                plan_rig = world_to_rig(np.asarray(plan_world, dtype=np.float64)[:, :2], pose)
+                plan_rig = scene_to_rig_xy(np.asarray(plan_world, dtype=np.float64)[:, :2], pose)
             self._draw_plan(img, np.asarray(plan_rig, dtype=np.float64)[:, :2])
         if c.draw_ego:
             L, W, r2c = self._ego_dims
@@ -258,7 +258,7 @@ class BevRenderer:
         states = self._light_states
         T = states.shape[1]
         col = states[:, min(max(int(step), 0), T - 1)] if T else np.zeros(len(states), dtype=np.int8)
-        fx = self._fixed(world_to_rig(self.geometry.stop_lines, pose))
+        fx = self._fixed(scene_to_rig_xy(self.geometry.stop_lines, pose))
         thick = max(2, int(round(0.5 / self.config.meters_per_pixel)))
         for k in range(len(fx)):
             color = self._light_rgb.get(int(col[k]), self._light_rgb[LightState.UNKNOWN])
@@ -277,7 +277,7 @@ class BevRenderer:
         idx = np.nonzero(mask)[0]
         if len(idx) == 0:
             return
-        xy = world_to_rig(states[idx, :2], pose)
+        xy = scene_to_rig_xy(states[idx, :2], pose)
         h = states[idx, 2] - pose[2]
         corners = box_corners(xy[:, 0], xy[:, 1], h, a.size[idx, 0], a.size[idx, 1])
         fx = self._fixed(corners)

@@ -83,14 +83,57 @@ def center_to_rear_axle(state: np.ndarray, rear_axle_to_center: float) -> np.nda
     return _shift_along_heading(state, -rear_axle_to_center)
 
 
-# Names the brief asked for; kept as aliases so either spelling reads naturally.
-rear_axle_to_center_xy = rear_axle_to_center
-center_to_rear_axle_xy = center_to_rear_axle
-
-
 def wrap_angle(a: np.ndarray | float) -> np.ndarray:
     """Wrap angles to [-pi, pi)."""
     return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi
+
+
+# ----------------------------------------------------------------------------- frames
+#
+# The rig frame of a pose (x, y, heading) in the scene frame: origin at (x, y) (the rear axle),
+# x forward along the heading, y left. The env builds observations with these, the renderers
+# draw with them, policies and the server convert plans with them; one definition keeps every
+# stage on the same convention.
+
+
+def scene_to_rig_xy(xy: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """Scene-frame points ``(..., 2)`` -> the rig frame of ``pose`` = (x, y, heading)."""
+    pose = np.asarray(pose, dtype=np.float64)
+    c, s = np.cos(pose[2]), np.sin(pose[2])
+    d = np.asarray(xy, dtype=np.float64) - pose[:2]
+    return np.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]], axis=-1)
+
+
+def rig_to_scene_xy(xy: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`scene_to_rig_xy`: rig-frame points ``(..., 2)`` -> scene frame."""
+    pose = np.asarray(pose, dtype=np.float64)
+    c, s = np.cos(pose[2]), np.sin(pose[2])
+    p = np.asarray(xy, dtype=np.float64)
+    return np.stack(
+        [pose[0] + c * p[..., 0] - s * p[..., 1], pose[1] + s * p[..., 0] + c * p[..., 1]], axis=-1
+    )
+
+
+def scene_to_rig_poses(poses: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """Scene-frame poses ``(..., 3)`` (x, y, heading) -> rig frame of ``pose``; headings wrapped."""
+    poses = np.asarray(poses, dtype=np.float64)
+    out = np.empty(poses.shape, dtype=np.float64)
+    out[..., :2] = scene_to_rig_xy(poses[..., :2], pose)
+    out[..., 2] = wrap_angle(poses[..., 2] - pose[2])
+    return out
+
+
+def rig_to_scene_poses(poses: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """Rig-frame poses ``(..., 3)`` -> scene frame of a rig at ``pose``.
+
+    Headings are *not* wrapped: ``heading + pose[2]`` keeps a plan's heading sequence on one
+    branch (no 2 pi jumps along the plan).
+    """
+    poses = np.asarray(poses, dtype=np.float64)
+    out = np.empty(poses.shape, dtype=np.float64)
+    out[..., :2] = rig_to_scene_xy(poses[..., :2], pose)
+    out[..., 2] = poses[..., 2] + pose[2]
+    return out
 
 
 # ----------------------------------------------------------------------------- polylines

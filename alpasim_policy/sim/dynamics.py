@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from alpasim_policy.scenes.geometry import wrap_angle
+
 STATE_COLUMNS = ("x", "y", "heading", "v", "steer", "accel")
 X, Y, HEADING, V, STEER, ACCEL = range(6)
 
@@ -60,11 +62,6 @@ class VehicleParams:
             rear_axle_to_center=float(ego.rear_axle_to_center),
         )
         return replace(base, **overrides) if overrides else base
-
-
-def wrap_angle(a: np.ndarray | float) -> np.ndarray:
-    """Map angles to [-pi, pi)."""
-    return (np.asarray(a) + np.pi) % (2.0 * np.pi) - np.pi
 
 
 def propagate(
@@ -129,12 +126,4 @@ def to_ego_columns(state: np.ndarray, params: VehicleParams) -> np.ndarray:
     out[..., 4] = v * s
     out[..., 5] = a * c - a_lat * s
     out[..., 6] = a * s + a_lat * c
-    return out
-
-
-def center_from_rear_axle(pose: np.ndarray, rear_axle_to_center: float) -> np.ndarray:
-    """(..., 3) rear-axle poses -> (..., 3) box-centre poses."""
-    out = np.array(pose, dtype=np.float64, copy=True)
-    out[..., 0] += rear_axle_to_center * np.cos(out[..., 2])
-    out[..., 1] += rear_axle_to_center * np.sin(out[..., 2])
     return out

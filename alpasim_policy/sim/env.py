@@ -49,7 +49,14 @@ from alpasim_policy.policies.base import (
     validate_plan,
 )
 from alpasim_policy.scenes.format import Scene, load_scene
-from alpasim_policy.scenes.geometry import MapIndex, Polyline, box_corners
+from alpasim_policy.scenes.geometry import (
+    MapIndex,
+    Polyline,
+    box_corners,
+    rig_to_scene_poses,
+    scene_to_rig_xy,
+    wrap_angle,
+)
 from alpasim_policy.sim import collision as col
 from alpasim_policy.sim.agents import IDMParams, make_agents
 from alpasim_policy.sim.config import load_env_config, tracker_params
@@ -81,31 +88,6 @@ def resolve_scene(scene: str | Path | Scene) -> Scene:
     return load_scene(find_scene(scene))
 
 
-def to_rig(xy: np.ndarray, pose: np.ndarray) -> np.ndarray:
-    """Scene-frame points (..., 2) -> rig frame of ``pose`` (x, y, heading)."""
-    c, s = np.cos(pose[2]), np.sin(pose[2])
-    d = np.asarray(xy, np.float64) - pose[:2]
-    return np.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]], axis=-1)
-
-
-def rig_to_scene(plan: np.ndarray, pose: np.ndarray) -> np.ndarray:
-    """Rig-frame poses (T, 3) -> scene frame."""
-    c, s = np.cos(pose[2]), np.sin(pose[2])
-    out = np.empty_like(plan, dtype=np.float64)
-    out[:, 0] = pose[0] + c * plan[:, 0] - s * plan[:, 1]
-    out[:, 1] = pose[1] + s * plan[:, 0] + c * plan[:, 1]
-    out[:, 2] = plan[:, 2] + pose[2]
-    return out
-
-
-def scene_to_rig_poses(poses: np.ndarray, pose: np.ndarray) -> np.ndarray:
-    """Scene-frame poses (T, 3) -> rig frame of ``pose``."""
-    out = np.empty_like(poses, dtype=np.float64)
-    out[:, :2] = to_rig(poses[:, :2], pose)
-    out[:, 2] = (poses[:, 2] - pose[2] + np.pi) % (2 * np.pi) - np.pi
-    return out
-
-
 def navigation_command(route_rig: np.ndarray, lookahead_m: float = 5.0, threshold_m: float = 2.0) -> int:
     """AlpaSim's rule: the first route point at least ``lookahead_m`` from the rig decides.
 
@@ -132,7 +114,7 @@ def initial_steer(log: np.ndarray, k: int, vehicle: VehicleParams, window: int =
     dist = float(np.sum(np.hypot(*np.diff(seg[:, :2], axis=0).T))) if len(seg) > 1 else 0.0
     if dist < 2.0:
         return 0.0
-    dh = float((seg[-1, 2] - seg[0, 2] + np.pi) % (2 * np.pi) - np.pi)
+    dh = float(wrap_angle(seg[-1, 2] - seg[0, 2]))
     steer = float(np.arctan(vehicle.wheelbase * dh / dist))
     return float(np.clip(steer, -vehicle.max_steering_angle, vehicle.max_steering_angle))
 
@@ -252,7 +234,7 @@ class LogReplayEnv(gym.Env):
             raise RuntimeError("step() called after the episode ended; call reset()")
         plan = validate_plan(action, min_steps=MIN_PLAN_STEPS, where=f"{self.scene.scene_id} step {k}: plan")
         pose = self._state[0, :3]
-        plan_world = rig_to_scene(plan, pose)
+        plan_world = rig_to_scene_poses(plan, pose)
         self.plans[k] = plan_world
         self._last_plan_world = plan_world
         self._state = simulate_internal(
@@ -356,10 +338,10 @@ class LogReplayEnv(gym.Env):
         idx = np.clip(np.arange(lo, k + 1), 0, None)
         hist = self.ego_traj[idx]
         h = np.empty((HISTORY_STEPS, 4), np.float32)
-        h[:, :2] = to_rig(hist[:, :2], pose)
-        h[:, 2] = (hist[:, 2] - pose[2] + np.pi) % (2 * np.pi) - np.pi
+        h[:, :2] = scene_to_rig_xy(hist[:, :2], pose)
+        h[:, 2] = wrap_angle(hist[:, 2] - pose[2])
         h[:, 3] = np.hypot(hist[:, 3], hist[:, 4])
-        route = to_rig(self._route_ahead(pose[:2]), pose)
+        route = scene_to_rig_xy(self._route_ahead(pose[:2]), pose)
         c = self.config["command"]
         cmd = navigation_command(route, c["lookahead_m"], c["lateral_threshold_m"])
         a_state, a_valid = self.agent_traj[:, k], self.agent_valid_traj[:, k]
@@ -371,8 +353,8 @@ class LogReplayEnv(gym.Env):
             sel = valid[np.argsort(d, kind="stable")[:MAX_AGENTS]]
             m = len(sel)
             cth, sth = np.cos(pose[2]), np.sin(pose[2])
-            agents[:m, :2] = to_rig(a_state[sel, :2], pose)
-            agents[:m, 2] = (a_state[sel, 2] - pose[2] + np.pi) % (2 * np.pi) - np.pi
+            agents[:m, :2] = scene_to_rig_xy(a_state[sel, :2], pose)
+            agents[:m, 2] = wrap_angle(a_state[sel, 2] - pose[2])
             agents[:m, 3] = cth * a_state[sel, 3] + sth * a_state[sel, 4]
             agents[:m, 4] = -sth * a_state[sel, 3] + cth * a_state[sel, 4]
             agents[:m, 5:7] = self.agent_size[sel]

@@ -41,6 +41,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from alpasim_policy.scenes.geometry import wrap_angle
 from alpasim_policy.sim.dynamics import (
     ACCEL,
     HEADING,
@@ -50,7 +51,6 @@ from alpasim_policy.sim.dynamics import (
     from_ego_columns,
     propagate,
     to_ego_columns,
-    wrap_angle,
 )
 
 DT = 0.1
