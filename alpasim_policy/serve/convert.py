@@ -36,6 +36,7 @@ from alpasim_policy.policies.base import (
     ROUTE_POINTS,
     ROUTE_SPACING_M,
 )
+from alpasim_policy.scenes.geometry import rig_to_scene_xy, scene_to_rig_xy, wrap_angle
 from alpasim_policy.serve.proto import common_pb2, sensorsim_pb2
 
 STEP_US = 100_000  # our 10 Hz tick
@@ -56,10 +57,6 @@ class RequestError(AlpasimError, ValueError):
 
 
 # ----------------------------------------------------------------------------- poses
-
-
-def wrap_angle(a: np.ndarray | float) -> np.ndarray:
-    return (np.asarray(a) + np.pi) % (2.0 * np.pi) - np.pi
 
 
 def quat_to_yaw(w: float, x: float, y: float, z: float) -> float:
@@ -115,18 +112,12 @@ def parse_pose(p: common_pb2.Pose, where: str) -> LocalPose:
 
 def to_rig(xy: np.ndarray, origin: tuple[float, float, float]) -> np.ndarray:
     """Points (N, 2) in a frame -> the rig frame of pose ``origin`` = (x, y, yaw) in that frame."""
-    x0, y0, h = origin
-    c, s = math.cos(h), math.sin(h)
-    d = np.asarray(xy, dtype=np.float64) - (x0, y0)
-    return np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]], axis=1)
+    return scene_to_rig_xy(xy, origin)
 
 
 def from_rig(xy: np.ndarray, origin: tuple[float, float, float]) -> np.ndarray:
     """Points (N, 2) in the rig frame of ``origin`` -> the frame ``origin`` is expressed in."""
-    x0, y0, h = origin
-    c, s = math.cos(h), math.sin(h)
-    p = np.asarray(xy, dtype=np.float64)
-    return np.stack([x0 + c * p[:, 0] - s * p[:, 1], y0 + s * p[:, 0] + c * p[:, 1]], axis=1)
+    return rig_to_scene_xy(xy, origin)
 
 
 # ----------------------------------------------------------------------------- session buffers
