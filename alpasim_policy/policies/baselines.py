@@ -22,21 +22,11 @@ import numpy as np
 
 from alpasim_policy.policies.base import MIN_PLAN_STEPS, PolicyOutput
 from alpasim_policy.scenes.format import LightState
-from alpasim_policy.scenes.geometry import Polyline, box_corners
+from alpasim_policy.scenes.geometry import Polyline, box_corners, scene_to_rig_poses, wrap_angle
 from alpasim_policy.sim.collision import boxes_overlap
 
 DT = 0.1
 PLAN_STEPS = 64  # 6.4 s, what Alpamayo emits
-
-
-def _rig(xy: np.ndarray, pose: np.ndarray) -> np.ndarray:
-    c, s = np.cos(pose[2]), np.sin(pose[2])
-    d = np.asarray(xy, np.float64) - pose[:2]
-    return np.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]], axis=-1)
-
-
-def _wrap(a):
-    return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi
 
 
 class LogReplayPolicy:
@@ -66,10 +56,7 @@ class LogReplayPolicy:
             d[2] = 0.0
             extra = base[-1][None] + np.arange(1, MIN_PLAN_STEPS - len(fut) + 1)[:, None] * d[None]
             fut = np.concatenate([fut, extra]) if len(fut) else extra
-        plan = np.empty((len(fut), 3))
-        plan[:, :2] = _rig(fut[:, :2], pose)
-        plan[:, 2] = _wrap(fut[:, 2] - pose[2])
-        return PolicyOutput(trajectory=plan)
+        return PolicyOutput(trajectory=scene_to_rig_poses(fut, pose))
 
 
 def _kinematic_log_poses(state: np.ndarray, min_speed: float = 8.0, half_window: int = 3) -> np.ndarray:
@@ -91,7 +78,7 @@ def _kinematic_log_poses(state: np.ndarray, min_speed: float = 8.0, half_window:
     moving = np.hypot(d[:, 0], d[:, 1]) / DT > min_speed
     motion = np.arctan2(d[:, 1], d[:, 0])
     # Keep the logged yaw's branch (no 2 pi jumps) and only swap in the motion direction.
-    poses[:, 2] = np.where(moving, poses[:, 2] + _wrap(motion - poses[:, 2]), poses[:, 2])
+    poses[:, 2] = np.where(moving, poses[:, 2] + wrap_angle(motion - poses[:, 2]), poses[:, 2])
     return poses
 
 
@@ -161,11 +148,8 @@ class IDMPolicy:
             float(ego.rear_axle_to_center),
         )
         # Desired speed: the route lanes' speed limit where known, else the given / a town default.
-        limits = [
-            scene.map.lane(x).speed_limit
-            for x in scene.route.lane_ids
-            if x in {ln.id for ln in scene.map.lanes}
-        ]
+        lane_ids = {ln.id for ln in scene.map.lanes}
+        limits = [scene.map.lane(x).speed_limit for x in scene.route.lane_ids if x in lane_ids]
         limits = [v for v in limits if v]
         self.v_desired = self.target_speed or (min(limits) if limits else 13.9)  # 50 km/h
         # Red-light stop lines on the route, as arc lengths (static map geometry).
@@ -188,19 +172,28 @@ class IDMPolicy:
         a = self.accel_max * (free - (s_star / max(gap, 0.01)) ** 2)
         return float(np.clip(a, -self.decel_max, self.accel_max))
 
-    def _leads(self, obs: dict[str, Any], s_ego: float) -> tuple[np.ndarray, np.ndarray]:
-        """Obstacles on the route ahead: arc length of their near edge and their speed along it."""
+    @staticmethod
+    def _agents_in_scene(obs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The observed agents (mask applied): their rows (N, 8) and, in the scene frame, box
+        centres (N, 2), headings (N,) and velocities (N, 2). Computed once per tick and shared by
+        the lead search and the conflict check."""
         pose = np.asarray(obs["pose"], np.float64)
-        agents = np.asarray(obs["agents"], np.float64)
         mask = np.asarray(obs["agents_mask"]).astype(bool)
+        a = np.asarray(obs["agents"], np.float64)[mask]
+        c, s = np.cos(pose[2]), np.sin(pose[2])
+        xy = pose[:2] + np.stack([c * a[:, 0] - s * a[:, 1], s * a[:, 0] + c * a[:, 1]], axis=-1)
+        h = a[:, 2] + pose[2]
+        vel = np.stack([c * a[:, 3] - s * a[:, 4], s * a[:, 3] + c * a[:, 4]], axis=-1)
+        return a, xy, h, vel
+
+    def _leads(
+        self, obs: dict[str, Any], s_ego: float, agents: tuple[np.ndarray, ...]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Obstacles on the route ahead: arc length of their near edge and their speed along it."""
         s_list, v_list = [], []
-        if mask.any():
-            a = agents[mask]
-            c, s = np.cos(pose[2]), np.sin(pose[2])
-            xy = pose[:2] + np.stack([c * a[:, 0] - s * a[:, 1], s * a[:, 0] + c * a[:, 1]], axis=-1)
-            h = a[:, 2] + pose[2]
-            vx = c * a[:, 3] - s * a[:, 4]
-            vy = s * a[:, 3] + c * a[:, 4]
+        a, xy, h, vel = agents
+        if len(a):
+            vx, vy = vel[:, 0], vel[:, 1]
             sa, lat, hd = self.route.project(xy)
             ahead = (sa > s_ego) & (sa < s_ego + self.lookahead_m)
             # Corridor test with the agent's extent across the route direction.
@@ -271,23 +264,24 @@ class IDMPolicy:
                 heading[i] = heading[i - 1]
         return np.concatenate([pts, heading[:, None]], axis=1)
 
-    def _first_conflict(self, obs: dict[str, Any], poses: np.ndarray) -> int | None:
-        """Index of the first planned pose whose box meets an agent forecast at constant velocity."""
-        mask = np.asarray(obs["agents_mask"]).astype(bool)
-        if not mask.any():
+    def _forecast_corners(self, agents: tuple[np.ndarray, ...]) -> np.ndarray | None:
+        """Agent boxes (S, N, 4, 2) over the conflict horizon at constant velocity; None if no agents.
+
+        They do not depend on the plan, so they are built once per tick, not per re-plan."""
+        a, xy, h, vel = agents
+        if not len(a):
             return None
-        pose = np.asarray(obs["pose"], np.float64)
-        a = np.asarray(obs["agents"], np.float64)[mask]
-        c, s = np.cos(pose[2]), np.sin(pose[2])
-        xy = pose[:2] + np.stack([c * a[:, 0] - s * a[:, 1], s * a[:, 0] + c * a[:, 1]], axis=-1)
-        h = a[:, 2] + pose[2]
-        vel = np.stack([c * a[:, 3] - s * a[:, 4], s * a[:, 3] + c * a[:, 4]], axis=-1)
         n_check = min(self.steps, self.conflict_steps)
         t = DT * np.arange(1, n_check + 1)
         fx = xy[None, :, 0] + t[:, None] * vel[None, :, 0]
         fy = xy[None, :, 1] + t[:, None] * vel[None, :, 1]
-        agent_c = box_corners(fx, fy, h[None], a[None, :, 5], a[None, :, 6])  # (S, N, 4, 2)
-        p = poses[:n_check]
+        return box_corners(fx, fy, h[None], a[None, :, 5], a[None, :, 6])
+
+    def _first_conflict(self, agent_c: np.ndarray | None, poses: np.ndarray) -> int | None:
+        """Index of the first planned pose whose box meets an agent forecast (:meth:`_forecast_corners`)."""
+        if agent_c is None:
+            return None
+        p = poses[: len(agent_c)]
         ex = p[:, 0] + self.r2c * np.cos(p[:, 2])
         ey = p[:, 1] + self.r2c * np.sin(p[:, 2])
         ego_c = box_corners(
@@ -302,7 +296,9 @@ class IDMPolicy:
         v = max(float(observation["speed"]), 0.0)
         s_arr, lat, _ = self.route.project(pose[None, :2])
         s_ego, lat0 = float(s_arr[0]), float(lat[0])
-        lead_s, lead_v = self._leads(observation, s_ego)
+        agents = self._agents_in_scene(observation)
+        lead_s, lead_v = self._leads(observation, s_ego, agents)
+        agent_c = self._forecast_corners(agents)
         out_s = self._speed_profile(s_ego, v, lead_s, lead_v)
         poses = self._poses(pose, s_ego, lat0, out_s)
         # PDM-style safety check: if the plan would meet an agent forecast at constant velocity
@@ -310,7 +306,7 @@ class IDMPolicy:
         # where the front bumper would be at that moment and re-plan; a few rounds at most.
         conflicts = 0
         for _ in range(3):
-            i = self._first_conflict(observation, poses)
+            i = self._first_conflict(agent_c, poses)
             if i is None:
                 break
             conflicts += 1
@@ -320,7 +316,5 @@ class IDMPolicy:
             lead_v = np.append(lead_v, 0.0)
             out_s = self._speed_profile(s_ego, v, lead_s, lead_v)
             poses = self._poses(pose, s_ego, lat0, out_s)
-        plan = np.empty((self.steps, 3))
-        plan[:, :2] = _rig(poses[:, :2], pose)
-        plan[:, 2] = _wrap(poses[:, 2] - pose[2])
+        plan = scene_to_rig_poses(poses, pose)
         return PolicyOutput(trajectory=plan, extra={"lead_count": int(len(lead_s)), "conflicts": conflicts})
