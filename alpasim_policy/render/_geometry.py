@@ -10,14 +10,12 @@ Frames: points here are in the *scene frame* (see ``scenes/format.py``).
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from alpasim_policy.scenes.format import AgentType, Scene
+from alpasim_policy.scenes.geometry import map_index, scene_cache
 
 #: Box heights (m) per agent type, used by the camera renderer (the scene stores only a
 #: footprint). Typical values for each class: cars ~1.6 m, buses/trucks ~3.3 m.
@@ -104,9 +102,7 @@ class RoadSurface:
     def from_scene(cls, scene: Scene, tolerance: float = 0.05) -> RoadSurface:
         import shapely
 
-        from alpasim_policy.scenes.geometry import MapIndex
-
-        area = shapely.simplify(MapIndex(scene).drivable, tolerance)
+        area = shapely.simplify(map_index(scene).drivable, tolerance)
         polys = [g for g in getattr(area, "geoms", [area]) if g.geom_type == "Polygon" and not g.is_empty]
         rings: list[np.ndarray] = []
         groups: list[np.ndarray] = []
@@ -168,20 +164,3 @@ class SceneGeometry:
             route=FlatPolylines.from_list([scene.route.polyline]),
             stop_lines=stop,
         )
-
-
-# Renderers cached per scene *object* (scenes are unhashable dataclasses, so keyed by id
-# and dropped by a finalizer when the scene is garbage-collected).
-_SCENE_CACHE: dict[int, dict[Any, Any]] = {}
-
-
-def scene_cache(scene: Scene, key: Any, build: Callable[[], Any]) -> Any:
-    """Return ``build()`` cached for (this scene object, key)."""
-    sid = id(scene)
-    per_scene = _SCENE_CACHE.get(sid)
-    if per_scene is None:
-        per_scene = _SCENE_CACHE[sid] = {}
-        weakref.finalize(scene, _SCENE_CACHE.pop, sid, None)
-    if key not in per_scene:
-        per_scene[key] = build()
-    return per_scene[key]

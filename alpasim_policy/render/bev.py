@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 
 from alpasim_policy.errors import ConfigError
-from alpasim_policy.render._geometry import SceneGeometry, scene_cache
+from alpasim_policy.render._geometry import SceneGeometry
 from alpasim_policy.scenes.format import AgentType, LightState, Scene
-from alpasim_policy.scenes.geometry import box_corners, scene_to_rig_xy
+from alpasim_policy.scenes.geometry import box_corners, scene_cache, scene_to_rig_xy
 
 _SHIFT = 4  # sub-pixel bits for cv2 drawing calls
 _SCALE = float(1 << _SHIFT)

@@ -35,9 +35,9 @@ import cv2
 import numpy as np
 
 from alpasim_policy.errors import ConfigError
-from alpasim_policy.render._geometry import AGENT_HEIGHTS, SceneGeometry, scene_cache
+from alpasim_policy.render._geometry import AGENT_HEIGHTS, SceneGeometry
 from alpasim_policy.scenes.format import AgentType, LightState, Scene
-from alpasim_policy.scenes.geometry import box_corners
+from alpasim_policy.scenes.geometry import box_corners, scene_cache
 
 RIGS_DIR = Path(__file__).with_name("rigs")
 PRESETS = ("av2_ring", "alpamayo4")

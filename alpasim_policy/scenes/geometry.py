@@ -12,9 +12,10 @@ stored at its **rear axle**, so use :func:`rear_axle_to_center` first.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import shapely
@@ -345,3 +346,32 @@ class MapIndex:
             if cost < best_cost:
                 best, best_cost = i, cost
         return best
+
+
+# ----------------------------------------------------------------------------- per-scene cache
+
+# Keyed by id(scene): scenes are unhashable dataclasses. A finalizer drops a scene's entries when
+# it is garbage-collected, so a cached value must not refer to the scene object itself (keep the
+# parts it needs), or the scene would never be collected.
+_SCENE_CACHE: dict[int, dict[Any, Any]] = {}
+
+
+def scene_cache(scene: Scene, key: Any, build: Callable[[], Any]) -> Any:
+    """Return ``build()`` cached for (this scene object, key).
+
+    One cache for every stage (the env's map index, the renderers' flattened geometry and
+    renderers), so per-scene constants are built once per process, not once per consumer.
+    """
+    sid = id(scene)
+    per_scene = _SCENE_CACHE.get(sid)
+    if per_scene is None:
+        per_scene = _SCENE_CACHE[sid] = {}
+        weakref.finalize(scene, _SCENE_CACHE.pop, sid, None)
+    if key not in per_scene:
+        per_scene[key] = build()
+    return per_scene[key]
+
+
+def map_index(scene: Scene) -> MapIndex:
+    """The scene's :class:`MapIndex`, built once per scene object (shared by the env and renderers)."""
+    return scene_cache(scene, "map_index", lambda: MapIndex(scene))

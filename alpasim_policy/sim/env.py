@@ -28,7 +28,6 @@ rollout (the seed is kept for the policy and for ``np_random``; no simulation st
 
 from __future__ import annotations
 
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +49,9 @@ from alpasim_policy.policies.base import (
 )
 from alpasim_policy.scenes.format import Scene, load_scene
 from alpasim_policy.scenes.geometry import (
-    MapIndex,
     Polyline,
     box_corners,
+    map_index,
     rig_to_scene_poses,
     scene_to_rig_xy,
     wrap_angle,
@@ -64,18 +63,6 @@ from alpasim_policy.sim.dynamics import VehicleParams, from_ego_columns, to_ego_
 from alpasim_policy.sim.tracker import simulate_internal
 
 ACTION_ROWS = 64
-
-_INDEX_CACHE: dict[int, MapIndex] = {}
-
-
-def map_index(scene: Scene) -> MapIndex:
-    """The scene's :class:`MapIndex`, built once per scene object."""
-    key = id(scene)
-    idx = _INDEX_CACHE.get(key)
-    if idx is None:
-        idx = _INDEX_CACHE[key] = MapIndex(scene)
-        weakref.finalize(scene, _INDEX_CACHE.pop, key, None)
-    return idx
 
 
 def resolve_scene(scene: str | Path | Scene) -> Scene:
