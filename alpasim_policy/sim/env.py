@@ -148,6 +148,7 @@ class LogReplayEnv(gym.Env):
         from alpasim_policy.render.bev import BevConfig
 
         self.bev_config = BevConfig.from_dict(bev)
+        self._bev_renderer = None
         cam = self.config["cameras"]
         self.camera_rig = None
         if cam["enabled"]:
@@ -382,10 +383,14 @@ class LogReplayEnv(gym.Env):
         return np.stack([np.interp(sq, r.s, r.points[:, 0]), np.interp(sq, r.s, r.points[:, 1])], axis=-1)
 
     def _bev(self, ego, a_state, a_valid, k) -> np.ndarray:
-        from alpasim_policy.render.bev import render_bev
+        # The renderer is looked up once per env: the per-call lookup (render_bev) hashes the
+        # whole BevConfig, which cost about as much as drawing the raster.
+        if self._bev_renderer is None:
+            from alpasim_policy.render.bev import get_bev_renderer
 
-        return render_bev(self.scene, ego_state=ego, agent_states=a_state, agent_valid=a_valid, step=k,
-                          plan_world=self._last_plan_world, config=self.bev_config)  # fmt: skip
+            self._bev_renderer = get_bev_renderer(self.scene, self.bev_config)
+        return self._bev_renderer.render(ego_state=ego, agent_states=a_state, agent_valid=a_valid, step=k,
+                                         plan_world=self._last_plan_world)  # fmt: skip
 
     def render(self):
         if self.render_mode != "rgb_array":
