@@ -29,22 +29,19 @@ import numpy as np
 
 from alpasim_policy.errors import AlpasimError
 from alpasim_policy.policies.base import (
-    COMMAND_LEFT,
-    COMMAND_RIGHT,
-    COMMAND_STRAIGHT,
     HISTORY_STEPS,
     ROUTE_POINTS,
     ROUTE_SPACING_M,
 )
 from alpasim_policy.scenes.geometry import rig_to_scene_xy, scene_to_rig_xy, wrap_angle
 from alpasim_policy.serve.proto import common_pb2, sensorsim_pb2
+from alpasim_policy.sim.command import LATERAL_THRESHOLD_M, LOOKAHEAD_M, navigation_command
 
 STEP_US = 100_000  # our 10 Hz tick
 TIME_TOL_US = 1_000  # timestamps closer than 1 ms are "the same time"
-# AlpaSim's route -> command rule (its driver's RouteConfig defaults): the first waypoint at
-# least 5 m away decides; more than 2 m to the left / right of the rig means turn.
-COMMAND_LOOKAHEAD_M = 5.0
-COMMAND_LATERAL_M = 2.0
+# AlpaSim's route -> command rule (see alpasim_policy.sim.command).
+COMMAND_LOOKAHEAD_M = LOOKAHEAD_M
+COMMAND_LATERAL_M = LATERAL_THRESHOLD_M
 MAX_BUFFERED_POSES = 256  # 25 s at 10 Hz: far more than any history a policy reads
 
 
@@ -244,18 +241,8 @@ def parse_waypoints(waypoints, where: str = "route.waypoints") -> np.ndarray:
 
 
 def command_from_route(route_rig: np.ndarray) -> int:
-    """AlpaSim's rule: the first waypoint >= 5 m away; > 2 m left -> left, < -2 m -> right."""
-    if len(route_rig) == 0:
-        return COMMAND_STRAIGHT
-    far = np.hypot(route_rig[:, 0], route_rig[:, 1]) >= COMMAND_LOOKAHEAD_M
-    if not far.any():
-        return COMMAND_STRAIGHT
-    dy = route_rig[int(np.argmax(far)), 1]
-    if dy > COMMAND_LATERAL_M:
-        return COMMAND_LEFT
-    if dy < -COMMAND_LATERAL_M:
-        return COMMAND_RIGHT
-    return COMMAND_STRAIGHT
+    """AlpaSim's rule (:func:`alpasim_policy.sim.command.navigation_command`, as the env applies it)."""
+    return navigation_command(route_rig, COMMAND_LOOKAHEAD_M, COMMAND_LATERAL_M)
 
 
 def resample_route(

@@ -37,9 +37,6 @@ from gymnasium import spaces
 
 from alpasim_policy.errors import ConfigError
 from alpasim_policy.policies.base import (
-    COMMAND_LEFT,
-    COMMAND_RIGHT,
-    COMMAND_STRAIGHT,
     HISTORY_STEPS,
     MAX_AGENTS,
     MIN_PLAN_STEPS,
@@ -58,6 +55,7 @@ from alpasim_policy.scenes.geometry import (
 )
 from alpasim_policy.sim import collision as col
 from alpasim_policy.sim.agents import IDMParams, make_agents
+from alpasim_policy.sim.command import navigation_command
 from alpasim_policy.sim.config import load_env_config, tracker_params
 from alpasim_policy.sim.dynamics import VehicleParams, from_ego_columns, to_ego_columns
 from alpasim_policy.sim.tracker import simulate_internal
@@ -73,20 +71,6 @@ def resolve_scene(scene: str | Path | Scene) -> Scene:
     from alpasim_policy.scenes.suite import find_scene
 
     return load_scene(find_scene(scene))
-
-
-def navigation_command(route_rig: np.ndarray, lookahead_m: float = 5.0, threshold_m: float = 2.0) -> int:
-    """AlpaSim's rule: the first route point at least ``lookahead_m`` from the rig decides.
-
-    Its lateral offset > ``threshold_m`` -> left, < -``threshold_m`` -> right, else straight (also
-    when no route point is that far).
-    """
-    d = np.hypot(route_rig[:, 0], route_rig[:, 1])
-    far = np.flatnonzero(d >= lookahead_m)
-    if not len(far):
-        return COMMAND_STRAIGHT
-    y = route_rig[far[0], 1]
-    return COMMAND_LEFT if y > threshold_m else COMMAND_RIGHT if y < -threshold_m else COMMAND_STRAIGHT
 
 
 def initial_steer(log: np.ndarray, k: int, vehicle: VehicleParams, window: int = 10) -> float:
