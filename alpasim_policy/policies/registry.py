@@ -59,17 +59,18 @@ def _construct(cls: type, spec: str, args: tuple, options: dict[str, Any]) -> An
 
 
 def policy_class(spec: str) -> type:
-    """The class ``spec`` names (imported lazily)."""
+    """The class ``spec`` names (imported lazily): a registered name, ``grpc://...`` or ``module:Class``."""
     spec = str(spec).strip()
     if spec.startswith(GRPC_PREFIX):
         return _load(GRPC_POLICY, spec)
     if spec in POLICIES:
         return _load(POLICIES[spec], spec)
-    if ":" in spec:
+    module, _, cls = spec.partition(":")
+    if module and cls.isidentifier():
         try:
             return _load(spec, spec)
         except AttributeError as e:
-            raise ConfigError(f"policy {spec!r}: no such class") from e
+            raise ConfigError(f"policy {spec!r}: {module} has no class {cls}") from e
     raise ConfigError(f"unknown policy {spec!r}; known: {', '.join(known_policies())}")
 
 
@@ -106,21 +107,10 @@ def split_options(policies: list[str], options: dict[str, Any]) -> dict[str, dic
 def make_policy(spec: str, **options: Any) -> Any:
     """Build the policy named ``spec`` (see :data:`POLICIES`, or ``grpc://HOST:PORT``)."""
     spec = str(spec).strip()
-    if spec.startswith(GRPC_PREFIX):
-        if len(spec) <= len(GRPC_PREFIX):
-            raise ConfigError(f"policy {spec!r}: expected grpc://HOST:PORT")
-        return _construct(_load(GRPC_POLICY, spec), spec, (spec,), options)
-    if spec not in POLICIES and ":" in spec:
-        module, _, cls = spec.partition(":")
-        if module and cls.isidentifier():
-            try:
-                target = _load(spec, spec)
-            except AttributeError as e:
-                raise ConfigError(f"policy {spec!r}: {module} has no class {cls}") from e
-            return _construct(target, spec, (), options)
-    if spec not in POLICIES:
-        raise ConfigError(f"unknown policy {spec!r}; known: {', '.join(known_policies())}")
-    return _construct(_load(POLICIES[spec], spec), spec, (), options)
+    grpc = spec.startswith(GRPC_PREFIX)
+    if grpc and len(spec) <= len(GRPC_PREFIX):
+        raise ConfigError(f"policy {spec!r}: expected grpc://HOST:PORT")
+    return _construct(policy_class(spec), spec, (spec,) if grpc else (), options)
 
 
 def parse_options(items: list[str] | None) -> dict[str, Any]:
