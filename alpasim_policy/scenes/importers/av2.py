@@ -200,10 +200,6 @@ def _with_light_steps(road: RoadMap, T: int) -> RoadMap:
     return road
 
 
-def _yaw_from_quat(qw: np.ndarray, qx: np.ndarray, qy: np.ndarray, qz: np.ndarray) -> np.ndarray:
-    return np.arctan2(2.0 * (qw * qz + qx * qy), 1.0 - 2.0 * (qy * qy + qz * qz))
-
-
 # ----------------------------------------------------------------------------- sensor logs
 
 
