@@ -52,6 +52,7 @@ from alpasim_policy.model.tokenizer import (
     AlpamayoTokenizer,
     DeltaTrajectoryTokenizer,
 )
+from alpasim_policy.scenes.geometry import scene_to_rig_xy
 
 ReasoningMode = Literal["single", "multi"]
 DiffusionMode = Literal["graph", "eager", "dynamic"]
@@ -269,12 +270,10 @@ class AlpamayoR1(nn.Module):
         if arr.shape[1] >= 3:
             # express the poses in the rig frame of the last row ("now"); identity for rig-frame input,
             # so callers may pass scene-frame poses too
-            x0, y0, h0 = arr[-1, :3]
-            c, s = np.cos(h0), np.sin(h0)
-            dx, dy = arr[:, 0] - x0, arr[:, 1] - y0
+            now = arr[-1, :3].copy()
             arr = arr.copy()
-            arr[:, 0], arr[:, 1] = c * dx + s * dy, -s * dx + c * dy
-            arr[:, 2] = np.unwrap(arr[:, 2] - h0)
+            arr[:, :2] = scene_to_rig_xy(arr[:, :2], now)
+            arr[:, 2] = np.unwrap(arr[:, 2] - now[2])
         return arr
 
     def build_prompt(self, tokens_per_image: list[int], history_ids: np.ndarray, nav_text: str) -> list[int]:
