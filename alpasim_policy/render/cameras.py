@@ -482,6 +482,10 @@ class CameraRenderer:
         self._seg = segs  # (S, 2, 2)
         self._seg_mid = segs.mean(axis=1) if len(segs) else np.zeros((0, 2))
         self._stop_lines = geo.stop_lines
+        # light heads (see _world_items): centre of each stop line, box turned across it; static
+        sl = geo.stop_lines
+        self._light_centres = sl.mean(axis=1)
+        self._light_yaw = np.arctan2(sl[:, 1, 1] - sl[:, 0, 1], sl[:, 1, 0] - sl[:, 0, 0]) + np.pi / 2
         self._heights = np.array([AGENT_HEIGHTS[AgentType(t)] for t in sorted(int(t) for t in AgentType)])
         names = [AgentType(t).name.lower() for t in sorted(int(t) for t in AgentType)]
         self._agent_rgb = np.array([s.colors[f"agent_{n}"] for n in names], dtype=np.float64)
@@ -572,15 +576,12 @@ class CameraRenderer:
                 boxes.append(self._extrude(fp, np.zeros(len(idx)), self._heights[types]))
                 colors.append(self._agent_rgb[types])
         if lights_col:
-            sl = self._stop_lines
-            c = sl.mean(axis=1)
+            c = self._light_centres
             far = np.hypot(*(c - xy).T) <= R
             if far.any():
                 # light head: 0.4 x 0.4 x 1.0 m box above the stop line's centre
                 k = np.nonzero(far)[0]
-                direction = sl[k, 1] - sl[k, 0]
-                h = np.arctan2(direction[:, 1], direction[:, 0]) + np.pi / 2
-                fp = box_corners(c[k, 0], c[k, 1], h, 0.4, 0.4)
+                fp = box_corners(c[k, 0], c[k, 1], self._light_yaw[k], 0.4, 0.4)
                 z0 = np.full(len(k), s.light_head_height)
                 boxes.append(self._extrude(fp, z0, np.full(len(k), 1.0)))
                 colors.append(np.array([lights_col[i] for i in k], dtype=np.float64))
