@@ -157,7 +157,11 @@ class BevRenderer:
             LightState.YELLOW: c.colors["light_yellow"],
             LightState.GREEN: c.colors["light_green"],
         }
-        self._ego_dims = (scene.ego.length, scene.ego.width, scene.ego.rear_axle_to_center)
+        L, W, r2c = scene.ego.length, scene.ego.width, scene.ego.rear_axle_to_center
+        # The ego box is fixed in the rig frame (and so in the image): computed once.
+        self._ego_corners = box_corners(
+            np.array([r2c]), np.zeros(1), np.zeros(1), np.array([L]), np.array([W])
+        )
         self._radius = c.view_radius()
 
     # ------------------------------------------------------------------ helpers
@@ -249,11 +253,8 @@ class BevRenderer:
                 plan_rig = scene_to_rig_xy(np.asarray(plan_world, dtype=np.float64)[:, :2], pose)
             self._draw_plan(img, np.asarray(plan_rig, dtype=np.float64)[:, :2])
         if c.draw_ego:
-            L, W, r2c = self._ego_dims
-            corners = box_corners(np.array([r2c]), np.zeros(1), np.zeros(1), np.array([L]), np.array([W]))
-            fx = self._fixed(corners)
-            cv2.fillPoly(img, list(fx), c.colors["ego"], self._line, _SHIFT)
-            self._heading_ticks(img, corners, (255, 255, 255))
+            cv2.fillPoly(img, list(self._fixed(self._ego_corners)), c.colors["ego"], self._line, _SHIFT)
+            self._heading_ticks(img, self._ego_corners, (255, 255, 255))
         return img
 
     def _draw_lights(self, img: np.ndarray, pose: np.ndarray, step: int) -> None:
