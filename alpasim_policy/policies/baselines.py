@@ -22,7 +22,13 @@ import numpy as np
 
 from alpasim_policy.policies.base import MIN_PLAN_STEPS, PolicyOutput
 from alpasim_policy.scenes.format import LightState
-from alpasim_policy.scenes.geometry import Polyline, box_corners, scene_to_rig_poses, wrap_angle
+from alpasim_policy.scenes.geometry import (
+    Polyline,
+    box_corners,
+    rear_axle_to_center,
+    scene_to_rig_poses,
+    wrap_angle,
+)
 from alpasim_policy.sim.collision import boxes_overlap
 
 DT = 0.1
@@ -281,11 +287,9 @@ class IDMPolicy:
         """Index of the first planned pose whose box meets an agent forecast (:meth:`_forecast_corners`)."""
         if agent_c is None:
             return None
-        p = poses[: len(agent_c)]
-        ex = p[:, 0] + self.r2c * np.cos(p[:, 2])
-        ey = p[:, 1] + self.r2c * np.sin(p[:, 2])
+        c = rear_axle_to_center(poses[: len(agent_c)], self.r2c)
         ego_c = box_corners(
-            ex, ey, p[:, 2], self.length + 2 * self.safety_margin, self.width + self.safety_margin
+            c[:, 0], c[:, 1], c[:, 2], self.length + 2 * self.safety_margin, self.width + self.safety_margin
         )
         hit = boxes_overlap(ego_c[:, None], agent_c)  # (S, N)
         rows = np.flatnonzero(hit.any(axis=1))
