@@ -30,7 +30,12 @@ import shapely
 
 from alpasim_policy.errors import ImportSourceError
 from alpasim_policy.scenes.format import DT, AgentType, Lane, LightState, RoadMap, Scene, TrafficLight
-from alpasim_policy.scenes.geometry import MapIndex, box_polygons, centerline_from_boundaries
+from alpasim_policy.scenes.geometry import (
+    MapIndex,
+    box_polygons,
+    center_to_rear_axle,
+    centerline_from_boundaries,
+)
 from alpasim_policy.scenes.importers.common import (
     EgoSpec,
     Track,
@@ -479,7 +484,7 @@ def import_commonroad(
         d = REAR_AXLE_TO_CENTER_RATIO * ego_tr.length
         spec = EgoSpec(length=ego_tr.length, width=ego_tr.width,
                        wheelbase=WHEELBASE_RATIO * ego_tr.length, rear_axle_to_center=d)  # fmt: skip
-        rear = ego_tr.xy - d * np.stack([np.cos(ego_tr.heading), np.sin(ego_tr.heading)], axis=1)
+        rear = center_to_rear_axle(np.column_stack([ego_tr.xy, ego_tr.heading]), d)[:, :2]
         for w, (a, b) in enumerate(wins):
             T = b - a
             tracks = []
