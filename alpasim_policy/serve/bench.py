@@ -37,14 +37,6 @@ def _image(width: int, height: int, seed: int) -> np.ndarray:
     return np.clip(img + noise, 0, 255).astype(np.uint8)
 
 
-def _jpeg(rgb: np.ndarray) -> bytes:
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
-    assert ok
-    return buf.tobytes()
-
-
 class _Driver:
     """One client session: submits the tick's observations and drives."""
 
@@ -103,6 +95,7 @@ def run_bench(args: Any) -> int:
 
     from alpasim_policy.bench import append_rows, print_summary
     from alpasim_policy.render.cameras import CameraRig
+    from alpasim_policy.serve.convert import encode_jpeg
     from alpasim_policy.serve.proto import egodriver_pb2_grpc
     from alpasim_policy.serve.service import GRPC_OPTIONS, EgodriverService, build_server
     from alpasim_policy.serve.testing import RouteCruisePolicy
@@ -116,7 +109,7 @@ def run_bench(args: Any) -> int:
         # ---- 1. overhead with 4 x 1920x1080 JPEG
         rig = CameraRig.from_preset("alpamayo4", args.width, args.height)
         rig = rig.select(rig.names[: args.cameras])
-        images = {c.name: _jpeg(_image(c.width, c.height, i)) for i, c in enumerate(rig.cameras)}
+        images = {c.name: encode_jpeg(_image(c.width, c.height, i)) for i, c in enumerate(rig.cameras)}
         d = _Driver(stub, rig, images, seed=0)
         warm = 16 + 5  # history fills (16 steps), then a few warm-up drives
         rows = [d.tick() for _ in range(warm + args.ticks)][warm:]
@@ -128,7 +121,9 @@ def run_bench(args: Any) -> int:
 
         # ---- 2. N concurrent sessions x ticks
         small = CameraRig.from_preset("alpamayo4", 384, 216)
-        small_imgs = {c.name: _jpeg(_image(c.width, c.height, 10 + i)) for i, c in enumerate(small.cameras)}
+        small_imgs = {
+            c.name: encode_jpeg(_image(c.width, c.height, 10 + i)) for i, c in enumerate(small.cameras)
+        }
         errors: list[str] = []
         lat: list[float] = []
         lock = threading.Lock()

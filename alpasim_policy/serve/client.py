@@ -193,7 +193,7 @@ class EgodriverPolicy:
             msg = egodriver_pb2.RolloutCameraImage(session_uuid=sid)
             msg.camera_image.logical_id = name
             msg.camera_image.frame_start_us = msg.camera_image.frame_end_us = now
-            msg.camera_image.image_bytes = self._jpeg(rgb)
+            msg.camera_image.image_bytes = convert.encode_jpeg(rgb, self.jpeg_quality, self.name)
             self._call("submit_image_observation", msg)
 
         # Cameras are JPEG-encoded and uploaded in parallel (OpenCV and gRPC release the GIL; the
@@ -276,15 +276,3 @@ class EgodriverPolicy:
         return PolicyOutput(
             plan, reasoning=reasoning if isinstance(reasoning, str) else None, samples=samples, extra=extra
         )
-
-    def _jpeg(self, rgb: np.ndarray) -> bytes:
-        import cv2
-
-        ok, buf = cv2.imencode(
-            ".jpg",
-            cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR),
-            [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality],
-        )
-        if not ok:
-            raise ConfigError(f"{self.name}: cannot JPEG-encode an image of shape {np.shape(rgb)}")
-        return buf.tobytes()

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from alpasim_policy.errors import AlpasimError
+from alpasim_policy.errors import AlpasimError, ConfigError
 from alpasim_policy.policies.base import (
     HISTORY_STEPS,
     ROUTE_POINTS,
@@ -409,6 +409,20 @@ class RemoteCameraRig:
     @property
     def names(self) -> list[str]:
         return [c.name for c in self.cameras]
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90, where: str = "image") -> bytes:
+    """(H, W, 3) uint8 RGB -> JPEG bytes (what ``camera_image.image_bytes`` carries)."""
+    import cv2
+
+    ok, buf = cv2.imencode(
+        ".jpg",
+        cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR),
+        [cv2.IMWRITE_JPEG_QUALITY, int(quality)],
+    )
+    if not ok:
+        raise ConfigError(f"{where}: cannot JPEG-encode an image of shape {np.shape(rgb)}")
+    return buf.tobytes()
 
 
 def to_camera_rig(remote: RemoteCameraRig, name: str = "remote") -> Any:
