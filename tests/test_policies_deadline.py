@@ -238,3 +238,48 @@ def test_invalid_inner_plan_raises_and_keeps_active_plan():
 def test_bad_options_name_the_option(kwargs, option):
     with pytest.raises(ConfigError, match=option):
         DeadlinePolicy(ScriptedPolicy([0.0]), **kwargs)
+
+
+def test_with_deadline_wraps_any_policy_only_when_asked():
+    from alpasim_policy.policies.deadline import with_deadline
+
+    inner = ScriptedPolicy([0.0])
+    assert with_deadline(inner) is inner
+    wrapped = with_deadline(inner, deadline_ms="100", latency_mode="delay", assumed_latency_ms=250)
+    assert isinstance(wrapped, DeadlinePolicy) and wrapped.name == "scripted"
+    assert wrapped.deadline_s == pytest.approx(0.1) and wrapped.assumed_latency_s == pytest.approx(0.25)
+    with pytest.raises(ConfigError, match="assumed_latency_ms"):
+        with_deadline(inner, assumed_latency_ms=5)
+    with pytest.raises(ConfigError, match="latency_mode"):
+        with_deadline(inner, deadline_ms=100, latency_mode="soon")
+
+
+def test_wrapped_baseline_drives_a_real_scene_with_counted_misses():
+    """constant_velocity from the registry under a 0 ms budget on a bundled scene: every tick is a miss,
+    the car coasts on its first plan, and the env accepts every plan to the end of the log."""
+    import gymnasium as gym
+
+    import alpasim_policy.sim.env  # noqa: F401
+    from alpasim_policy.policies.deadline import with_deadline
+    from alpasim_policy.policies.registry import make_policy
+
+    pol = with_deadline(make_policy("constant_velocity"), deadline_ms=0)
+    env = gym.make("alpasim_policy/LogReplay-v0", scene="cr-DEU_A9-3_1_T-1-ego3536")
+    obs, _ = env.reset(seed=0)
+    pol.reset(seed=0, scene=env.unwrapped.scene)
+    first_pose = obs["pose"].copy()
+    first_step = int(obs["step"])
+    coast = None
+    for _ in range(30):
+        out = pol.act(obs)
+        assert out.extra["deadline_miss"] and out.extra["plan_source"] == "previous"
+        if coast is None:
+            coast = rig_to_scene(out.trajectory, obs["pose"])  # the coast plan made at the first tick
+        else:  # later ticks follow that same plan, shifted: the scene-frame rows line up
+            k = int(obs["step"]) - first_step
+            shifted = rig_to_scene(out.trajectory, obs["pose"])
+            np.testing.assert_allclose(shifted[: len(coast) - k, :2], coast[k:, :2], atol=1e-6)
+        obs, _r, term, trunc, _info = env.step(out.trajectory)
+        assert not (term or trunc)
+    assert pol.misses == pol.ticks == 30
+    assert np.hypot(*(obs["pose"][:2] - first_pose[:2])) > 5.0  # it kept driving

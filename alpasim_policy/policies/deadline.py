@@ -147,6 +147,7 @@ class DeadlinePolicy:
         self._clock = clock
         self.name = getattr(inner, "name", type(inner).__name__)
         self.camera_preset = getattr(inner, "camera_preset", None)
+        self.camera_size = getattr(inner, "camera_size", None)
         self.reset_state()
 
     # -- state -------------------------------------------------------------------------
@@ -233,3 +234,24 @@ class DeadlinePolicy:
             deadline_enforced=True,
         )
         return PolicyOutput(trajectory=plan, reasoning=out.reasoning, samples=out.samples, extra=extra)
+
+
+def with_deadline(
+    policy: Policy,
+    deadline_ms: float | str | None = None,
+    latency_mode: str = "ignore",
+    assumed_latency_ms: float | str | None = None,
+) -> Policy:
+    """``policy`` under a ``deadline_ms`` budget, or unchanged when ``deadline_ms`` is None.
+
+    The one call ``eval`` / ``serve`` need to offer ``--deadline-ms`` / ``--latency-mode`` for any
+    policy (baselines included); options are validated with errors naming them.
+    """
+    mode = _parse_mode(latency_mode)
+    deadline = _parse_seconds("deadline_ms", deadline_ms, allow_none=True)
+    assumed = _parse_seconds("assumed_latency_ms", assumed_latency_ms, allow_none=True)
+    if deadline is None:
+        if assumed is not None:
+            raise ConfigError("option 'assumed_latency_ms': only meaningful with 'deadline_ms'")
+        return policy
+    return DeadlinePolicy(policy, deadline / 1000.0, mode, None if assumed is None else assumed / 1000.0)
