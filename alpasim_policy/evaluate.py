@@ -63,16 +63,11 @@ def _coast_plan(speed: float, rows: int = MIN_ROWS) -> np.ndarray:
 def shifted_plan(plan_world: np.ndarray, made_at: int, step: int, pose: np.ndarray) -> np.ndarray:
     """The rows of a scene-frame plan made at ``made_at`` that lie after ``step``, in the rig frame
     of ``pose``; extended at the last rows' constant velocity to at least 10 rows."""
-    from alpasim_policy.scenes.geometry import scene_to_rig_poses
+    from alpasim_policy.scenes.geometry import constant_velocity_tail, scene_to_rig_poses
 
     rows = plan_world[step - made_at :]
     if len(rows) < MIN_ROWS:
-        src = plan_world[-2:] if len(plan_world) >= 2 else np.repeat(plan_world[-1:], 2, axis=0)
-        d = src[-1] - src[-2]
-        d[2] = 0.0
-        n = MIN_ROWS - len(rows)
-        extra = src[-1][None] + np.arange(1, n + 1)[:, None] * d[None]
-        rows = np.concatenate([rows, extra]) if len(rows) else extra
+        rows = np.concatenate([rows, constant_velocity_tail(plan_world, MIN_ROWS - len(rows))])
     return scene_to_rig_poses(rows, pose)
 
 

@@ -25,6 +25,7 @@ from alpasim_policy.scenes.format import LightState
 from alpasim_policy.scenes.geometry import (
     Polyline,
     box_corners,
+    constant_velocity_tail,
     rear_axle_to_center,
     scene_to_rig_poses,
     wrap_angle,
@@ -57,11 +58,7 @@ class LogReplayPolicy:
         fut = self._poses[k + 1 : k + 1 + self.steps]
         if len(fut) < MIN_PLAN_STEPS:
             # Past the end of the log: continue the last logged motion at constant velocity.
-            base = self._poses[-2:]
-            d = base[-1] - base[-2]
-            d[2] = 0.0
-            extra = base[-1][None] + np.arange(1, MIN_PLAN_STEPS - len(fut) + 1)[:, None] * d[None]
-            fut = np.concatenate([fut, extra]) if len(fut) else extra
+            fut = np.concatenate([fut, constant_velocity_tail(self._poses, MIN_PLAN_STEPS - len(fut))])
         return PolicyOutput(trajectory=scene_to_rig_poses(fut, pose))
 
 

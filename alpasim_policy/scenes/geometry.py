@@ -137,6 +137,22 @@ def rig_to_scene_poses(poses: np.ndarray, pose: np.ndarray) -> np.ndarray:
     return out
 
 
+def constant_velocity_tail(poses: np.ndarray, count: int) -> np.ndarray:
+    """``count`` poses continuing ``(n >= 1, 3)`` poses at 0.1 s steps: the last step's (x, y)
+    displacement repeated, heading held (no displacement when only one pose is given).
+
+    Used wherever a plan or a log runs out before the rows a consumer needs (the log-replay
+    baseline past the end of the log, eval's fallback when a policy fails).
+    """
+    poses = np.asarray(poses, dtype=np.float64)
+    step = poses[-1, :2] - poses[-2, :2] if len(poses) >= 2 else np.zeros(2)
+    k = np.arange(1, count + 1)[:, None]
+    tail = np.empty((count, 3))
+    tail[:, :2] = poses[-1, :2] + k * step
+    tail[:, 2] = poses[-1, 2]
+    return tail
+
+
 # ----------------------------------------------------------------------------- polylines
 
 
