@@ -65,6 +65,19 @@ CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
 }
 
 
+def test_code_cells_skip_magics(tmp_path: Path) -> None:
+    nb = {
+        "cells": [
+            {"cell_type": "markdown", "source": ["x = 1\n"]},
+            {"cell_type": "code", "source": ["%matplotlib inline\n", "!pip install foo\n", "y = 2\n"]},
+            {"cell_type": "code", "source": "  %time z = 3\nw = 4"},
+        ]
+    }
+    path = tmp_path / "n.ipynb"
+    path.write_text(json.dumps(nb))
+    assert code_cells(path) == ["y = 2\n", "w = 4\n"]
+
+
 def test_notebooks_found() -> None:
     assert {p.stem for p in NOTEBOOKS} >= set(CHECKS), f"missing notebooks in {NOTEBOOK_DIR}"
 
