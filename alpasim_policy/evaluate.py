@@ -31,8 +31,7 @@ from typing import Any
 import numpy as np
 
 from alpasim_policy.errors import ConfigError
-
-MIN_ROWS = 10
+from alpasim_policy.policies.base import MIN_PLAN_STEPS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------- one rollout
 
 
-def _coast_plan(speed: float, rows: int = MIN_ROWS) -> np.ndarray:
+def _coast_plan(speed: float, rows: int = MIN_PLAN_STEPS) -> np.ndarray:
     plan = np.zeros((rows, 3))
     plan[:, 0] = max(speed, 0.0) * 0.1 * np.arange(1, rows + 1)
     return plan
@@ -66,8 +65,8 @@ def shifted_plan(plan_world: np.ndarray, made_at: int, step: int, pose: np.ndarr
     from alpasim_policy.scenes.geometry import constant_velocity_tail, scene_to_rig_poses
 
     rows = plan_world[step - made_at :]
-    if len(rows) < MIN_ROWS:
-        rows = np.concatenate([rows, constant_velocity_tail(plan_world, MIN_ROWS - len(rows))])
+    if len(rows) < MIN_PLAN_STEPS:
+        rows = np.concatenate([rows, constant_velocity_tail(plan_world, MIN_PLAN_STEPS - len(rows))])
     return scene_to_rig_poses(rows, pose)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from alpasim_policy.policies.base import MIN_PLAN_STEPS, PolicyOutput
-from alpasim_policy.scenes.format import LightState
+from alpasim_policy.scenes.format import DT, LightState
 from alpasim_policy.scenes.geometry import (
     Polyline,
     box_corners,
@@ -33,7 +33,6 @@ from alpasim_policy.scenes.geometry import (
 )
 from alpasim_policy.sim.collision import boxes_overlap
 
-DT = 0.1
 PLAN_STEPS = 64  # 6.4 s, what Alpamayo emits
 
 
