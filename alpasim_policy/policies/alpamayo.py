@@ -217,18 +217,14 @@ class AlpamayoCore:
         if self.select == "scored":
             self.selector.reset(scene)
         if not self._warm:
-            self._warmup(camera_rig)
+            self._warmup()
 
-    def _warmup(self, camera_rig: Any) -> None:
+    def _warmup(self) -> None:
         """One throw-away tick so one-time costs (allocation, static buffers) are not in tick 1's latency."""
         import torch
 
         cfg = self.model.config
-        if camera_rig is not None:
-            cam = camera_rig[camera_rig.names[0]]
-            h, w = cam.height, cam.width
-        else:
-            w, h = self.camera_size
+        w, h = self.camera_size  # what _images hands the model, whatever the env renders
         images = np.zeros((cfg.cameras, cfg.frames, 3, h, w), np.uint8)
         history = np.zeros((cfg.history_steps, 4))
         self.model.drive(images, history, 0.0, 1, num_samples=self.samples, reasoning=self.reasoning,
