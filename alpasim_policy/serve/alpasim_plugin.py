@@ -27,6 +27,7 @@ from alpasim_policy.policies.base import (
     COMMAND_RIGHT,
     COMMAND_STRAIGHT,
     HISTORY_STEPS,
+    MAX_AGENTS,
     ROUTE_POINTS,
     ROUTE_SPACING_M,
     validate_plan,
@@ -227,8 +228,8 @@ class AlpamayoDriverModel(_Base):  # type: ignore[misc,valid-type]
             ),
             "pose": hist["pose"],
             "step": np.int64(round(hist["now_us"] / convert.STEP_US)),
-            "agents": np.zeros((64, 8), dtype=np.float32),
-            "agents_mask": np.zeros((64,), dtype=bool),
+            "agents": np.zeros((MAX_AGENTS, 8), dtype=np.float32),
+            "agents_mask": np.zeros((MAX_AGENTS,), dtype=bool),
         }
         if cameras:
             obs["cameras"] = cameras
