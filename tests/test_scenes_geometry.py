@@ -14,7 +14,12 @@ from alpasim_policy.scenes.geometry import (
     box_polygons,
     center_to_rear_axle,
     centerline_from_boundaries,
+    constant_velocity_tail,
     rear_axle_to_center,
+    rig_to_scene_poses,
+    rig_to_scene_xy,
+    scene_to_rig_poses,
+    scene_to_rig_xy,
     wrap_angle,
 )
 
@@ -49,6 +54,42 @@ def test_rear_axle_center_round_trip(scenes):
     d = np.linalg.norm(c[:, :2] - e.xy, axis=1)
     np.testing.assert_allclose(d, e.rear_axle_to_center)
     np.testing.assert_allclose(center_to_rear_axle(c, e.rear_axle_to_center), e.state, atol=1e-9)
+
+
+def test_rig_frame_transforms_on_the_logged_drive(scenes):
+    """The logged future seen from the car: x forward along its heading, y left; and back again."""
+    for sc in scenes[:4]:
+        st = sc.ego.state
+        k = sc.metadata.t0_index
+        pose = st[k, :3]
+        fut = scene_to_rig_poses(st[k:, :3], pose)
+        np.testing.assert_allclose(fut[0], 0.0, atol=1e-9)  # "now" is the rig origin
+        assert np.all(np.abs(fut[:, 2]) <= np.pi)  # headings wrapped
+        # Distances and heading changes are frame-independent.
+        np.testing.assert_allclose(
+            np.linalg.norm(fut[:, :2], axis=1), np.linalg.norm(st[k:, :2] - pose[:2], axis=1)
+        )
+        np.testing.assert_allclose(fut[:, 2], wrap_angle(st[k:, 2] - pose[2]), atol=1e-12)
+        # A point 1 m along the heading is (1, 0); 1 m to the left is (0, 1).
+        c, s_ = np.cos(pose[2]), np.sin(pose[2])
+        probe = pose[:2] + np.array([[c, s_], [-s_, c]])
+        np.testing.assert_allclose(scene_to_rig_xy(probe, pose), [[1.0, 0.0], [0.0, 1.0]], atol=1e-9)
+        # The car drives forward in its own frame (the logs never reverse at t0).
+        assert fut[5, 0] > 0.0
+        back = rig_to_scene_poses(fut, pose)
+        np.testing.assert_allclose(back[:, :2], st[k:, :2], atol=1e-9)
+        np.testing.assert_allclose(wrap_angle(back[:, 2] - st[k:, 2]), 0.0, atol=1e-9)
+        np.testing.assert_allclose(rig_to_scene_xy(fut[:, :2], pose), st[k:, :2], atol=1e-9)
+
+
+def test_constant_velocity_tail_continues_the_last_step(scenes):
+    st = scenes[0].ego.state[:, :3]
+    tail = constant_velocity_tail(st, 5)
+    step = st[-1, :2] - st[-2, :2]
+    np.testing.assert_allclose(tail[:, :2], st[-1, :2] + np.arange(1, 6)[:, None] * step)
+    np.testing.assert_array_equal(tail[:, 2], st[-1, 2])
+    one = constant_velocity_tail(st[-1:], 3)  # a single pose: no velocity known, held in place
+    np.testing.assert_array_equal(one, np.repeat(st[-1:], 3, axis=0))
 
 
 def test_polyline_project_interpolate_round_trip(scenes):
