@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from alpasim_policy.errors import ConfigError
+from alpasim_policy.sim.command import LATERAL_THRESHOLD_M, LOOKAHEAD_M
 
 DEFAULTS: dict[str, Any] = {
     "dt": 0.1,
@@ -32,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
         "lon_horizon": 8,
         "allow_reverse": False,
     },
-    "command": {"lookahead_m": 5.0, "lateral_threshold_m": 2.0},  # AlpaSim's rule
+    "command": {"lookahead_m": LOOKAHEAD_M, "lateral_threshold_m": LATERAL_THRESHOLD_M},  # AlpaSim's rule
     "truncate": {"at_fault_collision": False, "off_road": False, "max_distance_to_log_m": None},
     "bev": {"enabled": False},
     "cameras": {"enabled": False, "preset": "alpamayo4", "width": None, "height": None},
