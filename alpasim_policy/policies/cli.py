@@ -218,7 +218,8 @@ def bench_rows(results: list[dict], args: argparse.Namespace) -> list[dict]:
     if args.threads:
         tag += f" {args.threads} thread{'s' if args.threads > 1 else ''}"
     n_sc = len(results[0]["scenes"])
-    scenes = ", ".join(results[0]["scenes"])
+    names = results[0]["scenes"]
+    scenes = ", ".join(names) if len(names) <= 6 else f"suite {args.suite}: {names[0]} ... {names[-1]}"
     ref = results[0]
     rows = [
         {
