@@ -215,17 +215,21 @@ def test_bench_policy_runs_and_prints_a_json_summary(tmp_path, capsys):
     suite = tmp_path / "one.yaml"
     suite.write_text(f"name: one\nscenes: [{SCENE}]\n")
     rc = main(["bench", "policy", "--suite", str(suite), "--samples", "2", "--cot-tokens", "4", "--threads", "1",
-               "--reasoning", "single", "--select", "first", "--no-write"])  # fmt: skip
+               "--reasoning", "single", "--select", "first", "--latency-modes", "ignore", "--deadline-ms", "0",
+               "--no-write"])  # fmt: skip
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])
     assert summary["scenes"] == [SCENE]
     variants = summary["variants"]
-    assert set(variants) == {"alpamayo-single-first"}
+    assert set(variants) == {"alpamayo-single-first", "alpamayo-single-first-ignore0ms"}
     for v in variants.values():
         assert v["ticks"] == 24 and 0.0 <= v["EPDMS"] <= 1.0
         assert v["stages_ms"]["decode"] > 0 and v["latency_p50_ms"] > 0
     assert variants["alpamayo-single-first"]["non_first_rate"] == 0.0
+    # a 0 ms budget: every tick misses and the car keeps its previous (first: coast) plan
+    assert variants["alpamayo-single-first-ignore0ms"]["deadline_miss_rate"] == 1.0
+    assert variants["alpamayo-single-first-ignore0ms"]["fallback_rate"] == 1.0
     assert any("latency breakdown" in line for line in lines)
 
 

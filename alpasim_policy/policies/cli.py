@@ -9,6 +9,9 @@ What it measures, in one run (so the variants share the machine's state):
   handling and sample selection;
 * side by side: ``single`` vs ``multi`` reasoning and ``first`` vs ``scored`` selection, each
   with its closed-loop EPDMS / PDMS (the scorer's closed-loop mode on the rollouts) and latency.
+* the real-time budget: the same model under ``--deadline-ms`` (100) with each of
+  ``--latency-modes`` (``ignore``: a late plan is dropped and the previous one kept; ``delay``: the
+  plan takes effect after its measured latency), so a slow configuration pays in score.
 
 Why a forced chain-of-causation length (``--cot-tokens``, default 40): with random weights the
 CoC would run to ``max_cot_tokens`` in some samples and stop early in others, so single and multi
@@ -30,7 +33,7 @@ from typing import Any
 
 SUMMARY_KEYS = (
     "ticks", "ticks_per_s", "latency_p50_ms", "latency_p95_ms", "latency_max_ms", "deadline_miss_rate",
-    "EPDMS", "PDMS", "collisions_at_fault", "stages_ms", "non_first_rate",
+    "EPDMS", "PDMS", "collisions_at_fault", "stages_ms", "non_first_rate", "fallback_rate",
 )  # fmt: skip
 STAGES = ("preprocess", "vision", "prefill", "decode", "diffusion", "post", "frames", "selection")
 
@@ -49,6 +52,14 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--reasoning", default="single,multi", help="reasoning modes to compare")
     p.add_argument("--select", default="first,scored", help="selection methods to compare")
+    p.add_argument(
+        "--deadline-ms",
+        type=float,
+        default=100.0,
+        help="budget of the deadline variants (select=first under each --latency-modes)",
+    )
+    p.add_argument("--latency-modes", default="ignore,delay",
+                   help="deadline variants to add (ignore | delay; empty = none)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", default=None, help="keep the rollouts here (default: a temporary dir)")
@@ -140,7 +151,9 @@ class Variant:
             "latency_p50_ms": _pct(lat, 50) * 1e3,
             "latency_p95_ms": _pct(lat, 95) * 1e3,
             "latency_max_ms": max(lat) * 1e3 if lat else float("nan"),
-            "deadline_miss_rate": float(np.mean([x > 0.1 for x in lat])) if lat else float("nan"),
+            "deadline_miss_rate": float(np.mean([bool(e.get("deadline_miss")) for e in ex])),
+            # ticks whose executed plan was not (all) the new one: previous plan kept or delay splice
+            "fallback_rate": float(np.mean([e.get("plan_source", "new") != "new" for e in ex])),
             "EPDMS": float(np.mean([r["EPDMS"] for r in rows])),
             "PDMS": float(np.mean([r["PDMS"] for r in rows])),
             "collisions_at_fault": int(sum(r["collisions_at_fault_count"] for r in rows)),
@@ -166,6 +179,10 @@ def run_bench(args: argparse.Namespace) -> tuple[list[dict], dict]:
     for s in selections:
         if s not in SELECT_METHODS:
             raise ConfigError(f"--select: {s!r} is not one of {', '.join(SELECT_METHODS)}")
+    modes = [m.strip() for m in args.latency_modes.split(",") if m.strip()]
+    for m in modes:
+        if m not in ("ignore", "delay"):
+            raise ConfigError(f"--latency-modes: {m!r} is not one of ignore, delay")
     scenes = pick_scenes(load_suite(args.suite), args.max_scenes)
     base = {"preset": args.preset, "samples": args.samples, "device": args.device, "seed": args.seed}
     if args.weights:
@@ -186,6 +203,21 @@ def run_bench(args: argparse.Namespace) -> tuple[list[dict], dict]:
             Variant(f"alpamayo-{r}-{s}", {**base, "reasoning": r, "select": s})
             for r in reasonings
             for s in selections
+        ]
+        # the same model under a real-time budget: late plans dropped (ignore) or applied late (delay)
+        variants += [
+            Variant(
+                f"alpamayo-{r}-first-{m}{args.deadline_ms:g}ms",
+                {
+                    **base,
+                    "reasoning": r,
+                    "select": "first",
+                    "deadline_ms": args.deadline_ms,
+                    "latency_mode": m,
+                },
+            )
+            for r in reasonings
+            for m in modes
         ]
         # scene by scene, every variant in turn: load changes on a shared machine hit all alike
         for scene in scenes:
@@ -231,6 +263,8 @@ def bench_rows(results: list[dict], args: argparse.Namespace) -> list[dict]:
         }
     ]
     for r in results:
+        if "ms" in r["variant"].rsplit("-", 1)[-1]:
+            continue  # deadline variants: same model work as their plain twin
         st = r["stages_ms"]
         rows.append(
             {
@@ -262,7 +296,8 @@ def bench_rows(results: list[dict], args: argparse.Namespace) -> list[dict]:
                 "benchmark": f"policy closed-loop score ({tag}, {r['variant']}, {n_sc} scenes)",
                 "result": f"EPDMS {r['EPDMS']:.3f}, PDMS {r['PDMS']:.3f}, at-fault collisions "
                 f"{r['collisions_at_fault']}, latency p50 {r['latency_p50_ms']:.1f} ms; selection kept a sample "
-                f"other than the first on {r['non_first_rate'] * 100:.0f}% of ticks",
+                f"other than the first on {r['non_first_rate'] * 100:.0f}% of ticks; deadline missed on "
+                f"{r['deadline_miss_rate'] * 100:.0f}%, plan not (all) new on {r['fallback_rate'] * 100:.0f}%",
                 "ratio": f"vs {ref['variant']}: latency x{r['latency_p50_ms'] / ref['latency_p50_ms']:.2f}, "
                 f"EPDMS {r['EPDMS'] - ref['EPDMS']:+.3f}",
             }
