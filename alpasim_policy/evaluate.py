@@ -46,7 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy-option", action="append", default=[], metavar="[POLICY.]KEY=VALUE",
                    help="constructor option (repeatable): KEY goes to every policy that takes it, "
                         "POLICY.KEY to that policy only")  # fmt: skip
+    p.add_argument("--deadline-ms", type=float, default=None,
+                   help="per-tick budget for every policy: a late plan is dropped and the previous one "
+                        "kept (shifted in time); the miss is counted")  # fmt: skip
+    p.add_argument("--latency-mode", choices=("ignore", "delay"), default="ignore",
+                   help="with --deadline-ms: 'delay' makes measured latency cost simulated time")  # fmt: skip
     p.add_argument("--no-score", action="store_true", help="write rollouts only, skip the scorer")
+    from alpasim_policy.policies.registry import add_shorthand_arguments
+
+    add_shorthand_arguments(p)
     p.set_defaults(func=main)
 
 
@@ -71,13 +79,22 @@ def shifted_plan(plan_world: np.ndarray, made_at: int, step: int, pose: np.ndarr
 
 
 def effective_env_config(env_config: str | dict | None, policy: Any) -> dict[str, Any]:
-    """The env config for a policy: cameras switched on with its preset when it asks for them."""
+    """The env config for a policy: cameras switched on with its preset when it asks for them.
+
+    A policy that states the ``camera_size`` (width, height) it feeds its model gets images rendered
+    at that size unless the env config fixes one: rendering 1080p frames only to shrink them is
+    wasted time on the 10 Hz tick.
+    """
     from alpasim_policy.sim.config import load_env_config
 
     cfg = load_env_config(env_config)
     preset = getattr(policy, "camera_preset", None)
     if preset and str(preset).lower() != "none":
-        cfg["cameras"] = {**cfg["cameras"], "enabled": True, "preset": str(preset)}
+        cams = {**cfg["cameras"], "enabled": True, "preset": str(preset)}
+        size = getattr(policy, "camera_size", None)
+        if size is not None and cams.get("width") is None and cams.get("height") is None:
+            cams["width"], cams["height"] = int(size[0]), int(size[1])
+        cfg["cameras"] = cams
     return cfg
 
 
@@ -90,8 +107,14 @@ def run_rollout(
     policy_options: dict[str, Any] | None = None,
     policy: Any = None,
     progress: Any = None,
+    deadline: dict[str, Any] | None = None,
 ):
-    """Drive one scene with one policy; returns the :class:`Rollout` (not saved)."""
+    """Drive one scene with one policy; returns the :class:`Rollout` (not saved).
+
+    ``deadline`` (``{"deadline_ms": ..., "latency_mode": ...}``) wraps the policy in
+    :class:`~alpasim_policy.policies.deadline.DeadlinePolicy`; a given ``policy`` instance is reused
+    (reset for this scene) instead of being built from ``policy_spec``.
+    """
     from alpasim_policy.policies.base import validate_plan
     from alpasim_policy.policies.registry import make_policy
     from alpasim_policy.scenes.format import load_scene
@@ -102,6 +125,10 @@ def run_rollout(
     policy_options = dict(policy_options or {})
     if policy is None:
         policy = make_policy(policy_spec, **policy_options)
+    if deadline and deadline.get("deadline_ms") is not None:
+        from alpasim_policy.policies.deadline import with_deadline
+
+        policy = with_deadline(policy, deadline["deadline_ms"], deadline.get("latency_mode", "ignore"))
     scene = load_scene(scene_path)
     cfg = effective_env_config(env_config, policy)
     env = LogReplayEnv(scene=scene, config=cfg)
@@ -183,6 +210,7 @@ def run_rollout(
         extra={
             "policy_name": name,
             "policy_options": _jsonable(policy_options),
+            "deadline": _jsonable(deadline or {}),
             "collisions": contacts,
             "truncated": truncated,
             "wall_s": wall,
@@ -205,7 +233,9 @@ def rollout_path(out: Path, policy_spec: str, scene_id: str) -> Path:
     return out / "rollouts" / safe / f"{scene_id}.npz"
 
 
-def is_done(path: Path, seed: int, cfg: dict, scene_hash: str | None, options: dict) -> bool:
+def is_done(
+    path: Path, seed: int, cfg: dict, scene_hash: str | None, options: dict, deadline: dict | None = None
+) -> bool:
     """A finished rollout for these settings already exists (corrupt or stale files do not count)."""
     if not path.is_file():
         return False
@@ -222,6 +252,7 @@ def is_done(path: Path, seed: int, cfg: dict, scene_hash: str | None, options: d
         and meta.get("env_config") == _jsonable(cfg)
         and meta.get("scene_hash") == scene_hash
         and (meta.get("extra") or {}).get("policy_options") == _jsonable(options)
+        and (meta.get("extra") or {}).get("deadline", {}) == _jsonable(deadline or {})
     )
 
 
@@ -233,10 +264,12 @@ def _task(
     options: dict,
     out: str,
     progress: Any = None,
+    deadline: dict | None = None,
+    policy: Any = None,
 ) -> dict:
     """Run and save one rollout; the unit of work for both backends."""
     r = run_rollout(policy_spec, scene_path, seed=seed, env_config=env_config, policy_options=options,
-                    progress=progress)  # fmt: skip
+                    progress=progress, deadline=deadline, policy=policy)  # fmt: skip
     path = rollout_path(Path(out), policy_spec, r.scene_id)
     r.save(path)
     return _summary(r, path)
@@ -279,8 +312,13 @@ def evaluate(
     backend: str = "serial",
     policy_options: dict[str, Any] | None = None,
     show_progress: bool = True,
+    deadline: dict[str, Any] | None = None,
 ) -> list[dict]:
-    """Run (or resume) every (policy, scene) rollout; returns one summary per rollout."""
+    """Run (or resume) every (policy, scene) rollout; returns one summary per rollout.
+
+    The serial backend builds each policy once and resets it per scene (a real checkpoint is
+    loaded once, not once per scene); Ray tasks build their own.
+    """
     from tqdm import tqdm
 
     from alpasim_policy.policies.registry import make_policy, split_options
@@ -296,11 +334,11 @@ def evaluate(
     # Resolve the config once (a relative path means the same on Ray workers), then pass the dict.
     env_config = load_env_config(env_config)
     # Build each policy once up front: bad names / options fail before any work starts.
-    cfgs = {}
+    cfgs, built = {}, {}
     per_policy = split_options(policies, options)
     for p in policies:
-        pol = make_policy(p, **per_policy[p])
-        cfgs[p] = effective_env_config(env_config, pol)
+        built[p] = make_policy(p, **per_policy[p])
+        cfgs[p] = effective_env_config(env_config, built[p])
     hashes, ids, ticks = {}, {}, {}
     warmup = int(round(env_config["warmup_s"] / env_config["dt"]))
     for s in scenes:
@@ -311,7 +349,7 @@ def evaluate(
     for p in policies:
         for s in scenes:
             path = rollout_path(out, p, ids[str(s)])
-            if is_done(path, seed, cfgs[p], hashes[str(s)], per_policy[p]):
+            if is_done(path, seed, cfgs[p], hashes[str(s)], per_policy[p], deadline):
                 done.append({"policy": p, "scene_id": ids[str(s)], "path": str(path), "skipped": True})
             else:
                 todo.append((p, str(s)))
@@ -328,7 +366,10 @@ def evaluate(
         ray.init(num_cpus=max(1, workers), include_dashboard=False, ignore_reinit_error=True,
                  log_to_driver=False, configure_logging=False)  # fmt: skip
         remote = ray.remote(num_cpus=1)(_task)
-        pending = {remote.remote(p, s, seed, env_config, per_policy[p], str(out)): (p, s) for p, s in todo}
+        pending = {
+            remote.remote(p, s, seed, env_config, per_policy[p], str(out), None, deadline): (p, s)
+            for p, s in todo
+        }
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
@@ -349,7 +390,17 @@ def evaluate(
             before = bar.n
             try:
                 results.append(
-                    _task(p, s, seed, env_config, per_policy[p], str(out), progress=lambda: bar.update(1))
+                    _task(
+                        p,
+                        s,
+                        seed,
+                        env_config,
+                        per_policy[p],
+                        str(out),
+                        progress=lambda: bar.update(1),
+                        deadline=deadline,
+                        policy=built[p],
+                    )  # fmt: skip
                 )
             except Exception as e:  # env / scene fault outside the policy: report, go on
                 traceback.print_exc()
@@ -361,15 +412,18 @@ def evaluate(
 
 def main(args: argparse.Namespace) -> int:
     from alpasim_policy.io import atomic_write_json
-    from alpasim_policy.policies.registry import parse_options
+    from alpasim_policy.policies.registry import parse_options, shorthand_options
 
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
-    options = parse_options(args.policy_option)
+    options = {**shorthand_options(args), **parse_options(args.policy_option)}
+    deadline = (
+        {"deadline_ms": args.deadline_ms, "latency_mode": args.latency_mode} if args.deadline_ms else None
+    )
     out = Path(args.out)
     t0 = time.time()
     results = evaluate(
         args.suite, policies, out, seed=args.seed, env_config=args.env_config, workers=args.workers,
-        backend=args.backend, policy_options=options,
+        backend=args.backend, policy_options=options, deadline=deadline,
     )  # fmt: skip
     errors = [r for r in results if "error" in r]
     for r in errors:

@@ -127,3 +127,30 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
         except yaml.YAMLError:
             out[key.strip()] = value
     return out
+
+
+#: Shorthand command-line flags for the Alpamayo policy's main options (issue: ``--preset`` etc.);
+#: each maps to the constructor option of the same name.
+SHORTHAND_OPTIONS = ("preset", "weights", "samples", "reasoning", "diffusion", "select", "device")
+
+
+def add_shorthand_arguments(parser: Any) -> None:
+    """Add ``--preset --weights --samples --reasoning --diffusion --select --device`` to a CLI parser.
+
+    They are plain ``--policy-option KEY=VALUE`` under another name: each goes to every policy
+    whose constructor takes it (today: ``alpamayo``), so ``eval --policy idm,alpamayo --samples 6``
+    configures alpamayo and leaves idm alone.
+    """
+    g = parser.add_argument_group("Alpamayo policy options (shorthands for --policy-option KEY=VALUE)")
+    g.add_argument("--preset", help="model preset: tiny | small | alpamayo-r1-10b")
+    g.add_argument("--weights", help="local directory with real weights (safetensors shards)")
+    g.add_argument("--samples", type=int, help="K trajectory samples per tick")
+    g.add_argument("--reasoning", help="single (one CoC shared by all samples) | multi (one per sample)")
+    g.add_argument("--diffusion", help="graph (CUDA graph on GPU) | eager")
+    g.add_argument("--select", help="first | medoid | scored")
+    g.add_argument("--device", help="cpu | cuda")
+
+
+def shorthand_options(args: Any) -> dict[str, Any]:
+    """The shorthand flags that were given, as an options dict."""
+    return {k: getattr(args, k) for k in SHORTHAND_OPTIONS if getattr(args, k, None) is not None}

@@ -26,9 +26,9 @@ def _serve(args: argparse.Namespace) -> int:
     from alpasim_policy.serve.service import EgodriverService, build_server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from alpasim_policy.policies.registry import parse_options
+    from alpasim_policy.policies.registry import parse_options, shorthand_options
 
-    options = parse_options(args.policy_option)
+    options = {**shorthand_options(args), **parse_options(args.policy_option)}
     stop = threading.Event()
     service = EgodriverService(
         policy_factory(args.policy, options),
@@ -76,6 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "older ones are extrapolated (default 16: wait for 1.5 s of real history)",
     )
     p.add_argument("--max-workers", type=int, default=16, help="gRPC worker threads")
+    from alpasim_policy.policies.registry import add_shorthand_arguments
+
+    add_shorthand_arguments(p)
     p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get at shutdown")
     p.set_defaults(func=_serve)
 
