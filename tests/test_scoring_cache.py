@@ -13,7 +13,13 @@ from alpasim_policy.errors import CacheError
 from alpasim_policy.io import pack_archive, unpack_archive
 from alpasim_policy.scenes.format import load_scene
 from alpasim_policy.scenes.suite import load_suite
-from alpasim_policy.scoring.cache import build_cache, build_world, load_world, read_world
+from alpasim_policy.scoring.cache import (
+    build_cache,
+    build_world,
+    load_world,
+    read_world,
+    reference_fingerprint,
+)
 from alpasim_policy.scoring.cli import build_suite_caches
 from alpasim_policy.scoring.openloop import score_states
 
@@ -102,6 +108,11 @@ def test_committed_metric_caches_match_the_bundled_scenes():
         scene = load_scene(p)
         world = read_world(DEFAULT_CACHE_DIR / f"{scene.scene_id}.npz", scene.content_hash)
         assert world.reference_name == "idm"
+        # ... and whenever the env / idm code that made the reference changes
+        assert world.extra["reference_fingerprint"] == reference_fingerprint(), (
+            f"{scene.scene_id}: metric cache made by other env/idm code; run "
+            "`alpasim-policy cache build --suite bundled --out metric_cache`"
+        )
 
 
 def test_auto_mode_ignores_a_cache_whose_idm_reference_came_from_other_code(

@@ -34,6 +34,7 @@ file, or rebuilds it when ``rebuild=True``.
 
 from __future__ import annotations
 
+import functools
 import zipfile
 from pathlib import Path
 
@@ -84,9 +85,12 @@ REFERENCE_MODULES = (
     "alpasim_policy.sim.agents",
     "alpasim_policy.sim.config",
     "alpasim_policy.sim.collision",
+    "alpasim_policy.sim.command",
+    "alpasim_policy.scenes.geometry",
 )
 
 
+@functools.lru_cache(maxsize=1)
 def reference_fingerprint() -> str:
     """sha256 over the source of :data:`REFERENCE_MODULES`: a cached idm rollout made by other
     code is out of date (the scene hash cannot tell)."""
