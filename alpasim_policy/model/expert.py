@@ -12,10 +12,9 @@ Two ways to run the expert layers over the prefix:
   a 4D float mask and ``is_causal=False``; the cache is cropped back after each call.
 * :func:`expert_forward_static` — the fast path: the same weights, but attention runs against
   *static* buffers (prefix written once, action slots overwritten in place). A prefix shared by
-  all K samples (``Bp == 1``) is never copied: the K samples' queries are stacked as rows against
-  the single prefix, and each sample scores only its own 64 action keys besides (P + 64 keys per
-  query, not P + K*64). Nothing is concatenated or cropped, so the whole sampler can be captured
-  in one CUDA graph.
+  all K samples (``Bp == 1``) is never copied: the K samples' queries are stacked as rows of one
+  attention problem against the single prefix. Nothing is concatenated or cropped, so the whole
+  sampler can be captured in one CUDA graph.
 """
 
 from __future__ import annotations
@@ -127,23 +126,20 @@ def static_attention(
     v_buf: torch.Tensor,
     mask: torch.Tensor,
     capacity: int,
-    scores: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of ``B`` x ``T`` action tokens over a static prefix plus their own tokens.
 
-    * ``Bp == 1`` (shared prefix; :func:`shared_prefix_attention`): ``k_buf`` / ``v_buf`` are
-      ``(1, kvh, capacity, d)`` and hold only the prefix; each sample's queries score that single
-      prefix copy plus *only its own* T action keys (used straight from the projection, never
-      stored), so a query costs ``capacity + T`` keys, not ``capacity + B*T``. ``mask``
-      ``(1, capacity)`` masks the prefix padding; ``scores`` is the preallocated
-      ``(kvh, B, g*T, capacity + T)`` score buffer (allocated here when None).
-    * ``Bp == B``: ``k_buf`` / ``v_buf`` ``(B, kvh, capacity + T, d)``; positions ``[0, capacity)``
-      hold the prefix (written once per tick), ``[capacity, capacity + T)`` are the action tokens'
-      slots, overwritten in place (no concatenation, no crop); an ordinary batched SDPA with
-      ``mask`` ``(B, 1, g*T, capacity + T)``.
+    ``k_buf`` / ``v_buf``: ``(Bp, kvh, capacity + S, d)``; positions ``[0, capacity)`` hold the
+    prefix (written once per tick), ``[capacity, capacity + S)`` are slots for the action tokens'
+    keys / values, overwritten in place here (no concatenation, no crop).
 
-    KV groups are folded into query rows (``g`` = heads per KV head), so the kernels are plain
-    multi-head products with ``kvh`` heads and no K/V is ever repeated per query head.
+    * ``Bp == 1`` (shared prefix): ``S = B * T``; all samples' queries become rows of one attention
+      problem against the single prefix copy, and ``mask`` (``(1, 1, g*B*T, capacity + B*T)``)
+      lets each row see the valid prefix and only its own sample's T action slots.
+    * ``Bp == B``: ``S = T``; an ordinary batched attention, ``mask`` ``(B, 1, g*T, capacity + T)``.
+
+    KV groups are folded into query rows (``g`` = heads per KV head), so the kernel is plain
+    multi-head SDPA with ``kvh`` heads — every SDPA backend supports it.
     """
     b, t, _ = h.shape
     d = attn.head_dim
@@ -154,55 +150,18 @@ def static_attention(
     kvh = k.shape[1]
     g = q.shape[1] // kvh
     if k_buf.shape[0] == 1:
-        if scores is None:
-            scores = h.new_empty((kvh, b, g * t, capacity + t))
-        o = shared_prefix_attention(
-            q.reshape(b, kvh, g * t, d), k, v, k_buf, v_buf, mask, capacity, attn.scaling, scores
-        )
+        k_buf[0, :, capacity:].view(kvh, b, t, d).copy_(k.transpose(0, 1))
+        v_buf[0, :, capacity:].view(kvh, b, t, d).copy_(v.transpose(0, 1))
+        rows = q.view(b, kvh, g, t, d).permute(1, 2, 0, 3, 4).reshape(1, kvh, g * b * t, d)
+        o = F.scaled_dot_product_attention(rows, k_buf, v_buf, attn_mask=mask, scale=attn.scaling)
+        o = o.view(kvh, g, b, t, d).permute(2, 3, 0, 1, 4)
     else:
         k_buf[:, :, capacity:].copy_(k)
         v_buf[:, :, capacity:].copy_(v)
         rows = q.reshape(b, kvh, g * t, d)
         o = F.scaled_dot_product_attention(rows, k_buf, v_buf, attn_mask=mask, scale=attn.scaling)
-    o = o.view(b, kvh, g, t, d).permute(0, 3, 1, 2, 4)
+        o = o.view(b, kvh, g, t, d).permute(0, 3, 1, 2, 4)
     return attn.o_proj(o.reshape(b, t, kvh * g * d))
-
-
-def shared_prefix_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    k_prefix: torch.Tensor,
-    v_prefix: torch.Tensor,
-    prefix_mask: torch.Tensor,
-    capacity: int,
-    scale: float,
-    scores: torch.Tensor,
-) -> torch.Tensor:
-    """Softmax attention of each sample's rows over [shared prefix ; its own action keys].
-
-    ``q`` ``(B, kvh, R, d)`` (R = g*T query rows per KV head), ``k`` / ``v`` ``(B, kvh, T, d)`` the
-    samples' own action keys / values, ``k_prefix`` / ``v_prefix`` ``(1, kvh, capacity, d)`` the one
-    shared prefix. The two score blocks are written into slices of the preallocated ``scores``
-    ``(kvh, B, R, capacity + T)``: the prefix block as one matmul per KV head with the B samples'
-    rows stacked (the prefix is read once, never expanded or copied per sample), the own block as
-    a per-sample matmul. One softmax over the joint key axis, then the two value products are
-    summed. Nothing depends on data-dependent shapes, so it captures in a CUDA graph.
-    Returns ``(B, kvh, R, d)``.
-    """
-    b, kvh, r, d = q.shape
-    q = q * scale
-    rows = q.transpose(0, 1).reshape(kvh, b * r, d)  # (kvh, B*R, d): all samples' rows per KV head
-    flat = scores.view(kvh, b * r, capacity + k.shape[2])
-    torch.bmm(rows, k_prefix[0].transpose(1, 2), out=flat[:, :, :capacity])
-    flat[:, :, :capacity].add_(prefix_mask)  # padding of the prefix (-inf), broadcast over rows
-    torch.matmul(q, k.transpose(-1, -2), out=scores[..., capacity:].transpose(0, 1))
-    # Kernels accumulate half-precision softmax in float32 already; no float32 copy of the scores.
-    probs = torch.softmax(scores, dim=-1)
-    pflat = probs.view(kvh, b * r, -1)
-    o = torch.matmul(probs[..., capacity:].transpose(0, 1), v)  # (B, kvh, R, d): own actions
-    o_prefix = torch.bmm(pflat[:, :, :capacity], v_prefix[0])  # (kvh, B*R, d): shared prefix
-    return o.add_(o_prefix.view(kvh, b, r, d).transpose(0, 1))
 
 
 def expert_forward_static(
@@ -214,23 +173,12 @@ def expert_forward_static(
     v_bufs: list[torch.Tensor],
     mask: torch.Tensor,
     capacity: int,
-    scores: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The expert's layers on static buffers; returns the final-norm hidden states ``(B, T, D)``.
-
-    ``scores`` (shared-prefix case only): one score buffer reused by every layer in turn."""
+    """The expert's layers on static buffers; returns the final-norm hidden states ``(B, T, D)``."""
     h = embeds
     for i, layer in enumerate(expert.layers):
         h = h + static_attention(
-            layer.self_attn,
-            layer.input_layernorm(h),
-            cos,
-            sin,
-            k_bufs[i],
-            v_bufs[i],
-            mask,
-            capacity,
-            scores,
+            layer.self_attn, layer.input_layernorm(h), cos, sin, k_bufs[i], v_bufs[i], mask, capacity
         )
         h = _mlp_block(layer, h)
     return expert.norm(h)
@@ -239,10 +187,7 @@ def expert_forward_static(
 def static_mask(
     valid_len: torch.Tensor, samples: int, n_tokens: int, groups: int, capacity: int, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Additive mask for :func:`static_attention` (0 = attend, -inf = blocked), built once per tick.
-
-    Shared prefix (``Bp == 1``): only the prefix padding, ``(1, capacity)`` (a sample's own action
-    keys are always visible and the other samples' are never scored at all)."""
+    """Additive mask for :func:`static_attention` (0 = attend, -inf = blocked), built once per tick."""
     device = valid_len.device
     bp = valid_len.shape[0]
     neg = torch.tensor(float("-inf"), dtype=dtype, device=device)
@@ -250,7 +195,11 @@ def static_mask(
     cols = torch.arange(capacity, device=device)
     prefix = torch.where(cols[None, :] < valid_len[:, None], zero, neg)  # (Bp, capacity)
     if bp == 1:
-        return prefix
+        sample_of_row = torch.arange(samples, device=device).repeat_interleave(n_tokens)  # (B*T,)
+        sample_of_slot = sample_of_row
+        own = torch.where(sample_of_row[:, None] == sample_of_slot[None, :], zero, neg)  # (B*T, B*T)
+        block = torch.cat([prefix.expand(samples * n_tokens, -1), own], dim=1)  # rows (B, T)
+        return block.repeat(groups, 1)[None, None]  # rows (g, B, T)
     own = torch.zeros((bp, n_tokens, n_tokens), dtype=dtype, device=device)
     block = torch.cat([prefix[:, None, :].expand(-1, n_tokens, -1), own], dim=2)  # (B, T, cap + T)
     return block.repeat(1, groups, 1)[:, None]  # (B, 1, g*T, cap + T), rows (g, T)

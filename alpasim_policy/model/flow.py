@@ -157,23 +157,12 @@ class StaticFlowSampler:
         self.dtype = dtype
         kvh, d = cfg.num_key_value_heads, cfg.head_dim
         self.groups = cfg.num_attention_heads // kvh
-        # Shared prefix: the cache holds only the prefix (each sample's own action K/V are used
-        # straight from the projection) and one score buffer, reused by every layer, holds a
-        # sample's rows against [prefix ; its own 64 actions]. Per-sample prefixes: action slots
-        # after each row's prefix, an ordinary batched attention.
-        slots = 0 if prefix_batch == 1 else n_waypoints
+        slots = samples * n_waypoints if prefix_batch == 1 else n_waypoints  # action K/V slots
         shape = (prefix_batch, kvh, capacity + slots, d)
         self.k = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.num_hidden_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.num_hidden_layers)]
-        rows = self.groups * n_waypoints
-        self.scores: torch.Tensor | None = None
-        if prefix_batch == 1:
-            self.mask = torch.zeros((1, capacity), dtype=dtype, device=self.device)
-            self.scores = torch.zeros(
-                (kvh, samples, rows, capacity + n_waypoints), dtype=dtype, device=self.device
-            )
-        else:
-            self.mask = torch.zeros((samples, 1, rows, capacity + slots), dtype=dtype, device=self.device)
+        rows = self.groups * (samples if prefix_batch == 1 else 1) * n_waypoints
+        self.mask = torch.zeros((prefix_batch, 1, rows, capacity + slots), dtype=dtype, device=self.device)
         self.cos = torch.zeros((samples, n_waypoints, d), dtype=dtype, device=self.device)
         self.sin = torch.zeros_like(self.cos)
         self.noise = torch.zeros(
@@ -209,15 +198,11 @@ class StaticFlowSampler:
         self.sin.copy_(sin)
         self.noise.copy_(noise)
 
-    @torch.no_grad()
     def velocity(self, x: torch.Tensor, i: int) -> torch.Tensor:
-        """Flow velocity at step ``i`` for actions ``x`` (projection, expert layers, head).
-
-        Inference only: the shared-prefix attention writes scores into a preallocated buffer
-        (``out=``), which autograd does not support."""
+        """Flow velocity at step ``i`` for actions ``x`` (projection, expert layers, head)."""
         emb = self.m.action_in_proj(x, self.t[i])
         h = expert_forward_static(
-            self.m.expert, emb, self.cos, self.sin, self.k, self.v, self.mask, self.capacity, self.scores
+            self.m.expert, emb, self.cos, self.sin, self.k, self.v, self.mask, self.capacity
         )
         return self.m.action_out_proj(h).float()
 
