@@ -102,6 +102,23 @@ def test_padding_really_masked(smooth):
     assert (c[2] - a[2]).abs().max() > 1e-3
 
 
+def test_shared_prefix_samples_are_independent(smooth):
+    """Single reasoning: a sample attends to the shared prefix and only its own action tokens, so
+    changing one sample's noise leaves the others' trajectories bit-for-bit unchanged."""
+    model, prep, vision = smooth
+    prefix, _ = model.reason(prep, vision, 1, cot_tokens=5)
+    noise = torch.randn(K, 64, 2, generator=torch.Generator().manual_seed(6))
+    _, static = _samplers(model, prefix)
+    static.load(prefix, noise)
+    a = static.run().clone()
+    other = noise.clone()
+    other[1] = torch.randn(64, 2, generator=torch.Generator().manual_seed(7))
+    static.load(prefix, other)
+    b = static.run()
+    torch.testing.assert_close(a[[0, 2]], b[[0, 2]], rtol=0, atol=1e-6)
+    assert (a[1] - b[1]).abs().max() > 1e-2
+
+
 def test_static_sampler_reused_across_prefix_lengths(smooth):
     """One static sampler (one graph) serves ticks of different CoC length: stale slots are masked."""
     model, prep, vision = smooth
