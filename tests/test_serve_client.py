@@ -45,13 +45,13 @@ class FollowLoop:
         hist[:, :2] = _rig(np.array([p[:2] for p in self.poses[-HISTORY_STEPS:]]), pose)
         hist[:, 2] = convert.wrap_angle(np.array([p[2] for p in self.poses[-HISTORY_STEPS:]]) - pose[2])
         hist[:, 3] = self.speeds[-HISTORY_STEPS:]
-        route_rig = _rig(self.route, pose)
+        route, command = convert.route_observation(self.route, tuple(pose))
         obs = {
             "ego_history": hist,
             "speed": np.float32(self.speeds[-1]),
             "acceleration": np.float32(self.speeds[-1] - self.speeds[-2]) / 0.1,
-            "route": convert.resample_route(route_rig),
-            "command": np.int64(convert.command_from_route(route_rig)),
+            "route": route,
+            "command": np.int64(command),
             "pose": pose,
             "step": np.int64(self.step),
         }

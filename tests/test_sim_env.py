@@ -17,7 +17,8 @@ from alpasim_policy.scenes.format import AgentType, load_scene
 from alpasim_policy.scenes.geometry import Polyline
 from alpasim_policy.scenes.suite import find_scene, load_suite
 from alpasim_policy.sim.collision import boxes_overlap, ego_corners_from_rear_axle
-from alpasim_policy.sim.env import LogReplayEnv, navigation_command
+from alpasim_policy.sim.command import navigation_command
+from alpasim_policy.sim.env import LogReplayEnv
 
 BUNDLED = [p.stem for p in load_suite("bundled")]
 ENV_ID = "alpasim_policy/LogReplay-v0"

@@ -33,9 +33,10 @@ from alpasim_policy.policies.base import (
     ROUTE_POINTS,
     ROUTE_SPACING_M,
 )
-from alpasim_policy.scenes.geometry import rig_to_scene_xy, scene_to_rig_xy, wrap_angle
+from alpasim_policy.scenes.geometry import Polyline, rig_to_scene_xy, scene_to_rig_xy, wrap_angle
 from alpasim_policy.serve.proto import common_pb2, sensorsim_pb2
-from alpasim_policy.sim.command import LATERAL_THRESHOLD_M, LOOKAHEAD_M, navigation_command
+from alpasim_policy.sim.command import LATERAL_THRESHOLD_M, LOOKAHEAD_M
+from alpasim_policy.sim.command import route_observation as route_observation_rule
 
 STEP_US = 100_000  # our 10 Hz tick
 TIME_TOL_US = 1_000  # timestamps closer than 1 ms are "the same time"
@@ -240,45 +241,26 @@ def parse_waypoints(waypoints, where: str = "route.waypoints") -> np.ndarray:
     return pts
 
 
-def command_from_route(route_rig: np.ndarray) -> int:
-    """AlpaSim's rule (:func:`alpasim_policy.sim.command.navigation_command`, as the env applies it)."""
-    return navigation_command(route_rig, COMMAND_LOOKAHEAD_M, COMMAND_LATERAL_M)
+def route_observation(
+    route_xy: np.ndarray | None, pose: tuple[float, float, float]
+) -> tuple[np.ndarray, int]:
+    """The observation's ``route`` and ``command`` from route points and the rig ``pose``, same frame.
 
-
-def resample_route(
-    route_rig: np.ndarray, n: int = ROUTE_POINTS, spacing: float = ROUTE_SPACING_M
-) -> np.ndarray:
-    """(n, 2) points every ``spacing`` m along the route from the rig's projection onto it.
-
-    No route -> straight ahead along the rig's x axis. Beyond the route's end the last segment
-    is extended, so the polyline always has ``n`` points.
+    The env's own rule (:func:`alpasim_policy.sim.command.route_observation`): only the route ahead
+    of the rig's projection, clamped at its end, so a policy behind AlpaSim sees what it saw in
+    simulation. No route (or fewer than two distinct points) -> a straight route along the rig's x
+    axis; a single point -> the segment from the rig to it.
     """
-    pts = np.asarray(route_rig, dtype=np.float64).reshape(-1, 2)
-    if len(pts) == 0:
-        pts = np.array([[0.0, 0.0], [1.0, 0.0]])
-    elif len(pts) == 1:
-        pts = np.vstack([[0.0, 0.0], pts]) if np.hypot(*pts[0]) > 1e-6 else np.array([[0.0, 0.0], [1.0, 0.0]])
-    seg = np.diff(pts, axis=0)
-    seg_len = np.hypot(seg[:, 0], seg[:, 1])
-    keep = np.concatenate([[True], seg_len > 1e-9])
-    pts = pts[keep]
-    if len(pts) < 2:
-        pts = np.array([pts[0], pts[0] + (1.0, 0.0)])
-    seg = np.diff(pts, axis=0)
-    seg_len = np.hypot(seg[:, 0], seg[:, 1])
-    s = np.concatenate([[0.0], np.cumsum(seg_len)])
-    # Projection of the rig origin onto the polyline (closest point over all segments).
-    t = np.clip(-(pts[:-1] * seg).sum(axis=1) / np.maximum(seg_len**2, 1e-12), 0.0, 1.0)
-    closest = pts[:-1] + t[:, None] * seg
-    k = int(np.argmin(np.hypot(closest[:, 0], closest[:, 1])))
-    s0 = s[k] + t[k] * seg_len[k]
-    q = s0 + spacing * np.arange(n)
-    out = np.stack([np.interp(q, s, pts[:, 0]), np.interp(q, s, pts[:, 1])], axis=1)
-    beyond = q > s[-1]
-    if beyond.any():
-        d = seg[-1] / seg_len[-1]
-        out[beyond] = pts[-1] + (q[beyond] - s[-1])[:, None] * d
-    return out.astype(np.float32)
+    pts = np.zeros((0, 2)) if route_xy is None else np.asarray(route_xy, dtype=np.float64).reshape(-1, 2)
+    if len(pts) == 1:
+        pts = np.vstack([np.asarray(pose, dtype=np.float64)[:2], pts])
+    try:
+        route = Polyline(pts)
+    except ValueError:  # no usable route: straight ahead, as far as the observation reaches
+        route = Polyline(from_rig(np.array([[0.0, 0.0], [ROUTE_SPACING_M * ROUTE_POINTS, 0.0]]), pose))
+    return route_observation_rule(
+        route, np.asarray(pose, dtype=np.float64), COMMAND_LOOKAHEAD_M, COMMAND_LATERAL_M
+    )
 
 
 # ----------------------------------------------------------------------------- plans

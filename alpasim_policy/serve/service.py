@@ -264,19 +264,18 @@ class EgodriverService(egodriver_pb2_grpc.EgodriverServiceServicer):
         if needs_cameras and any(n not in s.images for n in s.cameras.names):
             return None
         pose = hist["pose"]
-        route_rig = None
+        route_local = None
         if s.route is not None and len(s.route[1]):
             t_route, pts = s.route
             origin = s.ego.pose_at(t_route or hist["now_us"])  # rig pose when the route was valid
-            route_rig = convert.to_rig(convert.from_rig(pts, origin), tuple(pose))
+            route_local = convert.from_rig(pts, origin)
+        route, command = convert.route_observation(route_local, tuple(pose))
         obs: dict[str, Any] = {
             "ego_history": hist["ego_history"],
             "speed": hist["speed"],
             "acceleration": hist["acceleration"],
-            "route": convert.resample_route(route_rig if route_rig is not None else np.zeros((0, 2))),
-            "command": np.int64(
-                convert.command_from_route(route_rig if route_rig is not None else np.zeros((0, 2)))
-            ),
+            "route": route,
+            "command": np.int64(command),
             "pose": pose,
             "step": np.int64(round(hist["now_us"] / convert.STEP_US)),
             # The contract carries no agent list: vision policies see agents in the cameras.

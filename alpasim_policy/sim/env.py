@@ -41,7 +41,6 @@ from alpasim_policy.policies.base import (
     MAX_AGENTS,
     MIN_PLAN_STEPS,
     ROUTE_POINTS,
-    ROUTE_SPACING_M,
     validate_plan,
 )
 from alpasim_policy.scenes.format import Scene, load_scene
@@ -55,7 +54,7 @@ from alpasim_policy.scenes.geometry import (
 )
 from alpasim_policy.sim import collision as col
 from alpasim_policy.sim.agents import IDMParams, make_agents
-from alpasim_policy.sim.command import navigation_command
+from alpasim_policy.sim.command import route_observation
 from alpasim_policy.sim.config import load_env_config, tracker_params
 from alpasim_policy.sim.dynamics import VehicleParams, from_ego_columns, to_ego_columns
 from alpasim_policy.sim.tracker import simulate_internal
@@ -120,7 +119,6 @@ class LogReplayEnv(gym.Env):
         self.fit_steps = self.config["tracker"]["fit_steps"]
         self.index = map_index(sc)
         self.route = Polyline(sc.route.polyline)
-        self._route_offsets = ROUTE_SPACING_M * np.arange(ROUTE_POINTS)
         self.agent_static = col.is_static_type(sc.agents.types)
         self.agent_size = sc.agents.size
         self.agent_types = sc.agents.types.astype(np.float32)
@@ -313,9 +311,8 @@ class LogReplayEnv(gym.Env):
         h[:, :2] = scene_to_rig_xy(hist[:, :2], pose)
         h[:, 2] = wrap_angle(hist[:, 2] - pose[2])
         h[:, 3] = np.hypot(hist[:, 3], hist[:, 4])
-        route = scene_to_rig_xy(self._route_ahead(pose[:2]), pose)
         c = self.config["command"]
-        cmd = navigation_command(route, c["lookahead_m"], c["lateral_threshold_m"])
+        route, cmd = route_observation(self.route, pose, c["lookahead_m"], c["lateral_threshold_m"])
         a_state, a_valid = self.agent_traj[:, k], self.agent_valid_traj[:, k]
         agents = np.zeros((MAX_AGENTS, 8), np.float32)
         mask = np.zeros(MAX_AGENTS, dtype=bool)
@@ -336,7 +333,7 @@ class LogReplayEnv(gym.Env):
             "ego_history": h,
             "speed": np.array(self._state[0, 3], dtype=np.float32),
             "acceleration": np.array(self._state[0, 5], dtype=np.float32),
-            "route": route.astype(np.float32),
+            "route": route,
             "command": np.int64(cmd),
             "pose": pose,
             "step": np.array(k, dtype=np.int64),
@@ -351,20 +348,6 @@ class LogReplayEnv(gym.Env):
         if self.bev_enabled:
             obs["bev"] = self._bev(ego, a_state, a_valid, k)
         return obs
-
-    def _route_ahead(self, xy: np.ndarray) -> np.ndarray:
-        """ROUTE_POINTS scene-frame points along the route from the car's projection, every 2 m
-        (clamped at the route's end). A lean version of Polyline.project + interpolate: this runs
-        every tick."""
-        r = self.route
-        rel = xy - r.points[:-1]
-        along = rel[:, 0] * r.seg_dir[:, 0] + rel[:, 1] * r.seg_dir[:, 1]
-        t = np.clip(along, 0.0, r.seg_len)
-        fx = rel[:, 0] - t * r.seg_dir[:, 0]
-        fy = rel[:, 1] - t * r.seg_dir[:, 1]
-        k = int(np.argmin(fx * fx + fy * fy))
-        sq = r.s[k] + t[k] + self._route_offsets
-        return np.stack([np.interp(sq, r.s, r.points[:, 0]), np.interp(sq, r.s, r.points[:, 1])], axis=-1)
 
     def _bev(self, ego, a_state, a_valid, k) -> np.ndarray:
         # The renderer is looked up once per env: the per-call lookup (render_bev) hashes the
