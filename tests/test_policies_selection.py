@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from alpasim_policy.errors import ConfigError
-from alpasim_policy.policies.deadline import rig_to_scene, scene_to_rig
 from alpasim_policy.policies.selection import (
     HISTORY,
     SCORING_HORIZON_STEPS,
@@ -19,6 +18,8 @@ from alpasim_policy.policies.selection import (
     t0_scene,
 )
 from alpasim_policy.scenes.format import load_scene
+from alpasim_policy.scenes.geometry import rig_to_scene_poses as rig_to_scene
+from alpasim_policy.scenes.geometry import scene_to_rig_poses as scene_to_rig
 from alpasim_policy.scenes.suite import find_scene
 
 

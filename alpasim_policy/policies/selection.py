@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 
 from alpasim_policy.errors import ConfigError
-from alpasim_policy.policies.deadline import rig_to_scene
 from alpasim_policy.scenes.format import (
     DT,
     Agents,
@@ -47,6 +46,8 @@ from alpasim_policy.scenes.format import (
     Scene,
     SceneMetadata,
 )
+from alpasim_policy.scenes.geometry import rig_to_scene_poses, rig_to_scene_xy, wrap_angle
+from alpasim_policy.scenes.importers.common import smooth_derivative
 
 SELECT_METHODS = ("first", "medoid", "scored")
 HISTORY = 15  # steps of ego past kept before now (the observation carries 16 rows incl. now)
@@ -78,6 +79,13 @@ def medoid_index(samples: np.ndarray) -> int:
 # ------------------------------------------------------------------------------- t0 view
 
 
+def _to_scene(poses: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """Rig-frame poses (..., 3) -> scene frame, headings wrapped like a scene's states."""
+    out = rig_to_scene_poses(poses, pose)
+    out[..., 2] = wrap_angle(out[..., 2])
+    return out
+
+
 def _cv_rollout(state_now: np.ndarray, n: int) -> np.ndarray:
     """(N, 5) states x, y, heading, vx, vy -> (N, n, 5) at steps 0..n-1 ahead at constant velocity."""
     k = np.arange(n, dtype=np.float64)[None, :] * DT
@@ -94,11 +102,9 @@ def _observed_agents(
     agents = np.asarray(observation["agents"], dtype=np.float64)
     mask = np.asarray(observation.get("agents_mask", np.any(agents != 0, axis=1)), dtype=bool)
     a = agents[mask]
-    c, s = np.cos(pose[2]), np.sin(pose[2])
     state = np.empty((len(a), 5))
-    state[:, :3] = rig_to_scene(a[:, :3], pose) if len(a) else np.zeros((0, 3))
-    state[:, 3] = c * a[:, 3] - s * a[:, 4]  # rig-frame velocity rotated into the scene frame
-    state[:, 4] = s * a[:, 3] + c * a[:, 4]
+    state[:, :3] = _to_scene(a[:, :3], pose)
+    state[:, 3:5] = rig_to_scene_xy(a[:, 3:5], (0.0, 0.0, pose[2]))  # velocity: rotation only
     return state, a[:, 5:7], a[:, 7].astype(np.int8)
 
 
@@ -130,7 +136,7 @@ def t0_scene(
 
     # ego: the simulated past (observation), then a constant-velocity placeholder
     hist = np.asarray(observation["ego_history"], dtype=np.float64)[-(HISTORY + 1) :]
-    past = rig_to_scene(hist[:, :3], pose)
+    past = _to_scene(hist[:, :3], pose)
     spd = hist[:, 3]
     ego_state = np.zeros((n_total, 7))
     n_past = len(past)
@@ -141,13 +147,9 @@ def t0_scene(
     if n_past >= 5:
         # accelerations of the observed past (comfort metrics and the tracker's actuator state read
         # them): a Savitzky-Golay derivative of the velocity, which is far less noisy at "now" than a
-        # one-sided difference
-        from scipy.signal import savgol_filter
-
+        # one-sided difference (the importers' smoother: window 7, or the longest odd one that fits)
         rows = slice(HISTORY + 1 - n_past, HISTORY + 1)
-        win = min(7, n_past if n_past % 2 else n_past - 1)
-        for col in (3, 4):
-            ego_state[rows, col + 2] = savgol_filter(ego_state[rows, col], win, 2, deriv=1, delta=DT)
+        ego_state[rows, 5:7] = smooth_derivative(ego_state[rows, 3:5], np.ones(n_past, bool), DT)
     else:
         acc = float(np.asarray(observation.get("acceleration", 0.0)))
         ego_state[HISTORY, 5:7] = acc * np.cos(pose[2]), acc * np.sin(pose[2])
@@ -267,7 +269,7 @@ class SampleSelector:
             use_observed_agents=self.use_observed_agents,
         )
         pose = np.asarray(observation["pose"], dtype=np.float64).reshape(3)
-        proposals = rig_to_scene(samples, pose)
+        proposals = _to_scene(samples, pose)
         scorer = self._scorer or default_scorer()
         scores = np.asarray(scorer(view, proposals), dtype=np.float64).reshape(len(samples))
         # best EPDMS; ties (e.g. several perfect samples) go to the lowest index, like ``first``
