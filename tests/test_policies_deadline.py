@@ -10,7 +10,9 @@ import pytest
 
 from alpasim_policy.errors import ConfigError, PolicyOutputError
 from alpasim_policy.policies.base import PolicyOutput
-from alpasim_policy.policies.deadline import DeadlinePolicy, rig_to_scene, scene_to_rig
+from alpasim_policy.policies.deadline import DeadlinePolicy
+from alpasim_policy.scenes.geometry import rig_to_scene_poses as rig_to_scene
+from alpasim_policy.scenes.geometry import scene_to_rig_poses as scene_to_rig
 
 
 class FakeClock:

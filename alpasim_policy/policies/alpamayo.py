@@ -50,6 +50,7 @@ import numpy as np
 
 from alpasim_policy.errors import ConfigError
 from alpasim_policy.policies.base import PolicyOutput
+from alpasim_policy.policies.deadline import parse_number
 from alpasim_policy.policies.selection import SampleSelector, parse_select
 
 PRESETS = ("tiny", "small", "alpamayo-r1-10b")
@@ -86,17 +87,7 @@ def _int(name: str, value: Any, *, minimum: int | None = None, allow_none: bool 
 
 
 def _float(name: str, value: Any, *, minimum: float = 0.0, allow_none: bool = True) -> float | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
-        if allow_none:
-            return None
-        raise ConfigError(f"option '{name}': a number is required")
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"option '{name}': {value!r} is not a number") from e
-    if not np.isfinite(v) or v < minimum:
-        raise ConfigError(f"option '{name}': must be a finite number >= {minimum}, got {value!r}")
-    return v
+    return parse_number(name, value, minimum=minimum, allow_none=allow_none)
 
 
 class FrameBuffer:

@@ -61,51 +61,16 @@ import numpy as np
 from alpasim_policy.errors import ConfigError
 from alpasim_policy.policies.base import Policy, PolicyOutput, validate_plan
 from alpasim_policy.scenes.format import DT
+from alpasim_policy.scenes.geometry import constant_velocity_tail, rig_to_scene_poses, scene_to_rig_poses
 
 LATENCY_MODES = ("ignore", "delay")
 
 
-def _wrap(a: np.ndarray) -> np.ndarray:
-    return (a + np.pi) % (2.0 * np.pi) - np.pi
-
-
-def rig_to_scene(poses: np.ndarray, pose: np.ndarray) -> np.ndarray:
-    """(..., 3) rig-frame (x, y, heading) poses -> scene frame, for a rig at ``pose`` (x, y, heading)."""
-    poses = np.asarray(poses, dtype=np.float64)
-    c, s = math.cos(pose[2]), math.sin(pose[2])
-    out = np.empty(poses.shape, dtype=np.float64)
-    out[..., 0] = pose[0] + c * poses[..., 0] - s * poses[..., 1]
-    out[..., 1] = pose[1] + s * poses[..., 0] + c * poses[..., 1]
-    out[..., 2] = _wrap(poses[..., 2] + pose[2])
-    return out
-
-
-def scene_to_rig(poses: np.ndarray, pose: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`rig_to_scene`."""
-    poses = np.asarray(poses, dtype=np.float64)
-    c, s = math.cos(pose[2]), math.sin(pose[2])
-    dx, dy = poses[..., 0] - pose[0], poses[..., 1] - pose[1]
-    out = np.empty(poses.shape, dtype=np.float64)
-    out[..., 0] = c * dx + s * dy
-    out[..., 1] = -s * dx + c * dy
-    out[..., 2] = _wrap(poses[..., 2] - pose[2])
-    return out
-
-
 def _extend(poses: np.ndarray, length: int) -> np.ndarray:
     """Pad (n, 3) scene-frame poses to ``length`` rows at the velocity of the last two rows."""
-    n = len(poses)
-    if n >= length:
+    if len(poses) >= length:
         return poses[:length]
-    if n >= 2:
-        step = poses[-1, :2] - poses[-2, :2]
-    else:  # a single row left: no velocity known, hold it
-        step = np.zeros(2)
-    k = np.arange(1, length - n + 1)[:, None]
-    tail = np.empty((length - n, 3))
-    tail[:, :2] = poses[-1, :2] + k * step
-    tail[:, 2] = poses[-1, 2]
-    return np.concatenate([poses, tail])
+    return np.concatenate([poses, constant_velocity_tail(poses, length - len(poses))])
 
 
 def _parse_mode(latency_mode: str) -> str:
@@ -115,18 +80,26 @@ def _parse_mode(latency_mode: str) -> str:
     return mode
 
 
-def _parse_seconds(name: str, value: Any, *, allow_none: bool = False) -> float | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+def parse_number(
+    name: str, value: Any, *, minimum: float = 0.0, allow_none: bool = False, what: str = "number"
+) -> float | None:
+    """A policy option as a finite float >= ``minimum`` (strings from the CLI accepted); ``None``,
+    ``""``, ``"none"`` and ``"null"`` mean unset (an error unless ``allow_none``). Errors name the option."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
         if allow_none:
             return None
-        raise ConfigError(f"option '{name}': a number of seconds is required")
+        raise ConfigError(f"option '{name}': a {what} is required")
     try:
         v = float(value)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"option '{name}': {value!r} is not a number") from e
-    if not math.isfinite(v) or v < 0:
-        raise ConfigError(f"option '{name}': must be a finite number >= 0, got {value!r}")
+    if not math.isfinite(v) or v < minimum:
+        raise ConfigError(f"option '{name}': must be a finite number >= {minimum:g}, got {value!r}")
     return v
+
+
+def _parse_seconds(name: str, value: Any, *, allow_none: bool = False) -> float | None:
+    return parse_number(name, value, allow_none=allow_none, what="number of seconds")
 
 
 class DeadlinePolicy:
@@ -182,7 +155,7 @@ class DeadlinePolicy:
                 "call reset() between rollouts"
             )
         rows = _extend(self._plan_scene, start + length)[start:]
-        return scene_to_rig(rows, pose)
+        return scene_to_rig_poses(rows, pose)
 
     def act(self, observation: dict[str, Any]) -> PolicyOutput:
         step = int(np.asarray(observation["step"]))
@@ -197,7 +170,7 @@ class DeadlinePolicy:
             self._length = len(new)
         length = self._length
         if len(new) < length:  # keep every output the same length (eval stacks plans)
-            new = scene_to_rig(_extend(rig_to_scene(new, pose), length), pose)
+            new = scene_to_rig_poses(_extend(rig_to_scene_poses(new, pose), length), pose)
         new = new[:length]
         miss = latency > self.deadline_s
         self.ticks += 1
@@ -220,7 +193,7 @@ class DeadlinePolicy:
 
         if source != "previous" or self._plan_scene is None:
             # the returned plan becomes the active one (also the coast plan on a first-tick miss)
-            self._plan_scene = rig_to_scene(plan, pose)
+            self._plan_scene = rig_to_scene_poses(plan, pose)
             self._plan_first_step = step + 1
         extra = dict(out.extra)
         extra.update(
