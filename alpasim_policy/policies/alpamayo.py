@@ -41,6 +41,7 @@ the same seeds is identical (on one device and thread count) unless a deadline i
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections import deque
 from pathlib import Path
@@ -300,24 +301,14 @@ class AlpamayoPolicy:
 
     def __init__(
         self,
-        preset: str = "tiny",
-        weights: str | None = None,
-        samples: int | str = 6,
-        reasoning: str = "single",
-        diffusion: str = "graph",
-        select: str = "first",
-        device: str = "cpu",
-        seed: int | str = 0,
-        cot_tokens: int | str | None = None,
-        max_cot_tokens: int | str | None = None,
-        temperature: float | str | None = None,
-        camera_width: int | str | None = None,
-        camera_height: int | str | None = None,
-        threads: int | str | None = None,
+        *args: Any,
         deadline_ms: float | str | None = None,
         latency_mode: str = "ignore",
         assumed_latency_ms: float | str | None = None,
+        **options: Any,
     ):
+        """The model options (``preset``, ``samples``, ...) are :class:`AlpamayoCore`'s, passed on
+        unchanged; the three deadline options are this wrapper's (see ``__signature__`` below)."""
         from alpasim_policy.policies.deadline import DeadlinePolicy, _parse_mode
 
         latency_mode = _parse_mode(latency_mode)
@@ -325,11 +316,7 @@ class AlpamayoPolicy:
         assumed = _float("assumed_latency_ms", assumed_latency_ms)
         if assumed is not None and deadline is None:
             raise ConfigError("option 'assumed_latency_ms': only meaningful with 'deadline_ms'")
-        self.core = AlpamayoCore(
-            preset=preset, weights=weights, samples=samples, reasoning=reasoning, diffusion=diffusion,
-            select=select, device=device, seed=seed, cot_tokens=cot_tokens, max_cot_tokens=max_cot_tokens,
-            temperature=temperature, camera_width=camera_width, camera_height=camera_height, threads=threads,
-        )  # fmt: skip
+        self.core = AlpamayoCore(*args, **options)
         self.camera_size = self.core.camera_size
         self.deadline_s = DEFAULT_DEADLINE_S if deadline is None else deadline / 1000.0
         self.enforce_deadline = deadline is not None
@@ -362,3 +349,19 @@ class AlpamayoPolicy:
             deadline_enforced=False,
         )
         return out
+
+
+def _policy_signature() -> inspect.Signature:
+    """AlpamayoCore's options followed by the deadline options: the policy registry reads a
+    constructor's signature to reject unknown ``--policy-option`` keys and to route plain keys to
+    the policies that take them, so AlpamayoPolicy must show every option it accepts."""
+    core = [p for name, p in inspect.signature(AlpamayoCore).parameters.items() if name != "self"]
+    own = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in inspect.signature(AlpamayoPolicy.__init__).parameters.values()
+        if p.kind == inspect.Parameter.KEYWORD_ONLY
+    ]
+    return inspect.Signature([*core, *own])
+
+
+AlpamayoPolicy.__signature__ = _policy_signature()
