@@ -277,14 +277,14 @@ _STATIC_MAX = 16
 
 
 def _static_map(scene: Scene) -> dict:
-    from alpasim_policy.scenes.geometry import MapIndex, Polyline
+    from alpasim_policy.scenes.geometry import Polyline, map_index
 
     m = scene.map
     key = (id(m.lanes), id(m.drivable_areas), tuple(scene.route.lane_ids), scene.route.polyline.tobytes())
     hit = _STATIC.get(key)
     if hit is not None and hit[0] is m.lanes and hit[1] is m.drivable_areas:
         return hit[2]
-    mi = MapIndex(scene)
+    mi = map_index(scene)  # the env's index of this scene object when it already built one
     static = {
         "lane_ids": [ln.id for ln in m.lanes],
         "lane_polygons": np.asarray(mi.lane_polygons, dtype=object).reshape(-1),
