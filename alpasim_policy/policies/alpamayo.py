@@ -51,7 +51,7 @@ import numpy as np
 
 from alpasim_policy.errors import ConfigError
 from alpasim_policy.policies.base import PolicyOutput
-from alpasim_policy.policies.deadline import parse_number
+from alpasim_policy.policies.options import parse_choice, parse_int, parse_number
 from alpasim_policy.policies.selection import SampleSelector, parse_select
 
 PRESETS = ("tiny", "small", "alpamayo-r1-10b")
@@ -61,34 +61,6 @@ DEVICES = ("cpu", "cuda")
 DEFAULT_DEADLINE_S = 0.1  # one 10 Hz tick
 #: camera resolution asked of the env per preset (width, height); the model resizes to its input
 DEFAULT_CAMERA_SIZE = {"tiny": (128, 72), "small": (384, 216), "alpamayo-r1-10b": (1920, 1080)}
-
-
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-    v = str(value).strip().lower()
-    if v not in allowed:
-        raise ConfigError(f"option '{name}': {value!r} is not one of {', '.join(allowed)}")
-    return v
-
-
-def _int(name: str, value: Any, *, minimum: int | None = None, allow_none: bool = False) -> int | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
-        if allow_none:
-            return None
-        raise ConfigError(f"option '{name}': a whole number is required")
-    try:
-        f = float(value)
-        v = int(f)
-        if v != f:
-            raise ValueError
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"option '{name}': {value!r} is not a whole number") from e
-    if minimum is not None and v < minimum:
-        raise ConfigError(f"option '{name}': must be >= {minimum}, got {v}")
-    return v
-
-
-def _float(name: str, value: Any, *, minimum: float = 0.0, allow_none: bool = True) -> float | None:
-    return parse_number(name, value, minimum=minimum, allow_none=allow_none)
 
 
 class FrameBuffer:
@@ -151,25 +123,25 @@ class AlpamayoCore:
         camera_height: int | str | None = None,
         threads: int | str | None = None,
     ):
-        self.preset = _choice("preset", preset, PRESETS)
-        self.samples = _int("samples", samples, minimum=1)
-        self.reasoning = _choice("reasoning", reasoning, REASONING_MODES)
-        self.diffusion = _choice("diffusion", diffusion, DIFFUSION_MODES)
+        self.preset = parse_choice("preset", preset, PRESETS)
+        self.samples = parse_int("samples", samples, minimum=1)
+        self.reasoning = parse_choice("reasoning", reasoning, REASONING_MODES)
+        self.diffusion = parse_choice("diffusion", diffusion, DIFFUSION_MODES)
         self.select = parse_select(select)
-        self.device = _choice("device", device, DEVICES)
-        self.seed = _int("seed", seed)
-        self.cot_tokens = _int("cot_tokens", cot_tokens, minimum=1, allow_none=True)
-        self.max_cot_tokens = _int("max_cot_tokens", max_cot_tokens, minimum=1, allow_none=True)
-        self.temperature = _float("temperature", temperature)
+        self.device = parse_choice("device", device, DEVICES)
+        self.seed = parse_int("seed", seed)
+        self.cot_tokens = parse_int("cot_tokens", cot_tokens, minimum=1, allow_none=True)
+        self.max_cot_tokens = parse_int("max_cot_tokens", max_cot_tokens, minimum=1, allow_none=True)
+        self.temperature = parse_number("temperature", temperature, allow_none=True)
         w, h = DEFAULT_CAMERA_SIZE[self.preset]
         self.camera_size = (
-            _int("camera_width", camera_width if camera_width is not None else w, minimum=16),
-            _int("camera_height", camera_height if camera_height is not None else h, minimum=16),
+            parse_int("camera_width", camera_width if camera_width is not None else w, minimum=16),
+            parse_int("camera_height", camera_height if camera_height is not None else h, minimum=16),
         )
         self.weights = None if weights in (None, "", "none", "null") else Path(str(weights))
         if self.weights is not None and not self.weights.is_dir():
             raise ConfigError(f"option 'weights': {self.weights} is not a directory")
-        self.threads = _int("threads", threads, minimum=1, allow_none=True)
+        self.threads = parse_int("threads", threads, minimum=1, allow_none=True)
         import torch
 
         if self.threads is not None:
@@ -309,11 +281,11 @@ class AlpamayoPolicy:
     ):
         """The model options (``preset``, ``samples``, ...) are :class:`AlpamayoCore`'s, passed on
         unchanged; the three deadline options are this wrapper's (see ``__signature__`` below)."""
-        from alpasim_policy.policies.deadline import DeadlinePolicy, _parse_mode
+        from alpasim_policy.policies.deadline import DeadlinePolicy, parse_latency_mode
 
-        latency_mode = _parse_mode(latency_mode)
-        deadline = _float("deadline_ms", deadline_ms)
-        assumed = _float("assumed_latency_ms", assumed_latency_ms)
+        latency_mode = parse_latency_mode(latency_mode)
+        deadline = parse_number("deadline_ms", deadline_ms, allow_none=True)
+        assumed = parse_number("assumed_latency_ms", assumed_latency_ms, allow_none=True)
         if assumed is not None and deadline is None:
             raise ConfigError("option 'assumed_latency_ms': only meaningful with 'deadline_ms'")
         self.core = AlpamayoCore(*args, **options)

@@ -60,6 +60,7 @@ import numpy as np
 
 from alpasim_policy.errors import ConfigError
 from alpasim_policy.policies.base import Policy, PolicyOutput, validate_plan
+from alpasim_policy.policies.options import parse_choice, parse_number
 from alpasim_policy.scenes.format import DT
 from alpasim_policy.scenes.geometry import constant_velocity_tail, rig_to_scene_poses, scene_to_rig_poses
 
@@ -73,29 +74,8 @@ def _extend(poses: np.ndarray, length: int) -> np.ndarray:
     return np.concatenate([poses, constant_velocity_tail(poses, length - len(poses))])
 
 
-def _parse_mode(latency_mode: str) -> str:
-    mode = str(latency_mode).strip().lower()
-    if mode not in LATENCY_MODES:
-        raise ConfigError(f"option 'latency_mode': {latency_mode!r} is not one of {', '.join(LATENCY_MODES)}")
-    return mode
-
-
-def parse_number(
-    name: str, value: Any, *, minimum: float = 0.0, allow_none: bool = False, what: str = "number"
-) -> float | None:
-    """A policy option as a finite float >= ``minimum`` (strings from the CLI accepted); ``None``,
-    ``""``, ``"none"`` and ``"null"`` mean unset (an error unless ``allow_none``). Errors name the option."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
-        if allow_none:
-            return None
-        raise ConfigError(f"option '{name}': a {what} is required")
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"option '{name}': {value!r} is not a number") from e
-    if not math.isfinite(v) or v < minimum:
-        raise ConfigError(f"option '{name}': must be a finite number >= {minimum:g}, got {value!r}")
-    return v
+def parse_latency_mode(latency_mode: str) -> str:
+    return parse_choice("latency_mode", latency_mode, LATENCY_MODES)
 
 
 def _parse_seconds(name: str, value: Any, *, allow_none: bool = False) -> float | None:
@@ -115,7 +95,7 @@ class DeadlinePolicy:
     ):
         self.inner = inner
         self.deadline_s = _parse_seconds("deadline_s", deadline_s)
-        self.latency_mode = _parse_mode(latency_mode)
+        self.latency_mode = parse_latency_mode(latency_mode)
         self.assumed_latency_s = _parse_seconds("assumed_latency_s", assumed_latency_s, allow_none=True)
         self._clock = clock
         self.name = getattr(inner, "name", type(inner).__name__)
@@ -220,7 +200,7 @@ def with_deadline(
     The one call ``eval`` / ``serve`` need to offer ``--deadline-ms`` / ``--latency-mode`` for any
     policy (baselines included); options are validated with errors naming them.
     """
-    mode = _parse_mode(latency_mode)
+    mode = parse_latency_mode(latency_mode)
     deadline = _parse_seconds("deadline_ms", deadline_ms, allow_none=True)
     assumed = _parse_seconds("assumed_latency_ms", assumed_latency_ms, allow_none=True)
     if deadline is None:

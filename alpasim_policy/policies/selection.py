@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from alpasim_policy.errors import ConfigError
+from alpasim_policy.policies.options import parse_choice
 from alpasim_policy.scenes.format import (
     DT,
     Agents,
@@ -55,10 +56,7 @@ SCORING_HORIZON_STEPS = 40  # 4 s, NAVSIM's open-loop horizon
 
 
 def parse_select(value: Any) -> str:
-    method = str(value).strip().lower()
-    if method not in SELECT_METHODS:
-        raise ConfigError(f"option 'select': {value!r} is not one of {', '.join(SELECT_METHODS)}")
-    return method
+    return parse_choice("select", value, SELECT_METHODS)
 
 
 # ------------------------------------------------------------------------------- medoid
