@@ -107,7 +107,7 @@ class AlpamayoConfig:
     # ------------------------------------------------------------------ presets
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> AlpamayoConfig:
-        """``tiny`` (~2 M params, CPU / CI), ``small`` (~60 M), ``alpamayo-r1-10b`` (real sizes)."""
+        """``tiny`` (0.85 M params, CPU / CI), ``small`` (39 M), ``alpamayo-r1-10b`` (real sizes, 10.9 B)."""
         if name == "tiny":
             base: dict[str, Any] = {}
         elif name == "small":
