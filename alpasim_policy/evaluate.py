@@ -10,7 +10,12 @@ versions.
 Policy failures never stop a suite: when ``act`` raises or returns an invalid plan (NaN, empty,
 too short, wrong shape) the tick is recorded as a failure (with its message) and the car keeps
 executing its last valid plan shifted in time (continued at constant velocity when it runs out;
-before any valid plan, it coasts straight at its current speed).
+before any valid plan, it coasts straight at its current speed; the rule is
+:func:`alpasim_policy.policies.deadline.shifted_plan`, shared with ``--deadline-ms``). A failure
+is not free: the scorer gives 0 to every closed-loop window that starts at a failed tick
+(:mod:`alpasim_policy.scoring.closedloop`), and the leaderboard reports ``policy_failure_rate``
+next to ``deadline_miss_rate`` (a late plan replaced by the previous one is a miss, not a
+failure).
 
 ``--backend ray --workers N`` runs one Ray task per (policy, scene) on a local Ray with N CPUs;
 the env is deterministic, so the rollouts are identical to the serial ones (only wall-time
@@ -61,23 +66,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------- one rollout
 
 
-def _coast_plan(speed: float, rows: int = MIN_PLAN_STEPS) -> np.ndarray:
-    plan = np.zeros((rows, 3))
-    plan[:, 0] = max(speed, 0.0) * 0.1 * np.arange(1, rows + 1)
-    return plan
-
-
-def shifted_plan(plan_world: np.ndarray, made_at: int, step: int, pose: np.ndarray) -> np.ndarray:
-    """The rows of a scene-frame plan made at ``made_at`` that lie after ``step``, in the rig frame
-    of ``pose``; extended at the last rows' constant velocity to at least 10 rows."""
-    from alpasim_policy.scenes.geometry import constant_velocity_tail, scene_to_rig_poses
-
-    rows = plan_world[step - made_at :]
-    if len(rows) < MIN_PLAN_STEPS:
-        rows = np.concatenate([rows, constant_velocity_tail(plan_world, MIN_PLAN_STEPS - len(rows))])
-    return scene_to_rig_poses(rows, pose)
-
-
 def effective_env_config(env_config: str | dict | None, policy: Any) -> dict[str, Any]:
     """The env config for a policy: cameras switched on with its preset when it asks for them.
 
@@ -116,6 +104,7 @@ def run_rollout(
     (reset for this scene) instead of being built from ``policy_spec``.
     """
     from alpasim_policy.policies.base import validate_plan
+    from alpasim_policy.policies.deadline import shifted_plan
     from alpasim_policy.policies.registry import make_policy
     from alpasim_policy.scenes.format import load_scene
     from alpasim_policy.scenes.geometry import rig_to_scene_poses
@@ -158,13 +147,15 @@ def run_rollout(
             failure[k] = True
             msg = f"step {k}: {type(e).__name__}: {e}"
             messages.append(msg)
-            if last_valid is not None:
-                plan = shifted_plan(last_valid[0], last_valid[1], k, pose)
-            else:
-                plan = _coast_plan(float(obs["speed"]))
+            # the car keeps executing its last valid plan, shifted in time (or coasts before one)
+            last_plan, first_step = last_valid if last_valid is not None else (None, 0)
+            rows = len(last_plan) if last_plan is not None else MIN_PLAN_STEPS
+            plan = shifted_plan(
+                last_plan, first_step, k, pose, float(obs["speed"]), max(rows, MIN_PLAN_STEPS)
+            )
         else:
             latency[k] = time.perf_counter() - t0
-            last_valid = (rig_to_scene_poses(plan, pose), k)
+            last_valid = (rig_to_scene_poses(plan, pose), k + 1)
         if out is not None:
             if getattr(out, "reasoning", None):
                 reasoning[k] = str(out.reasoning)
@@ -453,4 +444,4 @@ def main(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
-__all__ = ["evaluate", "register", "run_rollout", "shifted_plan"]
+__all__ = ["evaluate", "register", "run_rollout"]

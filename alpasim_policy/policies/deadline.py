@@ -74,6 +74,38 @@ def _extend(poses: np.ndarray, length: int) -> np.ndarray:
     return np.concatenate([poses, constant_velocity_tail(poses, length - len(poses))])
 
 
+def shifted_plan(
+    plan_scene: np.ndarray | None,
+    first_step: int,
+    step: int,
+    pose: np.ndarray,
+    speed: float,
+    length: int,
+) -> np.ndarray:
+    """The plan a car keeps executing at scene step ``step`` when no new plan is usable.
+
+    The one fallback rule shared by :class:`DeadlinePolicy` (a late plan) and ``eval`` (an invalid
+    plan or a policy exception), so both degrade the same way. ``plan_scene`` holds the active
+    plan in the scene frame, row ``i`` being the pose at step ``first_step + i`` (a plan made at
+    step ``k`` has ``first_step = k + 1``). Returns ``length`` rows for steps ``step + 1 ...`` in
+    the rig frame of ``pose``: the active plan's rows, extended at the constant velocity and
+    heading of its last two rows when it runs out. Without an active plan (``plan_scene`` None)
+    the car coasts straight ahead along the rig x axis at its current ``speed`` (m/s, clamped
+    at 0).
+    """
+    if plan_scene is None:
+        t = DT * np.arange(1, length + 1)
+        return np.stack([max(float(speed), 0.0) * t, np.zeros(length), np.zeros(length)], axis=1)
+    start = step + 1 - first_step
+    if start < 0:
+        raise ConfigError(
+            f"observation 'step' went backwards ({step} < plan step {first_step - 1}); "
+            "call reset() between rollouts"
+        )
+    rows = _extend(np.asarray(plan_scene, np.float64), start + length)[start:]
+    return scene_to_rig_poses(rows, np.asarray(pose, np.float64))
+
+
 def parse_latency_mode(latency_mode: str) -> str:
     return parse_choice("latency_mode", latency_mode, LATENCY_MODES)
 
@@ -125,17 +157,7 @@ class DeadlinePolicy:
 
     def _active_shifted(self, step: int, pose: np.ndarray, speed: float, length: int) -> np.ndarray:
         """The active plan's rows for steps ``step + 1 ...`` in the current rig frame, ``length`` rows."""
-        if self._plan_scene is None:  # no plan yet: coast straight ahead at the current speed
-            t = DT * np.arange(1, length + 1)
-            return np.stack([speed * t, np.zeros(length), np.zeros(length)], axis=1)
-        start = step + 1 - self._plan_first_step
-        if start < 0:
-            raise ConfigError(
-                f"observation 'step' went backwards ({step} < plan step {self._plan_first_step - 1}); "
-                "call reset() between rollouts"
-            )
-        rows = _extend(self._plan_scene, start + length)[start:]
-        return scene_to_rig_poses(rows, pose)
+        return shifted_plan(self._plan_scene, self._plan_first_step, step, pose, speed, length)
 
     def act(self, observation: dict[str, Any]) -> PolicyOutput:
         step = int(np.asarray(observation["step"]))

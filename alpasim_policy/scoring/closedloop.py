@@ -10,6 +10,16 @@ A rollout is what the car actually did, tick by tick, with the agents as the env
   with the plan made one tick earlier (both simulated 4 s with the sim's tracker from the state
   they were made at), EP is normalised by the idm reference's progress over the same steps.
   The weighted metrics (EP, TTC, C, HC, LK, EC) are averaged over windows.
+* **Policy failures cost.** A window that starts at a tick where the policy gave no valid new
+  plan (the rollout's ``policy_failure``: an exception, NaN/inf, a wrong shape, fewer than 10
+  rows) scores 0: every weighted metric of that window is set to 0 (``failed`` = 1 in its row),
+  so the window's PDMS / EPDMS term is 0 whatever the fallback plan did. Without this a policy
+  that fails on every tick would score what eval's coasting fallback scores (constant velocity's
+  EPDMS). A deadline miss with the previous plan kept is not a failure (the car computer had a
+  valid plan). NAVSIM 2.0 marks an agent that raises as an invalid token (NaN results, listed
+  as failed, left out of the average of valid results; ``run_pdm_score.py``); leaving failures
+  out would reward a policy for failing on its hard ticks, so the project scores them 0 and the
+  leaderboard shows the failure rate next to the score.
 * **Whole-rollout events.** The multipliers (NC, DAC, DDC, TLC) are evaluated once over the
   whole controlled rollout, so a collision counts once, however many windows contain it.
 
@@ -69,6 +79,8 @@ def score_rollout(world: ScoringWorld, rollout, human_filter: bool = True) -> Cl
     plans = np.asarray(rollout.plans, dtype=np.float64)
     if not controlled.any():
         raise ValueError(f"rollout of {rollout.scene_id} has no controlled step")
+    pf = getattr(rollout, "policy_failure", None)
+    failed_tick = np.zeros(len(steps), bool) if pf is None else np.asarray(pf, bool)
     # the state at which the first plan was made is the one just before the first controlled state
     i0 = max(int(np.argmax(controlled)) - 1, 0)
     last = len(steps) - 1
@@ -108,6 +120,10 @@ def score_rollout(world: ScoringWorld, rollout, human_filter: bool = True) -> Cl
         )  # fmt: skip
         row = {key: float(v[0]) for key, v in r.metrics.items()}
         row["EC"] = ec  # no human plan exists to filter EC with
+        failed = bool(i < len(failed_tick) and failed_tick[i])
+        if failed:  # no valid plan at the window's first tick: the window scores 0
+            row.update({key: 0.0 for key in WEIGHTED})
+        row["failed"] = float(failed)
         row["step"] = float(k)
         windows.append(row)
     # ---- whole-rollout events
@@ -141,4 +157,5 @@ def score_rollout(world: ScoringWorld, rollout, human_filter: bool = True) -> Cl
     metrics["PDMS"] = float(P.pdms(arr)[0])
     metrics["EPDMS"] = float(P.epdms(arr)[0])
     metrics["windows"] = float(len(windows))
+    metrics["failed_windows"] = float(sum(w["failed"] for w in windows))
     return ClosedLoopResult(metrics=metrics, windows=windows, contacts=contacts, first_step=int(steps[i0]))

@@ -13,9 +13,12 @@
 
 Aggregation: scene scores first, then the equal-weight mean over the policy's scenes.
 ``collisions_per_km`` = at-fault collisions (distinct agents, NAVSIM's rules) summed over the
-policy's scenes / kilometres it drove there. Latency percentiles pool every controlled tick of
-the policy (the ``latency_s`` array of each rollout); ``deadline_miss_rate`` is the fraction of
-those ticks whose ``deadline_miss`` is set.
+policy's scenes / kilometres it drove there. Latency percentiles pool every tick at which the
+policy was asked for a plan (the ``latency_s`` array of each rollout); ``deadline_miss_rate`` is
+the fraction of those ticks whose ``deadline_miss`` is set (a late plan replaced by the previous one, not a
+failure); ``policy_failure_rate`` the fraction whose policy gave no valid plan (exception, NaN,
+wrong shape, too few rows). Closed-loop windows that start at a failed tick score 0
+(:mod:`alpasim_policy.scoring.closedloop`); ``scenes.csv`` counts them in ``failed_windows``.
 
 Metric caches: ``cache_dir="auto"`` uses the package's ``metric_cache/`` when it holds a fresh
 cache of a scene (scene hash and idm-reference code fingerprint match) and otherwise builds the
@@ -44,7 +47,7 @@ LEADERBOARD_COLUMNS = (
 )  # fmt: skip
 SCENE_COLUMNS = (
     "policy", "scene_id", "NC", "DAC", "DDC", "TLC", "EP", "TTC", "C", "HC", "LK", "EC", "PDMS", "EPDMS",
-    "windows", "collision_front", "collision_rear", "collision_lateral", "collision_at_fault",
+    "windows", "failed_windows", "collision_front", "collision_rear", "collision_lateral", "collision_at_fault",
     "collisions_at_fault_count", "offroad", "distance_km", "progress_ratio", "dist_to_log_max_m",
     "dist_to_log_mean_m", "lateral_dist_to_log_max_m", "left_corridor", "plan_deviation_m", "min_ade_m",
     "scene_score", "latency_p50_ms", "latency_p95_ms", "latency_max_ms", "deadline_miss_rate",
@@ -163,24 +166,24 @@ def score_rollout_file(path: Path, cache_dir="auto", rebuild: bool = False, memo
         raise AlpasimError(f"{path}: cannot score rollout: {e}") from e
     controlled = np.asarray(ro.controlled, bool)
     first = max(int(np.argmax(controlled)) - 1, 0)
+    # the ticks the policy was asked for a plan: the state before each controlled state (the
+    # last controlled state is where the log ends, no plan is made there)
+    acted = np.zeros(len(controlled), bool)
+    acted[:-1] = controlled[1:]
     row: dict = {"policy": ro.policy, "scene_id": ro.scene_id}
     row.update(res.metrics)
     row.update(rollout_metrics(world, ro, first, res.contacts))
-    row.update(_latency(ro.latency_s, ro.deadline_miss, controlled))
-    pf = (
-        np.asarray(ro.policy_failure, bool)
-        if ro.policy_failure is not None
-        else np.zeros(len(controlled), bool)
-    )
-    row["policy_failures"] = int(pf[controlled].sum())
-    row["ticks"] = int(controlled.sum())
-    row["_latency"] = np.asarray(ro.latency_s, float)[controlled] if ro.latency_s is not None else np.zeros(0)
+    row.update(_latency(ro.latency_s, ro.deadline_miss, acted))
+    pf = np.asarray(ro.policy_failure, bool) if ro.policy_failure is not None else np.zeros(len(acted), bool)
+    row["policy_failures"] = int(pf[acted].sum())
+    row["ticks"] = int(acted.sum())
+    row["_latency"] = np.asarray(ro.latency_s, float)[acted] if ro.latency_s is not None else np.zeros(0)
     row["_miss"] = (
-        np.asarray(ro.deadline_miss, bool)[controlled]
+        np.asarray(ro.deadline_miss, bool)[acted]
         if ro.deadline_miss is not None
-        else np.zeros(int(controlled.sum()), bool)
+        else np.zeros(int(acted.sum()), bool)
     )
-    row["_failures"] = pf[controlled]
+    row["_failures"] = pf[acted]
     return row
 
 
