@@ -11,10 +11,15 @@ from typing import Any
 
 
 def policy_factory(spec: str, options: dict[str, Any]):
-    """A zero-argument callable building a fresh policy per session (one instance per session)."""
-    from alpasim_policy.policies.registry import make_policy
+    """A zero-argument callable building a fresh policy per session (one instance per session).
 
-    make_policy(spec, **options)  # fail now, at startup, on a bad name or option
+    Fails now, at start-up, on a bad name or option, or on a policy that cannot drive from the
+    egodriver contract (:func:`~alpasim_policy.serve.service.check_servable`).
+    """
+    from alpasim_policy.policies.registry import make_policy
+    from alpasim_policy.serve.service import check_servable
+
+    check_servable(make_policy(spec, **options), spec)
     return lambda: make_policy(spec, **options)
 
 

@@ -44,6 +44,11 @@ TIME_TOL_US = 1_000  # timestamps closer than 1 ms are "the same time"
 COMMAND_LOOKAHEAD_M = LOOKAHEAD_M
 COMMAND_LATERAL_M = LATERAL_THRESHOLD_M
 MAX_BUFFERED_POSES = 256  # 25 s at 10 Hz: far more than any history a policy reads
+# How far drive's time_now_us may lie from the latest egomotion (either way). AlpaSim and
+# carla-driver-interface's loop submit the egomotion of "now" before each drive, so a gap of a
+# second (10 ticks) already means the observations are stale or the clocks disagree (e.g. time
+# in seconds vs microseconds); planning from them would answer with a plan for the wrong time.
+MAX_TIME_GAP_US = 1_000_000
 
 
 class RequestError(AlpasimError, ValueError):
@@ -129,9 +134,16 @@ class EgoBuffer:
     poses: list[LocalPose] = field(default_factory=list)
     speeds: list[float | None] = field(default_factory=list)  # signed forward speed, m/s
     accels: list[float | None] = field(default_factory=list)  # longitudinal, m/s^2
+    trimmed_until_us: int | None = None  # newest timestamp dropped by the buffer limit
 
     def add_message(self, trajectory: common_pb2.Trajectory, states: list[common_pb2.DynamicState]) -> None:
-        """Validate everything first, then insert, so a bad request leaves the buffer untouched."""
+        """Validate everything first, then insert, so a bad request leaves the buffer untouched.
+
+        Time only moves forward: within a message the timestamps must increase strictly, and a
+        pose older than the latest one received must be a resend of a known time (overlapping
+        history windows are fine); anything else is a ``RequestError`` naming the pose's
+        ``timestamp_us``. Resends of history already dropped by the buffer limit are ignored.
+        """
         if states and len(states) != len(trajectory.poses):
             raise RequestError(
                 "dynamic_states",
@@ -153,8 +165,23 @@ class EgoBuffer:
                     if not math.isfinite(a):
                         raise RequestError(f"dynamic_states[{i}].linear_acceleration", "contains NaN/inf")
                     accel = float(a)
-            parsed.append((int(pat.timestamp_us), pose, speed, accel))
+            t = int(pat.timestamp_us)
+            where = f"trajectory.poses[{i}].timestamp_us"
+            if parsed and t <= parsed[-1][0]:
+                raise RequestError(
+                    where,
+                    f"{t} us is not after the previous pose's {parsed[-1][0]} us (must increase strictly)",
+                )
+            if self.ts and t < self.ts[-1] - TIME_TOL_US and not self._known(t):
+                raise RequestError(
+                    where,
+                    f"{t} us goes back before the latest egomotion ({self.ts[-1]} us) and is not a resend "
+                    "of a received pose (observations must arrive in time order)",
+                )
+            parsed.append((t, pose, speed, accel))
         for t, pose, speed, accel in parsed:
+            if self.trimmed_until_us is not None and t <= self.trimmed_until_us + TIME_TOL_US:
+                continue  # history already dropped from the buffer: nothing to update
             k = bisect.bisect_left(self.ts, t)
             if k < len(self.ts) and abs(self.ts[k] - t) <= TIME_TOL_US:  # a resend of a known time
                 self.poses[k], self.speeds[k], self.accels[k] = pose, speed, accel
@@ -163,7 +190,29 @@ class EgoBuffer:
                 lst.insert(k, v)
         if len(self.ts) > MAX_BUFFERED_POSES:
             drop = len(self.ts) - MAX_BUFFERED_POSES
+            self.trimmed_until_us = self.ts[drop - 1]
             del self.ts[:drop], self.poses[:drop], self.speeds[:drop], self.accels[:drop]
+
+    def _known(self, t: int) -> bool:
+        """``t`` is (within 1 ms) a time already received, or older than what the buffer keeps."""
+        if self.trimmed_until_us is not None and t <= self.trimmed_until_us + TIME_TOL_US:
+            return True
+        k = bisect.bisect_left(self.ts, t - TIME_TOL_US)
+        return k < len(self.ts) and abs(self.ts[k] - t) <= TIME_TOL_US
+
+    def check_time_now(self, now_us: int, where: str = "time_now_us") -> None:
+        """Refuse a drive time far (more than :data:`MAX_TIME_GAP_US`) from the latest egomotion."""
+        if not self.ts:
+            return
+        latest = self.ts[-1]
+        if abs(int(now_us) - latest) > MAX_TIME_GAP_US:
+            raise RequestError(
+                where,
+                f"{int(now_us)} us is {abs(int(now_us) - latest) / 1e6:.3g} s "
+                f"{'after' if now_us > latest else 'before'} the latest egomotion observation "
+                f"({latest} us); at most {MAX_TIME_GAP_US / 1e6:g} s apart (are both in microseconds "
+                "of the same clock?)",
+            )
 
     @property
     def latest(self) -> tuple[int, LocalPose] | None:

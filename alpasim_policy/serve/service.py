@@ -3,7 +3,9 @@
 One Policy instance per session (built by a factory), so concurrent sessions share nothing
 but the process. Requests are validated up front: an unknown session is ``NOT_FOUND``, a
 malformed field ``INVALID_ARGUMENT`` naming it, a policy exception ``INTERNAL`` with its message
-(the session stays usable). Too little ego history gives an empty trajectory, AlpaSim's "not
+(the session stays usable). Time only moves forward: egomotion with decreasing timestamps, or a
+``drive`` whose ``time_now_us`` is more than a second from the latest egomotion, is
+``INVALID_ARGUMENT`` naming the field. Too little ego history gives an empty trajectory, AlpaSim's "not
 ready yet". Camera frames are decoded when submitted, not in ``drive``, so ``drive`` costs only
 the policy plus a little bookkeeping.
 """
@@ -41,6 +43,26 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
+
+
+def check_servable(policy: Policy, name: str) -> None:
+    """Refuse, at start-up, a policy that cannot drive from what the egodriver contract carries.
+
+    The contract sends egomotion, a route and camera images; no map, no other agents and no log.
+    A policy whose ``reset`` needs the scene (``idm``: lanes, speed limits, lights; ``log_replay``:
+    the logged ego) would otherwise start serving and then fail every session with INTERNAL, so
+    the server probes ``reset(scene=None)`` once and refuses with the policy's own reason.
+    """
+    from alpasim_policy.errors import ConfigError
+
+    try:
+        policy.reset(seed=0, scene=None, camera_rig=None)
+    except Exception as e:
+        raise ConfigError(
+            f"policy {name!r} cannot be served: it cannot drive from what AlpaSim's egodriver contract "
+            f"carries (egomotion, route, camera images; no map, no other agents, no log): "
+            f"{type(e).__name__}: {e}"
+        ) from e
 
 
 class _Abort(Exception):
@@ -290,6 +312,8 @@ class EgodriverService(egodriver_pb2_grpc.EgodriverServiceServicer):
         def go():
             s = self._session(request.session_uuid)
             with s.lock:  # one drive at a time per session; other sessions run in parallel
+                if request.time_now_us:  # 0: not given, the latest egomotion's time is used
+                    s.ego.check_time_now(int(request.time_now_us))
                 obs = self.observation(s)
                 if obs is None:
                     return egodriver_pb2.DriveResponse(
