@@ -7,6 +7,14 @@ interrupted run resumes where it stopped. At the end the scorer ranks the run
 (:func:`alpasim_policy.scoring.report.score_run`) and ``OUT/run.json`` records the arguments and
 versions.
 
+Scenes come from ``--suite`` (a name, a YAML of scene ids or paths, or a folder) and/or
+``--scenes PATH...`` (files or folders). Every scene file and its metric cache are checked
+before the first rollout (:func:`check_scenes`): a bad one (unreadable, invalid, a scene id
+another file already has, a stale strict cache) is reported on stderr naming the file and the
+reason, skipped, recorded in ``run.json`` (``skipped_scenes``), and the command exits 1 after
+running and scoring the rest. ``run.json``'s ``scene_files`` tells the scorer where each scene
+is, so scenes outside the scenarios root are scored too.
+
 Policy failures never stop a suite: when ``act`` raises or returns an invalid plan (NaN, empty,
 too short, wrong shape) the tick is recorded as a failure (with its message) and the car keeps
 executing its last valid plan shifted in time (continued at constant velocity when it runs out;
@@ -41,7 +49,14 @@ from alpasim_policy.policies.base import MIN_PLAN_STEPS
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="closed-loop rollouts of policies over a suite, then the leaderboard")
-    p.add_argument("--suite", required=True, help="suite name (scenarios/suites/NAME.yaml) or YAML path")
+    p.add_argument("--suite", default=None,
+                   help="suite name (scenarios/suites/NAME.yaml), a suite YAML (scene ids or paths), "
+                        "or a folder of scene files")  # fmt: skip
+    p.add_argument("--scenes", nargs="+", default=[], metavar="PATH",
+                   help="scene files or folders of them (with or instead of --suite)")  # fmt: skip
+    p.add_argument("--cache", default="auto",
+                   help="metric caches for scoring: 'auto' (default: the package's, else built in "
+                        "memory), 'none', or a folder (strict)")  # fmt: skip
     p.add_argument("--policy", required=True, help="comma-separated policy names (log_replay,idm,...)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--seed", type=int, default=0)
@@ -292,11 +307,70 @@ def _versions() -> dict[str, str]:
     return out
 
 
+class EvalResults(list):
+    """The per-rollout summaries :func:`evaluate` returns, plus the scenes it checked.
+
+    ``scenes``: ``{"path", "scene_id"}`` per scene that ran; ``skipped_scenes``: ``{"path",
+    "reason"}`` per scene that was rejected before the first rollout; ``cache_notes``: metric
+    cache problems the scorer works around (``"auto"`` caches that are stale or corrupt).
+    """
+
+    scenes: list[dict]
+    skipped_scenes: list[dict]
+    cache_notes: list[str]
+
+
+def check_scenes(
+    paths: list[Path], cache_dir: str | Path | None = "auto"
+) -> tuple[list[tuple[Path, Any]], list[dict], list[str]]:
+    """Load and validate every scene file and its metric cache, before any rollout.
+
+    Returns ``(good, skipped, notes)``: ``(path, scene)`` per usable scene, in order;
+    ``{"path", "reason"}`` per rejected file (the reason names what is wrong); notes on caches the
+    scorer will work around. Two files with the same scene id are a problem for the second one
+    (their rollouts would overwrite each other).
+    """
+    from alpasim_policy.errors import AlpasimError
+    from alpasim_policy.scenes.format import load_scene
+    from alpasim_policy.scoring.report import cache_check
+
+    good: list[tuple[Path, Any]] = []
+    skipped: list[dict] = []
+    notes: list[str] = []
+    ids: dict[str, Path] = {}
+    for path in paths:
+        try:
+            scene = load_scene(path)
+            if scene.scene_id in ids:
+                raise ConfigError(
+                    f"scene id {scene.scene_id!r} is also the id of {ids[scene.scene_id]} (rollouts are "
+                    "stored by scene id, so one would overwrite the other)"
+                )
+            usable, note = cache_check(scene, cache_dir)
+        except AlpasimError as e:
+            msg = str(e)
+            skipped.append({"path": str(path), "reason": msg if str(path) in msg else f"{path}: {msg}"})
+            continue
+        except Exception as e:  # an unreadable file of any kind: report it, go on
+            skipped.append({"path": str(path), "reason": f"{path}: {type(e).__name__}: {e}"})
+            continue
+        if not usable:
+            skipped.append({"path": str(path), "reason": f"metric cache: {note}"})
+            continue
+        if note:
+            notes.append(note)
+        ids[scene.scene_id] = path
+        good.append((path, scene))
+    return good, skipped, notes
+
+
 def evaluate(
-    suite: str,
+    suite: str | None,
     policies: list[str],
     out: str | Path,
     *,
+    scenes: list[str | Path] | tuple = (),
+    cache_dir: str | Path | None = "auto",
     seed: int = 0,
     env_config: str | dict | None = None,
     workers: int = 1,
@@ -304,24 +378,34 @@ def evaluate(
     policy_options: dict[str, Any] | None = None,
     show_progress: bool = True,
     deadline: dict[str, Any] | None = None,
-) -> list[dict]:
+) -> EvalResults:
     """Run (or resume) every (policy, scene) rollout; returns one summary per rollout.
 
-    The serial backend builds each policy once and resets it per scene (a real checkpoint is
-    loaded once, not once per scene); Ray tasks build their own.
+    Scenes: ``suite`` (name, YAML or folder) and/or ``scenes`` (files or folders), checked with
+    :func:`check_scenes` before anything runs; rejected ones are reported on stderr and listed
+    in the result's ``skipped_scenes``. The serial backend builds each policy once and resets it
+    per scene (a real checkpoint is loaded once, not once per scene); Ray tasks build their own.
     """
     from tqdm import tqdm
 
     from alpasim_policy.policies.registry import make_policy, split_options
-    from alpasim_policy.scenes.format import load_scene
-    from alpasim_policy.scenes.suite import load_suite
+    from alpasim_policy.scenes.suite import collect_scene_files
     from alpasim_policy.sim.config import load_env_config
 
     out = Path(out)
     options = dict(policy_options or {})
-    scenes = load_suite(suite)
     if not policies:
         raise ConfigError("--policy: give at least one policy name")
+    if suite is None and not scenes:
+        raise ConfigError("give --suite NAME|YAML|FOLDER and/or --scenes PATH...")
+    files, missing = collect_scene_files(suite, list(scenes))
+    good, skipped, notes = check_scenes(files, cache_dir)
+    skipped = [{"path": e, "reason": r} for e, r in missing] + skipped
+    for sk in skipped:
+        print(f"error: skipping scene {sk['reason']}", file=sys.stderr)
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    scenes = [p for p, _ in good]
     # Resolve the config once (a relative path means the same on Ray workers), then pass the dict.
     env_config = load_env_config(env_config)
     # Build each policy once up front: bad names / options fail before any work starts.
@@ -332,8 +416,7 @@ def evaluate(
         cfgs[p] = effective_env_config(env_config, built[p])
     hashes, ids, ticks = {}, {}, {}
     warmup = int(round(env_config["warmup_s"] / env_config["dt"]))
-    for s in scenes:
-        sc = load_scene(s)
+    for s, sc in good:
         hashes[str(s)], ids[str(s)] = sc.content_hash, sc.scene_id
         ticks[str(s)] = max(sc.num_steps - 1 - warmup, 1)
     todo, done = [], []
@@ -398,7 +481,11 @@ def evaluate(
                 results.append({"policy": p, "scene_id": Path(s).stem, "error": f"{type(e).__name__}: {e}"})
             bar.update(max(0, before + ticks[s] - bar.n))  # truncated episodes: count the rest
     bar.close()
-    return done + results
+    res = EvalResults(done + results)
+    res.scenes = [{"path": str(p), "scene_id": sc.scene_id} for p, sc in good]
+    res.skipped_scenes = skipped
+    res.cache_notes = notes
+    return res
 
 
 def main(args: argparse.Namespace) -> int:
@@ -412,9 +499,11 @@ def main(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     t0 = time.time()
+    cache = None if args.cache == "none" else args.cache
     results = evaluate(
-        args.suite, policies, out, seed=args.seed, env_config=args.env_config, workers=args.workers,
-        backend=args.backend, policy_options=options, deadline=deadline,
+        args.suite, policies, out, scenes=args.scenes, cache_dir=cache, seed=args.seed,
+        env_config=args.env_config, workers=args.workers, backend=args.backend, policy_options=options,
+        deadline=deadline,
     )  # fmt: skip
     errors = [r for r in results if "error" in r]
     for r in errors:
@@ -432,16 +521,29 @@ def main(args: argparse.Namespace) -> int:
         "versions": _versions(),
         "started": t0,
         "wall_s": time.time() - t0,
-        "rollouts": results,
+        "rollouts": list(results),
+        "scenes": results.scenes,
+        "scene_files": {s["scene_id"]: s["path"] for s in results.scenes},
+        "skipped_scenes": results.skipped_scenes,
+        "cache_notes": results.cache_notes,
     }
     atomic_write_json(out / "run.json", _jsonable(run))
-    if not args.no_score:
+    score_errors: list[str] = []
+    if not args.no_score and results.scenes:
         from alpasim_policy.scoring.report import score_run
 
-        board = score_run(out)
-        if board is not None:
-            print(board)
-    return 1 if errors else 0
+        board = score_run(out, cache_dir=cache)
+        score_errors = board.errors
+        print(board)
+    if results.skipped_scenes:
+        print(
+            f"error: {len(results.skipped_scenes)} scene(s) skipped (listed in {out / 'run.json'}, "
+            "'skipped_scenes'):",
+            file=sys.stderr,
+        )
+        for sk in results.skipped_scenes:
+            print(f"  {sk['reason']}", file=sys.stderr)
+    return 1 if errors or score_errors or results.skipped_scenes else 0
 
 
-__all__ = ["evaluate", "register", "run_rollout"]
+__all__ = ["EvalResults", "check_scenes", "evaluate", "register", "run_rollout"]

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sc = sub.add_parser("scenarios", help="list, plot and rebuild bundled scenes")
     scs = sc.add_subparsers(dest="scenarios_command", required=True)
     ls = scs.add_parser("list", help="scene id, source, duration, agent count")
-    ls.add_argument("--suite", default=None, help="suite name or YAML path (default: every scene file)")
+    ls.add_argument("--suite", default=None, help="suite name, YAML or folder (default: every scene file)")
     ls.set_defaults(func=_cmd_list)
     pl = scs.add_parser("plot", help="bird's-eye PNG of a scene (map, route, ego log, agents at t0)")
     pl.add_argument("scene", help="scene id or .npz path")
@@ -92,26 +92,38 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scene_paths(suite: str | None) -> list[Path]:
-    from alpasim_policy.scenes.suite import load_suite, scenarios_root
+def _scene_paths(suite: str | None) -> tuple[list[Path], list[tuple[str, str]]]:
+    from alpasim_policy.scenes.suite import collect_scene_files, scenarios_root
 
     if suite:
-        return load_suite(suite)
-    return sorted((scenarios_root() / "scenes").glob("*.npz"))
+        return collect_scene_files(suite)
+    return sorted((scenarios_root() / "scenes").glob("*.npz")), []
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    """One row per scene; a bad file or entry is reported on stderr and skipped (exit 1 at the end)."""
+    import sys
+
+    from alpasim_policy.errors import AlpasimError
     from alpasim_policy.scenes.format import load_scene
 
     rows = []
-    for p in _scene_paths(args.suite):
-        s = load_scene(p)
+    paths, bad = _scene_paths(args.suite)
+    for p in paths:
+        try:
+            s = load_scene(p)
+        except AlpasimError as e:
+            bad.append((str(p), str(e)))
+            continue
         rows.append((s.scene_id, s.metadata.source_dataset, f"{s.duration:.1f}", str(len(s.agents))))
     head = ("scene_id", "source", "duration_s", "agents")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
     for r in [head, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    return 0
+    for where, reason in bad:
+        print(f"error: skipped {where}: {reason}" if where not in reason else f"error: skipped {reason}",
+              file=sys.stderr)  # fmt: skip
+    return 1 if bad else 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:

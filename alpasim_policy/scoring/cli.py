@@ -88,7 +88,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     cache = None if args.cache == "none" else args.cache
     board = score_run(args.run_dir, cache_dir=cache, rebuild=args.rebuild)
     print(board)
-    return 0
+    return 1 if board.errors else 0  # rollouts that could not be scored were reported on stderr
 
 
 def _proposals(world, n: int, seed: int = 0):

@@ -62,6 +62,7 @@ class Leaderboard:
     rows: list[dict]  # one per policy, LEADERBOARD_COLUMNS
     scene_rows: list[dict] = field(default_factory=list)
     run_dir: Path | None = None
+    errors: list[str] = field(default_factory=list)  # rollout files that could not be scored, why
 
     def to_markdown(self) -> str:
         cols = LEADERBOARD_COLUMNS
@@ -114,7 +115,35 @@ def _latency(lat: np.ndarray | None, miss: np.ndarray | None, controlled: np.nda
     return out
 
 
-def _world_for(scene_id: str, cache_dir, rebuild: bool, memo: dict):
+def cache_check(scene, cache_dir="auto", rebuild: bool = False) -> tuple[bool, str | None]:
+    """Whether the scorer can score ``scene`` with ``cache_dir``, before any rollout is made.
+
+    Returns ``(usable, note)``. ``"auto"``: a corrupt, stale or outdated cache in the package's
+    ``metric_cache/`` is only a note (the scorer builds the world in memory). An explicit
+    ``cache_dir`` is strict, as in scoring: a stale or corrupt cache makes the scene unusable
+    (unless ``rebuild``); a missing one is built when scoring. ``None``: always usable.
+    """
+    from alpasim_policy.scoring.cache import cache_path, read_world, reference_fingerprint
+
+    if cache_dir is None:
+        return True, None
+    auto = cache_dir == "auto"
+    path = cache_path(DEFAULT_CACHE_DIR if auto else cache_dir, scene.scene_id)
+    if not path.is_file():
+        return True, None
+    try:
+        world = read_world(path, scene.content_hash)
+    except CacheError as e:
+        if auto or rebuild:
+            return True, f"{e} -- scoring will build the world from the scene instead"
+        return False, str(e)
+    if auto and world.reference_name == "idm":
+        if world.extra.get("reference_fingerprint") != reference_fingerprint():
+            return True, f"{path}: idm reference made by older env/idm code -- scoring rebuilds it in memory"
+    return True, None
+
+
+def _world_for(scene_id: str, cache_dir, rebuild: bool, memo: dict, scene_path: str | Path | None = None):
     if scene_id in memo:
         return memo[scene_id]
     from alpasim_policy.scenes.format import load_scene
@@ -127,7 +156,7 @@ def _world_for(scene_id: str, cache_dir, rebuild: bool, memo: dict):
         reference_fingerprint,
     )
 
-    scene = load_scene(find_scene(scene_id))
+    scene = load_scene(scene_path if scene_path is not None else find_scene(scene_id))
     if cache_dir == "auto":
         path = cache_path(DEFAULT_CACHE_DIR, scene.scene_id)
         world = None
@@ -150,14 +179,21 @@ def _world_for(scene_id: str, cache_dir, rebuild: bool, memo: dict):
     return memo[scene_id]
 
 
-def score_rollout_file(path: Path, cache_dir="auto", rebuild: bool = False, memo: dict | None = None) -> dict:
-    """One scenes.csv row for one rollout file."""
+def score_rollout_file(
+    path: Path,
+    cache_dir="auto",
+    rebuild: bool = False,
+    memo: dict | None = None,
+    scene_path: str | Path | None = None,
+) -> dict:
+    """One scenes.csv row for one rollout file (``scene_path``: the scene file when it is not a
+    scene id under the scenarios root, e.g. an imported scene ``eval --scenes`` ran)."""
     from alpasim_policy.scoring.alpasim_metrics import rollout_metrics
     from alpasim_policy.scoring.closedloop import score_rollout
     from alpasim_policy.sim.rollout import Rollout
 
     ro = Rollout.load(path)
-    scene, world = _world_for(ro.scene_id, cache_dir, rebuild, {} if memo is None else memo)
+    scene, world = _world_for(ro.scene_id, cache_dir, rebuild, {} if memo is None else memo, scene_path)
     if ro.scene_hash and scene.content_hash and ro.scene_hash != scene.content_hash:
         print(f"note: {path}: rollout was made on another version of scene {ro.scene_id}", file=sys.stderr)
     try:
@@ -216,15 +252,23 @@ def aggregate(scene_rows: list[dict]) -> list[dict]:
     return out
 
 
-def _policy_order(run_dir: Path, files: list[Path]) -> list[str]:
-    """The order policies were given to ``eval`` (``run.json``), else alphabetical."""
+def _run_meta(run_dir: Path) -> dict:
     import json
 
+    try:
+        meta = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _policy_order(run_dir: Path, files: list[Path]) -> list[str]:
+    """The order policies were given to ``eval`` (``run.json``), else alphabetical."""
     names = list(dict.fromkeys(f.parent.name for f in files))
     try:
-        listed = json.loads((run_dir / "run.json").read_text()).get("policies", [])
+        listed = _run_meta(run_dir).get("policies", [])
         listed = [p if isinstance(p, str) else p.get("name") for p in listed]
-    except (OSError, ValueError, AttributeError):
+    except AttributeError:
         listed = []
     return [p for p in listed if p in names] + [p for p in names if p not in listed]
 
@@ -232,28 +276,50 @@ def _policy_order(run_dir: Path, files: list[Path]) -> list[str]:
 def score_run(
     run_dir: str | Path, cache_dir: str | Path | None = "auto", rebuild: bool = False
 ) -> Leaderboard:
-    """Score ``run_dir/rollouts/*/*.npz``, write scenes.csv and the leaderboard; return it (printable)."""
+    """Score ``run_dir/rollouts/*/*.npz``, write scenes.csv and the leaderboard; return it (printable).
+
+    Scene files come from ``run.json``'s ``scene_files`` (scene id -> path, written by ``eval``),
+    else from the scene id under the scenarios root. A rollout that cannot be scored (its scene
+    file gone, a strict cache stale, ...) is reported in ``Leaderboard.errors`` and left out; the
+    leaderboard is written for the rest (an error only when nothing could be scored).
+    """
     run_dir = Path(run_dir)
     root = run_dir / "rollouts"
     files = sorted(root.glob("*/*.npz")) if root.is_dir() else []
     if not files:
         raise AlpasimError(f"{root}: no rollouts to score (expected rollouts/<policy>/<scene_id>.npz)")
+    scene_files = _run_meta(run_dir).get("scene_files") or {}
+    if not isinstance(scene_files, dict):
+        scene_files = {}
     # one scene at a time, so only one scene's scoring world (map rasters, caches) is in memory
-    scene_rows = []
+    scene_rows, errors = [], []
     memo: dict = {}
     for f in sorted(files, key=lambda p: (p.stem, p.parent.name)):
         if f.stem not in memo:
             memo.clear()
-        scene_rows.append(score_rollout_file(f, cache_dir, rebuild, memo))
+        try:
+            scene_rows.append(score_rollout_file(f, cache_dir, rebuild, memo, scene_files.get(f.stem)))
+        except AlpasimError as e:
+            errors.append(f"{f}: {e}")
+            print(f"error: cannot score {f}: {e}", file=sys.stderr)
+    if not scene_rows:
+        raise AlpasimError(f"{root}: no rollout could be scored:\n" + "\n".join(errors))
     order = {pol: i for i, pol in enumerate(_policy_order(run_dir, files))}
     scene_rows.sort(key=lambda r: (order.get(r["policy"], len(order)), r["scene_id"]))
-    board = Leaderboard(rows=aggregate(scene_rows), scene_rows=scene_rows, run_dir=run_dir)
+    board = Leaderboard(rows=aggregate(scene_rows), scene_rows=scene_rows, run_dir=run_dir, errors=errors)
     atomic_write_text(run_dir / "scenes.csv", _csv(scene_rows, SCENE_COLUMNS))
     atomic_write_text(run_dir / "leaderboard.csv", _csv(board.rows, LEADERBOARD_COLUMNS))
+    note = (
+        f"\n**{len(errors)} rollout(s) could not be scored** and are left out:\n\n"
+        + "".join(f"* {e}\n" for e in errors)
+        if errors
+        else ""
+    )
     atomic_write_text(
         run_dir / "leaderboard.md",
         f"# Leaderboard: {run_dir.name}\n\nClosed-loop NAVSIM-style scores (see "
         "alpasim_policy/scoring/README.md); scene scores averaged with equal weight.\n\n"
-        + board.to_markdown(),
+        + board.to_markdown()
+        + note,
     )
     return board
