@@ -78,6 +78,7 @@ def test_a_policy_failing_every_tick_scores_zero(tmp_path, world, cv_epdms, mode
     board = score_run(tmp_path, cache_dir=None)
     row = board.by_policy()[spec]
     assert row["EPDMS"] == 0.0 and row["policy_failure_rate"] == 1.0 and row["deadline_miss_rate"] == 0.0
+    assert row["alpasim_score"] == 0.0  # AlpaSim's scene score does not credit the fallback either
 
 
 def test_failing_on_some_ticks_loses_exactly_those_windows(world):
@@ -106,6 +107,10 @@ def test_failing_on_some_ticks_loses_exactly_those_windows(world):
     lost_terms = sum(mult * weighted(f) for f in free.windows if int(f["step"]) in lost) / n
     assert res.metrics["EPDMS"] == pytest.approx(free.metrics["EPDMS"] - lost_terms)
     assert res.metrics["EPDMS"] < free.metrics["EPDMS"] and res.metrics["failed_windows"] == 2
+    from alpasim_policy.scoring.alpasim_metrics import valid_plan_share
+
+    asked = int(np.isfinite(ro.latency_s).sum())
+    assert valid_plan_share(ro) == pytest.approx(1.0 - len(bad) / asked)
 
 
 def test_deadline_misses_are_not_failures(tmp_path, world, cv_epdms):

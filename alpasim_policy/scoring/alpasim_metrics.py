@@ -17,9 +17,13 @@ Per rollout (controlled part only, ego box from the rear-axle states):
   and the previous one over the times both cover (how much the policy changes its mind).
 * ``min_ade_m``: with sampled trajectories, per tick the smallest ADE of the K samples against
   the logged future over the horizon both cover, averaged over ticks (NaN without samples).
+* ``valid_plan_share``: the fraction of the ticks the policy was asked for a plan on which it
+  gave a valid one (no exception, NaN, wrong shape or too few rows); 1 without failures.
 * ``scene_score``: 0 after an at-fault collision, off-road, or leaving the corridor; else the
   progress ratio clipped to [0, 1] and divided by 0.8, capped at 1 (1 when the log moves less
-  than 5 m).
+  than 5 m); times ``valid_plan_share`` (the project's rule, as for the closed-loop windows: the
+  progress eval's fallback makes while the policy fails is not the policy's, so a policy that
+  fails on every tick scores 0 rather than what coasting would).
 * ``distance_km``: what the ego drove (for collisions per km).
 """
 
@@ -114,8 +118,21 @@ def rollout_metrics(
         if samples is not None
         else float("nan")
     )
+    out["valid_plan_share"] = valid_plan_share(rollout)
     out["scene_score"] = scene_score(out)
     return out
+
+
+def valid_plan_share(rollout) -> float:
+    """Fraction of the ticks a plan was asked for (each state before a controlled one) without a
+    policy failure; 1.0 when the rollout records no failures."""
+    controlled = np.asarray(rollout.controlled, bool)
+    asked = np.zeros(len(controlled), bool)
+    asked[:-1] = controlled[1:]
+    pf = getattr(rollout, "policy_failure", None)
+    if pf is None or not asked.any():
+        return 1.0
+    return float(1.0 - np.asarray(pf, bool)[asked].mean())
 
 
 def _scene_agents(world: ScoringWorld, rollout):
@@ -167,6 +184,7 @@ def scene_score(m: dict[str, float]) -> float:
     """AlpaSim's scene score from the rollout metrics above."""
     if m["collision_at_fault"] or m["offroad"] or m["left_corridor"]:
         return 0.0
+    share = float(m.get("valid_plan_share", 1.0))
     if m["log_distance_m"] < MIN_LOG_DISTANCE_M:
-        return 1.0
-    return float(min(min(max(m["progress_ratio"], 0.0), 1.0) / PROGRESS_SATURATION, 1.0))
+        return share
+    return share * float(min(min(max(m["progress_ratio"], 0.0), 1.0) / PROGRESS_SATURATION, 1.0))

@@ -50,7 +50,7 @@ SCENE_COLUMNS = (
     "windows", "failed_windows", "collision_front", "collision_rear", "collision_lateral", "collision_at_fault",
     "collisions_at_fault_count", "offroad", "distance_km", "progress_ratio", "dist_to_log_max_m",
     "dist_to_log_mean_m", "lateral_dist_to_log_max_m", "left_corridor", "plan_deviation_m", "min_ade_m",
-    "scene_score", "latency_p50_ms", "latency_p95_ms", "latency_max_ms", "deadline_miss_rate",
+    "scene_score", "valid_plan_share", "latency_p50_ms", "latency_p95_ms", "latency_max_ms", "deadline_miss_rate",
     "policy_failures", "ticks",
 )  # fmt: skip
 _MEAN_KEYS = ("NC", "DAC", "DDC", "TLC", "EP", "TTC", "C", "HC", "LK", "EC", "PDMS", "EPDMS")
