@@ -39,6 +39,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -325,7 +326,8 @@ def check_scenes(
 ) -> tuple[list[tuple[Path, Any]], list[dict], list[str]]:
     """Load and validate every scene file and its metric cache, before any rollout.
 
-    Returns ``(good, skipped, notes)``: ``(path, scene)`` per usable scene, in order;
+    Returns ``(good, skipped, notes)``: ``(path, info)`` per usable scene, in order (``info``
+    has the ``scene_id``, ``content_hash`` and ``num_steps``);
     ``{"path", "reason"}`` per rejected file (the reason names what is wrong); notes on caches the
     scorer will work around. Two files with the same scene id are a problem for the second one
     (their rollouts would overwrite each other).
@@ -355,12 +357,20 @@ def check_scenes(
             skipped.append({"path": str(path), "reason": f"{path}: {type(e).__name__}: {e}"})
             continue
         if not usable:
-            skipped.append({"path": str(path), "reason": f"metric cache: {note}"})
+            skipped.append({"path": str(path), "reason": f"{path}: unusable metric cache: {note}"})
             continue
         if note:
             notes.append(note)
         ids[scene.scene_id] = path
-        good.append((path, scene))
+        # keep only what eval needs: a suite's maps need not all sit in memory at once
+        good.append(
+            (
+                path,
+                SimpleNamespace(
+                    scene_id=scene.scene_id, content_hash=scene.content_hash, num_steps=scene.num_steps
+                ),
+            )
+        )
     return good, skipped, notes
 
 
