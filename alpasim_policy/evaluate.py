@@ -408,16 +408,22 @@ def evaluate(
         raise ConfigError("--policy: give at least one policy name")
     if suite is None and not scenes:
         raise ConfigError("give --suite NAME|YAML|FOLDER and/or --scenes PATH...")
+    # Resolve the config once (a relative path means the same on Ray workers), then pass the dict.
+    env_config = load_env_config(env_config)
+    warmup = int(round(env_config["warmup_s"] / env_config["dt"]))
     files, missing = collect_scene_files(suite, list(scenes))
     good, skipped, notes = check_scenes(files, cache_dir)
     skipped = [{"path": e, "reason": r} for e, r in missing] + skipped
+    for p, sc in list(good):  # the env needs at least one tick to drive after its warm-up
+        if warmup > sc.num_steps - 2:
+            good.remove((p, sc))
+            skipped.append({"path": str(p), "reason": f"{p}: {sc.num_steps} steps, too short for the env's "
+                            f"warm-up of {env_config['warmup_s']} s plus one tick to drive"})  # fmt: skip
     for sk in skipped:
         print(f"error: skipping scene {sk['reason']}", file=sys.stderr)
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
     scenes = [p for p, _ in good]
-    # Resolve the config once (a relative path means the same on Ray workers), then pass the dict.
-    env_config = load_env_config(env_config)
     # Build each policy once up front: bad names / options fail before any work starts.
     cfgs, built = {}, {}
     per_policy = split_options(policies, options)
@@ -425,7 +431,6 @@ def evaluate(
         built[p] = make_policy(p, **per_policy[p])
         cfgs[p] = effective_env_config(env_config, built[p])
     hashes, ids, ticks = {}, {}, {}
-    warmup = int(round(env_config["warmup_s"] / env_config["dt"]))
     for s, sc in good:
         hashes[str(s)], ids[str(s)] = sc.content_hash, sc.scene_id
         ticks[str(s)] = max(sc.num_steps - 1 - warmup, 1)

@@ -121,3 +121,11 @@ def test_scenarios_list_skips_a_bad_file_and_fails_at_the_end(imported, capsys):
     assert rc == 1
     assert "imported-test-0001" in out
     assert str(imported / "notes.npz") in err and str(imported / "truncated.npz") in err
+
+
+def test_a_scene_too_short_for_the_env_warm_up_is_skipped_before_any_rollout(tmp_path):
+    res = evaluate(None, ["constant_velocity"], tmp_path, scenes=[SCENE], env_config={"warmup_s": 60.0},
+                   show_progress=False)  # fmt: skip
+    assert len(res) == 0 and not res.scenes
+    (sk,) = res.skipped_scenes
+    assert SCENE in sk["path"] and "too short" in sk["reason"] and "60" in sk["reason"]
