@@ -45,6 +45,8 @@ class BrokenPolicy:
                 plan = np.zeros((0, 3))
             elif self.mode == "short":
                 plan = plan[:3]
+            elif self.mode == "shape":
+                plan = plan[:, :2]
             elif self.mode == "raise":
                 raise RuntimeError("model crashed")
         return PolicyOutput(trajectory=plan)
@@ -61,7 +63,7 @@ def cv_epdms(world):
     return score_rollout(world, ro).metrics["EPDMS"]
 
 
-@pytest.mark.parametrize("mode", ["nan", "empty", "short", "raise"])
+@pytest.mark.parametrize("mode", ["nan", "empty", "short", "shape", "raise"])
 def test_a_policy_failing_every_tick_scores_zero(tmp_path, world, cv_epdms, mode):
     spec = "test_eval_failures:BrokenPolicy"
     suite = tmp_path / "one.yaml"
