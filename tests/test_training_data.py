@@ -117,3 +117,29 @@ def test_save_samples_round_trip(tmp_path, av2):
         assert str(z["coc"][0]) == samples[0].coc
     with pytest.raises(ValueError, match="no samples"):
         save_samples([], tmp_path / "empty.npz")
+
+
+def test_train_data_stage_excludes_the_suite_and_resumes(tmp_path):
+    """``train --stage data`` on one real recording: suite egos left out, shards written, resumable."""
+    import json
+    import shutil
+
+    from alpasim_policy.cli import main
+
+    raw = tmp_path / "raw"
+    (raw / "commonroad").mkdir(parents=True)
+    shutil.copy(scenarios_root() / "raw/commonroad/DEU_A9-3_1_T-1.xml", raw / "commonroad")
+    args = ["train", "--stage", "data", "--out", str(tmp_path / "run"), "--raw", str(raw)]
+    assert main([*args, "--perturbations", "1"]) == 0
+    data = tmp_path / "run/data"
+    manifest = json.loads((data / "manifest.json").read_text())
+    bundled = {load_scene(p).metadata.extra.get("ego_obstacle_id") for p in load_suite("bundled")}
+    assert manifest["scenes"] and manifest["held_out_dropped"] >= 5
+    assert not any(sid.rsplit("ego", 1)[1] in bundled for sid in manifest["scenes"])
+    assert len(manifest["shards"]) == 2  # the one eligible A9 ego: on the log and one perturbation
+    with np.load(data / manifest["shards"][0]) as z:
+        assert z["images"].shape[1:] == (4, 4, 3, 72, 128)  # tiny preset: 4 cameras x 4 frames
+    stamps = {p.name: p.stat().st_mtime_ns for p in data.glob("*.npz")}
+    assert main([*args, "--perturbations", "1"]) == 0  # resume: nothing rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in data.glob("*.npz")} == stamps
+    assert main([*args, "--raw", str(tmp_path / "nowhere")]) == 2  # a clear error, not a traceback
