@@ -1,0 +1,251 @@
+"""Imitation-training samples: what the policy sees in closed loop, paired with an expert target.
+
+Why samples come from the env itself: a model trained on inputs built by other code (another
+history convention, another renderer call, another camera size) is evaluated on inputs it never
+saw. Here the Gymnasium env produces every observation (cameras at the policy's input size, the
+16-step history, speed, navigation command) and :class:`~alpasim_policy.policies.alpamayo.FrameBuffer`
+stacks frames exactly as the ``alpamayo`` policy does.
+
+Recovery. Behaviour cloning on the log alone never shows the model a car that is off the log, so
+closed loop drifts. A :class:`Perturbation` makes the env's ego drift off the log for a second
+(it is steered towards the log shifted sideways); the *target* at every step is the expert's
+recovery: the logged future with the current lateral / heading error faded out over
+``recovery_s`` seconds (a quintic smoothstep), so the labels show how to get back.
+
+Held-out data. The scenes of an evaluation suite are never trained on: a training scene that
+shares the source recording, the ego and any logged step with a suite scene is dropped
+(:func:`overlaps`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from alpasim_policy.policies.alpamayo import FrameBuffer
+from alpasim_policy.scenes.format import DT, Scene
+from alpasim_policy.scenes.geometry import constant_velocity_tail, scene_to_rig_poses, wrap_angle
+from alpasim_policy.scoring.reasoning import classify_trajectory, coc_text
+from alpasim_policy.training.labeler import causal_factors, choose_factor
+
+#: Alpamayo-R1 plans 64 steps (6.4 s); the targets have that many rows, masked past the log's end.
+TARGET_STEPS = 64
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """Drift off the log: from ``start_step`` for ``ramp_steps`` the env is steered towards the log
+    shifted by ``lateral_m`` (+ left); afterwards it follows the expert target (the recovery)."""
+
+    lateral_m: float
+    start_step: int
+    ramp_steps: int = 15
+
+
+@dataclass
+class TrainingSample:
+    """One step of one drive. Frames: rig (x forward, y left, origin rear axle) at this step."""
+
+    scene_id: str
+    step: int
+    images: np.ndarray  # (C, F, 3, H, W) uint8, cameras in rig order, frames oldest first
+    history: np.ndarray  # (16, 4) float32 x, y, heading, speed
+    speed: float  # m/s
+    command: int  # 0 left, 1 straight, 2 right
+    target: np.ndarray  # (TARGET_STEPS, 3) float64 expert poses at +0.1 s, +0.2 s, ...
+    target_valid: np.ndarray  # (TARGET_STEPS,) bool: False past the log's end
+    coc: str  # the CoC label (meta-action from the target, cause from t0-knowable facts)
+    offset_m: float  # distance of the ego's rear axle from the log at this step
+
+
+def _smoothstep(u: np.ndarray) -> np.ndarray:
+    u = np.clip(u, 0.0, 1.0)
+    return u**3 * (10 - 15 * u + 6 * u**2)
+
+
+def log_future(scene: Scene, step: int, steps: int = TARGET_STEPS) -> tuple[np.ndarray, np.ndarray]:
+    """The logged poses ``(steps, 3)`` after ``step`` (scene frame), continued at constant velocity
+    past the end of the log; the mask says which rows are logged."""
+    log = scene.ego.state[:, :3]
+    n_valid = max(0, min(steps, scene.num_steps - 1 - step))
+    fut = log[step + 1 : step + 1 + n_valid]
+    if n_valid < steps:
+        fut = np.concatenate([fut, constant_velocity_tail(log[: step + 1 + n_valid], steps - n_valid)])
+    return fut, np.arange(steps) < n_valid
+
+
+def _offset_log(
+    scene: Scene, step: int, origin: np.ndarray, lateral: np.ndarray, steps: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The logged future with row ``i`` moved ``lateral[i]`` m to the left of the logged heading.
+
+    Headings follow the shifted path's direction (from ``origin``, the car's position now, for the
+    first row) where the rows move, since a kinematic car points where it goes; the logged heading
+    where they barely move.
+    """
+    fut, valid = log_future(scene, step, steps)
+    out = fut.copy()
+    n_i = np.stack([-np.sin(fut[:, 2]), np.cos(fut[:, 2])], -1)
+    out[:, :2] += lateral[:, None] * n_i
+    prev = np.concatenate([np.asarray(origin, dtype=np.float64)[None, :2], out[:-1, :2]])
+    d = out[:, :2] - prev
+    moving = np.linalg.norm(d, axis=1) > 0.05
+    course = np.arctan2(d[:, 1], d[:, 0])
+    out[:, 2] = np.where(moving, fut[:, 2] + wrap_angle(course - fut[:, 2]), fut[:, 2])
+    return out, valid
+
+
+def _lateral_error(scene: Scene, step: int, pose: np.ndarray) -> float:
+    """Signed distance (m, + left) of ``pose`` from the logged pose at ``step``, across its heading."""
+    ref = scene.ego.state[step, :3]
+    normal = np.array([-np.sin(ref[2]), np.cos(ref[2])])
+    return float((np.asarray(pose[:2], dtype=np.float64) - ref[:2]) @ normal)
+
+
+def recovery_target(
+    scene: Scene, step: int, pose: np.ndarray, steps: int = TARGET_STEPS, recovery_s: float = 2.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Expert poses (scene frame) from ``pose`` at ``step`` back onto the logged future.
+
+    The lateral error (across the logged heading at ``step``) fades out over ``recovery_s`` seconds
+    with a quintic smoothstep; the longitudinal position follows the log (time-indexed). Rows past
+    the end of the log continue the last logged motion and are marked invalid.
+    """
+    w = 1.0 - _smoothstep((np.arange(1, steps + 1) * DT) / recovery_s)
+    return _offset_log(scene, step, pose, w * _lateral_error(scene, step, pose), steps)
+
+
+def _drift_plan(scene: Scene, step: int, pose: np.ndarray, p: Perturbation) -> np.ndarray:
+    """Scene-frame plan during the drift: from the current lateral error to ``p.lateral_m`` by the
+    end of the ramp, then held. (The tracker anchors a plan at the car, so a plan merely shifted
+    sideways would not move it: the drift has to be in the plan's shape.)"""
+    remaining = max(1, p.start_step + p.ramp_steps - step)
+    e0 = _lateral_error(scene, step, pose)
+    u = _smoothstep(np.arange(1, TARGET_STEPS + 1) / remaining)
+    plan, _ = _offset_log(scene, step, pose, e0 + (p.lateral_m - e0) * u, TARGET_STEPS)
+    return plan
+
+
+def label_target(scene: Scene, step: int, target_rig: np.ndarray, v0: float) -> str:
+    """The CoC sentence for a target: meta-action from the target, cause known at ``step``."""
+    action = classify_trajectory(target_rig, v0, DT)
+    return coc_text(action, choose_factor(action, causal_factors(scene, step)))
+
+
+def drive_samples(
+    scene: Scene,
+    *,
+    camera_preset: str = "alpamayo4",
+    camera_size: tuple[int, int] = (128, 72),
+    frames: int = 4,
+    perturbation: Perturbation | None = None,
+    steps: Sequence[int] | None = None,
+    recovery_s: float = 2.0,
+    min_future_steps: int = 40,
+) -> Iterator[TrainingSample]:
+    """Drive ``scene`` in the env along the expert target (drifting where perturbed); yield samples.
+
+    A sample is yielded at each step in ``steps`` (default: every controlled step with at least
+    ``min_future_steps`` logged future steps, the scorer's 4 s).
+    """
+    import gymnasium as gym
+
+    w, h = camera_size
+    config = {"cameras": {"enabled": True, "preset": camera_preset, "width": int(w), "height": int(h)}}
+    env = gym.make("alpasim_policy/LogReplay-v0", scene=scene, config=config).unwrapped
+    obs, _ = env.reset(seed=0)
+    order = list(env.camera_rig.names)
+    buffer = FrameBuffer(frames)
+    wanted = None if steps is None else set(int(s) for s in steps)
+    last = scene.num_steps - 1
+    while True:
+        k = int(obs["step"])
+        pose = np.asarray(obs["pose"], dtype=np.float64)
+        images = buffer.push(obs["cameras"], k, order)
+        target_w, valid = recovery_target(scene, k, pose, TARGET_STEPS, recovery_s)
+        target = scene_to_rig_poses(target_w, pose)
+        emit = (last - k >= min_future_steps) if wanted is None else k in wanted
+        if emit:
+            v0 = float(obs["speed"])
+            yield TrainingSample(
+                scene_id=scene.scene_id,
+                step=k,
+                images=images,
+                history=np.asarray(obs["ego_history"], np.float32).copy(),
+                speed=v0,
+                command=int(obs["command"]),
+                target=target,
+                target_valid=valid,
+                coc=label_target(scene, k, target[:min_future_steps], v0),
+                offset_m=float(np.hypot(*(pose[:2] - scene.ego.state[k, :2]))),
+            )
+        if k >= last:
+            break
+        p = perturbation
+        if p is not None and p.start_step <= k < p.start_step + p.ramp_steps:
+            plan = scene_to_rig_poses(_drift_plan(scene, k, pose, p), pose)
+        else:
+            plan = target
+        obs, _, terminated, truncated, _ = env.step(plan)
+        if terminated or truncated:
+            break
+    env.close()
+
+
+# ----------------------------------------------------------------------------- held-out scenes
+
+
+def _ego_key(scene: Scene) -> str:
+    """Which road user is the ego: CommonRoad's obstacle id, else the recording's own ego."""
+    extra = scene.metadata.extra
+    return str(extra.get("ego_obstacle_id", extra.get("focal_track_id", "ego")))
+
+
+def _span(scene: Scene) -> tuple[int, int]:
+    start = int(scene.metadata.extra.get("window_start_step", 0))
+    return start, start + scene.num_steps
+
+
+def overlaps(candidate: Scene, held_out: Scene) -> bool:
+    """True when ``candidate`` shares recording, ego and at least one logged step with ``held_out``."""
+    if candidate.metadata.source_id != held_out.metadata.source_id:
+        return False
+    if _ego_key(candidate) != _ego_key(held_out):
+        return False
+    a0, a1 = _span(candidate)
+    b0, b1 = _span(held_out)
+    return a0 < b1 and b0 < a1
+
+
+def held_out_filter(candidates: Sequence[Scene], suite_scenes: Sequence[Scene]) -> list[Scene]:
+    """``candidates`` minus every scene that :func:`overlaps` a scene of the evaluation suite."""
+    return [c for c in candidates if not any(overlaps(c, s) for s in suite_scenes)]
+
+
+def save_samples(samples: Sequence[TrainingSample], path: str | Path) -> Path:
+    """Write a shard of samples as one compressed ``.npz`` (atomically; see ``alpasim_policy.io``)."""
+    import io
+
+    from alpasim_policy.io import atomic_write_bytes
+
+    if not samples:
+        raise ValueError(f"{path}: no samples to write")
+    arrays = {
+        "images": np.stack([s.images for s in samples]),
+        "history": np.stack([s.history for s in samples]),
+        "speed": np.array([s.speed for s in samples], np.float32),
+        "command": np.array([s.command for s in samples], np.int64),
+        "target": np.stack([s.target for s in samples]),
+        "target_valid": np.stack([s.target_valid for s in samples]),
+        "coc": np.array([s.coc for s in samples]),
+        "scene_id": np.array([s.scene_id for s in samples]),
+        "step": np.array([s.step for s in samples], np.int64),
+        "offset_m": np.array([s.offset_m for s in samples], np.float32),
+    }
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)

@@ -1,0 +1,145 @@
+"""Imitation-training samples from the env: inputs, recovery targets, held-out scenes (real scenes)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import alpasim_policy.sim  # noqa: F401  (registers the env)
+from alpasim_policy.scenes.format import load_scene
+from alpasim_policy.scenes.geometry import scene_to_rig_poses
+from alpasim_policy.scenes.suite import load_suite, scenarios_root
+from alpasim_policy.scoring.reasoning import parse_coc
+from alpasim_policy.training.data import (
+    TARGET_STEPS,
+    Perturbation,
+    drive_samples,
+    held_out_filter,
+    log_future,
+    overlaps,
+    recovery_target,
+    save_samples,
+)
+
+
+def _bundled(key: str):
+    return load_scene(next(p for p in load_suite("bundled") if key in str(p)))
+
+
+@pytest.fixture(scope="module")
+def av2():
+    return _bundled("av2s-7fab2350-w00")
+
+
+def test_recovery_target_fades_the_lateral_error(av2):
+    k = 30
+    ref = av2.ego.state[k, :3]
+    left = np.array([-np.sin(ref[2]), np.cos(ref[2])])
+    on_log, valid = recovery_target(av2, k, ref)
+    fut, _ = log_future(av2, k)
+    np.testing.assert_allclose(on_log[:, :2], fut[:, :2], atol=1e-9)
+    off = ref.copy()
+    off[:2] += 1.0 * left
+    target, _ = recovery_target(av2, k, off, recovery_s=2.0)
+    lateral = np.einsum(
+        "td,td->t", target[:, :2] - fut[:, :2], np.stack([-np.sin(fut[:, 2]), np.cos(fut[:, 2])], -1)
+    )
+    assert lateral[0] == pytest.approx(1.0, abs=2e-3)  # starts where the car is
+    assert np.all(np.diff(lateral[:20]) <= 1e-12)  # only ever closes in
+    np.testing.assert_allclose(lateral[19:], 0.0, atol=1e-9)  # back on the log after 2 s
+    # The log ends 50 steps after k: later rows continue it and are masked.
+    assert valid.sum() == av2.num_steps - 1 - k and not valid[-1]
+    assert len(target) == TARGET_STEPS
+
+
+def test_samples_are_the_env_observations_with_log_targets(av2):
+    samples = list(drive_samples(av2, camera_size=(64, 36), frames=2))
+    t0 = av2.metadata.t0_index
+    assert [s.step for s in samples] == list(range(t0, av2.num_steps - 40))
+    first = samples[0]
+    assert first.images.shape == (4, 2, 3, 36, 64) and first.images.dtype == np.uint8
+    assert first.images.std() > 5  # a rendered road, not a blank frame
+    np.testing.assert_array_equal(first.images[:, 0], first.images[:, 1])  # first tick: frame repeated
+    # At the first controlled step the car is on the log, so the target is the logged future.
+    fut = scene_to_rig_poses(av2.ego.state[t0 + 1 : t0 + 41, :3], av2.ego.state[t0, :3])
+    np.testing.assert_allclose(first.target[:40, :2], fut[:, :2], atol=1e-6)
+    assert first.history.shape == (16, 4)
+    np.testing.assert_allclose(first.history[-1, :3], 0.0, atol=1e-6)  # "now" is the rig origin
+    # Following the expert target, the car stays on the log (the tracker's own lag only).
+    assert max(s.offset_m for s in samples) < 0.5
+    assert all(parse_coc(s.coc).action is not None for s in samples)
+
+
+def test_perturbation_drifts_and_the_target_recovers(av2):
+    pert = Perturbation(lateral_m=1.0, start_step=16, ramp_steps=15)
+    drive = drive_samples(av2, camera_size=(64, 36), frames=2, perturbation=pert, steps=range(16, 80))
+    samples = {s.step: s for s in drive}
+    offsets = np.array([samples[k].offset_m for k in sorted(samples)])
+    assert offsets.max() > 0.6  # the car really left the log ...
+    assert offsets[-1] < 0.3  # ... and the expert targets brought it back
+    worst = samples[int(sorted(samples)[int(np.argmax(offsets))])]
+    # Its target starts near the car (rig origin) and ends on the logged future.
+    assert abs(worst.target[0, 1]) < 0.3
+
+
+def test_held_out_filter_drops_only_the_suite_windows():
+    from alpasim_policy.scenes.importers.commonroad import import_commonroad
+
+    suite = [load_scene(p) for p in load_suite("bundled")]
+    us101 = [s for s in suite if s.metadata.source_id == "USA_US101-4_1_T-1"]
+    raw = scenarios_root() / "raw" / "commonroad"
+    candidates = import_commonroad(raw / "USA_US101-4_1_T-1.xml")
+    kept = held_out_filter(candidates, suite)
+    bundled_egos = {s.metadata.extra["ego_obstacle_id"] for s in us101}
+    for c in candidates:
+        same = any(overlaps(c, s) for s in us101)
+        assert (c in kept) != same
+        if c.metadata.extra["ego_obstacle_id"] not in bundled_egos:
+            assert c in kept  # other road users of the same recording stay available
+    a = us101[0]
+    later = dataclasses.replace(
+        a,
+        metadata=dataclasses.replace(
+            a.metadata, extra={**a.metadata.extra, "window_start_step": a.num_steps}
+        ),
+    )
+    assert overlaps(a, a) and not overlaps(later, a)
+
+
+def test_save_samples_round_trip(tmp_path, av2):
+    samples = list(drive_samples(av2, camera_size=(32, 18), frames=1, steps=[20, 21]))
+    path = save_samples(samples, tmp_path / "shard.npz")
+    with np.load(path) as z:
+        assert z["images"].shape == (2, 4, 1, 3, 18, 32)
+        np.testing.assert_array_equal(z["step"], [20, 21])
+        assert str(z["coc"][0]) == samples[0].coc
+    with pytest.raises(ValueError, match="no samples"):
+        save_samples([], tmp_path / "empty.npz")
+
+
+def test_train_data_stage_excludes_the_suite_and_resumes(tmp_path):
+    """``train --stage data`` on one real recording: suite egos left out, shards written, resumable."""
+    import json
+    import shutil
+
+    from alpasim_policy.cli import main
+
+    raw = tmp_path / "raw"
+    (raw / "commonroad").mkdir(parents=True)
+    shutil.copy(scenarios_root() / "raw/commonroad/DEU_A9-3_1_T-1.xml", raw / "commonroad")
+    args = ["train", "--stage", "data", "--out", str(tmp_path / "run"), "--raw", str(raw)]
+    assert main([*args, "--perturbations", "1"]) == 0
+    data = tmp_path / "run/data"
+    manifest = json.loads((data / "manifest.json").read_text())
+    bundled = {load_scene(p).metadata.extra.get("ego_obstacle_id") for p in load_suite("bundled")}
+    assert manifest["scenes"] and manifest["held_out_dropped"] >= 5
+    assert not any(sid.rsplit("ego", 1)[1] in bundled for sid in manifest["scenes"])
+    assert len(manifest["shards"]) == 2  # the one eligible A9 ego: on the log and one perturbation
+    with np.load(data / manifest["shards"][0]) as z:
+        assert z["images"].shape[1:] == (4, 4, 3, 72, 128)  # tiny preset: 4 cameras x 4 frames
+    stamps = {p.name: p.stat().st_mtime_ns for p in data.glob("*.npz")}
+    assert main([*args, "--perturbations", "1"]) == 0  # resume: nothing rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in data.glob("*.npz")} == stamps
+    assert main([*args, "--raw", str(tmp_path / "nowhere")]) == 2  # a clear error, not a traceback
