@@ -214,3 +214,41 @@ def test_bundled_scenes_label_consistently():
     # Real traffic is not all free road at constant speed.
     assert len(kinds) >= 3, kinds
     assert len(actions) >= 3, actions
+
+
+class TalkingPolicy:
+    """Constant velocity, saying "Keep speed" on even steps and "Stop" on odd ones (a known 50 % mix)."""
+
+    name = "talking"
+    camera_preset = None
+
+    def reset(self, *, seed=None, scene=None, camera_rig=None):
+        pass
+
+    def act(self, obs):
+        from alpasim_policy.policies.base import PolicyOutput
+
+        plan = np.zeros((40, 3))
+        plan[:, 0] = float(obs["speed"]) * 0.1 * np.arange(1, 41)
+        lon = "Keep speed" if int(obs["step"]) % 2 == 0 else "Stop"
+        return PolicyOutput(
+            trajectory=plan, reasoning=f"{lon} and keep lane because the road ahead is clear."
+        )
+
+
+def test_leaderboard_reports_reasoning_action_consistency(tmp_path):
+    """Through a real eval + scoring run: the column is the share of ticks whose plan does what the CoC says."""
+    from alpasim_policy.evaluate import evaluate
+    from alpasim_policy.scoring.report import score_run
+
+    scene = "av2f-0a1e6f0a"  # ~10 m/s, steady speed over the first seconds
+    suite = tmp_path / "one.yaml"
+    suite.write_text(f"name: one\nscenes: [{scene}]\n")
+    evaluate(str(suite), ["test_training_labeler:TalkingPolicy", "constant_velocity"], tmp_path,
+             show_progress=False)  # fmt: skip
+    rows = score_run(tmp_path).by_policy()
+    assert rows["test_training_labeler:TalkingPolicy"]["reasoning_consistency"] == pytest.approx(
+        0.5, abs=0.02
+    )
+    assert np.isnan(rows["constant_velocity"]["reasoning_consistency"])  # no CoC, no rating
+    assert "reasoning_consistency" in (tmp_path / "leaderboard.csv").read_text().splitlines()[0]

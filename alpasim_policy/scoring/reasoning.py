@@ -22,6 +22,8 @@ from enum import StrEnum
 
 import numpy as np
 
+from alpasim_policy.scenes.geometry import scene_to_rig_poses
+
 DT = 0.1
 #: Seconds of plan a meta-action describes: the scorer's 4 s horizon (``openloop.HORIZON_STEPS``).
 HORIZON_S = 4.0
@@ -232,3 +234,26 @@ def reasoning_action_consistency(
     if said is None:
         return None
     return said == classify_trajectory(trajectory, v0, dt)
+
+
+def rollout_consistency(
+    plans: np.ndarray, ego_state: np.ndarray, reasoning: list[str], dt: float = DT
+) -> tuple[int, int]:
+    """(consistent, rated) ticks of one rollout: ticks whose CoC states a meta-action are *rated*;
+    *consistent* when the plan made at that tick (scene frame, from ``ego_state`` there: rear axle
+    x, y, heading, vx, vy) performs it. Plans shorter than the horizon are classified over what
+    they have."""
+    consistent = rated = 0
+    for t, text in enumerate(reasoning):
+        if t >= len(plans):
+            break
+        said = parse_coc(text).action
+        plan = np.asarray(plans[t], dtype=np.float64)
+        rows = plan[np.all(np.isfinite(plan), axis=1)]
+        if said is None or not len(rows):
+            continue
+        rig = scene_to_rig_poses(rows, ego_state[t, :3])
+        v0 = float(np.hypot(ego_state[t, 3], ego_state[t, 4]))
+        rated += 1
+        consistent += int(classify_trajectory(rig, v0, dt) == said)
+    return consistent, rated

@@ -9,7 +9,8 @@
 * ``run_dir/leaderboard.csv`` and ``run_dir/leaderboard.md``: one row per policy with
   ``policy, scenes, NC, DAC, DDC, TLC, EP, TTC, C, HC, LK, EC, PDMS, EPDMS, collisions_per_km,
   latency_p50_ms, latency_p95_ms, latency_max_ms, deadline_miss_rate`` and then AlpaSim's
-  ``alpasim_score``, ``progress_ratio``, ``offroad_rate``, ``policy_failure_rate``.
+  ``alpasim_score``, ``progress_ratio``, ``offroad_rate``, ``policy_failure_rate`` and
+  ``reasoning_consistency``.
 
 Aggregation: scene scores first, then the equal-weight mean over the policy's scenes.
 ``collisions_per_km`` = at-fault collisions (distinct agents, NAVSIM's rules) summed over the
@@ -17,7 +18,9 @@ policy's scenes / kilometres it drove there. Latency percentiles pool every tick
 policy was asked for a plan (the ``latency_s`` array of each rollout); ``deadline_miss_rate`` is
 the fraction of those ticks whose ``deadline_miss`` is set (a late plan replaced by the previous one, not a
 failure); ``policy_failure_rate`` the fraction whose policy gave no valid plan (exception, NaN,
-wrong shape, too few rows). Closed-loop windows that start at a failed tick score 0
+wrong shape, too few rows). ``reasoning_consistency`` pools the ticks whose chain of causation
+states a meta-action in the CoC vocabulary (:mod:`alpasim_policy.scoring.reasoning`) and gives the
+fraction whose plan performs it (NaN for a policy that never states one). Closed-loop windows that start at a failed tick score 0
 (:mod:`alpasim_policy.scoring.closedloop`); ``scenes.csv`` counts them in ``failed_windows``.
 
 Metric caches: ``cache_dir="auto"`` uses the package's ``metric_cache/`` when it holds a fresh
@@ -43,7 +46,7 @@ from alpasim_policy.io import atomic_write_text
 LEADERBOARD_COLUMNS = (
     "policy", "scenes", "NC", "DAC", "DDC", "TLC", "EP", "TTC", "C", "HC", "LK", "EC", "PDMS", "EPDMS",
     "collisions_per_km", "latency_p50_ms", "latency_p95_ms", "latency_max_ms", "deadline_miss_rate",
-    "alpasim_score", "progress_ratio", "offroad_rate", "policy_failure_rate",
+    "alpasim_score", "progress_ratio", "offroad_rate", "policy_failure_rate", "reasoning_consistency",
 )  # fmt: skip
 SCENE_COLUMNS = (
     "policy", "scene_id", "NC", "DAC", "DDC", "TLC", "EP", "TTC", "C", "HC", "LK", "EC", "PDMS", "EPDMS",
@@ -51,7 +54,7 @@ SCENE_COLUMNS = (
     "collisions_at_fault_count", "offroad", "distance_km", "progress_ratio", "dist_to_log_max_m",
     "dist_to_log_mean_m", "lateral_dist_to_log_max_m", "left_corridor", "plan_deviation_m", "min_ade_m",
     "scene_score", "valid_plan_share", "latency_p50_ms", "latency_p95_ms", "latency_max_ms", "deadline_miss_rate",
-    "policy_failures", "ticks",
+    "policy_failures", "ticks", "reasoning_consistency",
 )  # fmt: skip
 _MEAN_KEYS = ("NC", "DAC", "DDC", "TLC", "EP", "TTC", "C", "HC", "LK", "EC", "PDMS", "EPDMS")
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[2] / "metric_cache"
@@ -190,6 +193,7 @@ def score_rollout_file(
     scene id under the scenarios root, e.g. an imported scene ``eval --scenes`` ran)."""
     from alpasim_policy.scoring.alpasim_metrics import rollout_metrics
     from alpasim_policy.scoring.closedloop import score_rollout
+    from alpasim_policy.scoring.reasoning import rollout_consistency
     from alpasim_policy.sim.rollout import Rollout
 
     ro = Rollout.load(path)
@@ -220,6 +224,9 @@ def score_rollout_file(
         else np.zeros(int(acted.sum()), bool)
     )
     row["_failures"] = pf[acted]
+    consistent, rated = rollout_consistency(ro.plans, ro.ego_state, list(ro.reasoning))
+    row["reasoning_consistency"] = consistent / rated if rated else float("nan")
+    row["_coc"] = (consistent, rated)
     return row
 
 
@@ -248,6 +255,8 @@ def aggregate(scene_rows: list[dict]) -> list[dict]:
         lb["alpasim_score"] = float(np.mean([r["scene_score"] for r in rows]))
         lb["progress_ratio"] = float(np.mean([r["progress_ratio"] for r in rows]))
         lb["offroad_rate"] = float(np.mean([r["offroad"] for r in rows]))
+        coc = np.array([r.get("_coc", (0, 0)) for r in rows]).reshape(-1, 2).sum(axis=0)
+        lb["reasoning_consistency"] = float(coc[0] / coc[1]) if coc[1] else float("nan")
         out.append(lb)
     return out
 
