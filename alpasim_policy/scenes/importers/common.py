@@ -101,10 +101,42 @@ def ego_state_from_poses(xy: np.ndarray, heading: np.ndarray, valid: np.ndarray)
 
 
 def windows(num_steps: int, length: int = WINDOW_STEPS, stride: int = WINDOW_STRIDE) -> list[tuple[int, int]]:
-    """[start, end) windows of ``length`` steps every ``stride``; a short log is one window."""
+    """[start, end) windows of ``length`` steps every ``stride``; a short log is one window.
+
+    When the stride leaves a tail (the last seconds of the log in no window), one more window
+    ends exactly at the log's end, so every logged step is in some scene.
+    """
     if num_steps <= length:
         return [(0, num_steps)]
-    return [(s, s + length) for s in range(0, num_steps - length + 1, stride)]
+    out = [(s, s + length) for s in range(0, num_steps - length + 1, stride)]
+    if out[-1][1] < num_steps:
+        out.append((num_steps - length, num_steps))
+    return out
+
+
+def min_scene_steps(t0_index: int = T0_INDEX) -> int:
+    """Fewest steps a scene needs: the env's warm-up, then one full scoring window.
+
+    Why: a scene shorter than that is scored over windows shorter than the scorer's 4 s
+    horizon, so its scores do not mean what they mean elsewhere. The constants are read from
+    the env config (``warmup_s``) and the scorer (``HORIZON_STEPS``) -- lazily, the one place
+    the scene layer looks downstream -- so the rule follows them instead of copying them.
+    """
+    from alpasim_policy.scoring.openloop import HORIZON_STEPS
+    from alpasim_policy.sim.config import DEFAULTS
+
+    warmup = int(round(float(DEFAULTS["warmup_s"]) / float(DEFAULTS["dt"])))
+    return max(warmup, int(t0_index)) + HORIZON_STEPS + 1
+
+
+def too_short(num_steps: int, min_steps: int) -> str | None:
+    """The reason a scene of ``num_steps`` is rejected, or None when it is long enough."""
+    if num_steps >= min_steps:
+        return None
+    return (
+        f"{(num_steps - 1) * DT:.1f} s ({num_steps} steps) is shorter than the {(min_steps - 1) * DT:.1f} s "
+        f"({min_steps} steps) a scene needs: the env's warm-up, then one full scoring window"
+    )
 
 
 # ----------------------------------------------------------------------------- map helpers

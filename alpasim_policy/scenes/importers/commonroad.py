@@ -41,6 +41,8 @@ from alpasim_policy.scenes.importers.common import (
     Track,
     assemble_scene,
     clean_lane_graph,
+    min_scene_steps,
+    too_short,
     windows,
 )
 
@@ -247,6 +249,7 @@ def _read_map(src: _Src, root: ET.Element) -> tuple[RoadMap, dict[str, list[str]
                 stop_lines[lid] = np.array([src.point(pts[0], "stopLine"), src.point(pts[1], "stopLine")])
         if refs:
             light_refs[lid] = sorted(set(refs))
+            # 2020a: a stop line without points lies at the lanelet's end.
             stop_lines.setdefault(lid, np.array([left[-1], right[-1]]))
     if not lanes:
         raise src.err("lanelet", "the scenario has no lanelets")
@@ -258,6 +261,71 @@ def _read_map(src: _Src, root: ET.Element) -> tuple[RoadMap, dict[str, list[str]
         light_states=np.zeros((0, 0), dtype=np.int8),
     )
     return road, light_refs, stop_lines
+
+
+#: CommonRoad 2020a traffic-light ``direction`` -> the movements (turns) it governs.
+_LIGHT_DIRECTIONS: dict[str, frozenset[str]] = {
+    "right": frozenset({"right"}),
+    "straight": frozenset({"straight"}),
+    "left": frozenset({"left"}),
+    "leftStraight": frozenset({"left", "straight"}),
+    "straightRight": frozenset({"straight", "right"}),
+    "leftRight": frozenset({"left", "right"}),
+    "all": frozenset({"left", "straight", "right"}),
+}
+#: Heading change (rad) over a successor beyond which it counts as a turn (when no
+#: ``intersection`` element says which way it goes).
+_TURN_RAD = np.deg2rad(35.0)
+
+
+def _light_directions(root: ET.Element) -> dict[str, frozenset[str]]:
+    """Per traffic-light id, the movements it governs (``all`` when not given)."""
+    out = {}
+    for tl in root.findall("trafficLight"):
+        d = (tl.findtext("direction") or "all").strip()
+        out[tl.get("id", "")] = _LIGHT_DIRECTIONS.get(d, _LIGHT_DIRECTIONS["all"])
+    return out
+
+
+def _movements(root: ET.Element, road: RoadMap, lane_id: str) -> set[str]:
+    """Which way traffic leaving ``lane_id`` goes: left / straight / right, one per successor.
+
+    From the ``intersection`` element when it lists the successor under this incoming's
+    ``successorsLeft/Straight/Right``; else from the heading change along the successor.
+    """
+    by_id = {ln.id: ln for ln in road.lanes}
+    lane = by_id.get(lane_id)
+    if lane is None:
+        return {"left", "straight", "right"}
+    listed: dict[str, str] = {}
+    for inc in root.iter("incoming"):
+        if lane_id not in {e.get("ref") for e in inc.findall("incomingLanelet")}:
+            continue
+        for tag, mv in (("successorsLeft", "left"), ("successorsStraight", "straight"), ("successorsRight", "right")):
+            for e in inc.findall(tag):
+                listed[e.get("ref", "")] = mv
+    out = set()
+    for s in lane.successors:
+        if s in listed:
+            out.add(listed[s])
+            continue
+        c = by_id[s].centerline
+        h0 = np.arctan2(*(lane.centerline[-1] - lane.centerline[-2])[::-1])
+        h1 = np.arctan2(*(c[-1] - c[-2])[::-1])
+        turn = float(np.angle(np.exp(1j * (h1 - h0))))
+        out.add("left" if turn > _TURN_RAD else ("right" if turn < -_TURN_RAD else "straight"))
+    return out or {"left", "straight", "right"}
+
+
+def _combine_light_states(states: list[np.ndarray]) -> np.ndarray:
+    """Per step, the most permissive *active* state: GREEN > YELLOW > RED; UNKNOWN if none is active.
+
+    Why most permissive: several lights may govern one lane (a red main light and a green
+    right-turn arrow, or a lane with a straight and a turning successor); a logged driver
+    who takes the movement that is allowed has not run a red.
+    """
+    # LightState's codes are in this order already: UNKNOWN 0 < RED 1 < YELLOW 2 < GREEN 3.
+    return np.max(np.stack(states).astype(np.int8), axis=0)
 
 
 def _light_states(src: _Src, root: ET.Element, steps_src: np.ndarray) -> dict[str, np.ndarray]:
@@ -343,9 +411,9 @@ class _Scenario:
     dt_src: float
     bench: str
     road: RoadMap
-    light_refs: dict[str, list[str]]
+    #: lane id -> (ids of the lights that govern its movements, combined LightState per grid step)
+    lane_lights: dict[str, tuple[list[str], np.ndarray]]
     stop_lines: dict[str, np.ndarray]
-    light_by_id: dict[str, np.ndarray]
     obs: list[dict]
     tracks: dict[str, Track]
     n_grid: int
@@ -390,15 +458,27 @@ def _load(path: Path) -> _Scenario:
         )
         tracks[o["id"]] = Track(id=o["id"], type=atype, length=o["length"], width=o["width"], xy=xy,
                                 heading=hd, valid=valid)  # fmt: skip
+    light_by_id = _light_states(src, root, steps_src)
+    directions = _light_directions(root)
+    lane_ids = {ln.id for ln in road.lanes}
+    lane_lights: dict[str, tuple[list[str], np.ndarray]] = {}
+    for lane_id in sorted(light_refs, key=lambda x: (len(x), x)):
+        if lane_id not in lane_ids:
+            continue
+        moves = _movements(root, road, lane_id)
+        # Only the lights whose direction covers a way out of this lane govern it: a left-turn
+        # arrow referenced by a lane that only goes straight says nothing about that lane.
+        gov = [r for r in light_refs[lane_id] if r in light_by_id and directions.get(r, frozenset()) & moves]
+        if gov:
+            lane_lights[lane_id] = (gov, _combine_light_states([light_by_id[r] for r in gov]))
     return _Scenario(
         src=src,
         version=version,
         dt_src=dt_src,
         bench=root.get("benchmarkID") or path.stem,
         road=road,
-        light_refs=light_refs,
+        lane_lights=lane_lights,
         stop_lines=stop_lines,
-        light_by_id=_light_states(src, root, steps_src),
         obs=obs,
         tracks=tracks,
         n_grid=n_grid,
@@ -407,16 +487,22 @@ def _load(path: Path) -> _Scenario:
 
 def ego_candidates(path: str | Path) -> list[str]:
     """Obstacle ids eligible as ego, ordered by id (see :func:`_candidates`)."""
-    return _candidates(_load(Path(path)))
+    return _candidates(_load(Path(path)))[0]
 
 
-def _candidates(sc: _Scenario) -> list[str]:
+def ego_rejections(path: str | Path) -> dict[str, str]:
+    """Per dynamic obstacle that is *not* eligible as ego, the reason (see :func:`_candidates`)."""
+    return _candidates(_load(Path(path)))[1]
+
+
+def _candidates(sc: _Scenario) -> tuple[list[str], dict[str, str]]:
     """Car-like (<= 6 m), present at every step, moving >= 10 m, and a clean log to replay.
 
     Clean: the box stays on the lanes and touches no other road user at every step. Why:
     recorded data (NGSIM in particular) has vehicles whose boxes poke off the mapped road
     or into a neighbour; replaying such a log would already fail the drivable-area or
-    collision metrics, so it makes a misleading scene.
+    collision metrics, so it makes a misleading scene. Returns the eligible ids and, for
+    every other dynamic obstacle, why it is not eligible.
     """
     dyn = [o for o in sc.obs if o["role"] == "dynamic"]
     t_min = min(o["s"][0, 0] for o in dyn)
@@ -431,24 +517,43 @@ def _candidates(sc: _Scenario) -> list[str]:
         np.array([t.width for t in others])[:, None],
     )  # (N, T)
     o_valid = np.stack([t.valid for t in others])
-    out = []
+    out, why = [], {}
+    dt = sc.dt_src
     for o in dyn:
         s = o["s"]
-        whole = s[0, 0] == t_min and s[-1, 0] == t_max and len(s) == t_max - t_min + 1
+        oid = o["id"]
         travel = float(np.hypot(*(s[-1, 1:3] - s[0, 1:3])))
-        car_sized = o["length"] <= MAX_EGO_LENGTH_M
-        if not (o["type"] in EGO_TYPES and whole and travel >= MIN_EGO_TRAVEL_M and car_sized):
+        if o["type"] not in EGO_TYPES:
+            why[oid] = f"type {o['type']!r} is not car-like {EGO_TYPES}"
             continue
-        tr = sc.tracks[o["id"]]
+        if o["length"] > MAX_EGO_LENGTH_M:
+            why[oid] = f"{o['length']:.1f} m long (> {MAX_EGO_LENGTH_M} m)"
+            continue
+        if not (s[0, 0] == t_min and s[-1, 0] == t_max and len(s) == t_max - t_min + 1):
+            why[oid] = (
+                f"present {s[0, 0] * dt:.1f}-{s[-1, 0] * dt:.1f} s, not the whole scenario "
+                f"({t_min * dt:.1f}-{t_max * dt:.1f} s)"
+            )
+            continue
+        if travel < MIN_EGO_TRAVEL_M:
+            why[oid] = f"travels {travel:.1f} m start to end (< {MIN_EGO_TRAVEL_M} m)"
+            continue
+        tr = sc.tracks[oid]
         boxes = box_polygons(tr.xy[:, 0], tr.xy[:, 1], tr.heading, tr.length, tr.width)
-        if not index.on_drivable(boxes[tr.valid]).all():
+        off = ~index.on_drivable(boxes[tr.valid])
+        if off.any():
+            k = int(np.flatnonzero(tr.valid)[np.argmax(off)])
+            why[oid] = f"its box leaves the lanes at {k * DT:.1f} s (the log would fail drivable-area)"
             continue
-        me = np.array([t.id == o["id"] for t in others])
+        me = np.array([t.id == oid for t in others])
         hits = shapely.intersects(boxes[None, :], o_boxes) & o_valid & tr.valid[None, :] & ~me[:, None]
         if hits.any():
+            i, k = (int(x[0]) for x in np.nonzero(hits))
+            why[oid] = f"its box touches obstacle {others[i].id} at {k * DT:.1f} s (the log would collide)"
             continue
-        out.append(o["id"])
-    return sorted(out, key=lambda x: (len(x), x))
+        out.append(oid)
+    key = lambda x: (len(x), x)  # noqa: E731
+    return sorted(out, key=key), dict(sorted(why.items(), key=lambda kv: key(kv[0])))
 
 
 def spread(items: list[str], n: int | None) -> list[str]:
@@ -460,22 +565,41 @@ def spread(items: list[str], n: int | None) -> list[str]:
 
 
 def import_commonroad(
-    path: str | Path, egos: list[str] | None = None, max_egos: int | None = None, t0_index: int = 16
+    path: str | Path,
+    egos: list[str] | None = None,
+    max_egos: int | None = None,
+    t0_index: int = 16,
+    min_steps: int | None = None,
+    rejected: list[str] | None = None,
 ) -> list[Scene]:
     """A CommonRoad XML file -> one scene per chosen ego (and per 8 s window of long scenarios).
 
     ``egos`` names obstacle ids to use; otherwise all candidates, thinned to ``max_egos``
-    spread evenly over the candidates ordered by id.
+    spread evenly over the candidates ordered by id. A scenario shorter than ``min_steps``
+    (default :func:`min_scene_steps`; 0 keeps everything) gives no scene. Why each obstacle
+    was not used (not eligible, or the scenario too short) is appended to ``rejected``.
     """
     sc = _load(Path(path))
-    cands = _candidates(sc)
+    cands, why = _candidates(sc)
     if egos is None:
         chosen = spread(cands, max_egos)
     else:
         bad = [e for e in egos if e not in cands]
         if bad:
-            raise sc.src.err("obstacle", f"not eligible as ego (see ego_candidates): {bad}")
+            detail = "; ".join(f"{e}: {why.get(e, 'no dynamic obstacle with this id')}" for e in bad)
+            raise sc.src.err(
+                "obstacle", f"not eligible as ego: {detail}. Eligible candidates: {cands or 'none'}"
+            )
         chosen = list(egos)
+    if rejected is not None:
+        rejected.extend(f"{path}: obstacle {oid}: {r}" for oid, r in why.items())
+        if not cands:
+            rejected.append(f"{path}: no obstacle is eligible as ego")
+    short = too_short(sc.n_grid, min_scene_steps(t0_index) if min_steps is None else min_steps)
+    if short is not None:
+        if rejected is not None:
+            rejected.append(f"{path}: scenario {short}; none of its {len(chosen)} ego choice(s) used")
+        return []
     location = sc.bench.split("-")[0]
     scenes = []
     wins = windows(sc.n_grid)
@@ -486,14 +610,13 @@ def import_commonroad(
                        wheelbase=WHEELBASE_RATIO * ego_tr.length, rear_axle_to_center=d)  # fmt: skip
         rear = center_to_rear_axle(np.column_stack([ego_tr.xy, ego_tr.heading]), d)[:, :2]
         for w, (a, b) in enumerate(wins):
-            T = b - a
             tracks = []
             for oid, tr in sc.tracks.items():
                 if oid == ego_id or not tr.valid[a:b].any():
                     continue
                 tracks.append(Track(id=oid, type=tr.type, length=tr.length, width=tr.width, xy=tr.xy[a:b],
                                     heading=tr.heading[a:b], valid=tr.valid[a:b]))  # fmt: skip
-            road = _with_lights(sc.road, sc.light_refs, sc.stop_lines, sc.light_by_id, a, b, T)
+            road = _with_lights(sc.road, sc.lane_lights, sc.stop_lines, a, b)
             sid = f"cr-{sc.bench}-ego{ego_id}" + (f"-w{w:02d}" if len(wins) > 1 else "")
             scenes.append(
                 assemble_scene(
@@ -523,27 +646,20 @@ def import_commonroad(
 
 def _with_lights(
     road: RoadMap,
-    light_refs: dict[str, list[str]],
+    lane_lights: dict[str, tuple[list[str], np.ndarray]],
     stop_lines: dict[str, np.ndarray],
-    light_by_id: dict[str, np.ndarray],
     a: int,
     b: int,
-    T: int,
 ) -> RoadMap:
-    lane_ids = {ln.id for ln in road.lanes}
+    """The map with one light per controlled lane (id ``<light>[+<light>...]@<lane>``), steps a..b-1."""
     lights, states = [], []
-    for lane_id in sorted(light_refs):
-        if lane_id not in lane_ids:
-            continue
-        for ref in light_refs[lane_id]:
-            if ref not in light_by_id:
-                continue
-            lights.append(TrafficLight(id=f"{ref}@{lane_id}", lane_id=lane_id, stop_line=stop_lines[lane_id]))
-            states.append(light_by_id[ref][a:b])
+    for lane_id, (refs, st) in lane_lights.items():
+        lights.append(TrafficLight(id="+".join(refs) + f"@{lane_id}", lane_id=lane_id, stop_line=stop_lines[lane_id]))
+        states.append(st[a:b])
     return RoadMap(
         lanes=road.lanes,
         drivable_areas=road.drivable_areas,
         crosswalks=road.crosswalks,
         traffic_lights=lights,
-        light_states=np.array(states, dtype=np.int8).reshape(len(lights), T),
+        light_states=np.array(states, dtype=np.int8).reshape(len(lights), b - a),
     )
