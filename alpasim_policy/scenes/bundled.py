@@ -46,7 +46,9 @@ def bundled_scenes(raw: str | Path) -> list[Scene]:
         except ModuleNotFoundError:  # importer not built yet
             return scenes
         for name, n in COMMONROAD_FILES.items():
-            scenes += import_commonroad(cr_dir / name, max_egos=n, min_steps=0 if name in SHORT_ALLOWED else None)
+            scenes += import_commonroad(
+                cr_dir / name, max_egos=n, min_steps=0 if name in SHORT_ALLOWED else None
+            )
     return scenes
 
 

@@ -25,8 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--t0-index", type=int, default=16, help="history steps before the first controlled step")
     p.add_argument("--max-egos", type=int, default=None, help="CommonRoad: at most this many egos per file")
     p.add_argument("--egos", default=None, help="CommonRoad: comma-separated obstacle ids to use as egos")
-    p.add_argument("--min-seconds", type=float, default=None,
-                   help="shortest scene kept (default: the env's warm-up + one full scoring window: 5.6 s, 57 steps)")
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        default=None,
+        help="shortest scene kept (default: the env's warm-up + one full scoring window: 5.6 s, 57 steps)",
+    )
     p.add_argument("--verbose", action="store_true", help="list why each skipped candidate was not imported")
     p.set_defaults(func=_cmd_import)
 
@@ -98,7 +102,9 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
     egos = [e.strip() for e in args.egos.split(",") if e.strip()] if args.egos else None
     rejected: list[str] = []
-    min_steps = min_scene_steps(args.t0_index) if args.min_seconds is None else int(round(args.min_seconds / 0.1)) + 1
+    min_steps = (
+        min_scene_steps(args.t0_index) if args.min_seconds is None else int(round(args.min_seconds / 0.1)) + 1
+    )
     scenes = import_sources(args.source, args.src, args.t0_index, args.max_egos, egos, rejected, min_steps)
     for sc in scenes:
         path = save_scene(sc, args.out / f"{sc.scene_id}.npz")

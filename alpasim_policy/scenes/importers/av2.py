@@ -355,7 +355,10 @@ def _copy_map(road: RoadMap) -> RoadMap:
 
 
 def import_av2_forecasting(
-    scenario_dir: str | Path, t0_index: int = 16, min_steps: int | None = None, rejected: list[str] | None = None
+    scenario_dir: str | Path,
+    t0_index: int = 16,
+    min_steps: int | None = None,
+    rejected: list[str] | None = None,
 ) -> list[Scene]:
     """One AV2 motion-forecasting scenario folder (parquet + map json) -> one scene."""
     scenario_dir = Path(scenario_dir)

@@ -37,6 +37,7 @@ from alpasim_policy.scenes.geometry import (
     centerline_from_boundaries,
 )
 from alpasim_policy.scenes.importers.common import (
+    WINDOW_STRIDE,
     EgoSpec,
     Track,
     assemble_scene,
@@ -301,7 +302,11 @@ def _movements(root: ET.Element, road: RoadMap, lane_id: str) -> set[str]:
     for inc in root.iter("incoming"):
         if lane_id not in {e.get("ref") for e in inc.findall("incomingLanelet")}:
             continue
-        for tag, mv in (("successorsLeft", "left"), ("successorsStraight", "straight"), ("successorsRight", "right")):
+        for tag, mv in (
+            ("successorsLeft", "left"),
+            ("successorsStraight", "straight"),
+            ("successorsRight", "right"),
+        ):
             for e in inc.findall(tag):
                 listed[e.get("ref", "")] = mv
     out = set()
@@ -603,6 +608,7 @@ def import_commonroad(
     location = sc.bench.split("-")[0]
     scenes = []
     wins = windows(sc.n_grid)
+    n_stride = sum(1 for a, _ in wins if a % WINDOW_STRIDE == 0)
     for ego_id in chosen:
         ego_tr = sc.tracks[ego_id]
         d = REAR_AXLE_TO_CENTER_RATIO * ego_tr.length
@@ -617,7 +623,11 @@ def import_commonroad(
                 tracks.append(Track(id=oid, type=tr.type, length=tr.length, width=tr.width, xy=tr.xy[a:b],
                                     heading=tr.heading[a:b], valid=tr.valid[a:b]))  # fmt: skip
             road = _with_lights(sc.road, sc.lane_lights, sc.stop_lines, a, b)
-            sid = f"cr-{sc.bench}-ego{ego_id}" + (f"-w{w:02d}" if len(wins) > 1 else "")
+            # Ids are stable across the tail-window rule: a scenario the 4 s stride cuts into one
+            # window keeps its unsuffixed id, and the extra window that reaches the end is -w01.
+            sid = f"cr-{sc.bench}-ego{ego_id}" + (
+                f"-w{w:02d}" if len(wins) > 1 and (w or n_stride > 1) else ""
+            )
             scenes.append(
                 assemble_scene(
                     scene_id=sid,
@@ -654,7 +664,9 @@ def _with_lights(
     """The map with one light per controlled lane (id ``<light>[+<light>...]@<lane>``), steps a..b-1."""
     lights, states = [], []
     for lane_id, (refs, st) in lane_lights.items():
-        lights.append(TrafficLight(id="+".join(refs) + f"@{lane_id}", lane_id=lane_id, stop_line=stop_lines[lane_id]))
+        lights.append(
+            TrafficLight(id="+".join(refs) + f"@{lane_id}", lane_id=lane_id, stop_line=stop_lines[lane_id])
+        )
         states.append(st[a:b])
     return RoadMap(
         lanes=road.lanes,
