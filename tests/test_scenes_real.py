@@ -99,7 +99,8 @@ def test_headings_agree_with_motion(scenes):
         e = s.ego
         moving = e.valid & (e.speed > 3.0)
         err = np.abs(wrap_angle(np.arctan2(e.state[:, 4], e.state[:, 3]) - e.heading))[moving]
-        assert (err < np.deg2rad(20)).mean() >= 0.95, s.scene_id
+        # (an ego queued at a red light may never reach 3 m/s)
+        assert err.size == 0 or (err < np.deg2rad(20)).mean() >= 0.95, s.scene_id
         a = s.agents
         sp = np.hypot(a.state[..., 3], a.state[..., 4])
         moving = a.valid & (sp > 3.0)
@@ -136,7 +137,11 @@ def test_commonroad_egos_are_eligible_and_spread():
     xml = ROOT / "raw" / "commonroad" / "USA_Lanker-1_1_T-1.xml"
     cands = ego_candidates(xml)
     assert len(cands) >= 8
-    scenes = import_commonroad(xml, max_egos=3)
+    # 4.0 s: shorter than warm-up + one scoring window, so only kept when asked (min_steps=0).
+    rejected: list[str] = []
+    assert import_commonroad(xml, max_egos=3, rejected=rejected) == []
+    assert any("shorter than the 5.6 s" in r for r in rejected)
+    scenes = import_commonroad(xml, max_egos=3, min_steps=0)
     egos = [s.metadata.extra["ego_obstacle_id"] for s in scenes]
     assert len(egos) == 3 and egos[0] == cands[0] and egos[-1] == cands[-1]
     assert egos[1] in cands[1:-1]

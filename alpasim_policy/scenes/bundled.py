@@ -19,7 +19,7 @@ COMMONROAD_FILES: dict[str, int] = {
     "DEU_A9-3_1_T-1.xml": 5,
     "USA_Lanker-1_1_T-1.xml": 9,
     "USA_US101-4_1_T-1.xml": 8,
-    "USA_Peach-4_1_T-1.xml": 7,  # signalised (2020a traffic lights): every eligible ego
+    "USA_Peach-4_1_T-1.xml": 5,  # signalised (2020a traffic lights): every eligible ego
 }
 #: Files bundled although shorter than :func:`min_scene_steps` (which the importer CLI enforces).
 #: Lankershim-1_1 lasts 4.0 s, so its scenes are scored over windows shorter than 4 s; they stay

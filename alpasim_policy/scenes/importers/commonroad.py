@@ -72,6 +72,10 @@ CR_TYPES: dict[str, AgentType] = {
 EGO_TYPES = ("car", "taxi", "priorityVehicle")
 #: Minimum travel (m, start to end) for a vehicle to be an ego candidate.
 MIN_EGO_TRAVEL_M = 10.0
+#: Closest (m) an ego candidate's logged box may come to another road user. Why not 0: the env
+#: replays the log through its tracker, which deviates by a few decimetres, so a log that passes
+#: within centimetres of a queued car (NGSIM stop-and-go) would collide under ``log_replay``.
+MIN_EGO_CLEARANCE_M = 0.25
 #: Longest vehicle taken as ego: NGSIM labels some buses "car"; the policies drive a car.
 MAX_EGO_LENGTH_M = 6.0
 #: AV2 Ford Fusion proportions: wheelbase / length and (rear axle -> centre) / length.
@@ -503,7 +507,8 @@ def ego_rejections(path: str | Path) -> dict[str, str]:
 def _candidates(sc: _Scenario) -> tuple[list[str], dict[str, str]]:
     """Car-like (<= 6 m), present at every step, moving >= 10 m, and a clean log to replay.
 
-    Clean: the box stays on the lanes and touches no other road user at every step. Why:
+    Clean: the box stays on the lanes and keeps :data:`MIN_EGO_CLEARANCE_M` from every other
+    road user at every step. Why:
     recorded data (NGSIM in particular) has vehicles whose boxes poke off the mapped road
     or into a neighbour; replaying such a log would already fail the drivable-area or
     collision metrics, so it makes a misleading scene. Returns the eligible ids and, for
@@ -551,10 +556,14 @@ def _candidates(sc: _Scenario) -> tuple[list[str], dict[str, str]]:
             why[oid] = f"its box leaves the lanes at {k * DT:.1f} s (the log would fail drivable-area)"
             continue
         me = np.array([t.id == oid for t in others])
-        hits = shapely.intersects(boxes[None, :], o_boxes) & o_valid & tr.valid[None, :] & ~me[:, None]
+        near = shapely.dwithin(boxes[None, :], o_boxes, MIN_EGO_CLEARANCE_M)
+        hits = near & o_valid & tr.valid[None, :] & ~me[:, None]
         if hits.any():
             i, k = (int(x[0]) for x in np.nonzero(hits))
-            why[oid] = f"its box touches obstacle {others[i].id} at {k * DT:.1f} s (the log would collide)"
+            why[oid] = (
+                f"its box comes within {MIN_EGO_CLEARANCE_M} m of obstacle {others[i].id} at {k * DT:.1f} s "
+                "(replayed through the tracker, the log would collide)"
+            )
             continue
         out.append(oid)
     key = lambda x: (len(x), x)  # noqa: E731
