@@ -180,7 +180,10 @@ def test_lane_change_is_a_lateral_transition_not_a_jump():
     assert np.linalg.norm(np.diff(p, axis=0), axis=1).max() < 91.0  # no 175 m leap
     # On lane a before, on lane b after, a smooth blend over ~LANE_CHANGE_LENGTH_M around x = 100.
     moving = p[(p[:, 1] < 3.5 - 1e-3) & (p[:, 1] > 1e-3)]
-    assert moving[:, 0].min() > 100.0 - LANE_CHANGE_LENGTH_M and moving[:, 0].max() < 100.0 + LANE_CHANGE_LENGTH_M
+    assert (
+        moving[:, 0].min() > 100.0 - LANE_CHANGE_LENGTH_M
+        and moving[:, 0].max() < 100.0 + LANE_CHANGE_LENGTH_M
+    )
     assert np.abs(np.diff(p[:, 1]) / np.diff(p[:, 0])).max() < 0.5  # a lateral transition, not a step
     _, lat, _ = Polyline(p).project(np.c_[x, y])
     assert np.abs(lat).max() < 1.0  # the route follows the ego's lane change
@@ -188,9 +191,9 @@ def test_lane_change_is_a_lateral_transition_not_a_jump():
 
 def test_logged_ego_stays_clear_of_others(bundled):
     """Ego candidates keep a margin to every road user, so log replay through the tracker is clean."""
-    from alpasim_policy.scenes.importers.commonroad import MIN_EGO_CLEARANCE_M
-
     import shapely
+
+    from alpasim_policy.scenes.importers.commonroad import MIN_EGO_CLEARANCE_M
 
     for s in (s for s in bundled if s.metadata.source_dataset == "commonroad"):
         c = rear_axle_to_center(s.ego.state, s.ego.rear_axle_to_center)
