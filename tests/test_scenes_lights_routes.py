@@ -98,6 +98,39 @@ def test_light_governs_only_the_movements_of_its_direction(tmp_path):
     assert ids["43208"] == "43920+990@43208"
 
 
+def _set_offsets(root: ET.Element, offsets: dict[str, int]) -> None:
+    for tl in root.findall("trafficLight"):
+        if tl.get("id") in offsets:
+            cyc = tl.find("cycle")
+            for old in cyc.findall("timeOffset"):
+                cyc.remove(old)
+            ET.SubElement(cyc, "timeOffset").text = str(offsets[tl.get("id")])
+
+
+def test_unsynchronised_light_programme_is_aligned_to_the_recording(tmp_path):
+    """Peachtree with its two signal groups' offsets swapped (N/S red, E/W green at step 0) -- an
+    authored programme out of phase with the recording, as CommonRoad's NGSIM lights can be.
+
+    As given, every logged car that crosses a stop line would cross on red. The importer keeps the
+    programme and the lights' relative offsets and advances the whole programme to the phase the
+    traffic shows: no crossing on red, and green starting as the queues start (the true phase is
+    500 steps; the first queued car moves off 0.4 s before the line's green in the file).
+    """
+    from alpasim_policy.scenes.importers.commonroad import import_commonroad
+
+    tree = ET.parse(PEACH)
+    _set_offsets(tree.getroot(), {"43918": 500, "43920": 500, "43919": 0, "43921": 0})
+    p = tmp_path / "desync.xml"
+    tree.write(p)
+    scenes = import_commonroad(p)
+    assert len(scenes) == 5
+    crossings = [x for s in scenes for x in _front_crossings(s)]
+    assert len(crossings) >= 3 and not [x for x in crossings if x[2] == LightState.RED]
+    assert {s.metadata.extra["light_phase_shift_steps"] for s in scenes} == {496}
+    # The file as published is in phase already: left as it is.
+    assert import_commonroad(PEACH, egos=["160"])[0].metadata.extra["light_phase_shift_steps"] == 0
+
+
 def test_constant_velocity_runs_the_red_and_idm_stops(tmp_path):
     """Real Peachtree scene (ego 198 queues at the northern stop line), its light red from t0 on.
 

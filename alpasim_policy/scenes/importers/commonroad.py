@@ -337,33 +337,156 @@ def _combine_light_states(states: list[np.ndarray]) -> np.ndarray:
     return np.max(np.stack(states).astype(np.int8), axis=0)
 
 
-def _light_states(src: _Src, root: ET.Element, steps_src: np.ndarray) -> dict[str, np.ndarray]:
-    """Per traffic-light id, LightState at each (source) step."""
-    out = {}
+@dataclass
+class _Programme:
+    """One light's fixed-time programme: colours for ``durations`` source steps, from ``offset``."""
+
+    durations: np.ndarray  # (E,) int source steps
+    colours: np.ndarray  # (E,) int8 LightState
+    offset: int
+
+    @property
+    def total(self) -> int:
+        return int(self.durations.sum())
+
+    def states(self, steps: np.ndarray) -> np.ndarray:
+        """LightState at source ``steps`` (CommonRoad 2020a: element i lasts ``durations[i]``
+        steps; the cycle starts at ``timeOffset`` and repeats)."""
+        tc = (np.asarray(steps, np.int64) - self.offset) % self.total
+        return self.colours[np.searchsorted(np.cumsum(self.durations), tc, side="right")]
+
+
+def _light_programmes(src: _Src, root: ET.Element) -> dict[str, _Programme | None]:
+    """Per traffic-light id, its programme (None: inactive or no cycle -> UNKNOWN throughout)."""
+    out: dict[str, _Programme | None] = {}
     for tl in root.findall("trafficLight"):
         lid = tl.get("id", "")
         active = (tl.findtext("active") or "true").strip().lower() != "false"
         cyc = tl.find("cycle")
-        states = np.full(len(steps_src), int(LightState.UNKNOWN), dtype=np.int8)
-        if cyc is not None and active:
-            durs, cols = [], []
-            for ce in cyc.findall("cycleElement"):
-                durs.append(int(src.num(ce.find("duration"), f"trafficLight {lid}/duration")))
-                cols.append(_LIGHT_COLORS.get((ce.findtext("color") or "").strip(), LightState.UNKNOWN))
-            offset = (
-                int(src.num(cyc.find("timeOffset"), "timeOffset"))
-                if cyc.find("timeOffset") is not None
-                else 0
-            )
-            total = sum(durs)
-            if total > 0:
-                bounds = np.cumsum(durs)
-                tc = (steps_src - offset) % total
-                states = np.array(
-                    [int(cols[int(np.searchsorted(bounds, t, side="right"))]) for t in tc], np.int8
-                )
-        out[lid] = states
+        out[lid] = None
+        if cyc is None or not active:
+            continue
+        durs, cols = [], []
+        for ce in cyc.findall("cycleElement"):
+            durs.append(int(src.num(ce.find("duration"), f"trafficLight {lid}/duration")))
+            cols.append(int(_LIGHT_COLORS.get((ce.findtext("color") or "").strip(), LightState.UNKNOWN)))
+        if any(d < 0 for d in durs):
+            raise src.err(f"trafficLight {lid}/duration", "negative duration")
+        offset = (
+            int(src.num(cyc.find("timeOffset"), "timeOffset")) if cyc.find("timeOffset") is not None else 0
+        )
+        if sum(durs) > 0:
+            out[lid] = _Programme(np.array(durs, np.int64), np.array(cols, np.int8), offset)
     return out
+
+
+def _light_states(
+    progs: dict[str, _Programme | None], steps_src: np.ndarray, shift: int = 0
+) -> dict[str, np.ndarray]:
+    """Per traffic-light id, LightState at each source step (the programme advanced by ``shift`` steps)."""
+    unknown = np.full(len(steps_src), int(LightState.UNKNOWN), dtype=np.int8)
+    return {lid: (p.states(steps_src + shift) if p is not None else unknown) for lid, p in progs.items()}
+
+
+#: Vehicle types whose stop-line crossings say what the lights showed.
+_TRAFFIC = (AgentType.VEHICLE, AgentType.BUS, AgentType.TRUCK, AgentType.MOTORCYCLE)
+
+
+#: A vehicle whose front is this close behind a stop line (m), standing (< 0.5 m/s) and still
+#: standing 2 s later, is waiting at the light: evidence that it is not green.
+_WAIT_ZONE_M = 8.0
+_WAIT_SPEED = 0.5
+_WAIT_STEPS = 20
+
+
+def _light_evidence(
+    governing: dict[str, list[str]],
+    stop_lines: dict[str, np.ndarray],
+    road: RoadMap,
+    tracks: dict[str, Track],
+    waits_mean_red: set[str],
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """What logged vehicles did at each light's stop line, as (lane id, grid step) events.
+
+    Crossings: a front bumper crosses the line forwards. Waits: first at the line (front within
+    :data:`_WAIT_ZONE_M` behind it), standing, and still standing :data:`_WAIT_STEPS` later --
+    only on lanes in ``waits_mean_red`` (a permissive left turn waits on green for a gap).
+    """
+    by_id = {ln.id: ln for ln in road.lanes}
+    trs = [t for t in tracks.values() if t.type in _TRAFFIC]
+    crossings, waits = [], []
+    for lane_id in governing:
+        a, b = stop_lines[lane_id]
+        seg = b - a
+        n = np.array([seg[1], -seg[0]]) / max(float(np.linalg.norm(seg)), 1e-9)
+        c = by_id[lane_id].centerline
+        if np.dot(n, c[-1] - c[-2]) < 0:
+            n = -n
+        for tr in trs:
+            fwd = np.column_stack([np.cos(tr.heading), np.sin(tr.heading)])
+            front = tr.xy + 0.5 * tr.length * fwd
+            side = (front - a) @ n
+            along = ((front - a) @ seg) / max(float(seg @ seg), 1e-9)
+            ahead = (along >= -0.1) & (along <= 1.1) & (fwd @ n > 0.5) & tr.valid
+            hit = ahead[1:] & tr.valid[:-1] & (side[:-1] < 0) & (side[1:] >= 0)
+            crossings.extend((lane_id, int(k) + 1) for k in np.flatnonzero(hit))
+            if lane_id in waits_mean_red:
+                speed = np.zeros(len(side))
+                speed[1:] = np.linalg.norm(np.diff(tr.xy, axis=0), axis=1) / DT
+                w = ahead & (side < 0) & (side > -_WAIT_ZONE_M) & (speed < _WAIT_SPEED)
+                w[:-_WAIT_STEPS] &= w[_WAIT_STEPS:]
+                w[-_WAIT_STEPS:] = False
+                waits.extend((lane_id, int(k)) for k in np.flatnonzero(w))
+    return crossings, waits
+
+
+def _phase_shift(
+    progs: dict[str, _Programme | None],
+    governing: dict[str, list[str]],
+    stop_lines: dict[str, np.ndarray],
+    road: RoadMap,
+    tracks: dict[str, Track],
+    steps_src: np.ndarray,
+    waits_mean_red: set[str],
+) -> int:
+    """Source steps to advance every light programme by so the logged traffic obeys it (0: as given).
+
+    Why: CommonRoad's signal programmes for recorded data (NGSIM Peachtree, Lankershim) are
+    authored fixed-time cycles that each scenario file starts at its own step 0; nothing ties
+    them to the phase the recorded drivers saw, so as given a logged car can cross on red. The
+    relative timing of the lights (their offsets) is kept; only the whole programme's phase is
+    moved, and only when the file's own phase has more logged crossings on red than some other
+    phase. Among the phases with the fewest red crossings the one where the fewest cars wait at
+    the front of a queue on green wins (the light turned green when the queue started), then the
+    smallest shift.
+    """
+    crossings, waits = _light_evidence(governing, stop_lines, road, tracks, waits_mean_red)
+    live = [p for p in progs.values() if p is not None]
+    if not crossings or not live:
+        return 0
+    period = int(np.lcm.reduce([p.total for p in live]))
+    if period > 100_000:  # incommensurate cycles: no common period to search
+        return 0
+    shifts = np.arange(period)
+
+    def lane_states(lane_id: str, k: int) -> np.ndarray:
+        t = steps_src[k] + shifts  # the source step each shift would show at grid step k
+        none = np.zeros(period, np.int8)
+        return np.max(
+            np.stack([progs[r].states(t) if progs[r] is not None else none for r in governing[lane_id]]), 0
+        )
+
+    red = np.zeros(period, np.int64)
+    for lane_id, k in crossings:
+        red += lane_states(lane_id, k) == int(LightState.RED)
+    if red[0] == red.min():
+        return 0
+    green_waits = np.zeros(period, np.int64)
+    for lane_id, k in waits:
+        green_waits += lane_states(lane_id, k) == int(LightState.GREEN)
+    cost = red * (len(waits) + 1) + green_waits
+    best = np.flatnonzero(cost == cost.min())
+    return int(best[np.argmin(np.minimum(best, period - best))])
 
 
 def _obstacles(src: _Src, root: ET.Element, dt_src: float) -> list[dict]:
@@ -422,6 +545,7 @@ class _Scenario:
     road: RoadMap
     #: lane id -> (ids of the lights that govern its movements, combined LightState per grid step)
     lane_lights: dict[str, tuple[list[str], np.ndarray]]
+    light_shift: int | None  # source steps the light programmes were advanced by (None: no lights)
     stop_lines: dict[str, np.ndarray]
     obs: list[dict]
     tracks: dict[str, Track]
@@ -467,19 +591,26 @@ def _load(path: Path) -> _Scenario:
         )
         tracks[o["id"]] = Track(id=o["id"], type=atype, length=o["length"], width=o["width"], xy=xy,
                                 heading=hd, valid=valid)  # fmt: skip
-    light_by_id = _light_states(src, root, steps_src)
+    progs = _light_programmes(src, root)
     directions = _light_directions(root)
     lane_ids = {ln.id for ln in road.lanes}
-    lane_lights: dict[str, tuple[list[str], np.ndarray]] = {}
+    governing: dict[str, list[str]] = {}
     for lane_id in sorted(light_refs, key=lambda x: (len(x), x)):
         if lane_id not in lane_ids:
             continue
         moves = _movements(root, road, lane_id)
         # Only the lights whose direction covers a way out of this lane govern it: a left-turn
         # arrow referenced by a lane that only goes straight says nothing about that lane.
-        gov = [r for r in light_refs[lane_id] if r in light_by_id and directions.get(r, frozenset()) & moves]
+        gov = [r for r in light_refs[lane_id] if r in progs and directions.get(r, frozenset()) & moves]
         if gov:
-            lane_lights[lane_id] = (gov, _combine_light_states([light_by_id[r] for r in gov]))
+            governing[lane_id] = gov
+    no_left = {lane_id for lane_id in governing if "left" not in _movements(root, road, lane_id)}
+    shift = _phase_shift(progs, governing, stop_lines, road, tracks, steps_src, no_left) if governing else 0
+    light_by_id = _light_states(progs, steps_src, shift)
+    lane_lights = {
+        lane_id: (gov, _combine_light_states([light_by_id[r] for r in gov]))
+        for lane_id, gov in governing.items()
+    }
     return _Scenario(
         src=src,
         version=version,
@@ -487,6 +618,7 @@ def _load(path: Path) -> _Scenario:
         bench=root.get("benchmarkID") or path.stem,
         road=road,
         lane_lights=lane_lights,
+        light_shift=shift if governing else None,
         stop_lines=stop_lines,
         obs=obs,
         tracks=tracks,
@@ -657,6 +789,7 @@ def import_commonroad(
                         "source_dt": sc.dt_src,
                         "window": w,
                         "window_start_step": int(a),
+                        **({} if sc.light_shift is None else {"light_phase_shift_steps": sc.light_shift}),
                     },
                 )
             )
