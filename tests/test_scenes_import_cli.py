@@ -71,11 +71,13 @@ def test_windows_reach_the_end_of_the_log():
     # The real AV2 sensor log (15.5 s, 156 sweeps): its last window ends at its last sweep.
     import pyarrow.feather as feather
 
+    from alpasim_policy.scenes.importers.av2 import import_av2_sensor
+
     log = next((ROOT / "raw" / "av2" / "sensor").iterdir())
     sweeps = np.unique(feather.read_table(log / "annotations.feather")["timestamp_ns"].to_numpy())
-    ids = sorted(p.stem for p in (ROOT / "scenes").glob("av2s-7fab2350-w*.npz"))
-    last = load_scene(ROOT / "scenes" / f"{ids[-1]}.npz")
-    assert len(ids) == 3 and last.metadata.extra["window_start_step"] + last.num_steps == len(sweeps)
+    scenes = import_av2_sensor(log)
+    last = scenes[-1]
+    assert len(scenes) == 3 and last.metadata.extra["window_start_step"] + last.num_steps == len(sweeps)
     assert last.metadata.extra["source_start_ns"] + round(8.0 * 1e9) == pytest.approx(sweeps[-1], abs=2e6)
 
 
