@@ -244,7 +244,8 @@ def test_commonroad_traffic_light_cycle(tmp_path):
     ET.SubElement(tl, "active").text = "true"
     p = tmp_path / "lights.xml"
     tree.write(p)
-    (s,) = import_commonroad(p, egos=[ego])
+    s = import_commonroad(p, egos=[ego])[0]  # the first window starts at the scenario's start
+    assert s.metadata.extra["window_start_step"] == 0
     assert [t.lane_id for t in s.map.traffic_lights] == ["4"]
     states = s.map.light_states[0]
     for k in range(s.num_steps):

@@ -176,6 +176,14 @@ def test_route_builder_follows_a_lane_change(scene_id):
     route = build_route(sc.map, idx, np.concatenate([pa, pb]), np.concatenate([ha, hb]))
     i = route.lane_ids.index(lane.id)
     assert route.lane_ids[i + 1] == nb.id
-    # The route polyline runs along the neighbour's centerline where the path ends.
-    _, lat, _ = Polyline(route.polyline).project(pb)
+    # The route polyline runs along the neighbour's centerline where the path ends (past the
+    # lateral transition centred where the path entered the neighbour).
+    from alpasim_policy.scenes.importers.common import LANE_CHANGE_LENGTH_M
+
+    past = np.linalg.norm(pb - pb[0], axis=1) > 0.5 * LANE_CHANGE_LENGTH_M + 1e-6
+    assert past.sum() >= 5
+    _, lat, _ = Polyline(route.polyline).project(pb[past])
     assert np.abs(lat).max() < 1e-6
+    # ... and never runs backwards: arc length grows along the path.
+    s, _, _ = Polyline(route.polyline).project(np.concatenate([pa, pb]))
+    assert np.all(np.diff(s) > 0)

@@ -40,7 +40,12 @@ def test_cli_import_matches_bundled(tmp_path):
     src = sorted((ROOT / "raw" / "av2" / "sensor").iterdir())
     assert main(["import", "av2-sensor", *map(str, src), "--out", str(tmp_path)]) == 0
     out = sorted(tmp_path.glob("*.npz"))
-    assert out and all(p.read_bytes() == (ROOT / "scenes" / p.name).read_bytes() for p in out)
+    bundled = [p for p in out if (ROOT / "scenes" / p.name).is_file()]
+    assert len(bundled) == 2 and all(
+        p.read_bytes() == (ROOT / "scenes" / p.name).read_bytes() for p in bundled
+    )
+    # The CLI also writes the window that ends at the log's end, which the bundle leaves out.
+    assert [p.name for p in out if p not in bundled] == ["av2s-7fab2350-w02.npz"]
 
 
 def test_suite_has_20_real_scenes_from_three_sources(scenes):
@@ -99,7 +104,8 @@ def test_headings_agree_with_motion(scenes):
         e = s.ego
         moving = e.valid & (e.speed > 3.0)
         err = np.abs(wrap_angle(np.arctan2(e.state[:, 4], e.state[:, 3]) - e.heading))[moving]
-        assert (err < np.deg2rad(20)).mean() >= 0.95, s.scene_id
+        # (an ego queued at a red light may never reach 3 m/s)
+        assert err.size == 0 or (err < np.deg2rad(20)).mean() >= 0.95, s.scene_id
         a = s.agents
         sp = np.hypot(a.state[..., 3], a.state[..., 4])
         moving = a.valid & (sp > 3.0)
@@ -136,7 +142,11 @@ def test_commonroad_egos_are_eligible_and_spread():
     xml = ROOT / "raw" / "commonroad" / "USA_Lanker-1_1_T-1.xml"
     cands = ego_candidates(xml)
     assert len(cands) >= 8
-    scenes = import_commonroad(xml, max_egos=3)
+    # 4.0 s: shorter than warm-up + one scoring window, so only kept when asked (min_steps=0).
+    rejected: list[str] = []
+    assert import_commonroad(xml, max_egos=3, rejected=rejected) == []
+    assert any("shorter than the 5.6 s" in r for r in rejected)
+    scenes = import_commonroad(xml, max_egos=3, min_steps=0)
     egos = [s.metadata.extra["ego_obstacle_id"] for s in scenes]
     assert len(egos) == 3 and egos[0] == cands[0] and egos[-1] == cands[-1]
     assert egos[1] in cands[1:-1]

@@ -25,6 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--t0-index", type=int, default=16, help="history steps before the first controlled step")
     p.add_argument("--max-egos", type=int, default=None, help="CommonRoad: at most this many egos per file")
     p.add_argument("--egos", default=None, help="CommonRoad: comma-separated obstacle ids to use as egos")
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        default=None,
+        help="shortest scene kept (default: the env's warm-up + one full scoring window: 5.6 s, 57 steps)",
+    )
+    p.add_argument("--verbose", action="store_true", help="list why each skipped candidate was not imported")
     p.set_defaults(func=_cmd_import)
 
     sc = sub.add_parser("scenarios", help="list, plot and rebuild bundled scenes")
@@ -57,8 +64,14 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
 
 
 def import_sources(source: str, srcs: list[Path], t0_index: int = 16, max_egos: int | None = None,
-                   egos: list[str] | None = None) -> list:  # fmt: skip
-    """Run one importer over several sources; returns the scenes in order."""
+                   egos: list[str] | None = None, rejected: list[str] | None = None,
+                   min_steps: int | None = None) -> list:  # fmt: skip
+    """Run one importer over several sources; returns the scenes in order.
+
+    Why a candidate or a source gave no scene is appended to ``rejected``; ``min_steps``
+    (default: warm-up + one scoring window, :func:`~alpasim_policy.scenes.importers.common.min_scene_steps`)
+    is the shortest scene kept.
+    """
     from alpasim_policy.errors import ConfigError
 
     scenes = []
@@ -66,28 +79,47 @@ def import_sources(source: str, srcs: list[Path], t0_index: int = 16, max_egos: 
         if source == "av2-sensor":
             from alpasim_policy.scenes.importers.av2 import import_av2_sensor
 
-            scenes += import_av2_sensor(src, t0_index=t0_index)
+            scenes += import_av2_sensor(src, t0_index=t0_index, min_steps=min_steps, rejected=rejected)
         elif source == "av2-forecasting":
             from alpasim_policy.scenes.importers.av2 import import_av2_forecasting
 
-            scenes += import_av2_forecasting(src, t0_index=t0_index)
+            scenes += import_av2_forecasting(src, t0_index=t0_index, min_steps=min_steps, rejected=rejected)
         elif source == "commonroad":
             from alpasim_policy.scenes.importers.commonroad import import_commonroad
 
-            scenes += import_commonroad(src, egos=egos, max_egos=max_egos, t0_index=t0_index)
+            scenes += import_commonroad(src, egos=egos, max_egos=max_egos, t0_index=t0_index,
+                                        min_steps=min_steps, rejected=rejected)  # fmt: skip
         else:
             raise ConfigError(f"unknown source format {source!r}; choose from {IMPORTERS}")
     return scenes
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    import sys
+
     from alpasim_policy.scenes.format import save_scene
+    from alpasim_policy.scenes.importers.common import min_scene_steps
 
     egos = [e.strip() for e in args.egos.split(",") if e.strip()] if args.egos else None
-    scenes = import_sources(args.source, args.src, args.t0_index, args.max_egos, egos)
+    rejected: list[str] = []
+    min_steps = (
+        min_scene_steps(args.t0_index) if args.min_seconds is None else int(round(args.min_seconds / 0.1)) + 1
+    )
+    scenes = import_sources(args.source, args.src, args.t0_index, args.max_egos, egos, rejected, min_steps)
     for sc in scenes:
         path = save_scene(sc, args.out / f"{sc.scene_id}.npz")
         print(f"{path}  {sc.duration:.1f} s  {len(sc.agents)} agents  {len(sc.map.lanes)} lanes")
+    if not scenes:
+        print(f"wrote no scene to {args.out}; why each candidate was rejected:", file=sys.stderr)
+        for r in rejected or ["(no candidate found)"]:
+            print(f"  {r}", file=sys.stderr)
+        return 1
+    if rejected and args.verbose:
+        print("not imported:")
+        for r in rejected:
+            print(f"  {r}")
+    elif rejected:
+        print(f"({len(rejected)} candidate(s) not imported; --verbose lists why)")
     print(f"wrote {len(scenes)} scene(s) to {args.out}")
     return 0
 

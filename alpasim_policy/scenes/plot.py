@@ -1,8 +1,9 @@
 """Bird's-eye plot of a scene, so a user can check an import by eye.
 
 Shows the drivable area, lanes (boundaries and centerlines, intersections shaded),
-crosswalks, the route polyline, the ego log (history dashed, future solid) and every
-agent's box at ``t0``. Uses matplotlib's Agg backend: no display needed.
+crosswalks, traffic lights (each stop line drawn in its light's colour at ``t0``, with a dot at
+its middle), the route polyline, the ego log (history dashed, future solid) and every agent's
+box at ``t0``. Uses matplotlib's Agg backend: no display needed.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alpasim_policy.scenes.format import AgentType, Scene
+from alpasim_policy.scenes.format import AgentType, LightState, Scene
 from alpasim_policy.scenes.geometry import MapIndex, box_corners, rear_axle_to_center
 
 _TYPE_COLORS = {
@@ -23,6 +24,13 @@ _TYPE_COLORS = {
     AgentType.TRUCK: "tab:brown",
     AgentType.STATIC: "tab:gray",
     AgentType.UNKNOWN: "black",
+}
+
+_LIGHT_COLORS = {
+    LightState.RED: "red",
+    LightState.YELLOW: "orange",
+    LightState.GREEN: "limegreen",
+    LightState.UNKNOWN: "dimgray",
 }
 
 
@@ -58,10 +66,20 @@ def plot_scene(scene: Scene, out: str | Path, radius: float | None = None, dpi: 
             d = c[min(m + 1, len(c) - 1)] - c[max(m - 1, 0)]
             ax.annotate("", xy=c[m] + 0.3 * d, xytext=c[m], zorder=1,
                         arrowprops={"arrowstyle": "->", "color": "#8080c0", "lw": 0.6})  # fmt: skip
+    t0 = scene.metadata.t0_index
+    states = scene.map.light_states
+    for k, tl in enumerate(scene.map.traffic_lights):
+        code = int(states[k, t0]) if states.size else int(LightState.UNKNOWN)
+        col = _LIGHT_COLORS.get(LightState(code), "dimgray")
+        ax.plot(*np.asarray(tl.stop_line).T, color=col, lw=3, solid_capstyle="butt", zorder=3)
+        mid = np.asarray(tl.stop_line).mean(axis=0)
+        ax.plot(*mid, marker="o", ms=6, color=col, markeredgecolor="black", mew=0.6, zorder=6)
+    for st in LightState:
+        if len(scene.map.traffic_lights) and np.any(states[:, t0] == int(st)):
+            ax.plot([], [], color=_LIGHT_COLORS[st], lw=3, label=f"stop line, {st.name.lower()} at t0")
     r = scene.route.polyline
     ax.plot(r[:, 0], r[:, 1], color="tab:green", lw=3, alpha=0.35, zorder=2, label="route")
     e = scene.ego
-    t0 = scene.metadata.t0_index
     v = e.valid
     hist = np.arange(scene.num_steps) <= t0
     ax.plot(*e.xy[v & hist].T, color="tab:red", ls="--", lw=1.2, zorder=4, label="ego history")

@@ -29,6 +29,8 @@ from alpasim_policy.scenes.importers.common import (
     Track,
     assemble_scene,
     clean_lane_graph,
+    min_scene_steps,
+    too_short,
     windows,
 )
 
@@ -210,8 +212,14 @@ def _find_map(log_dir: Path) -> Path:
     return cands[0]
 
 
-def import_av2_sensor(log_dir: str | Path, t0_index: int = 16) -> list[Scene]:
-    """One AV2 sensor log folder -> scenes of 8 s every 4 s (a short log gives one scene)."""
+def import_av2_sensor(
+    log_dir: str | Path, t0_index: int = 16, min_steps: int | None = None, rejected: list[str] | None = None
+) -> list[Scene]:
+    """One AV2 sensor log folder -> scenes of 8 s every 4 s, the last one ending at the log's end.
+
+    A log shorter than ``min_steps`` (default :func:`min_scene_steps`; 0 keeps everything)
+    gives no scene; the reason is appended to ``rejected``.
+    """
     from scipy.spatial.transform import Rotation, Slerp
 
     log_dir = Path(log_dir)
@@ -288,6 +296,12 @@ def import_av2_sensor(log_dir: str | Path, t0_index: int = 16) -> list[Scene]:
         )
 
     scenes = []
+    need = min_scene_steps(t0_index) if min_steps is None else min_steps
+    why = too_short(T_all, need)
+    if why is not None:
+        if rejected is not None:
+            rejected.append(f"{log_dir}: log {why}")
+        return []
     for w, (a, b) in enumerate(windows(T_all)):
         T = b - a
         tracks = []
@@ -340,7 +354,12 @@ def _copy_map(road: RoadMap) -> RoadMap:
 # ----------------------------------------------------------------------------- forecasting
 
 
-def import_av2_forecasting(scenario_dir: str | Path, t0_index: int = 16) -> list[Scene]:
+def import_av2_forecasting(
+    scenario_dir: str | Path,
+    t0_index: int = 16,
+    min_steps: int | None = None,
+    rejected: list[str] | None = None,
+) -> list[Scene]:
     """One AV2 motion-forecasting scenario folder (parquet + map json) -> one scene."""
     scenario_dir = Path(scenario_dir)
     parquets = sorted(scenario_dir.glob("scenario_*.parquet"))
@@ -362,6 +381,11 @@ def import_av2_forecasting(scenario_dir: str | Path, t0_index: int = 16) -> list
     city = str(cols["city"][0]) if "city" in cols and len(cols["city"]) else ""
     ts = cols["timestep"].astype(np.int64)
     T = int(ts.max()) + 1
+    why = too_short(T, min_scene_steps(t0_index) if min_steps is None else min_steps)
+    if why is not None:
+        if rejected is not None:
+            rejected.append(f"{scenario_dir}: scenario {why}")
+        return []
     tid = np.array([str(x) for x in cols["track_id"]])
     if "AV" not in set(tid.tolist()):
         raise ImportSourceError(pq_path, "track_id", "no 'AV' track (the ego)")

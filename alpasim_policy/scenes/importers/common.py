@@ -101,10 +101,42 @@ def ego_state_from_poses(xy: np.ndarray, heading: np.ndarray, valid: np.ndarray)
 
 
 def windows(num_steps: int, length: int = WINDOW_STEPS, stride: int = WINDOW_STRIDE) -> list[tuple[int, int]]:
-    """[start, end) windows of ``length`` steps every ``stride``; a short log is one window."""
+    """[start, end) windows of ``length`` steps every ``stride``; a short log is one window.
+
+    When the stride leaves a tail (the last seconds of the log in no window), one more window
+    ends exactly at the log's end, so every logged step is in some scene.
+    """
     if num_steps <= length:
         return [(0, num_steps)]
-    return [(s, s + length) for s in range(0, num_steps - length + 1, stride)]
+    out = [(s, s + length) for s in range(0, num_steps - length + 1, stride)]
+    if out[-1][1] < num_steps:
+        out.append((num_steps - length, num_steps))
+    return out
+
+
+def min_scene_steps(t0_index: int = T0_INDEX) -> int:
+    """Fewest steps a scene needs: the env's warm-up, then one full scoring window.
+
+    Why: a scene shorter than that is scored over windows shorter than the scorer's 4 s
+    horizon, so its scores do not mean what they mean elsewhere. The constants are read from
+    the env config (``warmup_s``) and the scorer (``HORIZON_STEPS``) -- lazily, the one place
+    the scene layer looks downstream -- so the rule follows them instead of copying them.
+    """
+    from alpasim_policy.scoring.openloop import HORIZON_STEPS
+    from alpasim_policy.sim.config import DEFAULTS
+
+    warmup = int(round(float(DEFAULTS["warmup_s"]) / float(DEFAULTS["dt"])))
+    return max(warmup, int(t0_index)) + HORIZON_STEPS + 1
+
+
+def too_short(num_steps: int, min_steps: int) -> str | None:
+    """The reason a scene of ``num_steps`` is rejected, or None when it is long enough."""
+    if num_steps >= min_steps:
+        return None
+    return (
+        f"{(num_steps - 1) * DT:.1f} s ({num_steps} steps) is shorter than the {(min_steps - 1) * DT:.1f} s "
+        f"({min_steps} steps) a scene needs: the env's warm-up, then one full scoring window"
+    )
 
 
 # ----------------------------------------------------------------------------- map helpers
@@ -183,8 +215,10 @@ def translate_map(road: RoadMap, origin: np.ndarray) -> RoadMap:
 _MAX_HEADING_ERR = np.deg2rad(60.0)
 
 
-def _lane_sequence(index: MapIndex, xy: np.ndarray, heading: np.ndarray) -> list[int]:
-    """Lanes visited by the poses, in order, with a sticky matcher.
+def _lane_sequence(index: MapIndex, xy: np.ndarray, heading: np.ndarray) -> tuple[list[int], list[int]]:
+    """Lanes visited by the poses, in order, and the pose index at which each was entered.
+
+    A sticky matcher.
 
     Why sticky: lanes overlap in intersections, so picking the best lane per pose flickers.
     We stay on the current lane while it holds the pose and points the same way; when we
@@ -192,6 +226,7 @@ def _lane_sequence(index: MapIndex, xy: np.ndarray, heading: np.ndarray) -> list
     """
     members = index.lane_membership(xy)
     seq: list[int] = []
+    entered: list[int] = []
     cur: int | None = None
 
     def agrees(i: int, k: int) -> bool:
@@ -225,8 +260,9 @@ def _lane_sequence(index: MapIndex, xy: np.ndarray, heading: np.ndarray) -> list
             continue  # off the map but still closest to the current lane: stay
         if nxt != cur:
             seq.append(nxt)
+            entered.append(k)
             cur = nxt
-    return seq
+    return seq, entered
 
 
 def _dist(index: MapIndex, i: int, p: np.ndarray) -> float:
@@ -277,9 +313,13 @@ def build_route(road: RoadMap, index: MapIndex, xy: np.ndarray, heading: np.ndar
     if not lanes:
         raise ValueError("the map has no lanes, so no route can be built")
     by_id = index.lane_index
-    seq = _lane_sequence(index, xy, heading)
+    seq, entered = _lane_sequence(index, xy, heading)
     if not seq:
-        seq = [index.nearest_lane(xy[-1], float(heading[-1]))]
+        seq, entered = [index.nearest_lane(xy[-1], float(heading[-1]))], [len(xy) - 1]
+    # Where the ego crossed into each lane it changed into (first entry): the lane change's centre.
+    entry_xy: dict[int, np.ndarray] = {}
+    for i, k in zip(seq, entered, strict=True):
+        entry_xy.setdefault(i, np.asarray(xy[k], np.float64))
     # Fill gaps through the lane graph.
     filled = [seq[0]]
     for b in seq[1:]:
@@ -313,7 +353,7 @@ def build_route(road: RoadMap, index: MapIndex, xy: np.ndarray, heading: np.ndar
             continue
         route.append(i)
     # Extend forward until the polyline reaches ROUTE_LOOKAHEAD_M past the last ego position.
-    poly = _concat([lanes[i].centerline for i in route])
+    poly = _route_polyline(lanes, route, entry_xy)
     last = xy[-1]
     for _ in range(50):
         pl = Polyline(poly)
@@ -329,6 +369,61 @@ def build_route(road: RoadMap, index: MapIndex, xy: np.ndarray, heading: np.ndar
         route.append(nxt)
         poly = _concat([poly, lanes[nxt].centerline])
     return Route(lane_ids=[lanes[i].id for i in route], polyline=Polyline(poly).points)
+
+
+#: Length (m) of the lateral transition that joins two neighbour lanes where the route changes lane.
+LANE_CHANGE_LENGTH_M = 20.0
+
+
+def _route_polyline(lanes: list[Lane], route: list[int], entry_xy: dict[int, np.ndarray]) -> np.ndarray:
+    """The route's centerline: successors are concatenated; a lane change is a lateral transition.
+
+    Why not concatenate neighbours too: a neighbour's centerline starts level with the lane the
+    ego leaves, so joining them end to start would jump back by a whole lane length (175 m on
+    US-101) and a route follower would turn round. Instead the line leaves the old lane and
+    blends into the new one over :data:`LANE_CHANGE_LENGTH_M`, centred where the ego crossed
+    (or, for a lane change the log does not show, the middle of the new lane).
+    """
+    poly = np.asarray(lanes[route[0]].centerline, np.float64)
+    for prev, cur in zip(route, route[1:], strict=False):
+        c = np.asarray(lanes[cur].centerline, np.float64)
+        if lanes[cur].id in lanes[prev].successors or lanes[cur].id not in (
+            lanes[prev].left_neighbor,
+            lanes[prev].right_neighbor,
+        ):
+            poly = _concat([poly, c])
+        else:
+            poly = _lane_change(poly, c, entry_xy.get(cur))
+    return poly
+
+
+def _at(pl: Polyline, s: np.ndarray) -> np.ndarray:
+    """Points at arc lengths s, continued straight past either end (unlike ``interpolate``)."""
+    xy, _ = pl.interpolate(s)
+    before, after = np.minimum(s, 0.0), np.maximum(s - pl.length, 0.0)
+    return xy + before[:, None] * pl.seg_dir[0] + after[:, None] * pl.seg_dir[-1]
+
+
+def _lane_change(poly: np.ndarray, target: np.ndarray, at: np.ndarray | None) -> np.ndarray:
+    """``poly`` (ending on the old lane) joined to ``target`` (a neighbour) by a smooth lateral blend."""
+    P, Q = Polyline(poly), Polyline(target)
+    if at is None:
+        at = Q.interpolate(0.5 * Q.length)[0][0]
+    s_q = float(Q.project(np.asarray(at)[None])[0][0])
+    s_p = float(P.project(np.asarray(at)[None])[0][0])
+    half = 0.5 * LANE_CHANGE_LENGTH_M
+    q0 = min(max(s_q - half, 0.0), Q.length)
+    q1 = min(s_q + half, Q.length)
+    if q1 - q0 < 1.0:  # the ego crossed at the very end of the new lane: take its end as the join
+        q0 = max(q1 - 1.0, 0.0)
+    p0 = s_p - (s_q - q0)
+    n = max(int(np.ceil((q1 - q0) / 1.0)), 2) + 1
+    u = np.linspace(0.0, 1.0, n)
+    w = (3.0 - 2.0 * u) * u * u  # smoothstep: the heading is continuous at both ends
+    blend = (1.0 - w)[:, None] * _at(P, p0 + u * (q1 - q0)) + w[:, None] * _at(Q, q0 + u * (q1 - q0))
+    head = P.points[P.s < p0 - 1e-6]
+    tail = Q.points[Q.s > q1 + 1e-6]
+    return np.concatenate([head, blend, tail])
 
 
 def _straightest(lanes: list[Lane], by_id: dict[str, int], cur: Lane) -> int:

@@ -37,10 +37,13 @@ from alpasim_policy.scenes.geometry import (
     centerline_from_boundaries,
 )
 from alpasim_policy.scenes.importers.common import (
+    WINDOW_STRIDE,
     EgoSpec,
     Track,
     assemble_scene,
     clean_lane_graph,
+    min_scene_steps,
+    too_short,
     windows,
 )
 
@@ -69,6 +72,10 @@ CR_TYPES: dict[str, AgentType] = {
 EGO_TYPES = ("car", "taxi", "priorityVehicle")
 #: Minimum travel (m, start to end) for a vehicle to be an ego candidate.
 MIN_EGO_TRAVEL_M = 10.0
+#: Closest (m) an ego candidate's logged box may come to another road user. Why not 0: the env
+#: replays the log through its tracker, which deviates by a few decimetres, so a log that passes
+#: within centimetres of a queued car (NGSIM stop-and-go) would collide under ``log_replay``.
+MIN_EGO_CLEARANCE_M = 0.25
 #: Longest vehicle taken as ego: NGSIM labels some buses "car"; the policies drive a car.
 MAX_EGO_LENGTH_M = 6.0
 #: AV2 Ford Fusion proportions: wheelbase / length and (rear axle -> centre) / length.
@@ -247,6 +254,7 @@ def _read_map(src: _Src, root: ET.Element) -> tuple[RoadMap, dict[str, list[str]
                 stop_lines[lid] = np.array([src.point(pts[0], "stopLine"), src.point(pts[1], "stopLine")])
         if refs:
             light_refs[lid] = sorted(set(refs))
+            # 2020a: a stop line without points lies at the lanelet's end.
             stop_lines.setdefault(lid, np.array([left[-1], right[-1]]))
     if not lanes:
         raise src.err("lanelet", "the scenario has no lanelets")
@@ -260,33 +268,225 @@ def _read_map(src: _Src, root: ET.Element) -> tuple[RoadMap, dict[str, list[str]
     return road, light_refs, stop_lines
 
 
-def _light_states(src: _Src, root: ET.Element, steps_src: np.ndarray) -> dict[str, np.ndarray]:
-    """Per traffic-light id, LightState at each (source) step."""
+#: CommonRoad 2020a traffic-light ``direction`` -> the movements (turns) it governs.
+_LIGHT_DIRECTIONS: dict[str, frozenset[str]] = {
+    "right": frozenset({"right"}),
+    "straight": frozenset({"straight"}),
+    "left": frozenset({"left"}),
+    "leftStraight": frozenset({"left", "straight"}),
+    "straightRight": frozenset({"straight", "right"}),
+    "leftRight": frozenset({"left", "right"}),
+    "all": frozenset({"left", "straight", "right"}),
+}
+#: Heading change (rad) over a successor beyond which it counts as a turn (when no
+#: ``intersection`` element says which way it goes).
+_TURN_RAD = np.deg2rad(35.0)
+
+
+def _light_directions(root: ET.Element) -> dict[str, frozenset[str]]:
+    """Per traffic-light id, the movements it governs (``all`` when not given)."""
     out = {}
+    for tl in root.findall("trafficLight"):
+        d = (tl.findtext("direction") or "all").strip()
+        out[tl.get("id", "")] = _LIGHT_DIRECTIONS.get(d, _LIGHT_DIRECTIONS["all"])
+    return out
+
+
+def _movements(root: ET.Element, road: RoadMap, lane_id: str) -> set[str]:
+    """Which way traffic leaving ``lane_id`` goes: left / straight / right, one per successor.
+
+    From the ``intersection`` element when it lists the successor under this incoming's
+    ``successorsLeft/Straight/Right``; else from the heading change along the successor.
+    """
+    by_id = {ln.id: ln for ln in road.lanes}
+    lane = by_id.get(lane_id)
+    if lane is None:
+        return {"left", "straight", "right"}
+    listed: dict[str, str] = {}
+    for inc in root.iter("incoming"):
+        if lane_id not in {e.get("ref") for e in inc.findall("incomingLanelet")}:
+            continue
+        for tag, mv in (
+            ("successorsLeft", "left"),
+            ("successorsStraight", "straight"),
+            ("successorsRight", "right"),
+        ):
+            for e in inc.findall(tag):
+                listed[e.get("ref", "")] = mv
+    out = set()
+    for s in lane.successors:
+        if s in listed:
+            out.add(listed[s])
+            continue
+        c = by_id[s].centerline
+        h0 = np.arctan2(*(lane.centerline[-1] - lane.centerline[-2])[::-1])
+        h1 = np.arctan2(*(c[-1] - c[-2])[::-1])
+        turn = float(np.angle(np.exp(1j * (h1 - h0))))
+        out.add("left" if turn > _TURN_RAD else ("right" if turn < -_TURN_RAD else "straight"))
+    return out or {"left", "straight", "right"}
+
+
+def _combine_light_states(states: list[np.ndarray]) -> np.ndarray:
+    """Per step, the most permissive *active* state: GREEN > YELLOW > RED; UNKNOWN if none is active.
+
+    Why most permissive: several lights may govern one lane (a red main light and a green
+    right-turn arrow, or a lane with a straight and a turning successor); a logged driver
+    who takes the movement that is allowed has not run a red.
+    """
+    # LightState's codes are in this order already: UNKNOWN 0 < RED 1 < YELLOW 2 < GREEN 3.
+    return np.max(np.stack(states).astype(np.int8), axis=0)
+
+
+@dataclass
+class _Programme:
+    """One light's fixed-time programme: colours for ``durations`` source steps, from ``offset``."""
+
+    durations: np.ndarray  # (E,) int source steps
+    colours: np.ndarray  # (E,) int8 LightState
+    offset: int
+
+    @property
+    def total(self) -> int:
+        return int(self.durations.sum())
+
+    def states(self, steps: np.ndarray) -> np.ndarray:
+        """LightState at source ``steps`` (CommonRoad 2020a: element i lasts ``durations[i]``
+        steps; the cycle starts at ``timeOffset`` and repeats)."""
+        tc = (np.asarray(steps, np.int64) - self.offset) % self.total
+        return self.colours[np.searchsorted(np.cumsum(self.durations), tc, side="right")]
+
+
+def _light_programmes(src: _Src, root: ET.Element) -> dict[str, _Programme | None]:
+    """Per traffic-light id, its programme (None: inactive or no cycle -> UNKNOWN throughout)."""
+    out: dict[str, _Programme | None] = {}
     for tl in root.findall("trafficLight"):
         lid = tl.get("id", "")
         active = (tl.findtext("active") or "true").strip().lower() != "false"
         cyc = tl.find("cycle")
-        states = np.full(len(steps_src), int(LightState.UNKNOWN), dtype=np.int8)
-        if cyc is not None and active:
-            durs, cols = [], []
-            for ce in cyc.findall("cycleElement"):
-                durs.append(int(src.num(ce.find("duration"), f"trafficLight {lid}/duration")))
-                cols.append(_LIGHT_COLORS.get((ce.findtext("color") or "").strip(), LightState.UNKNOWN))
-            offset = (
-                int(src.num(cyc.find("timeOffset"), "timeOffset"))
-                if cyc.find("timeOffset") is not None
-                else 0
-            )
-            total = sum(durs)
-            if total > 0:
-                bounds = np.cumsum(durs)
-                tc = (steps_src - offset) % total
-                states = np.array(
-                    [int(cols[int(np.searchsorted(bounds, t, side="right"))]) for t in tc], np.int8
-                )
-        out[lid] = states
+        out[lid] = None
+        if cyc is None or not active:
+            continue
+        durs, cols = [], []
+        for ce in cyc.findall("cycleElement"):
+            durs.append(int(src.num(ce.find("duration"), f"trafficLight {lid}/duration")))
+            cols.append(int(_LIGHT_COLORS.get((ce.findtext("color") or "").strip(), LightState.UNKNOWN)))
+        if any(d < 0 for d in durs):
+            raise src.err(f"trafficLight {lid}/duration", "negative duration")
+        offset = (
+            int(src.num(cyc.find("timeOffset"), "timeOffset")) if cyc.find("timeOffset") is not None else 0
+        )
+        if sum(durs) > 0:
+            out[lid] = _Programme(np.array(durs, np.int64), np.array(cols, np.int8), offset)
     return out
+
+
+def _light_states(
+    progs: dict[str, _Programme | None], steps_src: np.ndarray, shift: int = 0
+) -> dict[str, np.ndarray]:
+    """Per traffic-light id, LightState at each source step (the programme advanced by ``shift`` steps)."""
+    unknown = np.full(len(steps_src), int(LightState.UNKNOWN), dtype=np.int8)
+    return {lid: (p.states(steps_src + shift) if p is not None else unknown) for lid, p in progs.items()}
+
+
+#: Vehicle types whose stop-line crossings say what the lights showed.
+_TRAFFIC = (AgentType.VEHICLE, AgentType.BUS, AgentType.TRUCK, AgentType.MOTORCYCLE)
+
+
+#: A vehicle whose front is this close behind a stop line (m), standing (< 0.5 m/s) and still
+#: standing 2 s later, is waiting at the light: evidence that it is not green.
+_WAIT_ZONE_M = 8.0
+_WAIT_SPEED = 0.5
+_WAIT_STEPS = 20
+
+
+def _light_evidence(
+    governing: dict[str, list[str]],
+    stop_lines: dict[str, np.ndarray],
+    road: RoadMap,
+    tracks: dict[str, Track],
+    waits_mean_red: set[str],
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """What logged vehicles did at each light's stop line, as (lane id, grid step) events.
+
+    Crossings: a front bumper crosses the line forwards. Waits: first at the line (front within
+    :data:`_WAIT_ZONE_M` behind it), standing, and still standing :data:`_WAIT_STEPS` later --
+    only on lanes in ``waits_mean_red`` (a permissive left turn waits on green for a gap).
+    """
+    by_id = {ln.id: ln for ln in road.lanes}
+    trs = [t for t in tracks.values() if t.type in _TRAFFIC]
+    crossings, waits = [], []
+    for lane_id in governing:
+        a, b = stop_lines[lane_id]
+        seg = b - a
+        n = np.array([seg[1], -seg[0]]) / max(float(np.linalg.norm(seg)), 1e-9)
+        c = by_id[lane_id].centerline
+        if np.dot(n, c[-1] - c[-2]) < 0:
+            n = -n
+        for tr in trs:
+            fwd = np.column_stack([np.cos(tr.heading), np.sin(tr.heading)])
+            front = tr.xy + 0.5 * tr.length * fwd
+            side = (front - a) @ n
+            along = ((front - a) @ seg) / max(float(seg @ seg), 1e-9)
+            ahead = (along >= -0.1) & (along <= 1.1) & (fwd @ n > 0.5) & tr.valid
+            hit = ahead[1:] & tr.valid[:-1] & (side[:-1] < 0) & (side[1:] >= 0)
+            crossings.extend((lane_id, int(k) + 1) for k in np.flatnonzero(hit))
+            if lane_id in waits_mean_red:
+                speed = np.zeros(len(side))
+                speed[1:] = np.linalg.norm(np.diff(tr.xy, axis=0), axis=1) / DT
+                w = ahead & (side < 0) & (side > -_WAIT_ZONE_M) & (speed < _WAIT_SPEED)
+                w[:-_WAIT_STEPS] &= w[_WAIT_STEPS:]
+                w[-_WAIT_STEPS:] = False
+                waits.extend((lane_id, int(k)) for k in np.flatnonzero(w))
+    return crossings, waits
+
+
+def _phase_shift(
+    progs: dict[str, _Programme | None],
+    governing: dict[str, list[str]],
+    stop_lines: dict[str, np.ndarray],
+    road: RoadMap,
+    tracks: dict[str, Track],
+    steps_src: np.ndarray,
+    waits_mean_red: set[str],
+) -> int:
+    """Source steps to advance every light programme by so the logged traffic obeys it (0: as given).
+
+    Why: CommonRoad's signal programmes for recorded data (NGSIM Peachtree, Lankershim) are
+    authored fixed-time cycles that each scenario file starts at its own step 0; nothing ties
+    them to the phase the recorded drivers saw, so as given a logged car can cross on red. The
+    relative timing of the lights (their offsets) is kept; only the whole programme's phase is
+    moved, and only when the file's own phase has more logged crossings on red than some other
+    phase. Among the phases with the fewest red crossings the one where the fewest cars wait at
+    the front of a queue on green wins (the light turned green when the queue started), then the
+    smallest shift.
+    """
+    crossings, waits = _light_evidence(governing, stop_lines, road, tracks, waits_mean_red)
+    live = [p for p in progs.values() if p is not None]
+    if not crossings or not live:
+        return 0
+    period = int(np.lcm.reduce([p.total for p in live]))
+    if period > 100_000:  # incommensurate cycles: no common period to search
+        return 0
+    shifts = np.arange(period)
+
+    def lane_states(lane_id: str, k: int) -> np.ndarray:
+        t = steps_src[k] + shifts  # the source step each shift would show at grid step k
+        none = np.zeros(period, np.int8)
+        return np.max(
+            np.stack([progs[r].states(t) if progs[r] is not None else none for r in governing[lane_id]]), 0
+        )
+
+    red = np.zeros(period, np.int64)
+    for lane_id, k in crossings:
+        red += lane_states(lane_id, k) == int(LightState.RED)
+    if red[0] == red.min():
+        return 0
+    green_waits = np.zeros(period, np.int64)
+    for lane_id, k in waits:
+        green_waits += lane_states(lane_id, k) == int(LightState.GREEN)
+    cost = red * (len(waits) + 1) + green_waits
+    best = np.flatnonzero(cost == cost.min())
+    return int(best[np.argmin(np.minimum(best, period - best))])
 
 
 def _obstacles(src: _Src, root: ET.Element, dt_src: float) -> list[dict]:
@@ -343,9 +543,10 @@ class _Scenario:
     dt_src: float
     bench: str
     road: RoadMap
-    light_refs: dict[str, list[str]]
+    #: lane id -> (ids of the lights that govern its movements, combined LightState per grid step)
+    lane_lights: dict[str, tuple[list[str], np.ndarray]]
+    light_shift: int | None  # source steps the light programmes were advanced by (None: no lights)
     stop_lines: dict[str, np.ndarray]
-    light_by_id: dict[str, np.ndarray]
     obs: list[dict]
     tracks: dict[str, Track]
     n_grid: int
@@ -390,15 +591,35 @@ def _load(path: Path) -> _Scenario:
         )
         tracks[o["id"]] = Track(id=o["id"], type=atype, length=o["length"], width=o["width"], xy=xy,
                                 heading=hd, valid=valid)  # fmt: skip
+    progs = _light_programmes(src, root)
+    directions = _light_directions(root)
+    lane_ids = {ln.id for ln in road.lanes}
+    governing: dict[str, list[str]] = {}
+    for lane_id in sorted(light_refs, key=lambda x: (len(x), x)):
+        if lane_id not in lane_ids:
+            continue
+        moves = _movements(root, road, lane_id)
+        # Only the lights whose direction covers a way out of this lane govern it: a left-turn
+        # arrow referenced by a lane that only goes straight says nothing about that lane.
+        gov = [r for r in light_refs[lane_id] if r in progs and directions.get(r, frozenset()) & moves]
+        if gov:
+            governing[lane_id] = gov
+    no_left = {lane_id for lane_id in governing if "left" not in _movements(root, road, lane_id)}
+    shift = _phase_shift(progs, governing, stop_lines, road, tracks, steps_src, no_left) if governing else 0
+    light_by_id = _light_states(progs, steps_src, shift)
+    lane_lights = {
+        lane_id: (gov, _combine_light_states([light_by_id[r] for r in gov]))
+        for lane_id, gov in governing.items()
+    }
     return _Scenario(
         src=src,
         version=version,
         dt_src=dt_src,
         bench=root.get("benchmarkID") or path.stem,
         road=road,
-        light_refs=light_refs,
+        lane_lights=lane_lights,
+        light_shift=shift if governing else None,
         stop_lines=stop_lines,
-        light_by_id=_light_states(src, root, steps_src),
         obs=obs,
         tracks=tracks,
         n_grid=n_grid,
@@ -407,16 +628,23 @@ def _load(path: Path) -> _Scenario:
 
 def ego_candidates(path: str | Path) -> list[str]:
     """Obstacle ids eligible as ego, ordered by id (see :func:`_candidates`)."""
-    return _candidates(_load(Path(path)))
+    return _candidates(_load(Path(path)))[0]
 
 
-def _candidates(sc: _Scenario) -> list[str]:
+def ego_rejections(path: str | Path) -> dict[str, str]:
+    """Per dynamic obstacle that is *not* eligible as ego, the reason (see :func:`_candidates`)."""
+    return _candidates(_load(Path(path)))[1]
+
+
+def _candidates(sc: _Scenario) -> tuple[list[str], dict[str, str]]:
     """Car-like (<= 6 m), present at every step, moving >= 10 m, and a clean log to replay.
 
-    Clean: the box stays on the lanes and touches no other road user at every step. Why:
+    Clean: the box stays on the lanes and keeps :data:`MIN_EGO_CLEARANCE_M` from every other
+    road user at every step. Why:
     recorded data (NGSIM in particular) has vehicles whose boxes poke off the mapped road
     or into a neighbour; replaying such a log would already fail the drivable-area or
-    collision metrics, so it makes a misleading scene.
+    collision metrics, so it makes a misleading scene. Returns the eligible ids and, for
+    every other dynamic obstacle, why it is not eligible.
     """
     dyn = [o for o in sc.obs if o["role"] == "dynamic"]
     t_min = min(o["s"][0, 0] for o in dyn)
@@ -431,24 +659,47 @@ def _candidates(sc: _Scenario) -> list[str]:
         np.array([t.width for t in others])[:, None],
     )  # (N, T)
     o_valid = np.stack([t.valid for t in others])
-    out = []
+    out, why = [], {}
+    dt = sc.dt_src
     for o in dyn:
         s = o["s"]
-        whole = s[0, 0] == t_min and s[-1, 0] == t_max and len(s) == t_max - t_min + 1
+        oid = o["id"]
         travel = float(np.hypot(*(s[-1, 1:3] - s[0, 1:3])))
-        car_sized = o["length"] <= MAX_EGO_LENGTH_M
-        if not (o["type"] in EGO_TYPES and whole and travel >= MIN_EGO_TRAVEL_M and car_sized):
+        if o["type"] not in EGO_TYPES:
+            why[oid] = f"type {o['type']!r} is not car-like {EGO_TYPES}"
             continue
-        tr = sc.tracks[o["id"]]
+        if o["length"] > MAX_EGO_LENGTH_M:
+            why[oid] = f"{o['length']:.1f} m long (> {MAX_EGO_LENGTH_M} m)"
+            continue
+        if not (s[0, 0] == t_min and s[-1, 0] == t_max and len(s) == t_max - t_min + 1):
+            why[oid] = (
+                f"present {s[0, 0] * dt:.1f}-{s[-1, 0] * dt:.1f} s, not the whole scenario "
+                f"({t_min * dt:.1f}-{t_max * dt:.1f} s)"
+            )
+            continue
+        if travel < MIN_EGO_TRAVEL_M:
+            why[oid] = f"travels {travel:.1f} m start to end (< {MIN_EGO_TRAVEL_M} m)"
+            continue
+        tr = sc.tracks[oid]
         boxes = box_polygons(tr.xy[:, 0], tr.xy[:, 1], tr.heading, tr.length, tr.width)
-        if not index.on_drivable(boxes[tr.valid]).all():
+        off = ~index.on_drivable(boxes[tr.valid])
+        if off.any():
+            k = int(np.flatnonzero(tr.valid)[np.argmax(off)])
+            why[oid] = f"its box leaves the lanes at {k * DT:.1f} s (the log would fail drivable-area)"
             continue
-        me = np.array([t.id == o["id"] for t in others])
-        hits = shapely.intersects(boxes[None, :], o_boxes) & o_valid & tr.valid[None, :] & ~me[:, None]
+        me = np.array([t.id == oid for t in others])
+        near = shapely.dwithin(boxes[None, :], o_boxes, MIN_EGO_CLEARANCE_M)
+        hits = near & o_valid & tr.valid[None, :] & ~me[:, None]
         if hits.any():
+            i, k = (int(x[0]) for x in np.nonzero(hits))
+            why[oid] = (
+                f"its box comes within {MIN_EGO_CLEARANCE_M} m of obstacle {others[i].id} at {k * DT:.1f} s "
+                "(replayed through the tracker, the log would collide)"
+            )
             continue
-        out.append(o["id"])
-    return sorted(out, key=lambda x: (len(x), x))
+        out.append(oid)
+    key = lambda x: (len(x), x)  # noqa: E731
+    return sorted(out, key=key), dict(sorted(why.items(), key=lambda kv: key(kv[0])))
 
 
 def spread(items: list[str], n: int | None) -> list[str]:
@@ -460,25 +711,45 @@ def spread(items: list[str], n: int | None) -> list[str]:
 
 
 def import_commonroad(
-    path: str | Path, egos: list[str] | None = None, max_egos: int | None = None, t0_index: int = 16
+    path: str | Path,
+    egos: list[str] | None = None,
+    max_egos: int | None = None,
+    t0_index: int = 16,
+    min_steps: int | None = None,
+    rejected: list[str] | None = None,
 ) -> list[Scene]:
     """A CommonRoad XML file -> one scene per chosen ego (and per 8 s window of long scenarios).
 
     ``egos`` names obstacle ids to use; otherwise all candidates, thinned to ``max_egos``
-    spread evenly over the candidates ordered by id.
+    spread evenly over the candidates ordered by id. A scenario shorter than ``min_steps``
+    (default :func:`min_scene_steps`; 0 keeps everything) gives no scene. Why each obstacle
+    was not used (not eligible, or the scenario too short) is appended to ``rejected``.
     """
     sc = _load(Path(path))
-    cands = _candidates(sc)
+    cands, why = _candidates(sc)
     if egos is None:
         chosen = spread(cands, max_egos)
     else:
         bad = [e for e in egos if e not in cands]
         if bad:
-            raise sc.src.err("obstacle", f"not eligible as ego (see ego_candidates): {bad}")
+            detail = "; ".join(f"{e}: {why.get(e, 'no dynamic obstacle with this id')}" for e in bad)
+            raise sc.src.err(
+                "obstacle", f"not eligible as ego: {detail}. Eligible candidates: {cands or 'none'}"
+            )
         chosen = list(egos)
+    if rejected is not None:
+        rejected.extend(f"{path}: obstacle {oid}: {r}" for oid, r in why.items())
+        if not cands:
+            rejected.append(f"{path}: no obstacle is eligible as ego")
+    short = too_short(sc.n_grid, min_scene_steps(t0_index) if min_steps is None else min_steps)
+    if short is not None:
+        if rejected is not None:
+            rejected.append(f"{path}: scenario {short}; none of its {len(chosen)} ego choice(s) used")
+        return []
     location = sc.bench.split("-")[0]
     scenes = []
     wins = windows(sc.n_grid)
+    n_stride = sum(1 for a, _ in wins if a % WINDOW_STRIDE == 0)
     for ego_id in chosen:
         ego_tr = sc.tracks[ego_id]
         d = REAR_AXLE_TO_CENTER_RATIO * ego_tr.length
@@ -486,15 +757,18 @@ def import_commonroad(
                        wheelbase=WHEELBASE_RATIO * ego_tr.length, rear_axle_to_center=d)  # fmt: skip
         rear = center_to_rear_axle(np.column_stack([ego_tr.xy, ego_tr.heading]), d)[:, :2]
         for w, (a, b) in enumerate(wins):
-            T = b - a
             tracks = []
             for oid, tr in sc.tracks.items():
                 if oid == ego_id or not tr.valid[a:b].any():
                     continue
                 tracks.append(Track(id=oid, type=tr.type, length=tr.length, width=tr.width, xy=tr.xy[a:b],
                                     heading=tr.heading[a:b], valid=tr.valid[a:b]))  # fmt: skip
-            road = _with_lights(sc.road, sc.light_refs, sc.stop_lines, sc.light_by_id, a, b, T)
-            sid = f"cr-{sc.bench}-ego{ego_id}" + (f"-w{w:02d}" if len(wins) > 1 else "")
+            road = _with_lights(sc.road, sc.lane_lights, sc.stop_lines, a, b)
+            # Ids are stable across the tail-window rule: a scenario the 4 s stride cuts into one
+            # window keeps its unsuffixed id, and the extra window that reaches the end is -w01.
+            sid = f"cr-{sc.bench}-ego{ego_id}" + (
+                f"-w{w:02d}" if len(wins) > 1 and (w or n_stride > 1) else ""
+            )
             scenes.append(
                 assemble_scene(
                     scene_id=sid,
@@ -515,6 +789,7 @@ def import_commonroad(
                         "source_dt": sc.dt_src,
                         "window": w,
                         "window_start_step": int(a),
+                        **({} if sc.light_shift is None else {"light_phase_shift_steps": sc.light_shift}),
                     },
                 )
             )
@@ -523,27 +798,22 @@ def import_commonroad(
 
 def _with_lights(
     road: RoadMap,
-    light_refs: dict[str, list[str]],
+    lane_lights: dict[str, tuple[list[str], np.ndarray]],
     stop_lines: dict[str, np.ndarray],
-    light_by_id: dict[str, np.ndarray],
     a: int,
     b: int,
-    T: int,
 ) -> RoadMap:
-    lane_ids = {ln.id for ln in road.lanes}
+    """The map with one light per controlled lane (id ``<light>[+<light>...]@<lane>``), steps a..b-1."""
     lights, states = [], []
-    for lane_id in sorted(light_refs):
-        if lane_id not in lane_ids:
-            continue
-        for ref in light_refs[lane_id]:
-            if ref not in light_by_id:
-                continue
-            lights.append(TrafficLight(id=f"{ref}@{lane_id}", lane_id=lane_id, stop_line=stop_lines[lane_id]))
-            states.append(light_by_id[ref][a:b])
+    for lane_id, (refs, st) in lane_lights.items():
+        lights.append(
+            TrafficLight(id="+".join(refs) + f"@{lane_id}", lane_id=lane_id, stop_line=stop_lines[lane_id])
+        )
+        states.append(st[a:b])
     return RoadMap(
         lanes=road.lanes,
         drivable_areas=road.drivable_areas,
         crosswalks=road.crosswalks,
         traffic_lights=lights,
-        light_states=np.array(states, dtype=np.int8).reshape(len(lights), T),
+        light_states=np.array(states, dtype=np.int8).reshape(len(lights), b - a),
     )
