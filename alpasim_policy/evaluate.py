@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from alpasim_policy.errors import ConfigError
-from alpasim_policy.policies.base import MIN_PLAN_STEPS
+from alpasim_policy.sim.contract import MIN_PLAN_STEPS
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -11,13 +11,13 @@ import pytest
 
 import alpasim_policy  # noqa: F401  (registers the env)
 from alpasim_policy.errors import ConfigError, PolicyOutputError
-from alpasim_policy.policies.base import COMMAND_LEFT, COMMAND_RIGHT, COMMAND_STRAIGHT
 from alpasim_policy.policies.baselines import ConstantVelocityPolicy, IDMPolicy, LogReplayPolicy
 from alpasim_policy.scenes.format import AgentType, load_scene
 from alpasim_policy.scenes.geometry import Polyline
 from alpasim_policy.scenes.suite import find_scene, load_suite
 from alpasim_policy.sim.collision import boxes_overlap, ego_corners_from_rear_axle
 from alpasim_policy.sim.command import navigation_command
+from alpasim_policy.sim.contract import COMMAND_LEFT, COMMAND_RIGHT, COMMAND_STRAIGHT
 from alpasim_policy.sim.env import LogReplayEnv
 
 BUNDLED = [p.stem for p in load_suite("bundled")]

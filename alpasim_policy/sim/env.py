@@ -16,7 +16,7 @@ Action: a planned trajectory in the current rig frame (x forward, y left, origin
 Alpamayo emits, and what ``gymnasium.vector`` stacks), but any ``T >= 10`` is accepted. A NaN /
 empty / too short / wrong-shaped plan raises :class:`~alpasim_policy.errors.PolicyOutputError`.
 
-Observation: the Dict documented in :mod:`alpasim_policy.policies.base` (``cameras`` / ``bev``
+Observation: the Dict declared in :mod:`alpasim_policy.sim.contract` (``cameras`` / ``bev``
 only when enabled in the config). ``info``: ``ego_state`` (EGO_COLUMNS, scene frame), ``step``,
 ``time``, ``controlled``, ``collisions`` (contacts that started this step: agent id / index,
 type, at_fault, penalty), ``at_fault_collision`` (this step), ``any_collision``, ``off_drivable``,
@@ -33,16 +33,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 
 from alpasim_policy.errors import ConfigError
-from alpasim_policy.policies.base import (
-    HISTORY_STEPS,
-    MAX_AGENTS,
-    MIN_PLAN_STEPS,
-    ROUTE_POINTS,
-    validate_plan,
-)
 from alpasim_policy.scenes.format import Scene, load_scene
 from alpasim_policy.scenes.geometry import (
     Polyline,
@@ -56,10 +48,17 @@ from alpasim_policy.sim import collision as col
 from alpasim_policy.sim.agents import IDMParams, make_agents
 from alpasim_policy.sim.command import route_observation
 from alpasim_policy.sim.config import load_env_config, tracker_params
+from alpasim_policy.sim.contract import (
+    AGENT_FEATURES,
+    HISTORY_STEPS,
+    MAX_AGENTS,
+    MIN_PLAN_STEPS,
+    action_space,
+    observation_space,
+    validate_plan,
+)
 from alpasim_policy.sim.dynamics import VehicleParams, from_ego_columns, to_ego_columns
 from alpasim_policy.sim.tracker import simulate_internal
-
-ACTION_ROWS = 64
 
 
 def resolve_scene(scene: str | Path | Scene) -> Scene:
@@ -137,38 +136,15 @@ class LogReplayEnv(gym.Env):
             from alpasim_policy.render.cameras import CameraRig
 
             self.camera_rig = CameraRig.from_preset(cam["preset"], cam["width"], cam["height"])
-        # Finite bounds (1 km, 4 pi) so that sampling gives usable plans; any T >= 10 rows is accepted.
-        bound = np.tile(np.array([1000.0, 1000.0, 4 * np.pi], np.float32), (ACTION_ROWS, 1))
-        self.action_space = spaces.Box(-bound, bound, dtype=np.float32)
-        self.observation_space = self._make_observation_space()
+        self.action_space = action_space()
+        self.observation_space = observation_space(
+            cameras=None
+            if self.camera_rig is None
+            else {n: (self.camera_rig[n].height, self.camera_rig[n].width) for n in self.camera_rig.names},
+            bev=(self.bev_config.height, self.bev_config.width) if self.bev_enabled else None,
+        )
         self._step = self.start_step
         self._seed: int | None = None
-
-    # ------------------------------------------------------------------ spaces
-
-    def _make_observation_space(self) -> spaces.Dict:
-        inf = np.inf
-        d: dict[str, spaces.Space] = {
-            "ego_history": spaces.Box(-inf, inf, (HISTORY_STEPS, 4), np.float32),
-            "speed": spaces.Box(-inf, inf, (), np.float32),
-            "acceleration": spaces.Box(-inf, inf, (), np.float32),
-            "route": spaces.Box(-inf, inf, (ROUTE_POINTS, 2), np.float32),
-            "command": spaces.Discrete(3),
-            "pose": spaces.Box(-inf, inf, (3,), np.float64),
-            "step": spaces.Box(0, np.iinfo(np.int64).max, (), np.int64),
-            "agents": spaces.Box(-inf, inf, (MAX_AGENTS, 8), np.float32),
-            "agents_mask": spaces.Box(0, 1, (MAX_AGENTS,), np.bool_),
-        }
-        if self.camera_rig is not None:
-            d["cameras"] = spaces.Dict(
-                {
-                    n: spaces.Box(0, 255, (self.camera_rig[n].height, self.camera_rig[n].width, 3), np.uint8)
-                    for n in self.camera_rig.names
-                }  # fmt: skip
-            )
-        if self.bev_enabled:
-            d["bev"] = spaces.Box(0, 255, (self.bev_config.height, self.bev_config.width, 3), np.uint8)
-        return spaces.Dict(d)
 
     # ------------------------------------------------------------------ episode
 
@@ -314,7 +290,7 @@ class LogReplayEnv(gym.Env):
         c = self.config["command"]
         route, cmd = route_observation(self.route, pose, c["lookahead_m"], c["lateral_threshold_m"])
         a_state, a_valid = self.agent_traj[:, k], self.agent_valid_traj[:, k]
-        agents = np.zeros((MAX_AGENTS, 8), np.float32)
+        agents = np.zeros((MAX_AGENTS, AGENT_FEATURES), np.float32)
         mask = np.zeros(MAX_AGENTS, dtype=bool)
         valid = np.flatnonzero(a_valid)
         if len(valid):
