@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "alpasim_policy.sim.cli",
     "alpasim_policy.policies.cli",
     "alpasim_policy.model.cli",
+    "alpasim_policy.caching",
     "alpasim_policy.scoring.cli",
     "alpasim_policy.serve.cli",
 )

@@ -445,9 +445,10 @@ def main(args: argparse.Namespace) -> int:
     }
     atomic_write_json(out / "run.json", _jsonable(run))
     if not args.no_score:
+        from alpasim_policy.caching import IDM_REFERENCE
         from alpasim_policy.scoring.report import score_run
 
-        board = score_run(out)
+        board = score_run(out, reference=IDM_REFERENCE)
         if board is not None:
             print(board)
     return 1 if errors else 0

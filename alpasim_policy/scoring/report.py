@@ -18,8 +18,8 @@ the policy (the ``latency_s`` array of each rollout); ``deadline_miss_rate`` is 
 those ticks whose ``deadline_miss`` is set.
 
 Metric caches: ``cache_dir="auto"`` uses the package's ``metric_cache/`` when it holds a fresh
-cache of a scene (scene hash and idm-reference code fingerprint match) and otherwise builds the
-scene's scoring world in memory (with a note on stderr when the scene changed); an explicit ``cache_dir`` is strict (stale or corrupt ->
+cache of a scene (scene hash, reference name and version match) and otherwise builds the
+scene's scoring world in memory (with a log note when the scene changed); an explicit ``cache_dir`` is strict (stale or corrupt ->
 :class:`~alpasim_policy.errors.CacheError`, unless ``rebuild=True``).
 """
 
@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +51,7 @@ SCENE_COLUMNS = (
     "policy_failures", "ticks",
 )  # fmt: skip
 _MEAN_KEYS = ("NC", "DAC", "DDC", "TLC", "EP", "TTC", "C", "HC", "LK", "EC", "PDMS", "EPDMS")
+log = logging.getLogger(__name__)
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[2] / "metric_cache"
 
 
@@ -111,18 +112,12 @@ def _latency(lat: np.ndarray | None, miss: np.ndarray | None, controlled: np.nda
     return out
 
 
-def _world_for(scene_id: str, cache_dir, rebuild: bool, memo: dict):
+def _world_for(scene_id: str, cache_dir, rebuild: bool, memo: dict, reference=None):
     if scene_id in memo:
         return memo[scene_id]
     from alpasim_policy.scenes.format import load_scene
     from alpasim_policy.scenes.suite import find_scene
-    from alpasim_policy.scoring.cache import (
-        build_world,
-        cache_path,
-        load_world,
-        read_world,
-        reference_fingerprint,
-    )
+    from alpasim_policy.scoring.cache import build_world, cache_path, load_world, read_world
 
     scene = load_scene(find_scene(scene_id))
     if cache_dir == "auto":
@@ -130,33 +125,32 @@ def _world_for(scene_id: str, cache_dir, rebuild: bool, memo: dict):
         world = None
         if path.is_file():
             try:
-                world = read_world(path, scene.content_hash)
+                # a cache made by another reference (or version of it) is not used in its place
+                world = read_world(path, scene.content_hash, reference)
             except CacheError as e:
-                print(f"note: {e} -- scoring from the scene instead", file=sys.stderr)
-            if world is not None and world.reference_name == "idm":
-                if world.extra.get("reference_fingerprint") != reference_fingerprint():
-                    # the env or idm changed since the cache was built: its idm rollout is outdated
-                    world = None
+                log.warning("%s -- scoring from the scene instead", e)
         if world is None:
-            world = build_world(scene).prepare()
+            world = build_world(scene, reference).prepare()
     elif cache_dir is None:
-        world = build_world(scene).prepare()
+        world = build_world(scene, reference).prepare()
     else:
-        world = load_world(scene, cache_dir, rebuild=rebuild)
+        world = load_world(scene, cache_dir, rebuild=rebuild, reference=reference)
     memo[scene_id] = (scene, world)
     return memo[scene_id]
 
 
-def score_rollout_file(path: Path, cache_dir="auto", rebuild: bool = False, memo: dict | None = None) -> dict:
-    """One scenes.csv row for one rollout file."""
+def score_rollout_file(
+    path: Path, cache_dir="auto", rebuild: bool = False, memo: dict | None = None, reference=None
+) -> dict:
+    """One scenes.csv row for one rollout file; ``reference`` as in :func:`score_run`."""
     from alpasim_policy.scoring.alpasim_metrics import rollout_metrics
     from alpasim_policy.scoring.closedloop import score_rollout
     from alpasim_policy.sim.rollout import Rollout
 
     ro = Rollout.load(path)
-    scene, world = _world_for(ro.scene_id, cache_dir, rebuild, {} if memo is None else memo)
+    scene, world = _world_for(ro.scene_id, cache_dir, rebuild, {} if memo is None else memo, reference)
     if ro.scene_hash and scene.content_hash and ro.scene_hash != scene.content_hash:
-        print(f"note: {path}: rollout was made on another version of scene {ro.scene_id}", file=sys.stderr)
+        log.warning("%s: rollout was made on another version of scene %s", path, ro.scene_id)
     try:
         res = score_rollout(world, ro)
     except ValueError as e:
@@ -227,9 +221,15 @@ def _policy_order(run_dir: Path, files: list[Path]) -> list[str]:
 
 
 def score_run(
-    run_dir: str | Path, cache_dir: str | Path | None = "auto", rebuild: bool = False
+    run_dir: str | Path, cache_dir: str | Path | None = "auto", rebuild: bool = False, reference=None
 ) -> Leaderboard:
-    """Score ``run_dir/rollouts/*/*.npz``, write scenes.csv and the leaderboard; return it (printable)."""
+    """Score ``run_dir/rollouts/*/*.npz``, write scenes.csv and the leaderboard; return it (printable).
+
+    ``reference``: the EP progress reference (a
+    :class:`~alpasim_policy.scoring.cache.ReferencePlanner`, handed in by the runner, usually
+    :data:`alpasim_policy.caching.IDM_REFERENCE`); caches made by another one are not used, and
+    scenes without a usable cache are scored with it. None: the human log.
+    """
     run_dir = Path(run_dir)
     root = run_dir / "rollouts"
     files = sorted(root.glob("*/*.npz")) if root.is_dir() else []
@@ -241,7 +241,7 @@ def score_run(
     for f in sorted(files, key=lambda p: (p.stem, p.parent.name)):
         if f.stem not in memo:
             memo.clear()
-        scene_rows.append(score_rollout_file(f, cache_dir, rebuild, memo))
+        scene_rows.append(score_rollout_file(f, cache_dir, rebuild, memo, reference))
     order = {pol: i for i, pol in enumerate(_policy_order(run_dir, files))}
     scene_rows.sort(key=lambda r: (order.get(r["policy"], len(order)), r["scene_id"]))
     board = Leaderboard(rows=aggregate(scene_rows), scene_rows=scene_rows, run_dir=run_dir)
