@@ -36,6 +36,7 @@ import numpy as np
 
 from alpasim_policy.errors import AlpasimError, CacheError
 from alpasim_policy.io import atomic_write_text
+from alpasim_policy.resources import data_dir
 
 LEADERBOARD_COLUMNS = (
     "policy", "scenes", "NC", "DAC", "DDC", "TLC", "EP", "TTC", "C", "HC", "LK", "EC", "PDMS", "EPDMS",
@@ -52,7 +53,8 @@ SCENE_COLUMNS = (
 )  # fmt: skip
 _MEAN_KEYS = ("NC", "DAC", "DDC", "TLC", "EP", "TTC", "C", "HC", "LK", "EC", "PDMS", "EPDMS")
 log = logging.getLogger(__name__)
-DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[2] / "metric_cache"
+#: the metric caches of the bundled scenes, shipped with the package
+DEFAULT_CACHE_DIR = data_dir("metric_cache")
 
 
 @dataclass

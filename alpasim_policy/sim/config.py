@@ -78,13 +78,26 @@ def _bool(key: str, value: Any) -> None:
 
 
 def find_env_config(name: str | Path) -> Path:
-    """A YAML path, or a shipped config name (``default``, ``reactive``) -> the file."""
+    """A YAML path, or a shipped config name (``default``, ``reactive``) -> the file.
+
+    A name is looked up in ``./envs`` and then in the configs shipped with the package; so is a
+    relative ``envs/<name>.yaml`` that does not exist from the current directory (the README's
+    spelling then works from any directory).
+    """
+    from alpasim_policy.resources import data_dir
+
     path = Path(name)
     if path.is_file():
         return path
     if path.suffix not in (".yaml", ".yml"):
-        for root in (Path.cwd() / "envs", Path(__file__).resolve().parents[2] / "envs"):
-            cand = root / f"{name}.yaml"
+        stem = str(name)
+    elif not path.is_absolute() and path.parent == Path("envs"):
+        stem = path.stem
+    else:
+        stem = None
+    if stem is not None:
+        for root in (Path.cwd() / "envs", data_dir("envs")):
+            cand = root / f"{stem}.yaml"
             if cand.is_file():
                 return cand
     raise ConfigError(f"env config {str(name)!r}: no such file (nor a shipped config of that name in envs/)")
