@@ -26,12 +26,15 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from alpasim_policy.errors import ConfigError
 from alpasim_policy.sim.contract import MIN_PLAN_STEPS
+
+if TYPE_CHECKING:
+    from alpasim_policy.sim.config import EnvConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,7 +81,7 @@ def shifted_plan(plan_world: np.ndarray, made_at: int, step: int, pose: np.ndarr
     return scene_to_rig_poses(rows, pose)
 
 
-def effective_env_config(env_config: str | dict | None, policy: Any) -> dict[str, Any]:
+def effective_env_config(env_config: Any, policy: Any) -> EnvConfig:
     """The env config for a policy: cameras switched on with its preset when it asks for them.
 
     A policy that states the ``camera_size`` (width, height) it feeds its model gets images rendered
@@ -90,11 +93,11 @@ def effective_env_config(env_config: str | dict | None, policy: Any) -> dict[str
     cfg = load_env_config(env_config)
     preset = getattr(policy, "camera_preset", None)
     if preset and str(preset).lower() != "none":
-        cams = {**cfg["cameras"], "enabled": True, "preset": str(preset)}
+        cams: dict[str, Any] = {"enabled": True, "preset": str(preset)}
         size = getattr(policy, "camera_size", None)
-        if size is not None and cams.get("width") is None and cams.get("height") is None:
+        if size is not None and cfg.cameras.width is None and cfg.cameras.height is None:
             cams["width"], cams["height"] = int(size[0]), int(size[1])
-        cfg["cameras"] = cams
+        cfg = cfg.replace(cameras=cams)
     return cfg
 
 
@@ -200,7 +203,7 @@ def run_rollout(
         policy=policy_spec,
         seed=int(seed),
         scene_hash=scene.content_hash,
-        env_config=cfg,
+        env_config=cfg.to_dict(),
         samples=smp_arr,
         reasoning=reasoning[:m],
         latency_s=latency[:m],
@@ -222,7 +225,7 @@ def run_rollout(
 
 
 def _jsonable(x: Any) -> Any:
-    return json.loads(json.dumps(x, default=str))
+    return json.loads(json.dumps(x, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
 
 
 # --------------------------------------------------------------------------- resume
@@ -340,7 +343,7 @@ def evaluate(
         built[p] = make_policy(p, **per_policy[p])
         cfgs[p] = effective_env_config(env_config, built[p])
     hashes, ids, ticks = {}, {}, {}
-    warmup = int(round(env_config["warmup_s"] / env_config["dt"]))
+    warmup = int(round(env_config.warmup_s / env_config.dt))
     for s in scenes:
         sc = load_scene(s)
         hashes[str(s)], ids[str(s)] = sc.content_hash, sc.scene_id

@@ -20,8 +20,7 @@ Everything per step is vectorised over the IDM agents (paths are pre-sampled at 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,6 +28,7 @@ from alpasim_policy.errors import ConfigError
 from alpasim_policy.scenes.format import AgentType, LightState, Scene
 from alpasim_policy.scenes.geometry import MapIndex, Polyline, box_corners, wrap_angle
 from alpasim_policy.sim.collision import boxes_overlap
+from alpasim_policy.typed_config import setting
 
 PATH_SPACING_M = 1.0
 LOOKAHEAD_M = 60.0
@@ -39,25 +39,13 @@ DRIVING_TYPES = (AgentType.VEHICLE, AgentType.BUS, AgentType.TRUCK, AgentType.MO
 class IDMParams:
     """Intelligent Driver Model constants (Treiber et al.); defaults as nuPlan's IDM agents."""
 
-    min_gap: float = 2.0  # s0, m bumper to bumper at standstill
-    headway: float = 1.5  # T, s
-    accel_max: float = 1.0  # a, m/s^2
-    decel_comfort: float = 2.0  # b, m/s^2
-    decel_max: float = 8.0  # physical braking limit, m/s^2
-    exponent: float = 4.0  # delta
-    min_desired_speed: float = 2.0  # m/s, floor of the speed taken from the log
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None, where: str = "idm") -> IDMParams:
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(d) - known)
-        if bad:
-            raise ConfigError(f"{where}: unknown key(s) {bad}; known: {sorted(known)}")
-        for k, v in d.items():
-            if not isinstance(v, int | float) or not np.isfinite(v) or v < 0:
-                raise ConfigError(f"{where}.{k}: must be a non-negative number, got {v!r}")
-        return cls(**{k: float(v) for k, v in d.items()})
+    min_gap: float = setting(2.0, ge=0)  # s0, m bumper to bumper at standstill
+    headway: float = setting(1.5, ge=0)  # T, s
+    accel_max: float = setting(1.0, ge=0)  # a, m/s^2
+    decel_comfort: float = setting(2.0, ge=0)  # b, m/s^2
+    decel_max: float = setting(8.0, ge=0)  # physical braking limit, m/s^2
+    exponent: float = setting(4.0, ge=0)  # delta
+    min_desired_speed: float = setting(2.0, ge=0)  # m/s, floor of the speed taken from the log
 
 
 def idm_acceleration(

@@ -31,12 +31,14 @@ Action: a planned trajectory ``(T, 3)`` of rig-frame x, y, heading, row ``i`` at
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from gymnasium import spaces
 
 from alpasim_policy.errors import PolicyOutputError
+
+if TYPE_CHECKING:  # gymnasium is imported where the spaces are built, keeping `--help` fast
+    from gymnasium import spaces
 
 HISTORY_STEPS = 16
 ROUTE_POINTS = 64
@@ -67,6 +69,8 @@ def action_space() -> spaces.Box:
 
     Finite so that ``sample()`` gives usable plans; the env accepts any ``T >= MIN_PLAN_STEPS`` rows.
     """
+    from gymnasium import spaces
+
     bound = np.tile(np.array([1000.0, 1000.0, 4 * np.pi], np.float32), (ACTION_ROWS, 1))
     return spaces.Box(-bound, bound, dtype=np.float32)
 
@@ -75,6 +79,8 @@ def observation_space(
     cameras: Mapping[str, tuple[int, int]] | None = None, bev: tuple[int, int] | None = None
 ) -> spaces.Dict:
     """The observation Dict; ``cameras`` maps a camera name to its (height, width), ``bev`` is (height, width)."""
+    from gymnasium import spaces
+
     inf = np.inf
     d: dict[str, spaces.Space] = {
         "ego_history": spaces.Box(-inf, inf, (HISTORY_STEPS, 4), np.float32),

@@ -2,7 +2,8 @@
 
 ``gymnasium.make("alpasim_policy/LogReplay-v0", scene=..., config=...)``: ``scene`` is a scene
 file, a scene id of the bundled scenarios, or a loaded :class:`~alpasim_policy.scenes.format.Scene`;
-``config`` a YAML path or mapping (see :mod:`alpasim_policy.sim.config` and ``envs/*.yaml``).
+``config`` a YAML path, shipped name, mapping or :class:`~alpasim_policy.sim.config.EnvConfig`
+(see :mod:`alpasim_policy.sim.config` and ``envs/*.yaml``).
 
 Episode. The log is replayed for ``warmup_s`` (1.6 s), so the first observation already has a full
 16-step history; from then on, every ``step(plan)`` tracks the plan with the LQR tracker for one
@@ -28,6 +29,7 @@ rollout (the seed is kept for the policy and for ``np_random``; no simulation st
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +47,9 @@ from alpasim_policy.scenes.geometry import (
     wrap_angle,
 )
 from alpasim_policy.sim import collision as col
-from alpasim_policy.sim.agents import IDMParams, make_agents
+from alpasim_policy.sim.agents import make_agents
 from alpasim_policy.sim.command import route_observation
-from alpasim_policy.sim.config import load_env_config, tracker_params
+from alpasim_policy.sim.config import EnvConfig, load_env_config, tracker_params
 from alpasim_policy.sim.contract import (
     AGENT_FEATURES,
     HISTORY_STEPS,
@@ -94,28 +96,28 @@ class LogReplayEnv(gym.Env):
     def __init__(
         self,
         scene: str | Path | Scene | None = None,
-        config: str | Path | dict | None = None,
+        config: str | Path | Mapping[str, Any] | EnvConfig | None = None,
         render_mode: str | None = None,
     ):
         self.config = load_env_config(config)
         self.scene = resolve_scene(scene)
         sc = self.scene
-        if abs(self.config["dt"] - sc.metadata.dt) > 1e-9:
+        if abs(self.config.dt - sc.metadata.dt) > 1e-9:
             raise ConfigError(
-                f"env config: 'dt' is {self.config['dt']} but scene {sc.scene_id} has dt {sc.metadata.dt}"
+                f"env config: 'dt' is {self.config.dt} but scene {sc.scene_id} has dt {sc.metadata.dt}"
             )
         if render_mode not in (None, "rgb_array"):
             raise ConfigError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
-        self.dt = float(self.config["dt"])
-        self.start_step = int(round(self.config["warmup_s"] / self.dt))
+        self.dt = float(self.config.dt)
+        self.start_step = int(round(self.config.warmup_s / self.dt))
         if self.start_step > sc.num_steps - 2:
-            raise ConfigError(f"env config: 'warmup_s' {self.config['warmup_s']} leaves no step to drive in "
+            raise ConfigError(f"env config: 'warmup_s' {self.config.warmup_s} leaves no step to drive in "
                               f"scene {sc.scene_id} ({sc.duration:.1f} s)")  # fmt: skip
         self.vehicle = VehicleParams.from_scene(sc)
         self.tracker = tracker_params(self.config)
-        self.anchor = self.config["tracker"]["anchor"]
-        self.fit_steps = self.config["tracker"]["fit_steps"]
+        self.anchor = self.config.tracker.anchor
+        self.fit_steps = self.config.tracker.fit_steps
         self.index = map_index(sc)
         self.route = Polyline(sc.route.polyline)
         self.agent_static = col.is_static_type(sc.agents.types)
@@ -123,19 +125,16 @@ class LogReplayEnv(gym.Env):
         self.agent_types = sc.agents.types.astype(np.float32)
         self._agent_radius = 0.5 * np.hypot(sc.agents.size[:, 0], sc.agents.size[:, 1])
         self._ego_radius = 0.5 * float(np.hypot(self.vehicle.length, self.vehicle.width))
-        self._idm_params = IDMParams.from_dict(self.config["idm"])
-        bev = dict(self.config["bev"])
-        self.bev_enabled = bool(bev.pop("enabled", False))
-        from alpasim_policy.render.bev import BevConfig
-
-        self.bev_config = BevConfig.from_dict(bev)
+        self._idm_params = self.config.idm
+        self.bev_enabled = self.config.bev_enabled
+        self.bev_config = self.config.bev_config()
         self._bev_renderer = None
-        cam = self.config["cameras"]
+        cam = self.config.cameras
         self.camera_rig = None
-        if cam["enabled"]:
+        if cam.enabled:
             from alpasim_policy.render.cameras import CameraRig
 
-            self.camera_rig = CameraRig.from_preset(cam["preset"], cam["width"], cam["height"])
+            self.camera_rig = CameraRig.from_preset(cam.preset, cam.width, cam.height)
         self.action_space = action_space()
         self.observation_space = observation_space(
             cameras=None
@@ -166,7 +165,7 @@ class LogReplayEnv(gym.Env):
         self._state = from_ego_columns(
             sc.ego.state[k : k + 1], self.vehicle, steer=initial_steer(sc.ego.state, k, self.vehicle)
         )
-        self.agents = make_agents(self.config["agents"], sc, self.index, self._idm_params)
+        self.agents = make_agents(self.config.agents, sc, self.index, self._idm_params)
         self.agents.reset(k)
         self._collided: set[int] = set()
         self._last_plan_world: np.ndarray | None = None
@@ -200,14 +199,11 @@ class LogReplayEnv(gym.Env):
         obs = self._observation()
         info = self._info(contacts=contacts, at_fault=at_fault, off=off)
         terminated = k >= self.scene.num_steps - 1
-        t = self.config["truncate"]
+        t = self.config.truncate
         truncated = bool(
-            (t["at_fault_collision"] and at_fault)
-            or (t["off_road"] and info["off_drivable"])
-            or (
-                t["max_distance_to_log_m"] is not None
-                and info["distance_to_log"] > t["max_distance_to_log_m"]
-            )
+            (t.at_fault_collision and at_fault)
+            or (t.off_road and info["off_drivable"])
+            or (t.max_distance_to_log_m is not None and info["distance_to_log"] > t.max_distance_to_log_m)
         )
         return obs, 0.0, bool(terminated), truncated and not terminated, info
 
@@ -287,8 +283,8 @@ class LogReplayEnv(gym.Env):
         h[:, :2] = scene_to_rig_xy(hist[:, :2], pose)
         h[:, 2] = wrap_angle(hist[:, 2] - pose[2])
         h[:, 3] = np.hypot(hist[:, 3], hist[:, 4])
-        c = self.config["command"]
-        route, cmd = route_observation(self.route, pose, c["lookahead_m"], c["lateral_threshold_m"])
+        c = self.config.command
+        route, cmd = route_observation(self.route, pose, c.lookahead_m, c.lateral_threshold_m)
         a_state, a_valid = self.agent_traj[:, k], self.agent_valid_traj[:, k]
         agents = np.zeros((MAX_AGENTS, AGENT_FEATURES), np.float32)
         mask = np.zeros(MAX_AGENTS, dtype=bool)
