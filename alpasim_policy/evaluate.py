@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import sys
 import time
@@ -35,6 +36,8 @@ from alpasim_policy.sim.contract import MIN_PLAN_STEPS
 
 if TYPE_CHECKING:
     from alpasim_policy.sim.config import EnvConfig
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -357,7 +360,7 @@ def evaluate(
             else:
                 todo.append((p, str(s)))
     if done:
-        print(f"resuming: {len(done)} rollouts already on disk, {len(todo)} to run", file=sys.stderr)
+        log.info("resuming: %d rollouts already on disk, %d to run", len(done), len(todo))
     results: list[dict] = []
     # Progress in ticks (a slow policy shows progress within a rollout too).
     bar = tqdm(
@@ -387,7 +390,7 @@ def evaluate(
             ray.shutdown()
     else:
         if backend == "serial" and workers > 1:
-            print("note: --workers applies to --backend ray; running serially", file=sys.stderr)
+            log.warning("--workers applies to --backend ray; running serially")
         for p, s in todo:
             bar.set_postfix_str(f"{p} {Path(s).stem}")
             before = bar.n

@@ -6,6 +6,7 @@ import csv
 
 import numpy as np
 import pytest
+from scoring_synthetic import AgentSpec, straight_road_scene, straight_states
 
 from alpasim_policy.caching import IDM_REFERENCE
 from alpasim_policy.policies.baselines import ConstantVelocityPolicy, LogReplayPolicy
@@ -13,7 +14,6 @@ from alpasim_policy.scenes.format import load_scene
 from alpasim_policy.scenes.suite import load_suite
 from alpasim_policy.scoring.openloop import epdms_scorer, score_states
 from alpasim_policy.scoring.report import LEADERBOARD_COLUMNS, score_run
-from alpasim_policy.scoring.synthetic import AgentSpec, straight_road_scene, straight_states
 from alpasim_policy.scoring.world import ScoringWorld
 from alpasim_policy.sim.env import LogReplayEnv
 from alpasim_policy.sim.rollout import Rollout

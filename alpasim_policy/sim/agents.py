@@ -20,7 +20,9 @@ Everything per step is vectorised over the IDM agents (paths are pre-sampled at 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -49,16 +51,31 @@ class IDMParams:
 
 
 def idm_acceleration(
-    v: np.ndarray, v_desired: np.ndarray, gap: np.ndarray, v_lead: np.ndarray, p: IDMParams
-) -> np.ndarray:
-    """IDM acceleration; ``gap`` = inf where there is no lead. Clipped to [-decel_max, accel_max]."""
-    v = np.maximum(v, 0.0)
-    free = 1.0 - (v / np.maximum(v_desired, 1e-3)) ** p.exponent
-    s_star = p.min_gap + np.maximum(
-        0.0, v * p.headway + v * (v - v_lead) / (2.0 * np.sqrt(p.accel_max * p.decel_comfort))
+    v: Any, v_desired: Any, gap: Any, v_lead: Any, p: IDMParams, v_desired_floor: float = 1e-3
+) -> Any:
+    """The IDM law (Treiber et al.), written once for the env's agents and the ``idm`` baseline.
+
+    ``gap`` is bumper to bumper, inf where there is no lead (the interaction term is then 0);
+    the result is clipped to [-decel_max, accel_max]. Arrays (the env, vectorised over agents) or
+    plain floats (the baseline's per-row loop, where numpy's scalar calls would cost more than the
+    arithmetic) give the same numbers.
+    """
+    if isinstance(v, np.ndarray) or isinstance(gap, np.ndarray):
+        maximum, clip = np.maximum, np.clip
+        sqrt = np.sqrt
+    else:
+        maximum, sqrt = max, math.sqrt
+
+        def clip(a: float, lo: float, hi: float) -> float:
+            return min(max(a, lo), hi)
+
+    v = maximum(v, 0.0)
+    free = 1.0 - (v / maximum(v_desired, v_desired_floor)) ** p.exponent
+    s_star = p.min_gap + maximum(
+        0.0, v * p.headway + v * (v - v_lead) / (2.0 * sqrt(p.accel_max * p.decel_comfort))
     )
-    inter = np.where(np.isfinite(gap), (s_star / np.maximum(gap, 1e-2)) ** 2, 0.0)
-    return np.clip(p.accel_max * (free - inter), -p.decel_max, p.accel_max)
+    inter = (s_star / maximum(gap, 1e-2)) ** 2  # 0 where gap is inf
+    return clip(p.accel_max * (free - inter), -p.decel_max, p.accel_max)
 
 
 def lane_path(

@@ -123,8 +123,6 @@ class LogReplayEnv(gym.Env):
         self.agent_static = col.is_static_type(sc.agents.types)
         self.agent_size = sc.agents.size
         self.agent_types = sc.agents.types.astype(np.float32)
-        self._agent_radius = 0.5 * np.hypot(sc.agents.size[:, 0], sc.agents.size[:, 1])
-        self._ego_radius = 0.5 * float(np.hypot(self.vehicle.length, self.vehicle.width))
         self._idm_params = self.config.idm
         self.bev_enabled = self.config.bev_enabled
         self.bev_config = self.config.bev_config()
@@ -215,18 +213,16 @@ class LogReplayEnv(gym.Env):
         off = not bool(np.all(self.index.on_drivable(ego_corners)))
         if not len(a_state):
             return contacts, False, off
-        # Cheap prefilter: only agents whose circumscribed circle reaches the ego's.
-        c = ego_corners.mean(axis=0)
-        d2 = (a_state[:, 0] - c[0]) ** 2 + (a_state[:, 1] - c[1]) ** 2
-        near = np.flatnonzero(a_valid & (d2 <= (self._ego_radius + self._agent_radius) ** 2))
-        near = np.array([i for i in near.tolist() if i not in self._collided], dtype=np.int64)
-        if not len(near):
-            return contacts, False, off
+        # agents not already hit whose box touches the ego's (circle prefilter + exact test)
+        cand = a_valid.copy()
+        if self._collided:
+            cand[[i for i in self._collided if i < len(cand)]] = False
         a_corners = np.zeros((len(a_state), 4, 2))
-        a_corners[near] = box_corners(a_state[near, 0], a_state[near, 1], a_state[near, 2],
-                                      self.agent_size[near, 0], self.agent_size[near, 1])  # fmt: skip
-        touching = col.boxes_overlap(ego_corners[None], a_corners[near])
-        hit = near[touching].tolist()
+        idx = np.flatnonzero(cand)
+        a_corners[idx] = box_corners(a_state[idx, 0], a_state[idx, 1], a_state[idx, 2],
+                                     self.agent_size[idx, 0], self.agent_size[idx, 1])  # fmt: skip
+        _, hit_idx = col.overlapping_pairs(ego_corners[None], a_corners, agent_mask=cand)
+        hit = sorted(hit_idx.tolist())
         if not hit:
             return contacts, False, off
         hit_arr = np.array(hit)
