@@ -1,4 +1,4 @@
-"""``alpasim-policy`` command line.
+"""The ``alpasim-policy`` command line: one parser assembled from each part's ``register(sub)``.
 
 Each stage owns its subcommands in a small ``cli`` module exposing ``register(sub)``
 (top-level commands) and optionally ``register_bench(bench_sub)`` (``bench <name>``).
