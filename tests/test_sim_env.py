@@ -359,5 +359,5 @@ def test_config_is_frozen_typed_and_errors_name_the_file_and_field(tmp_path):
     with pytest.raises(ConfigError, match=r"bad\.yaml.*'tracker\.q_lat' must be a list of 3 values"):
         load_env_config(bad)
     bad.write_text("bev:\n  enabled: true\n  widht: 10\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml.*'bev'.*unknown key.*widht"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*'bev'.*unknown field.*widht"):
         load_env_config(bad)

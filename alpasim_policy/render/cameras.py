@@ -402,12 +402,10 @@ class CameraStyle:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> CameraStyle:
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"camera style: unknown key(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        """Build from a YAML mapping; an unknown key or a wrong type is a :class:`ConfigError` naming it."""
+        from alpasim_policy.typed_config import from_mapping
+
+        return from_mapping(cls, d, "camera style")
 
 
 # box faces over corners 0-3 (bottom: FL, RL, RR, FR) and 4-7 (top, same order)
