@@ -103,6 +103,10 @@ def test_committed_metric_caches_match_the_bundled_scenes_and_the_reference():
         scene = load_scene(p)
         world = read_world(DEFAULT_CACHE_DIR / f"{scene.scene_id}.npz", scene.content_hash, IDM_REFERENCE)
         assert world.reference_name == "idm" and world.extra["reference_version"] == IDM_REFERENCE.version
+        # the same committed file is refused to a caller expecting another reference or version
+        for other in (PolicyReference("idm", IDM_REFERENCE.version + ".next"), None):
+            with pytest.raises(CacheError, match="'reference'"):
+                read_world(DEFAULT_CACHE_DIR / f"{scene.scene_id}.npz", scene.content_hash, other)
         # the version is a promise: re-driving the reference today gives the cached rollout
         np.testing.assert_allclose(
             IDM_REFERENCE.rollout(scene),
