@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from alpasim_policy.bench import add_output_arguments
+
 IMPORTERS = ("av2-sensor", "av2-forecasting", "commonroad")
 
 
@@ -49,7 +51,7 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p = bench_sub.add_parser("scenes", help="median load time per bundled scene (goal < 50 ms)")
     p.add_argument("--suite", default="bundled")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--benchmarks", type=Path, default=Path("BENCHMARKS.md"), help="file the rows go to")
+    add_output_arguments(p)
     p.set_defaults(func=_cmd_bench)
 
 
@@ -142,7 +144,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from alpasim_policy.bench import append_rows, print_summary
+    from alpasim_policy.bench import print_summary, write_rows
     from alpasim_policy.scenes.format import load_scene
     from alpasim_policy.scenes.geometry import MapIndex
     from alpasim_policy.scenes.suite import load_suite
@@ -171,7 +173,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         "median_map_index_ms": round(float(np.median(index_ms)), 2),
         "goal_ms": 50.0,
     }
-    append_rows(
+    write_rows(
         [
             {
                 "benchmark": f"scene load ({args.suite}, {len(paths)} scenes)",
@@ -180,7 +182,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 "ratio": f"{med / 50.0:.2f} of the 50 ms goal",
             }
         ],
-        args.benchmarks,
+        args,
     )
     print_summary(summary)
     return 0

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from alpasim_policy.bench import add_output_arguments
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
@@ -29,7 +31,7 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scene", default=None, help="scene for the proposal benchmark (default: most agents)")
     p.add_argument("--proposals", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--benchmarks", type=Path, default=Path("BENCHMARKS.md"), help="file the rows go to")
+    add_output_arguments(p)
     p.set_defaults(func=_cmd_bench)
 
 
@@ -80,7 +82,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from alpasim_policy.bench import append_rows, print_summary
+    from alpasim_policy.bench import print_summary, write_rows
     from alpasim_policy.caching import IDM_REFERENCE
     from alpasim_policy.scenes.format import load_scene
     from alpasim_policy.scenes.suite import find_scene, load_suite
@@ -131,7 +133,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         "scenes": len(scenes),
         "load_avg": round(load, 2),
     }
-    append_rows(
+    write_rows(
         [
             {
                 "benchmark": f"scorer: {n} proposals x 41 states, open loop ({scene.scene_id}, "
@@ -146,7 +148,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 "ratio": f"max {max(build) / 1.0:.2f}x of the 1 s goal",
             },
         ],
-        args.benchmarks,
+        args,
     )
     print_summary(summary)
     return 0
