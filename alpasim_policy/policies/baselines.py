@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from alpasim_policy.policies.base import MIN_PLAN_STEPS, PolicyOutput
+from alpasim_policy.policies.base import PolicyOutput
 from alpasim_policy.scenes.format import DT, LightState
 from alpasim_policy.scenes.geometry import (
     Polyline,
@@ -32,6 +32,7 @@ from alpasim_policy.scenes.geometry import (
 )
 from alpasim_policy.sim.agents import IDMParams, idm_acceleration
 from alpasim_policy.sim.collision import boxes_overlap
+from alpasim_policy.sim.contract import MIN_PLAN_STEPS
 
 PLAN_STEPS = 64  # 6.4 s, what Alpamayo emits
 
