@@ -10,7 +10,12 @@ from pathlib import Path
 
 from alpasim_policy.bench import add_output_arguments
 
-IMPORTERS = ("av2-sensor", "av2-forecasting", "commonroad")
+#: source format -> (module, importer function, whether it takes the ego choice options)
+IMPORTERS: dict[str, tuple[str, str, bool]] = {
+    "av2-sensor": ("alpasim_policy.scenes.importers.av2", "import_av2_sensor", False),
+    "av2-forecasting": ("alpasim_policy.scenes.importers.av2", "import_av2_forecasting", False),
+    "commonroad": ("alpasim_policy.scenes.importers.commonroad", "import_commonroad", True),
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(annotations.feather, city_SE3_egovehicle.feather, map/); AV2 forecasting: a scenario folder "
         "(scenario_*.parquet + log_map_archive_*.json); CommonRoad: a 2018b / 2020a .xml file.",
     )
-    p.add_argument("source", choices=IMPORTERS, help="source format")
+    p.add_argument("source", choices=tuple(IMPORTERS), help="source format")
     p.add_argument("src", nargs="+", type=Path, help="log folders / scenario folders / XML files")
     p.add_argument("--out", type=Path, required=True, help="folder for the .npz scene files")
     p.add_argument("--t0-index", type=int, default=16, help="history steps before the first controlled step")
@@ -61,24 +66,18 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
 def import_sources(source: str, srcs: list[Path], t0_index: int = 16, max_egos: int | None = None,
                    egos: list[str] | None = None) -> list:  # fmt: skip
     """Run one importer over several sources; returns the scenes in order."""
+    import importlib
+
     from alpasim_policy.errors import ConfigError
 
+    if source not in IMPORTERS:
+        raise ConfigError(f"unknown source format {source!r}; choose from {list(IMPORTERS)}")
+    module, name, takes_egos = IMPORTERS[source]
+    importer = getattr(importlib.import_module(module), name)
+    options = {"egos": egos, "max_egos": max_egos} if takes_egos else {}
     scenes = []
     for src in srcs:
-        if source == "av2-sensor":
-            from alpasim_policy.scenes.importers.av2 import import_av2_sensor
-
-            scenes += import_av2_sensor(src, t0_index=t0_index)
-        elif source == "av2-forecasting":
-            from alpasim_policy.scenes.importers.av2 import import_av2_forecasting
-
-            scenes += import_av2_forecasting(src, t0_index=t0_index)
-        elif source == "commonroad":
-            from alpasim_policy.scenes.importers.commonroad import import_commonroad
-
-            scenes += import_commonroad(src, egos=egos, max_egos=max_egos, t0_index=t0_index)
-        else:
-            raise ConfigError(f"unknown source format {source!r}; choose from {IMPORTERS}")
+        scenes += importer(src, t0_index=t0_index, **options)
     return scenes
 
 
