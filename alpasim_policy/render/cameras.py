@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields, replace
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from alpasim_policy.render._geometry import AGENT_HEIGHTS, SceneGeometry
 from alpasim_policy.scenes.format import AgentType, LightState, Scene
 from alpasim_policy.scenes.geometry import box_corners, scene_cache
 
-RIGS_DIR = Path(__file__).with_name("rigs")
+RIGS_DIR = Path(str(files("alpasim_policy.render.rigs")))  # package data (the bundled rig JSONs)
 PRESETS = ("av2_ring", "alpamayo4")
 
 _SHIFT = 4
