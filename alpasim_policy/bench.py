@@ -14,6 +14,7 @@ import platform
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 HEADER = "| date | benchmark | command | machine | result | ratio / target |\n|---|---|---|---|---|---|\n"
 
@@ -41,6 +42,18 @@ def machine_description() -> str:
 
 def command_line() -> str:
     return "alpasim-policy " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def add_output_arguments(parser: Any) -> None:
+    """The output flags every ``bench`` command shares: ``--out FILE`` and ``--no-write``."""
+    parser.add_argument("--out", default="BENCHMARKS.md", help="markdown file the rows are appended to")
+    parser.add_argument("--no-write", action="store_true", help="print only, do not append rows")
+
+
+def write_rows(rows: list[dict], args: Any) -> None:
+    """Append ``rows`` to ``args.out`` unless ``--no-write``."""
+    if not getattr(args, "no_write", False):
+        append_rows(rows, args.out)
 
 
 def append_rows(rows: list[dict], path: str | Path = "BENCHMARKS.md") -> None:

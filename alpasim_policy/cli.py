@@ -1,4 +1,4 @@
-"""``alpasim-policy`` command line.
+"""The ``alpasim-policy`` command line: one parser assembled from each part's ``register(sub)``.
 
 Each stage owns its subcommands in a small ``cli`` module exposing ``register(sub)``
 (top-level commands) and optionally ``register_bench(bench_sub)`` (``bench <name>``).
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from alpasim_policy.errors import AlpasimError
@@ -21,6 +22,7 @@ _COMMAND_MODULES = (
     "alpasim_policy.sim.cli",
     "alpasim_policy.policies.cli",
     "alpasim_policy.model.cli",
+    "alpasim_policy.caching",
     "alpasim_policy.scoring.cli",
     "alpasim_policy.serve.cli",
     "alpasim_policy.training.cli",
@@ -46,7 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setup_logging() -> None:
+    """Library code logs (``logging.getLogger(__name__)``); the command line shows alpasim_policy's
+    INFO and above on stderr, without touching other libraries' loggers."""
+    logger = logging.getLogger("alpasim_policy")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    _setup_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -34,18 +34,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import sys
 import time
 import traceback
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from alpasim_policy.errors import ConfigError
-from alpasim_policy.policies.base import MIN_PLAN_STEPS
+from alpasim_policy.sim.contract import MIN_PLAN_STEPS
+
+if TYPE_CHECKING:
+    from alpasim_policy.sim.config import EnvConfig
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -82,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------- one rollout
 
 
-def effective_env_config(env_config: str | dict | None, policy: Any) -> dict[str, Any]:
+def effective_env_config(env_config: Any, policy: Any) -> EnvConfig:
     """The env config for a policy: cameras switched on with its preset when it asks for them.
 
     A policy that states the ``camera_size`` (width, height) it feeds its model gets images rendered
@@ -94,11 +100,11 @@ def effective_env_config(env_config: str | dict | None, policy: Any) -> dict[str
     cfg = load_env_config(env_config)
     preset = getattr(policy, "camera_preset", None)
     if preset and str(preset).lower() != "none":
-        cams = {**cfg["cameras"], "enabled": True, "preset": str(preset)}
+        cams: dict[str, Any] = {"enabled": True, "preset": str(preset)}
         size = getattr(policy, "camera_size", None)
-        if size is not None and cams.get("width") is None and cams.get("height") is None:
+        if size is not None and cfg.cameras.width is None and cfg.cameras.height is None:
             cams["width"], cams["height"] = int(size[0]), int(size[1])
-        cfg["cameras"] = cams
+        cfg = cfg.replace(cameras=cams)
     return cfg
 
 
@@ -207,7 +213,7 @@ def run_rollout(
         policy=policy_spec,
         seed=int(seed),
         scene_hash=scene.content_hash,
-        env_config=cfg,
+        env_config=cfg.to_dict(),
         samples=smp_arr,
         reasoning=reasoning[:m],
         latency_s=latency[:m],
@@ -229,7 +235,7 @@ def run_rollout(
 
 
 def _jsonable(x: Any) -> Any:
-    return json.loads(json.dumps(x, default=str))
+    return json.loads(json.dumps(x, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
 
 
 # --------------------------------------------------------------------------- resume
@@ -332,6 +338,7 @@ def check_scenes(
     scorer will work around. Two files with the same scene id are a problem for the second one
     (their rollouts would overwrite each other).
     """
+    from alpasim_policy.caching import IDM_REFERENCE
     from alpasim_policy.errors import AlpasimError
     from alpasim_policy.scenes.format import load_scene
     from alpasim_policy.scoring.report import cache_check
@@ -348,7 +355,7 @@ def check_scenes(
                     f"scene id {scene.scene_id!r} is also the id of {ids[scene.scene_id]} (rollouts are "
                     "stored by scene id, so one would overwrite the other)"
                 )
-            usable, note = cache_check(scene, cache_dir)
+            usable, note = cache_check(scene, cache_dir, reference=IDM_REFERENCE)
         except AlpasimError as e:
             msg = str(e)
             skipped.append({"path": str(path), "reason": msg if str(path) in msg else f"{path}: {msg}"})
@@ -410,7 +417,7 @@ def evaluate(
         raise ConfigError("give --suite NAME|YAML|FOLDER and/or --scenes PATH...")
     # Resolve the config once (a relative path means the same on Ray workers), then pass the dict.
     env_config = load_env_config(env_config)
-    warmup = int(round(env_config["warmup_s"] / env_config["dt"]))
+    warmup = int(round(env_config.warmup_s / env_config.dt))
     files, missing = collect_scene_files(suite, list(scenes))
     good, skipped, notes = check_scenes(files, cache_dir)
     skipped = [{"path": e, "reason": r} for e, r in missing] + skipped
@@ -418,7 +425,7 @@ def evaluate(
         if warmup > sc.num_steps - 2:
             good.remove((p, sc))
             skipped.append({"path": str(p), "reason": f"{p}: {sc.num_steps} steps, too short for the env's "
-                            f"warm-up of {env_config['warmup_s']} s plus one tick to drive"})  # fmt: skip
+                            f"warm-up of {env_config.warmup_s} s plus one tick to drive"})  # fmt: skip
     for sk in skipped:
         print(f"error: skipping scene {sk['reason']}", file=sys.stderr)
     for n in notes:
@@ -443,7 +450,7 @@ def evaluate(
             else:
                 todo.append((p, str(s)))
     if done:
-        print(f"resuming: {len(done)} rollouts already on disk, {len(todo)} to run", file=sys.stderr)
+        log.info("resuming: %d rollouts already on disk, %d to run", len(done), len(todo))
     results: list[dict] = []
     # Progress in ticks (a slow policy shows progress within a rollout too).
     bar = tqdm(
@@ -473,7 +480,7 @@ def evaluate(
             ray.shutdown()
     else:
         if backend == "serial" and workers > 1:
-            print("note: --workers applies to --backend ray; running serially", file=sys.stderr)
+            log.warning("--workers applies to --backend ray; running serially")
         for p, s in todo:
             bar.set_postfix_str(f"{p} {Path(s).stem}")
             before = bar.n
@@ -545,9 +552,10 @@ def main(args: argparse.Namespace) -> int:
     atomic_write_json(out / "run.json", _jsonable(run))
     score_errors: list[str] = []
     if not args.no_score and results.scenes:
+        from alpasim_policy.caching import IDM_REFERENCE
         from alpasim_policy.scoring.report import score_run
 
-        board = score_run(out, cache_dir=cache)
+        board = score_run(out, cache_dir=cache, reference=IDM_REFERENCE)
         score_errors = board.errors
         print(board)
     if results.skipped_scenes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from alpasim_policy.caching import IDM_REFERENCE
 from alpasim_policy.evaluate import evaluate, rollout_path
 from alpasim_policy.scenes.suite import load_suite
 from alpasim_policy.scoring.report import score_run
@@ -47,7 +48,7 @@ def test_tiny_alpamayo_over_the_bundled_suite(tmp_path):
         assert all(ro.reasoning[k] for k in np.flatnonzero(acted))
         assert ro.samples is not None and ro.samples.shape[1] == OPTIONS["samples"]
         assert np.isfinite(ro.samples[acted]).all()
-    board = score_run(tmp_path).by_policy()["alpamayo"]
+    board = score_run(tmp_path, reference=IDM_REFERENCE).by_policy()["alpamayo"]
     assert board["scenes"] == len(scenes)
     for col in ("PDMS", "EPDMS", "latency_p50_ms", "latency_p95_ms", "latency_max_ms", "deadline_miss_rate"):
         assert np.isfinite(board[col]), col

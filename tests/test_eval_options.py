@@ -73,9 +73,9 @@ def test_deadline_flag_counts_misses_and_keys_resume(tmp_path, suite):
 
 def test_policy_camera_size_sets_render_size_unless_config_fixes_it():
     cfg = effective_env_config(None, CameraPolicy())
-    assert cfg["cameras"]["enabled"] and (cfg["cameras"]["width"], cfg["cameras"]["height"]) == (96, 54)
+    assert cfg.cameras.enabled and (cfg.cameras.width, cfg.cameras.height) == (96, 54)
     fixed = effective_env_config({"cameras": {"width": 320, "height": 180}}, CameraPolicy())
-    assert (fixed["cameras"]["width"], fixed["cameras"]["height"]) == (320, 180)
+    assert (fixed.cameras.width, fixed.cameras.height) == (320, 180)
 
 
 def test_shorthand_flags_go_to_the_policy_that_takes_them():

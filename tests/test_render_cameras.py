@@ -341,3 +341,16 @@ def test_traffic_light_head_and_stop_line_coloured_by_state(scene):
     rows, cols = np.nonzero(is_red(red))
     assert rows.min() < cam.cy
     assert np.median(cols) == pytest.approx(cam.cx, abs=0.4 * cam.fx / 20 + 3)
+
+
+def test_renderer_cache_is_keyed_by_rig_and_style_values(scene):
+    from alpasim_policy.render.cameras import CameraStyle, get_camera_renderer
+
+    a = get_camera_renderer(scene, CameraRig.from_preset("alpamayo4", 64, 36))
+    # an equal rig built anew (maybe at a freed rig's address) shares the renderer ...
+    assert get_camera_renderer(scene, CameraRig.from_preset("alpamayo4", 64, 36)) is a
+    # ... and a different rig or style never gets another's
+    b = get_camera_renderer(scene, CameraRig.from_preset("alpamayo4", 32, 18))
+    assert b is not a and b.rig.cameras[0].width == 32
+    c = get_camera_renderer(scene, CameraRig.from_preset("alpamayo4", 64, 36), CameraStyle(max_range=30.0))
+    assert c is not a and c.style.max_range == 30.0

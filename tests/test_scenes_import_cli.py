@@ -35,7 +35,7 @@ def test_short_recording_is_rejected_with_the_scoring_horizon(tmp_path, capsys):
     from alpasim_policy.sim.config import DEFAULTS
 
     need = min_scene_steps()
-    assert need == round(DEFAULTS["warmup_s"] / DEFAULTS["dt"]) + HORIZON_STEPS + 1
+    assert need == round(DEFAULTS.warmup_s / DEFAULTS.dt) + HORIZON_STEPS + 1  # the constants track both
     xml = CR / "USA_Lanker-1_1_T-1.xml"
     assert main(["import", "commonroad", str(xml), "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Each NAVSIM sub-metric on constructed geometry, with the expected value derived by hand.
 
-Road (see alpasim_policy.scoring.synthetic): ego lane y in [-1.75, 1.75] (+x), left lane
+Road (see tests/scoring_synthetic.py): ego lane y in [-1.75, 1.75] (+x), left lane
 y in [1.75, 5.25] (+x), oncoming lane y in [5.25, 8.75] (-x); intersection x in [150, 170].
 Ego box 4.8 x 2.0 m, rear axle 1.4 m behind the centre: front bumper at rear axle x + 3.8 m.
 Scored windows start at scene step 20 (t = 2.0 s) with the rear axle at x = 0.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scoring_synthetic import AgentSpec, straight_road_scene, straight_states
 
 from alpasim_policy.scenes.format import DT, AgentType
 from alpasim_policy.scoring import pdms as P
@@ -24,7 +25,6 @@ from alpasim_policy.scoring.metrics.nc import first_contacts, no_at_fault_collis
 from alpasim_policy.scoring.metrics.tlc import traffic_light_compliance
 from alpasim_policy.scoring.metrics.ttc import time_to_collision
 from alpasim_policy.scoring.openloop import score_states
-from alpasim_policy.scoring.synthetic import AgentSpec, straight_road_scene, straight_states
 from alpasim_policy.scoring.world import ScoringWorld
 from alpasim_policy.sim.collision import CollisionType
 

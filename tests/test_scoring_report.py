@@ -6,13 +6,14 @@ import csv
 
 import numpy as np
 import pytest
+from scoring_synthetic import AgentSpec, straight_road_scene, straight_states
 
+from alpasim_policy.caching import IDM_REFERENCE
 from alpasim_policy.policies.baselines import ConstantVelocityPolicy, LogReplayPolicy
 from alpasim_policy.scenes.format import load_scene
 from alpasim_policy.scenes.suite import load_suite
 from alpasim_policy.scoring.openloop import epdms_scorer, score_states
 from alpasim_policy.scoring.report import LEADERBOARD_COLUMNS, score_run
-from alpasim_policy.scoring.synthetic import AgentSpec, straight_road_scene, straight_states
 from alpasim_policy.scoring.world import ScoringWorld
 from alpasim_policy.sim.env import LogReplayEnv
 from alpasim_policy.sim.rollout import Rollout
@@ -41,7 +42,7 @@ def bundled_run(tmp_path_factory):
         sc = load_scene(p)
         for pol in (LogReplayPolicy(), ConstantVelocityPolicy()):
             rollout(sc, pol, latency=0.02).save(run / "rollouts" / pol.name / f"{sc.scene_id}.npz")
-    return run, score_run(run, cache_dir=None)
+    return run, score_run(run, cache_dir=None, reference=IDM_REFERENCE)
 
 
 def test_bundled_suite_human_scores_high_and_constant_velocity_lower(bundled_run):
@@ -93,7 +94,7 @@ def test_closed_loop_collision_counts_once_and_per_km(tmp_path):
     for sc in (scene, clean):  # synthetic scenes are not in the scenarios folder: score them directly
         memo[sc.scene_id] = (sc, ScoringWorld.from_scene(sc))
     rows = [
-        report.score_rollout_file(p, None, memo=memo) for p in sorted((tmp_path / "rollouts").glob("*/*.npz"))
+        report.score_rollout_file(p, None, memo=memo, reference=IDM_REFERENCE) for p in sorted((tmp_path / "rollouts").glob("*/*.npz"))
     ]
     cv = next(r for r in rows if r["policy"] == "constant_velocity")
     lr = next(r for r in rows if r["policy"] == "log_replay")

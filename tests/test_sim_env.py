@@ -11,13 +11,13 @@ import pytest
 
 import alpasim_policy  # noqa: F401  (registers the env)
 from alpasim_policy.errors import ConfigError, PolicyOutputError
-from alpasim_policy.policies.base import COMMAND_LEFT, COMMAND_RIGHT, COMMAND_STRAIGHT
 from alpasim_policy.policies.baselines import ConstantVelocityPolicy, IDMPolicy, LogReplayPolicy
 from alpasim_policy.scenes.format import AgentType, load_scene
 from alpasim_policy.scenes.geometry import Polyline
 from alpasim_policy.scenes.suite import find_scene, load_suite
 from alpasim_policy.sim.collision import boxes_overlap, ego_corners_from_rear_axle
 from alpasim_policy.sim.command import navigation_command
+from alpasim_policy.sim.contract import COMMAND_LEFT, COMMAND_RIGHT, COMMAND_STRAIGHT
 from alpasim_policy.sim.env import LogReplayEnv
 
 BUNDLED = [p.stem for p in load_suite("bundled")]
@@ -75,7 +75,7 @@ def test_make_accepts_path_id_scene_and_config_forms(tmp_path):
         obs, info = env.reset(seed=1)
         assert env.observation_space.contains(obs)
         assert obs["step"] == 16 and not info["controlled"]
-    assert env.unwrapped.config["agents"] == "idm"  # the shipped reactive config
+    assert env.unwrapped.config.agents == "idm"  # the shipped reactive config
 
 
 @pytest.mark.parametrize(
@@ -337,3 +337,27 @@ def test_reactive_agent_stops_behind_a_parked_car_in_its_lane():
     gap = np.hypot(*(s[:2] - xy)) - 0.5 * (size[who, 0] + 4.5)
     assert np.hypot(s[3], s[4]) < 0.5  # stopped ...
     assert 0.5 < gap < 4.0, gap  # ... about the IDM minimum gap (2 m) behind it
+
+
+def test_config_is_frozen_typed_and_errors_name_the_file_and_field(tmp_path):
+    from alpasim_policy.sim.config import DEFAULTS, EnvConfig, load_env_config, tracker_params
+    from alpasim_policy.sim.tracker import ENV_TRACKER
+
+    cfg = load_env_config("reactive")
+    assert isinstance(cfg, EnvConfig) and cfg.agents == "idm" and cfg.idm.headway == 1.5
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.agents = "log"  # type: ignore[misc]
+    # the shipped default file states the defaults; the plain mapping round-trips
+    assert load_env_config("default") == DEFAULTS
+    assert load_env_config(cfg.to_dict()) == cfg
+    assert tracker_params(DEFAULTS) == ENV_TRACKER
+    # ints are coerced to floats, a tuple field takes a YAML list
+    c = load_env_config({"tracker": {"q_lon": 3, "q_lat": [1, 2, 3]}})
+    assert c.tracker.q_lon == 3.0 and isinstance(c.tracker.q_lon, float) and c.tracker.q_lat == (1.0, 2.0, 3.0)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tracker:\n  q_lat: [1.0, 2.0]\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*'tracker\.q_lat' must be a list of 3 values"):
+        load_env_config(bad)
+    bad.write_text("bev:\n  enabled: true\n  widht: 10\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*'bev'.*unknown field.*widht"):
+        load_env_config(bad)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scoring_synthetic import AgentSpec, straight_road_scene
 
 from alpasim_policy.scenes.format import DT, AgentType, load_scene
 from alpasim_policy.scenes.suite import load_suite
@@ -22,7 +23,6 @@ from alpasim_policy.scoring.reasoning import (
     parse_coc,
     reasoning_action_consistency,
 )
-from alpasim_policy.scoring.synthetic import AgentSpec, straight_road_scene
 from alpasim_policy.training.labeler import future_rig_trajectory, label_scene, label_step
 
 T0, T = 20, 90

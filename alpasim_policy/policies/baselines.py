@@ -16,12 +16,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from alpasim_policy.policies.base import MIN_PLAN_STEPS, PolicyOutput
+from alpasim_policy.policies.base import PolicyOutput
 from alpasim_policy.scenes.format import DT, LightState
 from alpasim_policy.scenes.geometry import (
     Polyline,
@@ -31,7 +30,9 @@ from alpasim_policy.scenes.geometry import (
     scene_to_rig_poses,
     wrap_angle,
 )
+from alpasim_policy.sim.agents import IDMParams, idm_acceleration
 from alpasim_policy.sim.collision import boxes_overlap
+from alpasim_policy.sim.contract import MIN_PLAN_STEPS
 
 PLAN_STEPS = 64  # 6.4 s, what Alpamayo emits
 
@@ -133,6 +134,10 @@ class IDMPolicy:
             float(decel_comfort),
             float(decel_max),
         )
+        self._idm_params = IDMParams(
+            min_gap=self.min_gap, headway=self.headway, accel_max=self.accel_max,
+            decel_comfort=self.decel_comfort, decel_max=self.decel_max, exponent=4.0,
+        )  # fmt: skip
         self.corridor_margin = float(corridor_margin)
         self.lookahead_m = float(lookahead_m)
         self.conflict_steps = int(conflict_steps)
@@ -166,16 +171,8 @@ class IDMPolicy:
                     self.stop_lines.append((li, float(s[0])))
 
     def _idm(self, v: float, gap: float, v_lead: float) -> float:
-        # Plain float maths: this runs once per plan row (64x per plan, again per re-plan), where
-        # numpy's scalar calls (np.clip, np.sqrt) cost more than the arithmetic itself.
-        free = 1.0 - (max(v, 0.0) / max(self.v_desired, 0.1)) ** 4
-        if not math.isfinite(gap):
-            return min(max(self.accel_max * free, -self.decel_max), self.accel_max)
-        s_star = self.min_gap + max(
-            0.0, v * self.headway + v * (v - v_lead) / (2 * math.sqrt(self.accel_max * self.decel_comfort))
-        )
-        a = self.accel_max * (free - (s_star / max(gap, 0.01)) ** 2)
-        return min(max(a, -self.decel_max), self.accel_max)
+        # the env's IDM law, on plain floats (once per plan row); desired speed floored at 0.1 m/s
+        return idm_acceleration(v, self.v_desired, gap, v_lead, self._idm_params, v_desired_floor=0.1)
 
     @staticmethod
     def _agents_in_scene(obs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -124,6 +124,7 @@ class Variant:
     def drive(self, scene: Path, run_dir: Path, seed: int) -> None:
         import numpy as np
 
+        from alpasim_policy.caching import IDM_REFERENCE
         from alpasim_policy.evaluate import rollout_path, run_rollout
         from alpasim_policy.scoring.report import score_rollout_file
 
@@ -133,7 +134,7 @@ class Variant:
         ro.save(out_path)
         self.wall += float(ro.extra["wall_s"])
         self.latencies += [float(x) for x in ro.latency_s[np.isfinite(ro.latency_s)]]
-        self.rows.append(score_rollout_file(out_path, memo={}))
+        self.rows.append(score_rollout_file(out_path, memo={}, reference=IDM_REFERENCE))
 
     def result(self) -> dict:
         import numpy as np

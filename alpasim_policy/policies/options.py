@@ -1,5 +1,7 @@
-"""Parsing of policy constructor options: the values arrive as strings from ``--policy-option``
-(or as Python values from code), and a bad one must fail with an error naming the option.
+"""Parse policy constructor options (strings from ``--policy-option``, or Python values) with clear errors.
+
+The values arrive as strings from ``--policy-option`` (or as Python values from code), and a bad
+one must fail with an error naming the option.
 
 One module so every policy (alpamayo, the deadline wrapper, sample selection) accepts the same
 spellings ("none" / "null" / "" for unset, "6" or "6.0" for a whole number) and words its errors

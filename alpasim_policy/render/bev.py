@@ -106,13 +106,10 @@ class BevConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> BevConfig:
-        """Build from a YAML mapping; an unknown key is a :class:`ConfigError` naming it."""
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"bev: unknown key(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        """Build from a YAML mapping; an unknown key or a wrong type is a :class:`ConfigError` naming it."""
+        from alpasim_policy.typed_config import from_mapping
+
+        return from_mapping(cls, d, "bev")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

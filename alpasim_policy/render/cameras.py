@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields, replace
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from alpasim_policy.render._geometry import AGENT_HEIGHTS, SceneGeometry
 from alpasim_policy.scenes.format import AgentType, LightState, Scene
 from alpasim_policy.scenes.geometry import box_corners, scene_cache
 
-RIGS_DIR = Path(__file__).with_name("rigs")
+RIGS_DIR = Path(str(files("alpasim_policy.render.rigs")))  # package data (the bundled rig JSONs)
 PRESETS = ("av2_ring", "alpamayo4")
 
 _SHIFT = 4
@@ -62,6 +63,10 @@ class Camera:
     cx: float
     cy: float
     rig_T_cam: np.ndarray = field(default_factory=lambda: np.eye(4))
+    #: The projection the camera's owner declared (``pinhole``, ``ftheta``, ``fisheye``: AlpaSim's
+    #: sensorsim cameras); images are always rendered pinhole with ``fx`` / ``fy`` (for the other
+    #: models: pixels per radian at the centre).
+    model: str = "pinhole"
 
     def __post_init__(self) -> None:
         self.rig_T_cam = np.asarray(self.rig_T_cam, dtype=np.float64)
@@ -122,6 +127,7 @@ class Camera:
             cx=(self.cx + 0.5) * sx - 0.5,
             cy=(self.cy + 0.5) * sy - 0.5,
             rig_T_cam=self.rig_T_cam.copy(),
+            model=self.model,
         )
 
     def rig_to_cam(self, points_rig: np.ndarray) -> np.ndarray:
@@ -152,7 +158,7 @@ class Camera:
         return uv, inside
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "name": self.name,
             "width": self.width,
             "height": self.height,
@@ -162,6 +168,9 @@ class Camera:
             "cy": self.cy,
             "rig_T_cam": self.rig_T_cam.tolist(),
         }
+        if self.model != "pinhole":
+            d["model"] = self.model
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "camera") -> Camera:
@@ -169,7 +178,7 @@ class Camera:
         missing = [k for k in need if k not in d]
         if missing:
             raise ConfigError(f"{where}: missing key(s) {missing}")
-        return cls(**{k: d[k] for k in need})
+        return cls(**{k: d[k] for k in need}, model=str(d.get("model", "pinhole")))
 
 
 def _quat_to_matrix(qw: float, qx: float, qy: float, qz: float) -> np.ndarray:
@@ -183,22 +192,6 @@ def _pose(R: np.ndarray, t: np.ndarray) -> np.ndarray:
     T[:3, :3] = R
     T[:3, 3] = t
     return T
-
-
-def look_rotation(yaw_deg: float, pitch_deg: float = 0.0, roll_deg: float = 0.0) -> np.ndarray:
-    """Rotation (rig <- OpenCV camera) of a camera looking along rig yaw / pitch (down +ve).
-
-    ``yaw`` is counter-clockwise from the rig +x axis (90 = looking left); ``pitch`` tilts
-    the optical axis down towards the road; ``roll`` turns the image about the optical axis.
-    """
-    # base: camera z -> rig x, camera x -> rig -y, camera y -> rig -z
-    base = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
-    y, p, r = np.radians([yaw_deg, pitch_deg, roll_deg])
-    Rz = np.array([[np.cos(y), -np.sin(y), 0], [np.sin(y), np.cos(y), 0], [0, 0, 1]])
-    # pitch down = rotate about the rig's (yawed) y axis by +pitch
-    Ry = np.array([[np.cos(p), 0, np.sin(p)], [0, 1, 0], [-np.sin(p), 0, np.cos(p)]])
-    Rx = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])  # about cam z
-    return Rz @ Ry @ base @ Rx
 
 
 @dataclass
@@ -217,6 +210,13 @@ class CameraRig:
     @property
     def names(self) -> list[str]:
         return [c.name for c in self.cameras]
+
+    def cache_key(self) -> tuple:
+        """A value key (what is rendered depends on it): equal for equal rigs, never reused for another."""
+        return tuple(
+            (c.name, c.width, c.height, c.fx, c.fy, c.cx, c.cy, c.rig_T_cam.tobytes(), c.model)
+            for c in self.cameras
+        )
 
     def __getitem__(self, name: str) -> Camera:
         for c in self.cameras:
@@ -397,14 +397,16 @@ class CameraStyle:
         if not self.near > 0:
             raise ConfigError(f"camera style: near must be > 0, got {self.near}")
 
+    def cache_key(self) -> tuple:
+        """A value key of every field (colours included)."""
+        return tuple((f.name, repr(getattr(self, f.name))) for f in fields(self))
+
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> CameraStyle:
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"camera style: unknown key(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        """Build from a YAML mapping; an unknown key or a wrong type is a :class:`ConfigError` naming it."""
+        from alpasim_policy.typed_config import from_mapping
+
+        return from_mapping(cls, d, "camera style")
 
 
 # box faces over corners 0-3 (bottom: FL, RL, RR, FR) and 4-7 (top, same order)
@@ -738,8 +740,10 @@ class CameraRenderer:
 
 
 def get_camera_renderer(scene: Scene, rig: CameraRig, style: CameraStyle | None = None) -> CameraRenderer:
-    """The cached :class:`CameraRenderer` for this scene object and rig object."""
-    return scene_cache(scene, ("cameras", id(rig), id(style)), lambda: CameraRenderer(scene, rig, style))
+    """The cached :class:`CameraRenderer` for this scene object, rig and style (keyed by value: an
+    ``id()`` key could be reused by a new rig once the old one is freed, and return its renderer)."""
+    key = ("cameras", rig.cache_key(), None if style is None else style.cache_key())
+    return scene_cache(scene, key, lambda: CameraRenderer(scene, rig, style))
 
 
 def render_cameras(

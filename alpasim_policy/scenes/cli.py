@@ -8,7 +8,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-IMPORTERS = ("av2-sensor", "av2-forecasting", "commonroad")
+from alpasim_policy.bench import add_output_arguments
+
+#: source format -> (module, importer function, whether it takes the ego choice options)
+IMPORTERS: dict[str, tuple[str, str, bool]] = {
+    "av2-sensor": ("alpasim_policy.scenes.importers.av2", "import_av2_sensor", False),
+    "av2-forecasting": ("alpasim_policy.scenes.importers.av2", "import_av2_forecasting", False),
+    "commonroad": ("alpasim_policy.scenes.importers.commonroad", "import_commonroad", True),
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(annotations.feather, city_SE3_egovehicle.feather, map/); AV2 forecasting: a scenario folder "
         "(scenario_*.parquet + log_map_archive_*.json); CommonRoad: a 2018b / 2020a .xml file.",
     )
-    p.add_argument("source", choices=IMPORTERS, help="source format")
+    p.add_argument("source", choices=tuple(IMPORTERS), help="source format")
     p.add_argument("src", nargs="+", type=Path, help="log folders / scenario folders / XML files")
     p.add_argument("--out", type=Path, required=True, help="folder for the .npz scene files")
     p.add_argument("--t0-index", type=int, default=16, help="history steps before the first controlled step")
@@ -56,7 +63,7 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p = bench_sub.add_parser("scenes", help="median load time per bundled scene (goal < 50 ms)")
     p.add_argument("--suite", default="bundled")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--benchmarks", type=Path, default=Path("BENCHMARKS.md"), help="file the rows go to")
+    add_output_arguments(p)
     p.set_defaults(func=_cmd_bench)
 
 
@@ -72,25 +79,18 @@ def import_sources(source: str, srcs: list[Path], t0_index: int = 16, max_egos: 
     (default: warm-up + one scoring window, :func:`~alpasim_policy.scenes.importers.common.min_scene_steps`)
     is the shortest scene kept.
     """
+    import importlib
+
     from alpasim_policy.errors import ConfigError
 
+    if source not in IMPORTERS:
+        raise ConfigError(f"unknown source format {source!r}; choose from {list(IMPORTERS)}")
+    module, name, takes_egos = IMPORTERS[source]
+    importer = getattr(importlib.import_module(module), name)
+    options = {"egos": egos, "max_egos": max_egos} if takes_egos else {}
     scenes = []
     for src in srcs:
-        if source == "av2-sensor":
-            from alpasim_policy.scenes.importers.av2 import import_av2_sensor
-
-            scenes += import_av2_sensor(src, t0_index=t0_index, min_steps=min_steps, rejected=rejected)
-        elif source == "av2-forecasting":
-            from alpasim_policy.scenes.importers.av2 import import_av2_forecasting
-
-            scenes += import_av2_forecasting(src, t0_index=t0_index, min_steps=min_steps, rejected=rejected)
-        elif source == "commonroad":
-            from alpasim_policy.scenes.importers.commonroad import import_commonroad
-
-            scenes += import_commonroad(src, egos=egos, max_egos=max_egos, t0_index=t0_index,
-                                        min_steps=min_steps, rejected=rejected)  # fmt: skip
-        else:
-            raise ConfigError(f"unknown source format {source!r}; choose from {IMPORTERS}")
+        scenes += importer(src, t0_index=t0_index, min_steps=min_steps, rejected=rejected, **options)
     return scenes
 
 
@@ -186,7 +186,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from alpasim_policy.bench import append_rows, print_summary
+    from alpasim_policy.bench import print_summary, write_rows
     from alpasim_policy.scenes.format import load_scene
     from alpasim_policy.scenes.geometry import MapIndex
     from alpasim_policy.scenes.suite import load_suite
@@ -215,7 +215,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         "median_map_index_ms": round(float(np.median(index_ms)), 2),
         "goal_ms": 50.0,
     }
-    append_rows(
+    write_rows(
         [
             {
                 "benchmark": f"scene load ({args.suite}, {len(paths)} scenes)",
@@ -224,7 +224,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 "ratio": f"{med / 50.0:.2f} of the 50 ms goal",
             }
         ],
-        args.benchmarks,
+        args,
     )
     print_summary(summary)
     return 0

@@ -1,4 +1,4 @@
-"""Suites: YAML files under ``scenarios/suites/`` that list scene ids.
+"""Resolve scene ids and suites (YAML lists of scene ids under ``scenarios/suites/``) to scene files.
 
 A suite file looks like::
 
@@ -6,8 +6,8 @@ A suite file looks like::
     scenes: [av2s-7fab2350-w00, av2f-0a1e6f0a, cr-USA_US101-4_1_T-1-ego427, ...]
 
 Scene ids resolve to ``<scenarios root>/scenes/<id>.npz``. The scenarios root is
-``$ALPASIM_SCENARIOS`` if set, else ``./scenarios`` if it exists, else the
-``scenarios/`` folder of the source checkout this package was installed from.
+``$ALPASIM_SCENARIOS`` if set, else ``./scenarios`` if it has a ``scenes/`` folder, else the
+bundled scenes and suites shipped with the package (:func:`alpasim_policy.resources.data_dir`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from alpasim_policy.errors import ConfigError
+from alpasim_policy.resources import data_dir
 
 
 def scenarios_root() -> Path:
@@ -27,7 +28,7 @@ def scenarios_root() -> Path:
     cwd = Path.cwd() / "scenarios"
     if (cwd / "scenes").is_dir():
         return cwd
-    return Path(__file__).resolve().parents[2] / "scenarios"
+    return data_dir("scenarios")
 
 
 def find_scene(scene: str | Path) -> Path:

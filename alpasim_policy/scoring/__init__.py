@@ -1,5 +1,7 @@
-"""Scoring stage: NAVSIM-style PDMS / EPDMS (open and closed loop), AlpaSim rollout metrics,
-metric caches and the leaderboard. See ``alpasim_policy/scoring/README.md``.
+"""Scorer: NAVSIM-style PDMS / EPDMS, AlpaSim rollout metrics and the leaderboard, read from metric caches.
+
+Open and closed loop; see ``alpasim_policy/scoring/README.md``. The scorer knows no driver: cache
+building (with a reference planner) is the runner's (:mod:`alpasim_policy.caching`).
 
 Entry points: :func:`alpasim_policy.scoring.openloop.score_plans` (N plans at one t0),
 :func:`alpasim_policy.scoring.closedloop.score_rollout` (one env rollout),

@@ -1,18 +1,20 @@
-"""Per-scene metric cache: everything the scorer reads, precomputed, in one versioned file.
+"""Per-scene metric cache format: write, read and check the file the scorer scores from.
 
 Why: NAVSIM-style scoring spends most of its time re-deriving map geometry and agent boxes;
 the cache stores them once per scene so scoring a run (or 4096 proposals) starts at once.
+The scorer only reads caches: building one needs a progress reference planner, which the runner
+(:mod:`alpasim_policy.caching`) hands in; this module knows it only as a :class:`ReferencePlanner`.
 
 File ``<out>/<scene_id>.npz`` (a deterministic zip via :func:`alpasim_policy.io.pack_archive`,
 written atomically). ``meta.json`` holds ``cache_version``, ``scene_id``, ``scene_hash`` (the
-sha256 of the scene file, :attr:`Scene.content_hash`), ``reference`` (``"idm"`` when the idm
-baseline's closed-loop rollout is stored, else ``"human"``), ``reference_fingerprint`` (sha256 of
-the env / tracker / idm source that made that rollout), ids and scalars. Arrays:
+sha256 of the scene file, :attr:`Scene.content_hash`), ``reference`` and ``reference_version``
+(the :class:`ReferencePlanner` whose closed-loop rollout is stored, e.g. ``"idm"``; ``"human"``
+and null when EP is normalised by the log), ids and scalars. Arrays:
 
 ==============================  =============================================================
 ``timestamps``                  (T,) s
 ``human/state``, ``/valid``     the logged ego (T, 7) rear axle, scene frame
-``reference/state``             (T, 7) the idm rollout (only when ``reference == "idm"``)
+``reference/state``             (T, 7) the reference rollout (only when ``reference != "human"``)
 ``agents/state``, ``/valid``    (M, T, 5) box centres, (M, T)
 ``agents/corners``              (M, T, 4, 2) float32 box corners (polygon-ready)
 ``agents/speed``                (M, T) float32
@@ -27,16 +29,16 @@ the env / tracker / idm source that made that rollout), ids and scalars. Arrays:
 The STRtree over the lanes and the prepared geometries are rebuilt at load (they are not
 serialisable, and building them takes milliseconds).
 
-A cache is *stale* when its ``scene_hash`` differs from the scene file's, and *corrupt* when it
-cannot be read or lacks a field; :func:`load_world` then raises :class:`CacheError` naming the
+A cache is *stale* when its ``scene_hash`` differs from the scene file's or it was made by another
+reference (name or version), and *corrupt* when it cannot be read or lacks a field; :func:`load_world` then raises :class:`CacheError` naming the
 file, or rebuilds it when ``rebuild=True``.
 """
 
 from __future__ import annotations
 
-import functools
 import zipfile
 from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import shapely
@@ -46,8 +48,10 @@ from alpasim_policy.io import atomic_write_bytes, pack_archive, unpack_archive
 from alpasim_policy.scenes.format import Scene, load_scene
 from alpasim_policy.scoring.world import ScoringWorld
 
-CACHE_VERSION = "1.0"
-SUPPORTED_CACHE_VERSIONS = ("1.0",)
+#: 2.0: the progress reference is identified by name + version (``reference_version``), no longer
+#: by a hash of the source files that made it.
+CACHE_VERSION = "2.0"
+SUPPORTED_CACHE_VERSIONS = ("2.0",)
 
 _REQUIRED = (
     "timestamps", "human/state", "human/valid", "agents/state", "agents/valid", "agents/types",
@@ -76,75 +80,43 @@ def _unpack_geoms(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- reference
 
-#: modules whose code decides the idm reference rollout (the env, its tracker and agents, idm)
-REFERENCE_MODULES = (
-    "alpasim_policy.policies.baselines",
-    "alpasim_policy.sim.env",
-    "alpasim_policy.sim.tracker",
-    "alpasim_policy.sim.dynamics",
-    "alpasim_policy.sim.agents",
-    "alpasim_policy.sim.config",
-    "alpasim_policy.sim.collision",
-    "alpasim_policy.sim.command",
-    "alpasim_policy.scenes.geometry",
-)
 
+@runtime_checkable
+class ReferencePlanner(Protocol):
+    """The progress reference EP normalises by, handed in by whoever builds caches (the runner).
 
-@functools.lru_cache(maxsize=1)
-def reference_fingerprint() -> str:
-    """sha256 over the source of :data:`REFERENCE_MODULES`: a cached idm rollout made by other
-    code is out of date (the scene hash cannot tell)."""
-    import hashlib
-    import importlib.util
-
-    h = hashlib.sha256()
-    for name in REFERENCE_MODULES:
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            h.update(f"{name}:missing".encode())
-            continue
-        h.update(name.encode())
-        h.update(Path(spec.origin).read_bytes())
-    return h.hexdigest()
-
-
-def idm_reference(scene: Scene) -> np.ndarray | None:
-    """The idm baseline driven closed-loop through the env (default config): (T, 7) ego states.
-
-    Returns None when the env or the idm baseline is not importable (the scorer then falls back
-    to the human log as progress reference).
+    ``name`` and ``version`` are stored in the cache: a cache made by another reference, or by
+    another version of it, is not used in its place. The owner bumps ``version`` whenever the
+    rollout it produces changes.
     """
-    try:
-        from alpasim_policy.policies.baselines import IDMPolicy
-        from alpasim_policy.sim.env import LogReplayEnv
-    except ImportError:
-        return None
-    env = LogReplayEnv(scene=scene)
-    policy = IDMPolicy()
-    obs, _ = env.reset(seed=0)
-    policy.reset(seed=0, scene=scene)
-    while True:
-        out = policy.act(obs)
-        obs, _, terminated, truncated, _ = env.step(out.trajectory)
-        if terminated or truncated:
-            break
-    traj = env.trajectory()["ego_state"]
-    ref = np.array(scene.ego.state, dtype=np.float64, copy=True)
-    ref[: len(traj)] = traj
-    return ref
+
+    name: str
+    version: str
+
+    def rollout(self, scene: Scene) -> np.ndarray:
+        """(T, 7) ego states (EGO_COLUMNS, scene frame) over the whole scene."""
+        ...
+
+
+def reference_id(reference: ReferencePlanner | None) -> tuple[str, str | None]:
+    """(name, version) a cache made with ``reference`` carries; ``("human", None)`` for the log."""
+    return ("human", None) if reference is None else (str(reference.name), str(reference.version))
+
+
+def world_reference_id(world: ScoringWorld) -> tuple[str, str | None]:
+    """(name, version) of the progress reference a scoring world carries."""
+    return world.reference_name, world.extra.get("reference_version")
 
 
 # ----------------------------------------------------------------------------- build / save
 
 
-def build_world(scene: Scene, reference: str = "idm") -> ScoringWorld:
-    """A :class:`ScoringWorld` for ``scene`` with the requested progress reference (idm | human)."""
-    ref = idm_reference(scene) if reference == "idm" else None
-    world = ScoringWorld.from_scene(
-        scene, reference_state=ref, reference_name="idm" if ref is not None else "human"
-    )
-    if ref is not None:
-        world.extra["reference_fingerprint"] = reference_fingerprint()
+def build_world(scene: Scene, reference: ReferencePlanner | None = None) -> ScoringWorld:
+    """A :class:`ScoringWorld` for ``scene``; ``reference`` drives the EP reference (None: the human log)."""
+    if reference is None:
+        return ScoringWorld.from_scene(scene)
+    world = ScoringWorld.from_scene(scene, reference_state=reference.rollout(scene), reference_name=reference.name)
+    world.extra["reference_version"] = str(reference.version)
     return world
 
 
@@ -187,7 +159,7 @@ def world_to_bytes(world: ScoringWorld) -> bytes:
         "scene_id": world.scene_id,
         "scene_hash": world.content_hash,
         "reference": world.reference_name,
-        "reference_fingerprint": world.extra.get("reference_fingerprint"),
+        "reference_version": world.extra.get("reference_version"),
         "dt": world.dt,
         "t0_index": world.t0_index,
         "ego": {
@@ -208,21 +180,20 @@ def save_world(world: ScoringWorld, path: str | Path) -> Path:
     return path
 
 
-def build_cache(scene_path: str | Path, out_dir: str | Path, reference: str = "idm") -> Path:
-    """Build and write the cache of one scene file; returns the cache path."""
-    scene = load_scene(scene_path)
-    world = build_world(scene, reference)
-    return save_world(world, cache_path(out_dir, scene.scene_id))
-
-
 # ----------------------------------------------------------------------------- load
 
 
-def read_world(path: str | Path, scene_hash: str | None = None) -> ScoringWorld:
+def read_world(
+    path: str | Path,
+    scene_hash: str | None = None,
+    reference: ReferencePlanner | None | Literal["any"] = "any",
+) -> ScoringWorld:
     """Load a cache file; CacheError (naming the file) when corrupt, of another version, or stale.
 
     ``scene_hash``: the sha256 of the scene file the caller is scoring; a cache built from a
-    different file is stale.
+    different file is stale. ``reference``: the progress reference the caller expects (None: the
+    human log); a cache made by another reference or another version of it is rejected.
+    ``"any"`` accepts whatever reference the cache carries.
     """
     path = Path(path)
     if not path.is_file():
@@ -277,13 +248,20 @@ def read_world(path: str | Path, scene_hash: str | None = None) -> ScoringWorld:
             reference_state=arrays.get("reference/state"),
             reference_name=str(meta.get("reference", "human")),
         )
-        world.extra["reference_fingerprint"] = meta.get("reference_fingerprint")
+        if meta.get("reference_version") is not None:
+            world.extra["reference_version"] = str(meta["reference_version"])
     except (KeyError, TypeError, ValueError, shapely.errors.GEOSException) as e:
         raise CacheError(f"{path}: corrupt metric cache ({type(e).__name__}: {e}); rebuild it") from e
     T = world.num_steps
     if world.human_state.shape != (T, 7) or world.agent_state.shape[1:] != (T, 5):
         raise CacheError(
             f"{path}: corrupt metric cache: field 'human/state' or 'agents/state' has the wrong shape"
+        )
+    if not isinstance(reference, str) and world_reference_id(world) != reference_id(reference):
+        have, want = world_reference_id(world), reference_id(reference)
+        raise CacheError(
+            f"{path}: field 'reference': made by reference {have[0]!r} version {have[1]!r}, expected "
+            f"{want[0]!r} version {want[1]!r}; rebuild it (cache build, or rebuild=True)"
         )
     return world.prepare()
 
@@ -293,12 +271,13 @@ def load_world(
     cache_dir: str | Path | None = None,
     *,
     rebuild: bool = False,
-    reference: str = "idm",
+    reference: ReferencePlanner | None = None,
 ) -> ScoringWorld:
     """The scoring world of a scene: from ``cache_dir`` when a fresh cache is there.
 
-    No ``cache_dir``: built in memory (nothing written). A missing cache is built and written. A
-    stale or corrupt cache raises :class:`CacheError` unless ``rebuild`` (then it is replaced).
+    No ``cache_dir``: built in memory (nothing written). A missing cache is built with
+    ``reference`` (None: the human log) and written. A stale or corrupt cache, or one made by
+    another reference, raises :class:`CacheError` unless ``rebuild`` (then it is replaced).
     """
     if isinstance(scene, Scene):
         sc = scene
@@ -311,7 +290,7 @@ def load_world(
     path = cache_path(cache_dir, sc.scene_id)
     if path.is_file():
         try:
-            return read_world(path, sc.content_hash)
+            return read_world(path, sc.content_hash, reference)
         except CacheError:
             if not rebuild:
                 raise

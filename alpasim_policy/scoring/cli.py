@@ -1,4 +1,4 @@
-"""CLI of the scoring stage: ``cache build``, ``score`` and ``bench scorer``.
+"""CLI of the scoring stage: ``score`` and ``bench scorer`` (``cache build`` lives in :mod:`alpasim_policy.caching`).
 
 Heavy imports happen inside the handlers so ``alpasim-policy --help`` stays fast.
 """
@@ -8,22 +8,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from alpasim_policy.bench import add_output_arguments
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    c = sub.add_parser("cache", help="metric caches for the scorer")
-    cs = c.add_subparsers(dest="cache_command", required=True)
-    b = cs.add_parser(
-        "build",
-        help="build one metric cache per scene of a suite (map polygons, agent boxes, idm reference)",
-        description="Build <out>/<scene_id>.npz for every scene of the suite, in parallel over scenes.",
-    )
-    b.add_argument("--suite", required=True, help="suite name or YAML path")
-    b.add_argument("--out", type=Path, required=True, help="cache folder (e.g. metric_cache/)")
-    b.add_argument("--workers", type=int, default=1, help="processes (one scene each)")
-    b.add_argument(
-        "--reference", choices=("idm", "human"), default="idm", help="progress reference for EP (default idm)"
-    )
-    b.set_defaults(func=_cmd_cache_build)
     s = sub.add_parser(
         "score",
         help="score the rollouts of a run folder (writes scenes.csv, leaderboard.csv/.md)",
@@ -43,50 +31,19 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scene", default=None, help="scene for the proposal benchmark (default: most agents)")
     p.add_argument("--proposals", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--benchmarks", type=Path, default=Path("BENCHMARKS.md"), help="file the rows go to")
+    add_output_arguments(p)
     p.set_defaults(func=_cmd_bench)
 
 
 # ----------------------------------------------------------------------------- handlers
 
 
-def _build_one(args: tuple[str, str, str]) -> tuple[str, str, float]:
-    import time
-
-    from alpasim_policy.scoring.cache import build_cache
-
-    scene_path, out, reference = args
-    t = time.perf_counter()
-    path = build_cache(scene_path, out, reference)
-    return str(scene_path), str(path), time.perf_counter() - t
-
-
-def build_suite_caches(suite: str, out: Path, workers: int = 1, reference: str = "idm") -> list[tuple]:
-    """Build the caches of every scene of a suite; returns (scene path, cache path, seconds) per scene."""
-    from alpasim_policy.scenes.suite import load_suite
-
-    jobs = [(str(p), str(out), reference) for p in load_suite(suite)]
-    if workers <= 1 or len(jobs) <= 1:
-        return [_build_one(j) for j in jobs]
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=workers) as ex:
-        return list(ex.map(_build_one, jobs))
-
-
-def _cmd_cache_build(args: argparse.Namespace) -> int:
-    results = build_suite_caches(args.suite, args.out, args.workers, args.reference)
-    for scene, path, secs in results:
-        print(f"{path}  ({secs:.2f} s)  <- {scene}")
-    print(f"{len(results)} caches in {args.out}")
-    return 0
-
-
 def _cmd_score(args: argparse.Namespace) -> int:
+    from alpasim_policy.caching import IDM_REFERENCE
     from alpasim_policy.scoring.report import score_run
 
     cache = None if args.cache == "none" else args.cache
-    board = score_run(args.run_dir, cache_dir=cache, rebuild=args.rebuild)
+    board = score_run(args.run_dir, cache_dir=cache, rebuild=args.rebuild, reference=IDM_REFERENCE)
     print(board)
     return 1 if board.errors else 0  # rollouts that could not be scored were reported on stderr
 
@@ -125,7 +82,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from alpasim_policy.bench import append_rows, print_summary
+    from alpasim_policy.bench import print_summary, write_rows
+    from alpasim_policy.caching import IDM_REFERENCE
     from alpasim_policy.scenes.format import load_scene
     from alpasim_policy.scenes.suite import find_scene, load_suite
     from alpasim_policy.scoring.cache import build_world, world_to_bytes
@@ -137,13 +95,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     build = []
     for sc in scenes:
         t = time.perf_counter()
-        world_to_bytes(build_world(sc, "idm"))
+        world_to_bytes(build_world(sc, IDM_REFERENCE))
         build.append(time.perf_counter() - t)
     if args.scene:
         scene = load_scene(find_scene(args.scene))
     else:
         scene = max(scenes, key=lambda s: (len(s.agents), len(s.map.lanes)))
-    world = build_world(scene, "idm").prepare()
+    world = build_world(scene, IDM_REFERENCE).prepare()
     plans = _proposals(world, args.proposals)
     start = world.human_state[world.t0_index]
     sim_t, score_t = [], []
@@ -175,7 +133,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         "scenes": len(scenes),
         "load_avg": round(load, 2),
     }
-    append_rows(
+    write_rows(
         [
             {
                 "benchmark": f"scorer: {n} proposals x 41 states, open loop ({scene.scene_id}, "
@@ -190,7 +148,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 "ratio": f"max {max(build) / 1.0:.2f}x of the 1 s goal",
             },
         ],
-        args.benchmarks,
+        args,
     )
     print_summary(summary)
     return 0

@@ -24,8 +24,8 @@ fraction whose plan performs it (NaN for a policy that never states one). Closed
 (:mod:`alpasim_policy.scoring.closedloop`); ``scenes.csv`` counts them in ``failed_windows``.
 
 Metric caches: ``cache_dir="auto"`` uses the package's ``metric_cache/`` when it holds a fresh
-cache of a scene (scene hash and idm-reference code fingerprint match) and otherwise builds the
-scene's scoring world in memory (with a note on stderr when the scene changed); an explicit ``cache_dir`` is strict (stale or corrupt ->
+cache of a scene (scene hash, reference name and version match) and otherwise builds the
+scene's scoring world in memory (with a log note when the scene changed); an explicit ``cache_dir`` is strict (stale or corrupt ->
 :class:`~alpasim_policy.errors.CacheError`, unless ``rebuild=True``).
 """
 
@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +42,7 @@ import numpy as np
 
 from alpasim_policy.errors import AlpasimError, CacheError
 from alpasim_policy.io import atomic_write_text
+from alpasim_policy.resources import data_dir
 
 LEADERBOARD_COLUMNS = (
     "policy", "scenes", "NC", "DAC", "DDC", "TLC", "EP", "TTC", "C", "HC", "LK", "EC", "PDMS", "EPDMS",
@@ -57,7 +58,9 @@ SCENE_COLUMNS = (
     "policy_failures", "ticks", "reasoning_consistency",
 )  # fmt: skip
 _MEAN_KEYS = ("NC", "DAC", "DDC", "TLC", "EP", "TTC", "C", "HC", "LK", "EC", "PDMS", "EPDMS")
-DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[2] / "metric_cache"
+log = logging.getLogger(__name__)
+#: the metric caches of the bundled scenes, shipped with the package
+DEFAULT_CACHE_DIR = data_dir("metric_cache")
 
 
 @dataclass
@@ -118,15 +121,16 @@ def _latency(lat: np.ndarray | None, miss: np.ndarray | None, controlled: np.nda
     return out
 
 
-def cache_check(scene, cache_dir="auto", rebuild: bool = False) -> tuple[bool, str | None]:
+def cache_check(scene, cache_dir="auto", rebuild: bool = False, reference=None) -> tuple[bool, str | None]:
     """Whether the scorer can score ``scene`` with ``cache_dir``, before any rollout is made.
 
-    Returns ``(usable, note)``. ``"auto"``: a corrupt, stale or outdated cache in the package's
-    ``metric_cache/`` is only a note (the scorer builds the world in memory). An explicit
-    ``cache_dir`` is strict, as in scoring: a stale or corrupt cache makes the scene unusable
-    (unless ``rebuild``); a missing one is built when scoring. ``None``: always usable.
+    Returns ``(usable, note)``. ``"auto"``: a corrupt, stale or other-reference cache in the
+    package's ``metric_cache/`` is only a note (the scorer builds the world in memory). An explicit
+    ``cache_dir`` is strict, as in scoring: a stale or corrupt cache, or one made by another
+    reference than ``reference``, makes the scene unusable (unless ``rebuild``); a missing one is
+    built when scoring. ``None``: always usable.
     """
-    from alpasim_policy.scoring.cache import cache_path, read_world, reference_fingerprint
+    from alpasim_policy.scoring.cache import cache_path, read_world
 
     if cache_dir is None:
         return True, None
@@ -135,29 +139,22 @@ def cache_check(scene, cache_dir="auto", rebuild: bool = False) -> tuple[bool, s
     if not path.is_file():
         return True, None
     try:
-        world = read_world(path, scene.content_hash)
+        read_world(path, scene.content_hash, reference)
     except CacheError as e:
         if auto or rebuild:
             return True, f"{e} -- scoring will build the world from the scene instead"
         return False, str(e)
-    if auto and world.reference_name == "idm":
-        if world.extra.get("reference_fingerprint") != reference_fingerprint():
-            return True, f"{path}: idm reference made by older env/idm code -- scoring rebuilds it in memory"
     return True, None
 
 
-def _world_for(scene_id: str, cache_dir, rebuild: bool, memo: dict, scene_path: str | Path | None = None):
+def _world_for(
+    scene_id: str, cache_dir, rebuild: bool, memo: dict, scene_path: str | Path | None = None, reference=None
+):
     if scene_id in memo:
         return memo[scene_id]
     from alpasim_policy.scenes.format import load_scene
     from alpasim_policy.scenes.suite import find_scene
-    from alpasim_policy.scoring.cache import (
-        build_world,
-        cache_path,
-        load_world,
-        read_world,
-        reference_fingerprint,
-    )
+    from alpasim_policy.scoring.cache import build_world, cache_path, load_world, read_world
 
     scene = load_scene(scene_path if scene_path is not None else find_scene(scene_id))
     if cache_dir == "auto":
@@ -165,19 +162,16 @@ def _world_for(scene_id: str, cache_dir, rebuild: bool, memo: dict, scene_path: 
         world = None
         if path.is_file():
             try:
-                world = read_world(path, scene.content_hash)
+                # a cache made by another reference (or version of it) is not used in its place
+                world = read_world(path, scene.content_hash, reference)
             except CacheError as e:
-                print(f"note: {e} -- scoring from the scene instead", file=sys.stderr)
-            if world is not None and world.reference_name == "idm":
-                if world.extra.get("reference_fingerprint") != reference_fingerprint():
-                    # the env or idm changed since the cache was built: its idm rollout is outdated
-                    world = None
+                log.warning("%s -- scoring from the scene instead", e)
         if world is None:
-            world = build_world(scene).prepare()
+            world = build_world(scene, reference).prepare()
     elif cache_dir is None:
-        world = build_world(scene).prepare()
+        world = build_world(scene, reference).prepare()
     else:
-        world = load_world(scene, cache_dir, rebuild=rebuild)
+        world = load_world(scene, cache_dir, rebuild=rebuild, reference=reference)
     memo[scene_id] = (scene, world)
     return memo[scene_id]
 
@@ -188,18 +182,20 @@ def score_rollout_file(
     rebuild: bool = False,
     memo: dict | None = None,
     scene_path: str | Path | None = None,
+    reference=None,
 ) -> dict:
     """One scenes.csv row for one rollout file (``scene_path``: the scene file when it is not a
-    scene id under the scenarios root, e.g. an imported scene ``eval --scenes`` ran)."""
+    scene id under the scenarios root, e.g. an imported scene ``eval --scenes`` ran;
+    ``reference`` as in :func:`score_run`)."""
     from alpasim_policy.scoring.alpasim_metrics import rollout_metrics
     from alpasim_policy.scoring.closedloop import score_rollout
     from alpasim_policy.scoring.reasoning import rollout_consistency
     from alpasim_policy.sim.rollout import Rollout
 
     ro = Rollout.load(path)
-    scene, world = _world_for(ro.scene_id, cache_dir, rebuild, {} if memo is None else memo, scene_path)
+    scene, world = _world_for(ro.scene_id, cache_dir, rebuild, {} if memo is None else memo, scene_path, reference)
     if ro.scene_hash and scene.content_hash and ro.scene_hash != scene.content_hash:
-        print(f"note: {path}: rollout was made on another version of scene {ro.scene_id}", file=sys.stderr)
+        log.warning("%s: rollout was made on another version of scene %s", path, ro.scene_id)
     try:
         res = score_rollout(world, ro)
     except ValueError as e:
@@ -283,7 +279,7 @@ def _policy_order(run_dir: Path, files: list[Path]) -> list[str]:
 
 
 def score_run(
-    run_dir: str | Path, cache_dir: str | Path | None = "auto", rebuild: bool = False
+    run_dir: str | Path, cache_dir: str | Path | None = "auto", rebuild: bool = False, reference=None
 ) -> Leaderboard:
     """Score ``run_dir/rollouts/*/*.npz``, write scenes.csv and the leaderboard; return it (printable).
 
@@ -291,6 +287,11 @@ def score_run(
     else from the scene id under the scenarios root. A rollout that cannot be scored (its scene
     file gone, a strict cache stale, ...) is reported in ``Leaderboard.errors`` and left out; the
     leaderboard is written for the rest (an error only when nothing could be scored).
+
+    ``reference``: the EP progress reference (a
+    :class:`~alpasim_policy.scoring.cache.ReferencePlanner`, handed in by the runner, usually
+    :data:`alpasim_policy.caching.IDM_REFERENCE`); caches made by another one are not used, and
+    scenes without a usable cache are scored with it. None: the human log.
     """
     run_dir = Path(run_dir)
     root = run_dir / "rollouts"
@@ -307,10 +308,10 @@ def score_run(
         if f.stem not in memo:
             memo.clear()
         try:
-            scene_rows.append(score_rollout_file(f, cache_dir, rebuild, memo, scene_files.get(f.stem)))
+            scene_rows.append(score_rollout_file(f, cache_dir, rebuild, memo, scene_files.get(f.stem), reference))
         except AlpasimError as e:
             errors.append(f"{f}: {e}")
-            print(f"error: cannot score {f}: {e}", file=sys.stderr)
+            log.error("cannot score %s: %s", f, e)
     if not scene_rows:
         raise AlpasimError(f"{root}: no rollout could be scored:\n" + "\n".join(errors))
     order = {pol: i for i, pol in enumerate(_policy_order(run_dir, files))}

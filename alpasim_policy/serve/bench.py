@@ -93,7 +93,7 @@ class _Driver:
 def run_bench(args: Any) -> int:
     import grpc
 
-    from alpasim_policy.bench import append_rows, print_summary
+    from alpasim_policy.bench import print_summary, write_rows
     from alpasim_policy.render.cameras import CameraRig
     from alpasim_policy.serve.convert import encode_jpeg
     from alpasim_policy.serve.proto import egodriver_pb2_grpc
@@ -174,7 +174,7 @@ def run_bench(args: Any) -> int:
     }
     for e in errors[:5]:
         print("error:", e)
-    append_rows(
+    write_rows(
         [
             {
                 "benchmark": "serve: drive round-trip overhead (loopback, policy time subtracted)",
@@ -190,7 +190,7 @@ def run_bench(args: Any) -> int:
                 "ratio": "no error: goal met" if not errors else "errors: goal missed",
             },
         ],
-        path=args.out,
+        args,
     )
     print_summary(summary)
     return 0 if not errors else 1

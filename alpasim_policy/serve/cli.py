@@ -95,7 +95,9 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=1920)
     p.add_argument("--height", type=int, default=1080)
     p.add_argument("--cameras", type=int, default=4)
-    p.add_argument("--out", default="BENCHMARKS.md", help="where rows are appended")
+    from alpasim_policy.bench import add_output_arguments
+
+    add_output_arguments(p)
 
     def run(args: argparse.Namespace) -> int:
         from alpasim_policy.serve.bench import run_bench

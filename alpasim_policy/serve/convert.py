@@ -23,7 +23,7 @@ import bisect
 import math
 import pickle
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from alpasim_policy.scenes.geometry import Polyline, rig_to_scene_xy, scene_to_r
 from alpasim_policy.serve.proto import common_pb2, sensorsim_pb2
 from alpasim_policy.sim.command import LATERAL_THRESHOLD_M, LOOKAHEAD_M
 from alpasim_policy.sim.command import route_observation as route_observation_rule
+
+if TYPE_CHECKING:  # rendering (cv2) is imported only when a session declares cameras
+    from alpasim_policy.render.cameras import Camera
 
 STEP_US = 100_000  # our 10 Hz tick
 TIME_TOL_US = 1_000  # timestamps closer than 1 ms are "the same time"
@@ -400,30 +403,12 @@ def unpack_debug(payload: bytes) -> dict[str, Any] | None:
 # ----------------------------------------------------------------------------- cameras
 
 
-@dataclass(frozen=True)
-class RemoteCamera:
-    """A camera declared in ``start_session``, with our ``Camera``'s attribute names.
-
-    ``model`` is the declared projection (``pinhole``, ``ftheta``, ``fisheye``); non-pinhole
-    cameras get a pinhole approximation (focal length = pixels per radian at the centre).
-    """
-
-    name: str
-    width: int
-    height: int
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    rig_T_cam: np.ndarray
-    model: str = "pinhole"
-
-
 @dataclass
 class RemoteCameraRig:
-    """The camera rig a session declared; iterable, indexable by name, ``.cameras`` like ours."""
+    """The cameras a session declared (our :class:`~alpasim_policy.render.cameras.Camera`, with the
+    declared projection in ``model``), before their names are checked; iterable, indexable by name."""
 
-    cameras: list[RemoteCamera]
+    cameras: list[Camera]
 
     def __iter__(self):
         return iter(self.cameras)
@@ -431,7 +416,7 @@ class RemoteCameraRig:
     def __len__(self) -> int:
         return len(self.cameras)
 
-    def __getitem__(self, name: str) -> RemoteCamera:
+    def __getitem__(self, name: str) -> Camera:
         for c in self.cameras:
             if c.name == name:
                 return c
@@ -461,11 +446,11 @@ def to_camera_rig(remote: RemoteCameraRig, name: str = "remote") -> Any:
 
     The declared projection models are kept in ``metadata["models"]``.
     """
-    from alpasim_policy.render.cameras import Camera, CameraRig
+    from dataclasses import replace
 
-    cams = [
-        Camera(c.name, c.width, c.height, c.fx, c.fy, c.cx, c.cy, c.rig_T_cam.copy()) for c in remote.cameras
-    ]
+    from alpasim_policy.render.cameras import CameraRig
+
+    cams = [replace(c, rig_T_cam=c.rig_T_cam.copy()) for c in remote.cameras]
     return CameraRig(name, cams, {"models": {c.name: c.model for c in remote.cameras}})
 
 
@@ -479,7 +464,7 @@ def _quat_matrix(w: float, x: float, y: float, z: float) -> np.ndarray:
     )
 
 
-def camera_from_proto(cam: sensorsim_pb2.AvailableCamerasReturn.AvailableCamera, where: str) -> RemoteCamera:
+def camera_from_proto(cam: sensorsim_pb2.AvailableCamerasReturn.AvailableCamera, where: str) -> Camera:
     name = cam.logical_id or cam.intrinsics.logical_id
     if not name:
         raise RequestError(f"{where}.logical_id", "empty")
@@ -511,7 +496,12 @@ def camera_from_proto(cam: sensorsim_pb2.AvailableCamerasReturn.AvailableCamera,
     T = np.eye(4)
     T[:3, :3] = _quat_matrix(*pose.quat)
     T[:3, 3] = (pose.x, pose.y, pose.z)
-    return RemoteCamera(name, w, h, float(fx), float(fy), float(cx), float(cy), T, model)
+    from alpasim_policy.render.cameras import Camera
+
+    try:
+        return Camera(name, w, h, float(fx), float(fy), float(cx), float(cy), T, model)
+    except ConfigError as e:
+        raise RequestError(f"{where}", str(e)) from e
 
 
 def camera_to_proto(cam: Any) -> sensorsim_pb2.AvailableCamerasReturn.AvailableCamera:

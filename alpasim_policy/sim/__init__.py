@@ -1,1 +1,1 @@
-"""sim stage."""
+"""The closed-loop env: the Gymnasium env, its observation/action contract, config, tracker, agents."""

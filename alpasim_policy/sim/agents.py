@@ -20,7 +20,8 @@ Everything per step is vectorised over the IDM agents (paths are pre-sampled at 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from alpasim_policy.errors import ConfigError
 from alpasim_policy.scenes.format import AgentType, LightState, Scene
 from alpasim_policy.scenes.geometry import MapIndex, Polyline, box_corners, wrap_angle
 from alpasim_policy.sim.collision import boxes_overlap
+from alpasim_policy.typed_config import setting
 
 PATH_SPACING_M = 1.0
 LOOKAHEAD_M = 60.0
@@ -39,38 +41,41 @@ DRIVING_TYPES = (AgentType.VEHICLE, AgentType.BUS, AgentType.TRUCK, AgentType.MO
 class IDMParams:
     """Intelligent Driver Model constants (Treiber et al.); defaults as nuPlan's IDM agents."""
 
-    min_gap: float = 2.0  # s0, m bumper to bumper at standstill
-    headway: float = 1.5  # T, s
-    accel_max: float = 1.0  # a, m/s^2
-    decel_comfort: float = 2.0  # b, m/s^2
-    decel_max: float = 8.0  # physical braking limit, m/s^2
-    exponent: float = 4.0  # delta
-    min_desired_speed: float = 2.0  # m/s, floor of the speed taken from the log
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None, where: str = "idm") -> IDMParams:
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(d) - known)
-        if bad:
-            raise ConfigError(f"{where}: unknown key(s) {bad}; known: {sorted(known)}")
-        for k, v in d.items():
-            if not isinstance(v, int | float) or not np.isfinite(v) or v < 0:
-                raise ConfigError(f"{where}.{k}: must be a non-negative number, got {v!r}")
-        return cls(**{k: float(v) for k, v in d.items()})
+    min_gap: float = setting(2.0, ge=0)  # s0, m bumper to bumper at standstill
+    headway: float = setting(1.5, ge=0)  # T, s
+    accel_max: float = setting(1.0, ge=0)  # a, m/s^2
+    decel_comfort: float = setting(2.0, ge=0)  # b, m/s^2
+    decel_max: float = setting(8.0, ge=0)  # physical braking limit, m/s^2
+    exponent: float = setting(4.0, ge=0)  # delta
+    min_desired_speed: float = setting(2.0, ge=0)  # m/s, floor of the speed taken from the log
 
 
 def idm_acceleration(
-    v: np.ndarray, v_desired: np.ndarray, gap: np.ndarray, v_lead: np.ndarray, p: IDMParams
-) -> np.ndarray:
-    """IDM acceleration; ``gap`` = inf where there is no lead. Clipped to [-decel_max, accel_max]."""
-    v = np.maximum(v, 0.0)
-    free = 1.0 - (v / np.maximum(v_desired, 1e-3)) ** p.exponent
-    s_star = p.min_gap + np.maximum(
-        0.0, v * p.headway + v * (v - v_lead) / (2.0 * np.sqrt(p.accel_max * p.decel_comfort))
+    v: Any, v_desired: Any, gap: Any, v_lead: Any, p: IDMParams, v_desired_floor: float = 1e-3
+) -> Any:
+    """The IDM law (Treiber et al.), written once for the env's agents and the ``idm`` baseline.
+
+    ``gap`` is bumper to bumper, inf where there is no lead (the interaction term is then 0);
+    the result is clipped to [-decel_max, accel_max]. Arrays (the env, vectorised over agents) or
+    plain floats (the baseline's per-row loop, where numpy's scalar calls would cost more than the
+    arithmetic) give the same numbers.
+    """
+    if isinstance(v, np.ndarray) or isinstance(gap, np.ndarray):
+        maximum, clip = np.maximum, np.clip
+        sqrt = np.sqrt
+    else:
+        maximum, sqrt = max, math.sqrt
+
+        def clip(a: float, lo: float, hi: float) -> float:
+            return min(max(a, lo), hi)
+
+    v = maximum(v, 0.0)
+    free = 1.0 - (v / maximum(v_desired, v_desired_floor)) ** p.exponent
+    s_star = p.min_gap + maximum(
+        0.0, v * p.headway + v * (v - v_lead) / (2.0 * sqrt(p.accel_max * p.decel_comfort))
     )
-    inter = np.where(np.isfinite(gap), (s_star / np.maximum(gap, 1e-2)) ** 2, 0.0)
-    return np.clip(p.accel_max * (free - inter), -p.decel_max, p.accel_max)
+    inter = (s_star / maximum(gap, 1e-2)) ** 2  # 0 where gap is inf
+    return clip(p.accel_max * (free - inter), -p.decel_max, p.accel_max)
 
 
 def lane_path(

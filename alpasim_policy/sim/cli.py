@@ -8,7 +8,8 @@ core (the env is single-threaded numpy). Rows go to BENCHMARKS.md; the last line
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from alpasim_policy.bench import add_output_arguments
 
 TARGET_TICKS_PER_S = 2000.0
 
@@ -22,7 +23,7 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--camera-preset", default="alpamayo4")
     p.add_argument("--camera-width", type=int, default=None, help="default: the preset's resolution")
     p.add_argument("--camera-height", type=int, default=None)
-    p.add_argument("--benchmarks", type=Path, default=Path("BENCHMARKS.md"), help="file the rows go to")
+    add_output_arguments(p)
     p.set_defaults(func=_cmd_bench)
 
 
@@ -59,7 +60,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from alpasim_policy.bench import append_rows, print_summary
+    from alpasim_policy.bench import print_summary, write_rows
     from alpasim_policy.scenes.format import load_scene
     from alpasim_policy.scenes.suite import load_suite
     from alpasim_policy.sim.env import LogReplayEnv
@@ -134,6 +135,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     for r in rows:
         print(f"{r['benchmark']}: {r['result']}  {r['ratio']}")
-    append_rows(rows, args.benchmarks)
+    write_rows(rows, args)
     print_summary(summary)
     return 0

@@ -27,7 +27,7 @@ import numpy as np
 
 from alpasim_policy.scenes.format import AgentType
 from alpasim_policy.scenes.geometry import box_corners
-from alpasim_policy.scenes.geometry import rear_axle_to_center as _rear_axle_to_center
+from alpasim_policy.scenes.geometry import rear_axle_to_center as _to_center  # the parameter takes the name
 
 STOPPED_SPEED_THRESHOLD = 5e-2  # m/s
 REAR_ANGLE_TOLERANCE_DEG = 150.0
@@ -185,9 +185,5 @@ def ego_corners_from_rear_axle(
     pose: np.ndarray, length: float, width: float, rear_axle_to_center: float
 ) -> np.ndarray:
     """Rear-axle poses (..., >=3) -> ego box corners (..., 4, 2)."""
-    c = _rear_axle_to_center(np.asarray(pose, np.float64)[..., :3], rear_axle_to_center)
+    c = _to_center(np.asarray(pose, np.float64)[..., :3], rear_axle_to_center)
     return box_corners(c[..., 0], c[..., 1], c[..., 2], length, width)
-
-
-# The name the scorer reads.
-collision_type = classify_contacts

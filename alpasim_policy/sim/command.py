@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from alpasim_policy.policies.base import (
+from alpasim_policy.scenes.geometry import Polyline, scene_to_rig_xy
+from alpasim_policy.sim.contract import (
     COMMAND_LEFT,
     COMMAND_RIGHT,
     COMMAND_STRAIGHT,
     ROUTE_POINTS,
     ROUTE_SPACING_M,
 )
-from alpasim_policy.scenes.geometry import Polyline, scene_to_rig_xy
 
 #: AlpaSim's defaults (its driver's RouteConfig): the first route point at least 5 m from the rig
 #: decides; more than 2 m to its left / right means turn.

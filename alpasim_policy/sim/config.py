@@ -1,175 +1,187 @@
-"""Env configuration: defaults, YAML loading, validation with errors that name the key.
+"""Env configuration: frozen, typed dataclasses loaded from YAML (defaults, coercion, validation).
 
-A config is a mapping; ``envs/default.yaml`` and ``envs/reactive.yaml`` are the shipped ones.
-Anything not given falls back to :data:`DEFAULTS` (deep merge), so a user YAML may set only
-what it changes. Every key is checked: an unknown key, a wrong type or an out-of-range value is a
-:class:`~alpasim_policy.errors.ConfigError` naming the key (``truncate.max_distance_to_log_m``).
+``envs/default.yaml`` and ``envs/reactive.yaml`` are the shipped configs. A user YAML (or mapping)
+may set only what it changes; every other field keeps its default below. Every value is checked
+in one place (:func:`alpasim_policy.typed_config.from_mapping`): an unknown key, a wrong type or an
+out-of-range value is a :class:`~alpasim_policy.errors.ConfigError` naming the file and the field
+(``truncate.max_distance_to_log_m``). :meth:`EnvConfig.to_dict` gives the plain mapping that
+rollout files record.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import fields
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from alpasim_policy.errors import ConfigError
+from alpasim_policy.sim.agents import IDMParams
 from alpasim_policy.sim.command import LATERAL_THRESHOLD_M, LOOKAHEAD_M
-
-DEFAULTS: dict[str, Any] = {
-    "dt": 0.1,
-    # The log is replayed for this long before the policy takes over, so the 16-step history
-    # is full at the first observation (1.6 s = the bundled scenes' t0).
-    "warmup_s": 1.6,
-    "agents": "log",  # log | idm
-    "idm": {},  # IDMParams overrides for reactive agents
-    "tracker": {
-        # See sim/tracker.py: the closed-loop variant of NAVSIM's LQR.
-        "anchor": "extrapolate",
-        "fit_steps": 20,
-        "q_pos": 1000.0,
-        "lon_horizon": 8,
-        "allow_reverse": False,
-    },
-    "command": {"lookahead_m": LOOKAHEAD_M, "lateral_threshold_m": LATERAL_THRESHOLD_M},  # AlpaSim's rule
-    "truncate": {"at_fault_collision": False, "off_road": False, "max_distance_to_log_m": None},
-    "bev": {"enabled": False},
-    "cameras": {"enabled": False, "preset": "alpamayo4", "width": None, "height": None},
-}
-
-_TRACKER_EXTRA = {"anchor", "fit_steps"}
+from alpasim_policy.sim.tracker import ENV_TRACKER, TrackerParams
+from alpasim_policy.typed_config import from_mapping, setting, to_dict
 
 
-def _merge(base: dict, over: dict, where: str = "") -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        key = f"{where}{k}"
-        if k not in base:
-            raise ConfigError(f"env config: unknown key {key!r}; known: {sorted(base)}")
-        if isinstance(base[k], dict) and k not in ("idm", "bev", "tracker"):
-            if not isinstance(v, dict):
-                raise ConfigError(f"env config: {key!r} must be a mapping, got {type(v).__name__}")
-            out[k] = _merge(base[k], v, key + ".")
-        elif isinstance(base[k], dict):
-            if v is None:
-                v = {}
-            if not isinstance(v, dict):
-                raise ConfigError(f"env config: {key!r} must be a mapping, got {type(v).__name__}")
-            out[k] = {**base[k], **v}
-        else:
-            out[k] = v
+@dataclass(frozen=True)
+class TrackerConfig:
+    """The env's LQR tracker (see sim/tracker.py: the closed-loop variant of NAVSIM's LQR).
+
+    Defaults are :data:`~alpasim_policy.sim.tracker.ENV_TRACKER`'s; ``anchor`` / ``fit_steps`` say
+    how the plan is anchored in time, ``dt`` None means the env's step.
+    """
+
+    anchor: Literal["current", "extrapolate"] = "extrapolate"
+    fit_steps: int | None = setting(20, ge=2)
+    q_lon: float = setting(ENV_TRACKER.q_lon, ge=0)
+    r_lon: float = setting(ENV_TRACKER.r_lon, ge=0)
+    q_lat: tuple[float, float, float] = setting(ENV_TRACKER.q_lat, ge=0)
+    r_lat: float = setting(ENV_TRACKER.r_lat, ge=0)
+    horizon: int = setting(ENV_TRACKER.horizon, ge=2)
+    dt: float | None = setting(None, gt=0)
+    jerk_penalty: float = setting(ENV_TRACKER.jerk_penalty, ge=0)
+    curvature_rate_penalty: float = setting(ENV_TRACKER.curvature_rate_penalty, ge=0)
+    initial_curvature_penalty: float = setting(ENV_TRACKER.initial_curvature_penalty, ge=0)
+    stopping_gain: float = setting(ENV_TRACKER.stopping_gain, ge=0)
+    stopping_velocity: float = setting(ENV_TRACKER.stopping_velocity, ge=0)
+    q_pos: float = setting(ENV_TRACKER.q_pos, ge=0)
+    lon_horizon: int | None = setting(ENV_TRACKER.lon_horizon, ge=2)
+    allow_reverse: bool = ENV_TRACKER.allow_reverse
+
+
+@dataclass(frozen=True)
+class CommandConfig:
+    """AlpaSim's navigation-command rule: the first route point >= ``lookahead_m`` away decides."""
+
+    lookahead_m: float = setting(LOOKAHEAD_M, ge=0)
+    lateral_threshold_m: float = setting(LATERAL_THRESHOLD_M, ge=0)
+
+
+@dataclass(frozen=True)
+class TruncateConfig:
+    """When an episode is cut short (all off by default; AlpaSim ends a rollout > 4 m from the log)."""
+
+    at_fault_collision: bool = False
+    off_road: bool = False
+    max_distance_to_log_m: float | None = setting(None, ge=0)
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """Camera images in the observation: a rig preset, optionally resized (None: the preset's size)."""
+
+    enabled: bool = False
+    preset: str = "alpamayo4"
+    width: int | None = setting(None, ge=8)
+    height: int | None = setting(None, ge=8)
+
+
+def _check_bev(value: dict[str, Any], where: str) -> dict[str, Any]:
+    """``bev``: ``enabled`` plus any :class:`~alpasim_policy.render.bev.BevConfig` field."""
+    from alpasim_policy.render.bev import BevConfig
+
+    out = {"enabled": False, **value}
+    if not isinstance(out["enabled"], bool):
+        raise ConfigError(f"{where}: field 'enabled' must be true or false, got {out['enabled']!r}")
+    try:
+        BevConfig.from_dict({k: v for k, v in out.items() if k != "enabled"})
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e
     return out
 
 
-def _num(cfg: dict, key: str, value: Any, *, lo: float | None = None, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"env config: {key!r} must be a number, got {value!r}")
-    if lo is not None and not value >= lo:
-        raise ConfigError(f"env config: {key!r} must be >= {lo}, got {value!r}")
+@dataclass(frozen=True)
+class EnvConfig:
+    """The closed-loop env's configuration (``LogReplay-v0``'s ``config``)."""
+
+    dt: float = setting(0.1, ge=1e-3)
+    # The log is replayed for this long before the policy takes over, so the 16-step history
+    # is full at the first observation (1.6 s = the bundled scenes' t0).
+    warmup_s: float = setting(1.6, ge=0)
+    agents: Literal["log", "idm"] = "log"
+    idm: IDMParams = field(default_factory=IDMParams)  # constants of the reactive (idm) agents
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    command: CommandConfig = field(default_factory=CommandConfig)
+    truncate: TruncateConfig = field(default_factory=TruncateConfig)
+    bev: Mapping[str, Any] = setting({"enabled": False}, check=_check_bev)
+    cameras: CameraConfig = field(default_factory=CameraConfig)
+
+    @property
+    def bev_enabled(self) -> bool:
+        return bool(self.bev.get("enabled", False))
+
+    def bev_config(self):
+        """The :class:`~alpasim_policy.render.bev.BevConfig` of the ``bev`` fields."""
+        from alpasim_policy.render.bev import BevConfig
+
+        return BevConfig.from_dict({k: v for k, v in self.bev.items() if k != "enabled"})
+
+    def replace(self, **changes: Any) -> EnvConfig:
+        """A copy with ``changes`` (values may be mappings; checked like a YAML file's)."""
+        merged = {**self.to_dict(), **{k: _merge_one(getattr(self, k), v) for k, v in changes.items()}}
+        return from_mapping(EnvConfig, merged, "env config")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready mapping (what rollout files record)."""
+        return to_dict(self)
 
 
-def _bool(key: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"env config: {key!r} must be true or false, got {value!r}")
+def _merge_one(current: Any, new: Any) -> Any:
+    if isinstance(new, Mapping) and (dataclasses.is_dataclass(current) or isinstance(current, Mapping)):
+        return {**to_dict(current), **new}
+    return to_dict(new)
+
+
+#: The defaults (a config file only lists what it changes).
+DEFAULTS = EnvConfig()
 
 
 def find_env_config(name: str | Path) -> Path:
-    """A YAML path, or a shipped config name (``default``, ``reactive``) -> the file."""
+    """A YAML path, or a shipped config name (``default``, ``reactive``) -> the file.
+
+    A name is looked up in ``./envs`` and then in the configs shipped with the package; so is a
+    relative ``envs/<name>.yaml`` that does not exist from the current directory (the README's
+    spelling then works from any directory).
+    """
+    from alpasim_policy.resources import data_dir
+
     path = Path(name)
     if path.is_file():
         return path
     if path.suffix not in (".yaml", ".yml"):
-        for root in (Path.cwd() / "envs", Path(__file__).resolve().parents[2] / "envs"):
-            cand = root / f"{name}.yaml"
+        stem = str(name)
+    elif not path.is_absolute() and path.parent == Path("envs"):
+        stem = path.stem
+    else:
+        stem = None
+    if stem is not None:
+        for root in (Path.cwd() / "envs", data_dir("envs")):
+            cand = root / f"{stem}.yaml"
             if cand.is_file():
                 return cand
     raise ConfigError(f"env config {str(name)!r}: no such file (nor a shipped config of that name in envs/)")
 
 
-def load_env_config(config: str | Path | dict | None = None) -> dict[str, Any]:
-    """A YAML path, a mapping or None -> the full, validated config dict."""
+def load_env_config(config: str | Path | Mapping | EnvConfig | None = None) -> EnvConfig:
+    """A YAML path or shipped name, a mapping, an :class:`EnvConfig` or None -> the validated config."""
+    if isinstance(config, EnvConfig):
+        return config
     if config is None:
-        user: dict = {}
-    elif isinstance(config, dict):
-        user = config
-    else:
-        path = find_env_config(config)
-        try:
-            user = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"env config {str(path)!r}: not valid YAML: {e}") from e
-        if not isinstance(user, dict):
-            raise ConfigError(f"env config {str(path)!r}: must be a mapping of keys")
-    cfg = _merge(DEFAULTS, user)
-    validate(cfg)
-    return cfg
+        return DEFAULTS
+    if isinstance(config, Mapping):
+        return from_mapping(EnvConfig, config, "env config")
+    path = find_env_config(config)
+    try:
+        user = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"env config {str(path)!r}: not valid YAML: {e}") from e
+    return from_mapping(EnvConfig, user, f"env config {str(path)!r}")
 
 
-def validate(cfg: dict[str, Any]) -> None:
-    from alpasim_policy.sim.agents import IDMParams
-    from alpasim_policy.sim.tracker import TrackerParams
-
-    _num(cfg, "dt", cfg["dt"], lo=1e-3)
-    _num(cfg, "warmup_s", cfg["warmup_s"], lo=0.0)
-    if cfg["agents"] not in ("log", "idm"):
-        raise ConfigError(f"env config: 'agents' must be 'log' or 'idm', got {cfg['agents']!r}")
-    IDMParams.from_dict(cfg["idm"], where="env config: 'idm'")
-    tr = cfg["tracker"]
-    known = {f.name for f in fields(TrackerParams)} | _TRACKER_EXTRA
-    bad = sorted(set(tr) - known)
-    if bad:
-        raise ConfigError(
-            f"env config: unknown key(s) {['tracker.' + b for b in bad]}; known: {sorted(known)}"
-        )
-    if tr.get("anchor") not in ("current", "extrapolate"):
-        raise ConfigError(
-            f"env config: 'tracker.anchor' must be 'current' or 'extrapolate', got {tr.get('anchor')!r}"
-        )
-    for k, v in tr.items():
-        if k in ("anchor",):
-            continue
-        if k == "allow_reverse":
-            _bool("tracker.allow_reverse", v)
-        elif k == "q_lat":
-            if not (isinstance(v, list | tuple) and len(v) == 3):
-                raise ConfigError(f"env config: 'tracker.q_lat' must be a list of 3 numbers, got {v!r}")
-            for x in v:
-                _num(cfg, "tracker.q_lat", x, lo=0.0)
-        elif k in ("horizon", "fit_steps", "lon_horizon"):
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 2):
-                raise ConfigError(f"env config: 'tracker.{k}' must be an integer >= 2, got {v!r}")
-        else:
-            _num(cfg, f"tracker.{k}", v, lo=0.0)
-    c = cfg["command"]
-    _num(cfg, "command.lookahead_m", c["lookahead_m"], lo=0.0)
-    _num(cfg, "command.lateral_threshold_m", c["lateral_threshold_m"], lo=0.0)
-    t = cfg["truncate"]
-    _bool("truncate.at_fault_collision", t["at_fault_collision"])
-    _bool("truncate.off_road", t["off_road"])
-    _num(cfg, "truncate.max_distance_to_log_m", t["max_distance_to_log_m"], lo=0.0, allow_none=True)
-    b = dict(cfg["bev"])
-    _bool("bev.enabled", b.pop("enabled", False))
-    from alpasim_policy.render.bev import BevConfig
-
-    BevConfig.from_dict(b)
-    cam = cfg["cameras"]
-    _bool("cameras.enabled", cam["enabled"])
-    if not isinstance(cam["preset"], str):
-        raise ConfigError(f"env config: 'cameras.preset' must be a preset name, got {cam['preset']!r}")
-    for k in ("width", "height"):
-        if cam[k] is not None and (not isinstance(cam[k], int) or isinstance(cam[k], bool) or cam[k] < 8):
-            raise ConfigError(f"env config: 'cameras.{k}' must be an integer >= 8 or null, got {cam[k]!r}")
-
-
-def tracker_params(cfg: dict[str, Any]):
-    from alpasim_policy.sim.tracker import TrackerParams
-
-    kw = {k: v for k, v in cfg["tracker"].items() if k not in _TRACKER_EXTRA}
-    kw.setdefault("dt", float(cfg["dt"]))
-    if "q_lat" in kw:
-        kw["q_lat"] = tuple(float(x) for x in kw["q_lat"])
+def tracker_params(cfg: EnvConfig) -> TrackerParams:
+    """The :class:`TrackerParams` of an env config (the tracker's own step defaults to the env's)."""
+    kw = {f.name: getattr(cfg.tracker, f.name) for f in dataclasses.fields(TrackerParams)}
+    kw["dt"] = float(cfg.dt if cfg.tracker.dt is None else cfg.tracker.dt)
     return TrackerParams(**kw)

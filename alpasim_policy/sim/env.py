@@ -2,7 +2,8 @@
 
 ``gymnasium.make("alpasim_policy/LogReplay-v0", scene=..., config=...)``: ``scene`` is a scene
 file, a scene id of the bundled scenarios, or a loaded :class:`~alpasim_policy.scenes.format.Scene`;
-``config`` a YAML path or mapping (see :mod:`alpasim_policy.sim.config` and ``envs/*.yaml``).
+``config`` a YAML path, shipped name, mapping or :class:`~alpasim_policy.sim.config.EnvConfig`
+(see :mod:`alpasim_policy.sim.config` and ``envs/*.yaml``).
 
 Episode. The log is replayed for ``warmup_s`` (1.6 s), so the first observation already has a full
 16-step history; from then on, every ``step(plan)`` tracks the plan with the LQR tracker for one
@@ -16,7 +17,7 @@ Action: a planned trajectory in the current rig frame (x forward, y left, origin
 Alpamayo emits, and what ``gymnasium.vector`` stacks), but any ``T >= 10`` is accepted. A NaN /
 empty / too short / wrong-shaped plan raises :class:`~alpasim_policy.errors.PolicyOutputError`.
 
-Observation: the Dict documented in :mod:`alpasim_policy.policies.base` (``cameras`` / ``bev``
+Observation: the Dict declared in :mod:`alpasim_policy.sim.contract` (``cameras`` / ``bev``
 only when enabled in the config). ``info``: ``ego_state`` (EGO_COLUMNS, scene frame), ``step``,
 ``time``, ``controlled``, ``collisions`` (contacts that started this step: agent id / index,
 type, at_fault, penalty), ``at_fault_collision`` (this step), ``any_collision``, ``off_drivable``,
@@ -28,21 +29,14 @@ rollout (the seed is kept for the policy and for ``np_random``; no simulation st
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 
 from alpasim_policy.errors import ConfigError
-from alpasim_policy.policies.base import (
-    HISTORY_STEPS,
-    MAX_AGENTS,
-    MIN_PLAN_STEPS,
-    ROUTE_POINTS,
-    validate_plan,
-)
 from alpasim_policy.scenes.format import Scene, load_scene
 from alpasim_policy.scenes.geometry import (
     Polyline,
@@ -53,13 +47,20 @@ from alpasim_policy.scenes.geometry import (
     wrap_angle,
 )
 from alpasim_policy.sim import collision as col
-from alpasim_policy.sim.agents import IDMParams, make_agents
+from alpasim_policy.sim.agents import make_agents
 from alpasim_policy.sim.command import route_observation
-from alpasim_policy.sim.config import load_env_config, tracker_params
+from alpasim_policy.sim.config import EnvConfig, load_env_config, tracker_params
+from alpasim_policy.sim.contract import (
+    AGENT_FEATURES,
+    HISTORY_STEPS,
+    MAX_AGENTS,
+    MIN_PLAN_STEPS,
+    action_space,
+    observation_space,
+    validate_plan,
+)
 from alpasim_policy.sim.dynamics import VehicleParams, from_ego_columns, to_ego_columns
 from alpasim_policy.sim.tracker import simulate_internal
-
-ACTION_ROWS = 64
 
 
 def resolve_scene(scene: str | Path | Scene) -> Scene:
@@ -95,80 +96,52 @@ class LogReplayEnv(gym.Env):
     def __init__(
         self,
         scene: str | Path | Scene | None = None,
-        config: str | Path | dict | None = None,
+        config: str | Path | Mapping[str, Any] | EnvConfig | None = None,
         render_mode: str | None = None,
     ):
         self.config = load_env_config(config)
         self.scene = resolve_scene(scene)
         sc = self.scene
-        if abs(self.config["dt"] - sc.metadata.dt) > 1e-9:
+        if abs(self.config.dt - sc.metadata.dt) > 1e-9:
             raise ConfigError(
-                f"env config: 'dt' is {self.config['dt']} but scene {sc.scene_id} has dt {sc.metadata.dt}"
+                f"env config: 'dt' is {self.config.dt} but scene {sc.scene_id} has dt {sc.metadata.dt}"
             )
         if render_mode not in (None, "rgb_array"):
             raise ConfigError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
-        self.dt = float(self.config["dt"])
-        self.start_step = int(round(self.config["warmup_s"] / self.dt))
+        self.dt = float(self.config.dt)
+        self.start_step = int(round(self.config.warmup_s / self.dt))
         if self.start_step > sc.num_steps - 2:
-            raise ConfigError(f"env config: 'warmup_s' {self.config['warmup_s']} leaves no step to drive in "
+            raise ConfigError(f"env config: 'warmup_s' {self.config.warmup_s} leaves no step to drive in "
                               f"scene {sc.scene_id} ({sc.duration:.1f} s)")  # fmt: skip
         self.vehicle = VehicleParams.from_scene(sc)
         self.tracker = tracker_params(self.config)
-        self.anchor = self.config["tracker"]["anchor"]
-        self.fit_steps = self.config["tracker"]["fit_steps"]
+        self.anchor = self.config.tracker.anchor
+        self.fit_steps = self.config.tracker.fit_steps
         self.index = map_index(sc)
         self.route = Polyline(sc.route.polyline)
         self.agent_static = col.is_static_type(sc.agents.types)
         self.agent_size = sc.agents.size
         self.agent_types = sc.agents.types.astype(np.float32)
-        self._agent_radius = 0.5 * np.hypot(sc.agents.size[:, 0], sc.agents.size[:, 1])
-        self._ego_radius = 0.5 * float(np.hypot(self.vehicle.length, self.vehicle.width))
-        self._idm_params = IDMParams.from_dict(self.config["idm"])
-        bev = dict(self.config["bev"])
-        self.bev_enabled = bool(bev.pop("enabled", False))
-        from alpasim_policy.render.bev import BevConfig
-
-        self.bev_config = BevConfig.from_dict(bev)
+        self._idm_params = self.config.idm
+        self.bev_enabled = self.config.bev_enabled
+        self.bev_config = self.config.bev_config()
         self._bev_renderer = None
-        cam = self.config["cameras"]
+        cam = self.config.cameras
         self.camera_rig = None
-        if cam["enabled"]:
+        if cam.enabled:
             from alpasim_policy.render.cameras import CameraRig
 
-            self.camera_rig = CameraRig.from_preset(cam["preset"], cam["width"], cam["height"])
-        # Finite bounds (1 km, 4 pi) so that sampling gives usable plans; any T >= 10 rows is accepted.
-        bound = np.tile(np.array([1000.0, 1000.0, 4 * np.pi], np.float32), (ACTION_ROWS, 1))
-        self.action_space = spaces.Box(-bound, bound, dtype=np.float32)
-        self.observation_space = self._make_observation_space()
+            self.camera_rig = CameraRig.from_preset(cam.preset, cam.width, cam.height)
+        self.action_space = action_space()
+        self.observation_space = observation_space(
+            cameras=None
+            if self.camera_rig is None
+            else {n: (self.camera_rig[n].height, self.camera_rig[n].width) for n in self.camera_rig.names},
+            bev=(self.bev_config.height, self.bev_config.width) if self.bev_enabled else None,
+        )
         self._step = self.start_step
         self._seed: int | None = None
-
-    # ------------------------------------------------------------------ spaces
-
-    def _make_observation_space(self) -> spaces.Dict:
-        inf = np.inf
-        d: dict[str, spaces.Space] = {
-            "ego_history": spaces.Box(-inf, inf, (HISTORY_STEPS, 4), np.float32),
-            "speed": spaces.Box(-inf, inf, (), np.float32),
-            "acceleration": spaces.Box(-inf, inf, (), np.float32),
-            "route": spaces.Box(-inf, inf, (ROUTE_POINTS, 2), np.float32),
-            "command": spaces.Discrete(3),
-            "pose": spaces.Box(-inf, inf, (3,), np.float64),
-            "step": spaces.Box(0, np.iinfo(np.int64).max, (), np.int64),
-            "agents": spaces.Box(-inf, inf, (MAX_AGENTS, 8), np.float32),
-            "agents_mask": spaces.Box(0, 1, (MAX_AGENTS,), np.bool_),
-        }
-        if self.camera_rig is not None:
-            d["cameras"] = spaces.Dict(
-                {
-                    n: spaces.Box(0, 255, (self.camera_rig[n].height, self.camera_rig[n].width, 3), np.uint8)
-                    for n in self.camera_rig.names
-                }  # fmt: skip
-            )
-        if self.bev_enabled:
-            d["bev"] = spaces.Box(0, 255, (self.bev_config.height, self.bev_config.width, 3), np.uint8)
-        return spaces.Dict(d)
 
     # ------------------------------------------------------------------ episode
 
@@ -190,7 +163,7 @@ class LogReplayEnv(gym.Env):
         self._state = from_ego_columns(
             sc.ego.state[k : k + 1], self.vehicle, steer=initial_steer(sc.ego.state, k, self.vehicle)
         )
-        self.agents = make_agents(self.config["agents"], sc, self.index, self._idm_params)
+        self.agents = make_agents(self.config.agents, sc, self.index, self._idm_params)
         self.agents.reset(k)
         self._collided: set[int] = set()
         self._last_plan_world: np.ndarray | None = None
@@ -224,14 +197,11 @@ class LogReplayEnv(gym.Env):
         obs = self._observation()
         info = self._info(contacts=contacts, at_fault=at_fault, off=off)
         terminated = k >= self.scene.num_steps - 1
-        t = self.config["truncate"]
+        t = self.config.truncate
         truncated = bool(
-            (t["at_fault_collision"] and at_fault)
-            or (t["off_road"] and info["off_drivable"])
-            or (
-                t["max_distance_to_log_m"] is not None
-                and info["distance_to_log"] > t["max_distance_to_log_m"]
-            )
+            (t.at_fault_collision and at_fault)
+            or (t.off_road and info["off_drivable"])
+            or (t.max_distance_to_log_m is not None and info["distance_to_log"] > t.max_distance_to_log_m)
         )
         return obs, 0.0, bool(terminated), truncated and not terminated, info
 
@@ -243,18 +213,16 @@ class LogReplayEnv(gym.Env):
         off = not bool(np.all(self.index.on_drivable(ego_corners)))
         if not len(a_state):
             return contacts, False, off
-        # Cheap prefilter: only agents whose circumscribed circle reaches the ego's.
-        c = ego_corners.mean(axis=0)
-        d2 = (a_state[:, 0] - c[0]) ** 2 + (a_state[:, 1] - c[1]) ** 2
-        near = np.flatnonzero(a_valid & (d2 <= (self._ego_radius + self._agent_radius) ** 2))
-        near = np.array([i for i in near.tolist() if i not in self._collided], dtype=np.int64)
-        if not len(near):
-            return contacts, False, off
+        # agents not already hit whose box touches the ego's (circle prefilter + exact test)
+        cand = a_valid.copy()
+        if self._collided:
+            cand[[i for i in self._collided if i < len(cand)]] = False
         a_corners = np.zeros((len(a_state), 4, 2))
-        a_corners[near] = box_corners(a_state[near, 0], a_state[near, 1], a_state[near, 2],
-                                      self.agent_size[near, 0], self.agent_size[near, 1])  # fmt: skip
-        touching = col.boxes_overlap(ego_corners[None], a_corners[near])
-        hit = near[touching].tolist()
+        idx = np.flatnonzero(cand)
+        a_corners[idx] = box_corners(a_state[idx, 0], a_state[idx, 1], a_state[idx, 2],
+                                     self.agent_size[idx, 0], self.agent_size[idx, 1])  # fmt: skip
+        _, hit_idx = col.overlapping_pairs(ego_corners[None], a_corners, agent_mask=cand)
+        hit = sorted(hit_idx.tolist())
         if not hit:
             return contacts, False, off
         hit_arr = np.array(hit)
@@ -311,10 +279,10 @@ class LogReplayEnv(gym.Env):
         h[:, :2] = scene_to_rig_xy(hist[:, :2], pose)
         h[:, 2] = wrap_angle(hist[:, 2] - pose[2])
         h[:, 3] = np.hypot(hist[:, 3], hist[:, 4])
-        c = self.config["command"]
-        route, cmd = route_observation(self.route, pose, c["lookahead_m"], c["lateral_threshold_m"])
+        c = self.config.command
+        route, cmd = route_observation(self.route, pose, c.lookahead_m, c.lateral_threshold_m)
         a_state, a_valid = self.agent_traj[:, k], self.agent_valid_traj[:, k]
-        agents = np.zeros((MAX_AGENTS, 8), np.float32)
+        agents = np.zeros((MAX_AGENTS, AGENT_FEATURES), np.float32)
         mask = np.zeros(MAX_AGENTS, dtype=bool)
         valid = np.flatnonzero(a_valid)
         if len(valid):

@@ -114,19 +114,20 @@ def windows(num_steps: int, length: int = WINDOW_STEPS, stride: int = WINDOW_STR
     return out
 
 
+#: The default env's log warm-up (``envs/default.yaml`` ``warmup_s`` 1.6 s) and the scorer's
+#: horizon (``scoring.openloop.HORIZON_STEPS``), in steps. The scene layer sits below both, so
+#: it states them here; ``tests/test_scenes_import_cli.py`` fails if they drift apart.
+ENV_WARMUP_STEPS = 16
+SCORING_HORIZON_STEPS = 40
+
+
 def min_scene_steps(t0_index: int = T0_INDEX) -> int:
     """Fewest steps a scene needs: the env's warm-up, then one full scoring window.
 
     Why: a scene shorter than that is scored over windows shorter than the scorer's 4 s
-    horizon, so its scores do not mean what they mean elsewhere. The constants are read from
-    the env config (``warmup_s``) and the scorer (``HORIZON_STEPS``) -- lazily, the one place
-    the scene layer looks downstream -- so the rule follows them instead of copying them.
+    horizon, so its scores do not mean what they mean elsewhere.
     """
-    from alpasim_policy.scoring.openloop import HORIZON_STEPS
-    from alpasim_policy.sim.config import DEFAULTS
-
-    warmup = int(round(float(DEFAULTS["warmup_s"]) / float(DEFAULTS["dt"])))
-    return max(warmup, int(t0_index)) + HORIZON_STEPS + 1
+    return max(ENV_WARMUP_STEPS, int(t0_index)) + SCORING_HORIZON_STEPS + 1
 
 
 def too_short(num_steps: int, min_steps: int) -> str | None:

@@ -1,7 +1,7 @@
-"""Small constructed scenes (straight roads, hand-placed agents) for the scorer's tests and bench.
+"""Test helper: small constructed scenes (straight roads, hand-placed agents) for the scorer's tests.
 
-Why in the package: the metric tests derive expected values by hand on geometry simple enough
-to reason about, and the scorer benchmark needs a scene even before the bundled suite exists.
+Why: the metric tests derive expected values by hand on geometry simple enough to reason about.
+Only tests use it, so it lives beside them, not in the package.
 
 Layout of :func:`straight_road_scene` (scene frame, metres): three 3.5 m lanes along x from
 -100 to 300. ``ego`` lane: y in [-1.75, 1.75] driving +x (the route); ``left`` lane: y in
