@@ -145,9 +145,9 @@ def test_auto_mode_ignores_a_cache_made_by_another_reference_version(tmp_path, s
     arrays["reference/state"] = arrays["reference/state"] + 100.0  # an "old idm" that drove elsewhere
     path.write_bytes(pack_archive(arrays, meta))
     monkeypatch.setattr(report, "DEFAULT_CACHE_DIR", tmp_path)
-    _, used = report._world_for(scene.scene_id, "auto", False, {}, IDM_REFERENCE)
+    _, used = report._world_for(scene.scene_id, "auto", False, {}, reference=IDM_REFERENCE)
     np.testing.assert_array_equal(used.reference_state, arrays["reference/state"])  # same version: cache used
     meta["reference_version"] = "0"
     path.write_bytes(pack_archive(arrays, meta))
-    _, rebuilt = report._world_for(scene.scene_id, "auto", False, {}, IDM_REFERENCE)
+    _, rebuilt = report._world_for(scene.scene_id, "auto", False, {}, reference=IDM_REFERENCE)
     assert np.abs(rebuilt.reference_state - arrays["reference/state"]).min() > 50.0
