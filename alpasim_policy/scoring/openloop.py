@@ -22,22 +22,17 @@ scorer``): every metric is a numpy / shapely array operation over all proposals.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from alpasim_policy.errors import PolicyOutputError
 from alpasim_policy.scoring import pdms as P
 from alpasim_policy.scoring.metrics import comfort as C
+from alpasim_policy.scoring.metrics import registry as R
 from alpasim_policy.scoring.metrics._common import AgentWindow, EgoGeometry, agent_window
-from alpasim_policy.scoring.metrics.dac import drivable_area_compliance
-from alpasim_policy.scoring.metrics.ddc import driving_direction_compliance
-from alpasim_policy.scoring.metrics.ec import extended_comfort
-from alpasim_policy.scoring.metrics.ep import ego_progress, raw_progress
-from alpasim_policy.scoring.metrics.lk import lane_keeping
-from alpasim_policy.scoring.metrics.nc import first_contacts, no_at_fault_collisions
-from alpasim_policy.scoring.metrics.tlc import traffic_light_compliance
-from alpasim_policy.scoring.metrics.ttc import time_to_collision
+from alpasim_policy.scoring.metrics.ep import ego_progress
+from alpasim_policy.scoring.profiles import DEFAULT_PROFILE, ScoringProfile, get_profile
 from alpasim_policy.scoring.world import ScoringWorld
 
 HORIZON_STEPS = 40
@@ -45,13 +40,19 @@ HORIZON_STEPS = 40
 
 @dataclass
 class ScoreResult:
-    """Per-proposal sub-metrics (filtered when the human filter ran) and scores, each (B,)."""
+    """Per-proposal sub-metrics (filtered when the human filter ran) and scores, each (B,).
+
+    ``profile`` names the scoring profile (:mod:`alpasim_policy.scoring.profiles`); ``valid`` says
+    per sub-metric where it could be evaluated (EC without a previous plan: False, value 1).
+    """
 
     metrics: dict[str, np.ndarray]
     raw: dict[str, np.ndarray]  # before the human filter
     human: dict[str, float] | None
     progress_m: np.ndarray
-    states: np.ndarray  # (B, S, 7) what was scored
+    states: np.ndarray  # (B, S, 7|9) what was scored
+    profile: str = DEFAULT_PROFILE
+    valid: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def pdms(self) -> np.ndarray:
@@ -62,33 +63,41 @@ class ScoreResult:
         return self.metrics["EPDMS"]
 
 
+_NOT_EP = tuple(k for k in R.SUB_METRICS if k != "EP")
+
+
+def _context(
+    world: ScoringWorld,
+    states: np.ndarray,
+    win: AgentWindow,
+    history: np.ndarray | None,
+    previous: np.ndarray | None,
+    profile: ScoringProfile | str | None,
+    previous_offset: int,
+) -> R.MetricContext:
+    ego = EgoGeometry(states, world, profile)
+    ctx = R.MetricContext(ego, win, world.dt, history, previous, previous_offset)
+    R.compute_all(ctx, _NOT_EP)
+    return ctx
+
+
 def raw_metrics(
     world: ScoringWorld,
     states: np.ndarray,
     win: AgentWindow,
     history: np.ndarray | None = None,
     previous: np.ndarray | None = None,
+    *,
+    profile: ScoringProfile | str | None = None,
+    previous_offset: int = 0,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """All sub-metrics except EP (which needs the reference), plus raw progress (B,)."""
-    ego = EgoGeometry(states, world)
-    dt = world.dt
-    contacts = first_contacts(ego, win)
-    m = {
-        "NC": no_at_fault_collisions(ego, win, contacts=contacts),
-        "DAC": drivable_area_compliance(ego),
-        "DDC": driving_direction_compliance(ego, dt),
-        "TLC": traffic_light_compliance(ego, win),
-        "TTC": time_to_collision(ego, win, dt),
-        "C": C.comfort(ego.states, dt),
-        "HC": C.history_comfort(ego.states, history, dt),
-        "LK": lane_keeping(ego, dt),
-        "EC": extended_comfort(ego.states, previous, dt),
-    }
-    return m, raw_progress(world, ego.center)
+    ctx = _context(world, states, win, history, previous, profile, previous_offset)
+    return {k: r.value for k, r in ctx.results.items()}, ctx.progress
 
 
 def _multiplier(m: dict[str, np.ndarray]) -> np.ndarray:
-    return np.prod([m[k] for k in P.MULTIPLIERS_EPDMS], axis=0)
+    return R.multiplier(m, "EPDMS")
 
 
 def history_before(world: ScoringWorld, step: int, n: int = C.HISTORY_STEPS) -> np.ndarray:
@@ -110,8 +119,12 @@ def score_states(
     previous: np.ndarray | None = None,
     reference: np.ndarray | None = None,
     human_states: np.ndarray | None = None,
+    profile: ScoringProfile | str | None = None,
+    previous_offset: int = 0,
+    win: AgentWindow | None = None,
+    reference_from_world: bool = True,
 ) -> ScoreResult:
-    """Score already-simulated ego states (B, S, 7) whose first row is at scene step ``start_step``.
+    """Score already-simulated ego states (B, S, 7|9) whose first row is at scene step ``start_step``.
 
     ``human_states`` (S, 7) is what the human filter scores (default: the logged ego over the
     same steps; :func:`score_plans` passes the log's future run through the tracker).
@@ -120,43 +133,76 @@ def score_states(
     rollout over the same steps). With ``agents="constant_velocity"`` and no explicit reference,
     no logged future is used: EP is normalised by the best safe proposal of the batch (NAVSIM's
     batch rule), so samples that make less progress rank lower.
+
+    ``profile`` (default ``project``): with ``navsim``, EP is normalised over the whole batch plus
+    the reference (``score_proposals``) and the human is scored alone without history (``pdm_score``);
+    the other switches act inside the metrics (see :mod:`alpasim_policy.scoring.profiles`).
+    ``previous_offset``: steps by which ``previous`` started earlier (see EC).
+    ``reference_from_world=False``: no reference unless ``reference`` is given (the batch rule).
     """
+    prof = get_profile(profile)
     st = np.asarray(states, dtype=np.float64)
     if st.ndim == 2:
         st = st[None]
     B, S = st.shape[:2]
-    win = agent_window(world, start_step, S, agents, agent_state, agent_valid)
+    if win is None:
+        win = agent_window(world, start_step, S, agents, agent_state, agent_valid)
     if history is None:
         history = history_before(world, start_step)
-    m, prog = raw_metrics(world, st, win, history, previous)
+    ctx = _context(world, st, win, history, previous, prof, previous_offset)
+    m = {k: r.value for k, r in ctx.results.items()}
+    prog = ctx.progress
 
     ref_states = reference
-    if ref_states is None and agents == "log":
+    if ref_states is None and agents == "log" and reference_from_world:
         ref_states = _slice_steps(world.reference, start_step, S)
-    extra = []
-    if ref_states is not None:
-        extra.append(ref_states)
     want_human = human_filter and agents == "log"
+    hum = None
     if want_human:
-        extra.append(_slice_steps(world.human_state, start_step, S) if human_states is None else human_states)
+        hum = _slice_steps(world.human_state, start_step, S) if human_states is None else human_states
     ref_prog, ref_mult, human = 0.0, 0.0, None
-    if extra:
-        em, eprog = raw_metrics(world, np.stack(extra), win, history, None)
-        i = 0
+    if prof.human_scored_alone:
         if ref_states is not None:
+            em, eprog = raw_metrics(world, np.asarray(ref_states)[None], win, history, None, profile=prof)
             ref_prog, ref_mult = float(eprog[0]), float(_multiplier(em)[0])
-            i = 1
-        if want_human:
-            human = {k: float(v[i]) for k, v in em.items()}
-            hm = {k: em[k][i : i + 1] for k in em}
-            human["EP"] = float(ego_progress(eprog[i : i + 1], _multiplier(hm), ref_prog, ref_mult)[0])
+        if hum is not None:
+            hm, hprog = raw_metrics(world, np.asarray(hum)[None], win, None, None, profile=prof)
+            human = {k: float(v[0]) for k, v in hm.items()}
+            human["EP"] = float(
+                ego_progress(hprog, _multiplier(hm), float(np.max(hprog * _multiplier(hm))), 1.0)[0]
+            )
+    else:
+        extra = []
+        if ref_states is not None:
+            extra.append(ref_states)
+        if hum is not None:
+            extra.append(hum)
+        if extra:
+            width = min(np.shape(e)[-1] for e in extra)
+            em, eprog = raw_metrics(world, np.stack([np.asarray(e)[..., :width] for e in extra]), win, history, None,
+                                    profile=prof)  # fmt: skip
+            i = 0
+            if ref_states is not None:
+                ref_prog, ref_mult = float(eprog[0]), float(_multiplier(em)[0])
+                i = 1
+            if hum is not None:
+                human = {k: float(v[i]) for k, v in em.items()}
+                hm = {k: em[k][i : i + 1] for k in em}
+                human["EP"] = float(ego_progress(eprog[i : i + 1], _multiplier(hm), ref_prog, ref_mult)[0])
+    mult = _multiplier(m)
     if ref_states is None:
         # no reference planner: NAVSIM's batch rule -- normalise by the best safe proposal
-        ref_prog, ref_mult = float(np.max(prog * _multiplier(m))) if len(prog) else 0.0, 1.0
-    m["EP"] = ego_progress(prog, _multiplier(m), ref_prog, ref_mult)
+        ref_prog, ref_mult = float(np.max(prog * mult)) if len(prog) else 0.0, 1.0
+    elif prof.ep_normalisation == "batch":
+        # NAVSIM's score_proposals([reference] + proposals): the best safe progress of the batch
+        ref_prog, ref_mult = max(float(np.max(prog * mult)), ref_prog * ref_mult), 1.0
+    m["EP"] = ego_progress(prog, mult, ref_prog, ref_mult)
     raw = P.with_scores(m)
     filtered = P.with_scores(P.apply_human_filter(m, human)) if human is not None else raw
-    return ScoreResult(metrics=filtered, raw=raw, human=human, progress_m=prog, states=st)
+    valid = {k: r.valid for k, r in ctx.results.items()}
+    valid["EP"] = np.ones(B, bool)
+    return ScoreResult(metrics=filtered, raw=raw, human=human, progress_m=prog, states=st, profile=prof.name,
+                       valid=valid)  # fmt: skip
 
 
 def _slice_steps(arr: np.ndarray, start: int, n: int) -> np.ndarray:

@@ -102,7 +102,7 @@ class ScoringWorld:
 
     @cached_property
     def intersection_area(self) -> shapely.Geometry:
-        polys = self.lane_polygons[self.lane_is_intersection]
+        polys = self.intersection_parts
         g = shapely.union_all(polys) if len(polys) else shapely.Polygon()
         shapely.prepare(g)
         return g
@@ -136,24 +136,54 @@ class ScoringWorld:
         # below ~50k points shapely alone is faster than building a grid
         return n_points >= RASTER_MIN_POINTS or name in self.extra.get("static", {})
 
-    def lane_membership(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(point index, lane index) pairs: the point lies in (or on) the lane polygon."""
+    def lane_membership(self, xy: np.ndarray, strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(point index, lane index) pairs: the point lies in (or, unless ``strict``, on) the lane polygon."""
         from alpasim_policy.scoring.metrics._common import points_in_polygons
 
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        if strict:
+            return points_in_polygons(xy, self.lane_polygons, strict=True)
         if self._use_raster("lane_raster", len(xy)):
             return self.lane_raster.query(xy)
         return points_in_polygons(xy, self.lane_polygons)
 
-    def on_drivable(self, xy: np.ndarray) -> np.ndarray:
+    def _strictly_in_any(self, parts: np.ndarray, xy: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(xy), dtype=bool)
+        for g in parts:
+            shapely.prepare(g)
+            out |= shapely.contains_xy(g, xy[:, 0], xy[:, 1])
+        return out
+
+    @property
+    def drivable_parts(self) -> np.ndarray:
+        """The drivable area as its separate polygons (NAVSIM tests each on its own); the union if unknown."""
+        parts = self.extra.get("drivable_parts")
+        return (
+            np.asarray(parts, dtype=object) if parts is not None else np.array([self.drivable], dtype=object)
+        )
+
+    @property
+    def intersection_parts(self) -> np.ndarray:
+        """The intersection layer as separate polygons (default: the lanes flagged ``is_intersection``)."""
+        parts = self.extra.get("intersection_parts")
+        if parts is not None:
+            return np.asarray(parts, dtype=object)
+        return np.asarray(self.lane_polygons, dtype=object)[self.lane_is_intersection]
+
+    def on_drivable(self, xy: np.ndarray, strict: bool = False) -> np.ndarray:
+        """Points inside (or, unless ``strict``, on) the drivable area; ``strict`` tests each part alone."""
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        if strict:
+            return self._strictly_in_any(self.drivable_parts, xy)
         if self._use_raster("drivable_raster", len(xy)):
             return self.drivable_raster.contains(xy)
         shapely.prepare(self.drivable)
         return shapely.intersects_xy(self.drivable, xy[:, 0], xy[:, 1])
 
-    def in_intersection(self, xy: np.ndarray) -> np.ndarray:
+    def in_intersection(self, xy: np.ndarray, strict: bool = False) -> np.ndarray:
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        if strict:
+            return self._strictly_in_any(self.intersection_parts, xy)
         inter = self.intersection_area
         if inter.is_empty:
             return np.zeros(len(xy), dtype=bool)

@@ -14,6 +14,7 @@ import numpy as np
 import shapely
 
 from alpasim_policy.scenes.geometry import box_corners
+from alpasim_policy.scoring.profiles import ScoringProfile, get_profile
 from alpasim_policy.scoring.world import ScoringWorld
 from alpasim_policy.sim.collision import boxes_overlap
 
@@ -38,8 +39,10 @@ def relative_angle(ego_xy: np.ndarray, ego_heading: np.ndarray, agent_xy: np.nda
     return np.where(n < 1e-12, 0.0, ang)
 
 
-def points_in_polygons(xy: np.ndarray, polygons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All (point, polygon) pairs where a point lies in (or on) a polygon.
+def points_in_polygons(
+    xy: np.ndarray, polygons: np.ndarray, strict: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """All (point, polygon) pairs where a point lies in (or, unless ``strict``, on) a polygon.
 
     Why not an STRtree of points: building 10^6 shapely points costs more than the test.
     Points are sorted by x once; each polygon only tests the x-slice of its bounding box,
@@ -65,7 +68,8 @@ def points_in_polygons(xy: np.ndarray, polygons: np.ndarray) -> tuple[np.ndarray
         if not len(cand):
             continue
         shapely.prepare(poly)
-        inside = shapely.intersects_xy(poly, xy[cand, 0], xy[cand, 1])
+        test = shapely.contains_xy if strict else shapely.intersects_xy
+        inside = test(poly, xy[cand, 0], xy[cand, 1])
         hit = cand[inside]
         pi.append(hit)
         gi.append(np.full(len(hit), k, dtype=np.int64))
@@ -77,14 +81,18 @@ def points_in_polygons(xy: np.ndarray, polygons: np.ndarray) -> tuple[np.ndarray
 class EgoGeometry:
     """The ego box over time for B proposals: rear-axle states -> centres, corners, polygons."""
 
-    def __init__(self, states: np.ndarray, world: ScoringWorld):
+    def __init__(self, states: np.ndarray, world: ScoringWorld, profile: ScoringProfile | str | None = None):
         st = np.asarray(states, dtype=np.float64)
         if st.ndim == 2:
             st = st[None]
-        if st.ndim != 3 or st.shape[-1] != 7:
-            raise ValueError(f"ego states must be (B, S, 7) EGO_COLUMNS, got {st.shape}")
+        if st.ndim != 3 or st.shape[-1] not in (7, 9):
+            raise ValueError(
+                f"ego states must be (B, S, 7) EGO_COLUMNS (+ yaw_rate, yaw_accel -> 9), got {st.shape}"
+            )
         self.states = st
         self.world = world
+        self.profile = get_profile(profile)
+        self.strict = self.profile.strict_areas
         h = st[..., 2]
         self.heading = h
         self.rear_xy = st[..., :2]
@@ -117,7 +125,7 @@ class EgoGeometry:
         n = B * S
         corners = self.corners.reshape(n * 4, 2)
         centers = self.center.reshape(n, 2)
-        on_road = w.on_drivable(corners).reshape(n, 4)
+        on_road = w.on_drivable(corners, strict=self.strict).reshape(n, 4)
         non_drivable = ~on_road.all(axis=1)
 
         L = len(w.lane_polygons)
@@ -125,7 +133,7 @@ class EgoGeometry:
         on_route = np.zeros(n, dtype=bool)
         if L:
             pts = np.concatenate([corners, centers])
-            p_idx, l_idx = w.lane_membership(pts)
+            p_idx, l_idx = w.lane_membership(pts, strict=self.strict)
             is_corner = p_idx < n * 4
             # corners: count corners per (box, lane)
             box = p_idx[is_corner] // 4
@@ -140,7 +148,7 @@ class EgoGeometry:
             cbox = p_idx[~is_corner] - n * 4
             clane = l_idx[~is_corner]
             on_route[cbox[w.lane_on_route[clane]]] = True
-        in_inter = w.in_intersection(centers)
+        in_inter = w.in_intersection(centers, strict=self.strict)
         return {
             "multiple_lanes": multiple.reshape(B, S),
             "non_drivable": non_drivable.reshape(B, S),
@@ -172,6 +180,15 @@ class AgentWindow:
     @cached_property
     def speed(self) -> np.ndarray:
         return np.hypot(self.state[..., 3], self.state[..., 4])
+
+    @cached_property
+    def first_seen_speed(self) -> np.ndarray:
+        """(M,) each agent's speed at the first step it is valid in the window (NAVSIM's
+        ``unique_objects`` keep that first sighting); 0 for an agent never seen."""
+        if not self.valid.size:
+            return np.zeros(self.size.shape[0])
+        first = np.argmax(self.valid, axis=0)
+        return np.where(self.valid.any(axis=0), self.speed[first, np.arange(self.valid.shape[1])], 0.0)
 
     @cached_property
     def half_diag(self) -> np.ndarray:

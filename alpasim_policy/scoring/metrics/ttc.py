@@ -52,15 +52,16 @@ def time_to_collision(ego: EgoGeometry, win: AgentWindow, dt: float = 0.1) -> np
     b, s, m, ki = b[moving], s[moving], m[moving], ki[moving]
     first = first_per_pair(b, m, s * len(PROJECTION_STEPS) + ki)
     b, s, m, ki = b[first], s[first], m[first], ki[first]
-    initial = (s == 0) & (ki == 0)
-    b, s, m, ki = b[~initial], s[~initial], m[~initial], ki[~initial]
+    if ego.profile.ignore_initial_contacts:
+        initial = (s == 0) & (ki == 0)
+        b, s, m, ki = b[~initial], s[~initial], m[~initial], ki[~initial]
     if not len(b):
         return out
     k_steps = np.asarray(PROJECTION_STEPS)[ki]
     agent_xy = win.state[s + k_steps, m, :2]
     ang = relative_angle(ego.rear_xy[b, s], ego.heading[b, s], agent_xy)
     a = ego.areas
-    rear_in_inter = ego.world.in_intersection(ego.rear_xy[b, s])
+    rear_in_inter = ego.world.in_intersection(ego.rear_xy[b, s], strict=ego.strict)
     risky_area = a["multiple_lanes"][b, s] | a["non_drivable"][b, s] | rear_in_inter
     violation = (ang < AHEAD_ANGLE) | (risky_area & ~(ang > BEHIND_ANGLE))
     out[b[violation]] = 0.0
