@@ -236,6 +236,57 @@ class ScoringWorld:
             best = np.minimum(best, d)
         return best
 
+    @cached_property
+    def _route_segments(self) -> dict[str, np.ndarray | object]:
+        from scipy.spatial import cKDTree
+
+        pts = np.asarray(self.route_polyline, np.float64)
+        a, ab = pts[:-1], np.diff(pts, axis=0)
+        seg_len = np.hypot(ab[:, 0], ab[:, 1])
+        return {
+            "a": a,
+            "ab": ab,
+            "len": seg_len,
+            "start": np.concatenate([[0.0], np.cumsum(seg_len)[:-1]]),
+            "lo": np.minimum(pts[:-1], pts[1:]),
+            "hi": np.maximum(pts[:-1], pts[1:]),
+            "tree": cKDTree(pts),
+        }
+
+    def route_locate(self, points: np.ndarray, chunk: int = 256) -> np.ndarray:
+        """Arc length (m) along the route of the closest route point to each point (N, 2).
+
+        Same rule as shapely's ``line_locate_point`` (the first segment at minimal distance, then
+        the clamped projection onto it), about 10x faster for thousands of points: points are
+        de-duplicated and sorted, and each chunk of them is tested only against the segments whose
+        bounding box lies within the chunk's largest nearest-vertex distance (no segment farther
+        than that can be the closest, so the result is exact).
+        """
+        pts = np.asarray(points, np.float64).reshape(-1, 2)
+        seg = self._route_segments
+        if not len(seg["a"]) or not len(pts):
+            return shapely.line_locate_point(self.route_line, shapely.points(pts))
+        uniq, inverse = np.unique(pts, axis=0, return_inverse=True)
+        bound = seg["tree"].query(uniq)[0] + 1e-9
+        out = np.empty(len(uniq))
+        a, ab, seg_len, start = seg["a"], seg["ab"], seg["len"], seg["start"]
+        denom = np.maximum(seg_len**2, 1e-300)
+        for lo in range(0, len(uniq), chunk):  # np.unique sorts by x, then y: chunks are compact
+            p = uniq[lo : lo + chunk]
+            u = float(bound[lo : lo + chunk].max())
+            cmin, cmax = p.min(axis=0) - u, p.max(axis=0) + u
+            cand = np.flatnonzero(np.all((seg["lo"] <= cmax) & (seg["hi"] >= cmin), axis=1))
+            ap = p[:, None, :] - a[cand][None]
+            abc = ab[cand]
+            t = np.clip((ap[..., 0] * abc[:, 0] + ap[..., 1] * abc[:, 1]) / denom[cand], 0.0, 1.0)
+            dx = ap[..., 0] - t * abc[:, 0]
+            dy = ap[..., 1] - t * abc[:, 1]
+            best = np.argmin(dx * dx + dy * dy, axis=1)
+            rows = np.arange(len(best))
+            k = cand[best]
+            out[lo : lo + chunk] = start[k] + t[rows, best] * seg_len[k]
+        return out[inverse.reshape(-1)]
+
     def prepare(self) -> ScoringWorld:
         """Build the spatial indices now (so a benchmark or a worker pays it once, up front)."""
         shapely.prepare(self.drivable)

@@ -112,6 +112,8 @@ def _hc(ctx: MetricContext) -> MetricResult:
     no_history = ctx.history is None or len(ctx.history) == 0
     if no_history and ctx.ego.profile.hc_needs_history:
         return MetricResult.of(np.ones(ctx.ego.shape[0]), False)
+    if no_history and "C" in ctx.results:  # HC of a trajectory without a past is its C
+        return ctx.results["C"]
     return MetricResult.of(
         C.history_comfort(ctx.ego.states, ctx.history, ctx.dt, ctx.rear_axle_to_center, shift)
     )
@@ -136,7 +138,8 @@ def _ep(ctx: MetricContext) -> MetricResult:
     return MetricResult.of(ego_progress(prog, mult, ref_prog, ref_mult))
 
 
-#: order matters: multipliers first (EP reads them), then the weighted terms in NAVSIM's order
+#: order matters: multipliers first (EP reads them), C before HC (HC reuses it without a history);
+#: the weighted terms of each score are summed in this order (NAVSIM's)
 REGISTRY: tuple[MetricSpec, ...] = (
     MetricSpec("NC", "multiplier", {"PDMS": 1, "EPDMS": 1}, _nc, "no at-fault collisions {0, 1/2, 1}"),
     MetricSpec("DAC", "multiplier", {"PDMS": 1, "EPDMS": 1}, _dac, "drivable-area compliance {0, 1}"),
@@ -144,10 +147,10 @@ REGISTRY: tuple[MetricSpec, ...] = (
     MetricSpec("TLC", "multiplier", {"EPDMS": 1}, _tlc, "traffic-light compliance {0, 1}"),
     MetricSpec("EP", "weighted", {"PDMS": 5.0, "EPDMS": 5.0}, _ep, "ego progress [0, 1]"),
     MetricSpec("TTC", "weighted", {"PDMS": 5.0, "EPDMS": 5.0}, _ttc, "time to collision within bound {0, 1}"),
+    MetricSpec("C", "weighted", {"PDMS": 2.0}, _c, "comfort {0, 1}"),
     MetricSpec("LK", "weighted", {"EPDMS": 2.0}, _lk, "lane keeping {0, 1}"),
     MetricSpec("HC", "weighted", {"EPDMS": 2.0}, _hc, "history comfort {0, 1}"),
     MetricSpec("EC", "weighted", {"EPDMS": 2.0}, _ec, "extended comfort {0, 1}"),
-    MetricSpec("C", "weighted", {"PDMS": 2.0}, _c, "comfort {0, 1}"),
 )
 BY_NAME: dict[str, MetricSpec] = {m.name: m for m in REGISTRY}
 SCORES = ("PDMS", "EPDMS")

@@ -1,0 +1,89 @@
+"""The public scoring API, the metric registry and the exact fast route projection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import shapely
+
+from alpasim_policy.scenes.format import load_scene
+from alpasim_policy.scenes.suite import load_suite
+from alpasim_policy.scoring import pdms as P
+from alpasim_policy.scoring.api import Agents, ScoringMap, score_trajectories, world_from_arrays
+from alpasim_policy.scoring.metrics import registry as R
+
+LANE = [[-50.0, -1.75], [300.0, -1.75], [300.0, 1.75], [-50.0, 1.75]]
+ROAD = ScoringMap(lanes=[LANE], centerline=[[-50.0, 0.0], [300.0, 0.0]])
+
+
+def straight(v: float, n: int = 41, y: float = 0.0) -> np.ndarray:
+    t = np.arange(n) * 0.1
+    st = np.zeros((n, 7))
+    st[:, 0], st[:, 1], st[:, 3] = v * t, y, v
+    return st
+
+
+def test_route_locate_equals_shapely_on_a_curvy_route():
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 3 * np.pi, 300)
+    world = world_from_arrays(ScoringMap(lanes=[LANE], centerline=np.stack([20 * t, 15 * np.sin(t)], -1)), 41)
+    pts = np.concatenate([rng.uniform([-20, -40], [220, 40], (3000, 2)), np.repeat([[3.0, 4.0]], 50, 0)])
+    want = shapely.line_locate_point(world.route_line, shapely.points(pts))
+    np.testing.assert_allclose(world.route_locate(pts), want, rtol=0, atol=1e-9)
+
+
+def test_registry_derives_pdms_and_epdms():
+    assert P.MULTIPLIERS_PDMS == ("NC", "DAC") and P.MULTIPLIERS_EPDMS == ("NC", "DAC", "DDC", "TLC")
+    assert P.WEIGHTS_PDMS == {"EP": 5.0, "TTC": 5.0, "C": 2.0}
+    assert P.WEIGHTS_EPDMS == {"EP": 5.0, "TTC": 5.0, "LK": 2.0, "HC": 2.0, "EC": 2.0}
+    rng = np.random.default_rng(1)
+    m = {k: rng.choice([0.0, 0.5, 1.0], 8) for k in R.SUB_METRICS}
+    m["EP"] = rng.uniform(0, 1, 8)
+    pd = m["NC"] * m["DAC"] * (5 * m["TTC"] + 5 * m["EP"] + 2 * m["C"]) / 12
+    ep = m["NC"] * m["DAC"] * m["DDC"] * m["TLC"]
+    ep = ep * (5 * m["EP"] + 5 * m["TTC"] + 2 * m["LK"] + 2 * m["HC"] + 2 * m["EC"]) / 16
+    np.testing.assert_allclose(P.pdms(m), pd)
+    np.testing.assert_allclose(P.epdms(m), ep)
+
+
+def test_api_scores_arrays_and_names_the_profile():
+    lead = np.zeros((1, 41, 5))
+    lead[0, :, 0] = 25.0 + 3.0 * np.arange(41) * 0.1
+    lead[0, :, 3] = 3.0
+    res = score_trajectories(np.stack([straight(12.0), straight(2.0)]), ROAD, Agents(lead, [[4.5, 2.0]]))
+    assert res.profile == "project"
+    assert set(res.metrics) == set(R.SUB_METRICS)
+    assert res.metrics["NC"].value.tolist() == [0.0, 1.0]  # the fast one runs into the lead car
+    assert not res.metrics["EC"].valid.any() and res.metrics["NC"].valid.all()
+    assert res.rows()[1]["profile"] == "project" and res.epdms[0] == 0.0
+    nav = score_trajectories(straight(10.0), ROAD, profile="navsim")
+    assert nav.profile == "navsim" and nav.epdms[0] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"ego_states": np.zeros((41, 5))}, "ego_states"),
+        ({"road": ScoringMap(lanes=[[[0, 0], [1, 1]]], centerline=[[0, 0], [1, 0]])}, "lanes[0]"),
+        ({"road": ScoringMap(lanes=[LANE], centerline=[[0, 0]])}, "centerline"),
+        ({"agents": Agents(np.zeros((2, 40, 5)), np.ones((2, 2)))}, "agents.state"),
+        ({"profile": "nuplan"}, "profile"),
+    ],
+)
+def test_api_rejects_bad_input_naming_the_field(kwargs, field):
+    args = {"ego_states": straight(5.0), "road": ROAD, **kwargs}
+    with pytest.raises(ValueError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        score_trajectories(**args)
+
+
+def test_api_scores_on_a_scene():
+    scene = load_scene(load_suite("bundled")[0])
+    t0 = int(scene.metadata.t0_index)
+    n = min(41, scene.num_steps - t0)
+    log = np.asarray(scene.ego.state[t0 : t0 + n], float)
+    res = score_trajectories(log[None], scene, human=log)
+    # the logged human, scored against itself: nothing it did is penalised
+    for k in ("NC", "DAC", "DDC", "TLC"):
+        assert res.metrics[k].value[0] == 1.0
+    with pytest.raises(ValueError, match="agents"):
+        score_trajectories(log[None], scene, Agents(np.zeros((0, n, 5)), np.zeros((0, 2))))
