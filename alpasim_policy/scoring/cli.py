@@ -210,6 +210,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _navsim_rows(args: argparse.Namespace) -> list[dict]:
     """The side-by-side row: simulate + score of the 3-lane / 20-vehicle case here and in NAVSIM."""
+    import os
     import tempfile
 
     from alpasim_policy.bench import print_summary
@@ -229,6 +230,7 @@ def _navsim_rows(args: argparse.Namespace) -> list[dict]:
         f"alpasim-policy {total:.2f} s (simulate {ours['simulate_s']:.2f} + score {ours['score_s']:.2f}, median of "
         f"{max(1, args.repeats)}); one proposal {ours['one_proposal_s'] * 1e3:.1f} ms"
     )
+    load = os.getloadavg()[0]
     ratio = f"one proposal {ours['one_proposal_s'] * 1e3 / 5.0:.2f}x of the 5 ms goal"
     if args.navsim_cmd:
         with tempfile.TemporaryDirectory() as tmp:
@@ -242,6 +244,7 @@ def _navsim_rows(args: argparse.Namespace) -> list[dict]:
             f"{nav['score_s']:.1f}), same case, same run"
         )
         ratio = f"{nav_total / total:.0f}x faster than NAVSIM (goal >= 50x); " + ratio
+    result += f" (load avg {load:.1f} on the machine)"
     print_summary(summary)
     return [
         {

@@ -211,10 +211,22 @@ def _slice_steps(arr: np.ndarray, start: int, n: int) -> np.ndarray:
     return np.asarray(arr, np.float64)[idx]
 
 
-def simulate(world: ScoringWorld, start: np.ndarray, plans: np.ndarray, num_steps: int = HORIZON_STEPS):
-    """Plans (B, T, 3) scene frame from ``start`` (7,) or (B, 7) -> simulated states (B, num_steps + 1, 7)."""
-    from alpasim_policy.sim.dynamics import VehicleParams
-    from alpasim_policy.sim.tracker import simulate_plans
+def simulate(
+    world: ScoringWorld,
+    start: np.ndarray,
+    plans: np.ndarray,
+    num_steps: int = HORIZON_STEPS,
+    with_yaw: bool = False,
+) -> np.ndarray:
+    """Plans (B, T, 3) scene frame from ``start`` (7,) or (B, 7) -> simulated states (B, num_steps + 1, 7).
+
+    ``with_yaw=True`` appends ``yaw_rate, yaw_accel`` (9 columns) the way NAVSIM's kinematic
+    bicycle sets them (``batch_kinematic_bicycle.py``): ``v tan(steer) / wheelbase`` of each state
+    and its backward difference over one step (0 for the start row), so comfort reads the same
+    signals NAVSIM's scorer reads.
+    """
+    from alpasim_policy.sim.dynamics import VehicleParams, from_ego_columns, to_ego_columns, yaw_rate
+    from alpasim_policy.sim.tracker import simulate_internal, simulate_plans
 
     plans = np.asarray(plans, dtype=np.float64)
     if plans.ndim == 2:
@@ -228,7 +240,19 @@ def simulate(world: ScoringWorld, start: np.ndarray, plans: np.ndarray, num_step
         width=world.ego_width,
         rear_axle_to_center=world.rear_axle_to_center,
     )
-    return simulate_plans(np.ascontiguousarray(start), plans, num_steps=num_steps, params=params)
+    start = np.ascontiguousarray(start)
+    if not with_yaw:
+        return simulate_plans(start, plans, num_steps=num_steps, params=params)
+    # the same steps simulate_plans takes, keeping the internal state for the yaw columns
+    traj = simulate_internal(from_ego_columns(start, params), plans, num_steps, params)
+    out = np.empty(traj.shape[:-1] + (9,))
+    out[..., :7] = to_ego_columns(traj, params)
+    out[:, 0, :7] = start
+    w = yaw_rate(traj, params)
+    out[..., 7] = w
+    out[:, 0, 8] = 0.0
+    out[:, 1:, 8] = np.diff(w, axis=1) / world.dt
+    return out
 
 
 def score_plans(
@@ -242,8 +266,12 @@ def score_plans(
     previous_plan: np.ndarray | None = None,
     history: np.ndarray | None = None,
     num_steps: int = HORIZON_STEPS,
+    profile: ScoringProfile | str | None = None,
 ) -> ScoreResult:
     """NAVSIM open-loop scoring of N plans (N, T, 3) (scene frame) made at step ``t0``.
+
+    The simulated states carry the bicycle's yaw rate / yaw acceleration (see :func:`simulate`);
+    ``profile`` picks the scoring profile (default ``project``).
 
     ``start_state`` (7,) defaults to the logged ego at t0 and ``history`` (H, 7), the states
     before it for HC, to the logged past; a closed-loop caller passes the executed ones.
@@ -269,7 +297,7 @@ def score_plans(
         if num_steps < 1:
             raise ValueError(f"t0 {t0} is the last step of the scene: nothing to score")
     start = world.human_state[t0] if start_state is None else np.asarray(start_state, np.float64)
-    states = simulate(world, start, plans, num_steps)
+    states = simulate(world, start, plans, num_steps, with_yaw=True)
     previous = None
     has_hist = history is not None and len(history) > 0
     if previous_plan is not None and (t0 > 0 or has_hist):
@@ -283,7 +311,7 @@ def score_plans(
         human_states = simulate(world, start, log_plan[None], num_steps)[0]
     return score_states(
         world, states, t0, agents=agents, human_filter=human_filter, previous=previous, history=history,
-        human_states=human_states,
+        human_states=human_states, profile=profile,
     )  # fmt: skip
 
 

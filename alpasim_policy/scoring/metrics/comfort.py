@@ -185,8 +185,8 @@ def history_comfort(
 ) -> np.ndarray:
     """(B,) HC: C of ``history`` (H, 7 or 9) logged past followed by each proposal (B, S, 7 or 9).
 
-    When the two carry different columns, both are cut to the 7 ``EGO_COLUMNS`` (yaw rate and
-    acceleration are then derived over the joined trajectory).
+    A 7-column history before 9-column states gets its yaw rate / acceleration derived from its
+    own heading (a log has no yaw-rate column); the states keep theirs.
     """
     st = np.asarray(states, dtype=np.float64)
     if st.ndim == 2:
@@ -194,7 +194,10 @@ def history_comfort(
     if history is None or len(history) == 0:
         return comfort(st, dt, rear_axle_to_center, centre_shift)
     hist = np.asarray(history, np.float64)
-    if hist.shape[-1] != st.shape[-1]:
+    if hist.shape[-1] == 7 and st.shape[-1] == 9:
+        w, a = yaw_rate_and_accel(hist, dt)
+        hist = np.concatenate([hist, w[..., None], a[..., None]], axis=-1)
+    elif hist.shape[-1] != st.shape[-1]:
         hist, st = hist[..., :7], st[..., :7]
     hist = np.broadcast_to(hist[None], (st.shape[0],) + hist.shape)
     return comfort(np.concatenate([hist, st], axis=1), dt, rear_axle_to_center, centre_shift)
