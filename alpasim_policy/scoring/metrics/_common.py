@@ -277,18 +277,20 @@ def overlapping_pairs(
         (a_xy >= lo[:, None] - reach[None, :, None]) & (a_xy <= hi[:, None] + reach[None, :, None]), -1
     )
     near &= a_valid
+    # every near (step, agent) pair at once, in chunks that keep B x pairs small
+    s_all, m_all = np.nonzero(near)
+    reach2 = reach**2
     bb, ss, mm = [], [], []
-    for s in range(S):
-        vm = np.flatnonzero(near[s])
-        if not len(vm):
-            continue
-        diff = ego_center[:, s, None, :] - a_xy[s][vm][None]  # (B, m, 2)
+    step = max(1, 1_000_000 // max(B, 1))
+    for k0 in range(0, len(s_all), step):
+        s_k, m_k = s_all[k0 : k0 + step], m_all[k0 : k0 + step]
+        diff = ego_center[:, s_k, :] - a_xy[s_k, m_k][None]  # (B, k, 2)
         d2 = diff[..., 0] ** 2 + diff[..., 1] ** 2
-        b_i, m_i = np.nonzero(d2 <= (reach[vm] ** 2)[None])
+        b_i, k_i = np.nonzero(d2 <= reach2[m_k][None])
         if len(b_i):
             bb.append(b_i)
-            ss.append(np.full(len(b_i), s, dtype=np.int64))
-            mm.append(vm[m_i])
+            ss.append(s_k[k_i])
+            mm.append(m_k[k_i])
     if not bb:
         e = np.zeros(0, np.int64)
         return e, e, e
@@ -298,11 +300,20 @@ def overlapping_pairs(
     # axis-aligned bounding boxes next (cheap), then the exact test on what is left
     ec = ego_corners[b, s]  # (K, 4, 2)
     ac = win.corners[a_step[s], m]
-    aabb = np.all((ec.min(axis=1) <= ac.max(axis=1)) & (ac.min(axis=1) <= ec.max(axis=1)), axis=-1)
+    aabb = np.all((_corner_min(ec) <= _corner_max(ac)) & (_corner_min(ac) <= _corner_max(ec)), axis=-1)
     b, s, m = b[aabb], s[aabb], m[aabb]
     # exact test: separating axes on the rectangles (the sim's rule, so env and scorer agree)
     hit = boxes_overlap(ego_corners[b, s], win.corners[a_step[s], m])
     return b[hit], s[hit], m[hit]
+
+
+def _corner_min(c: np.ndarray) -> np.ndarray:
+    """(K, 4, 2) -> (K, 2): element-wise minima (faster than a reduce over the short axis)."""
+    return np.minimum(np.minimum(c[:, 0], c[:, 1]), np.minimum(c[:, 2], c[:, 3]))
+
+
+def _corner_max(c: np.ndarray) -> np.ndarray:
+    return np.maximum(np.maximum(c[:, 0], c[:, 1]), np.maximum(c[:, 2], c[:, 3]))
 
 
 def first_per_pair(b: np.ndarray, m: np.ndarray, order_key: np.ndarray) -> np.ndarray:
