@@ -226,14 +226,15 @@ class ScoringWorld:
         dense, tree = self._route_dense
         _, k = tree.query(p)
         best = np.full(len(p), np.inf)
-        for a_i in (k - 1, k):
+        px, py = p[:, 0], p[:, 1]
+        for a_i in (k - 1, k):  # component-wise: reductions over a length-2 axis are slow in numpy
             a_i = np.clip(a_i, 0, len(dense) - 2)
-            a, b = dense[a_i], dense[a_i + 1]
-            ab = b - a
-            denom = np.maximum((ab**2).sum(-1), 1e-18)
-            t = np.clip(((p - a) * ab).sum(-1) / denom, 0.0, 1.0)
-            d = np.linalg.norm(p - (a + t[:, None] * ab), axis=-1)
-            best = np.minimum(best, d)
+            ax, ay = dense[a_i, 0], dense[a_i, 1]
+            abx, aby = dense[a_i + 1, 0] - ax, dense[a_i + 1, 1] - ay
+            denom = np.maximum(abx * abx + aby * aby, 1e-18)
+            t = np.clip(((px - ax) * abx + (py - ay) * aby) / denom, 0.0, 1.0)
+            dx, dy = px - (ax + t * abx), py - (ay + t * aby)
+            best = np.minimum(best, np.sqrt(dx * dx + dy * dy))
         return best
 
     @cached_property
