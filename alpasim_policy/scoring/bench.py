@@ -89,7 +89,7 @@ def _project_once(world, start: np.ndarray, plans: np.ndarray) -> tuple[float, f
     return t_sim, time.perf_counter() - t, res.epdms
 
 
-def time_project(case: dict[str, np.ndarray], repeats: int = 3, single_repeats: int = 20) -> dict[str, float]:
+def time_project(case: dict[str, np.ndarray], repeats: int = 3, single_repeats: int = 50) -> dict[str, float]:
     """Median simulate / score times for all plans, and the median latency of one plan alone."""
     road = ScoringMap(lanes=list(case["lanes"]), centerline=case["centerline"], lane_on_route=case["lane_on_route"],
                       drivable=list(case["drivable"]))  # fmt: skip

@@ -16,8 +16,9 @@ filter, exactly as NAVSIM does with PDM-Closed and the human trajectory. With
 ``agents="constant_velocity"`` and ``human_filter=False`` no logged future enters at all (the
 reference is replaced by the best safe proposal of the batch; see :func:`score_states`).
 
-Speed: 4096 proposals x 41 states score in 0.74 s (+0.30 s simulation) on 2 cores (``alpasim-policy bench
-scorer``): every metric is a numpy / shapely array operation over all proposals.
+Speed: every metric is a numpy / shapely array operation over all proposals; ``alpasim-policy bench
+scorer`` times 4096 proposals x 41 states, side by side with NAVSIM's own code with ``--navsim-cmd``
+(numbers in BENCHMARKS.md).
 """
 
 from __future__ import annotations
