@@ -267,16 +267,21 @@ class ScoringWorld:
         seg = self._route_segments
         if not len(seg["a"]) or not len(pts):
             return shapely.line_locate_point(self.route_line, shapely.points(pts))
-        uniq, inverse = np.unique(pts, axis=0, return_inverse=True)
-        bound = seg["tree"].query(uniq)[0] + 1e-9
+        small = len(pts) * len(seg["a"]) <= 100_000  # few points: test every segment, no pruning
+        uniq, inverse = (pts, np.arange(len(pts))) if small else np.unique(pts, axis=0, return_inverse=True)
+        bound = None if small else seg["tree"].query(uniq)[0] + 1e-9
         out = np.empty(len(uniq))
         a, ab, seg_len, start = seg["a"], seg["ab"], seg["len"], seg["start"]
         denom = np.maximum(seg_len**2, 1e-300)
+        every = np.arange(len(a))
         for lo in range(0, len(uniq), chunk):  # np.unique sorts by x, then y: chunks are compact
             p = uniq[lo : lo + chunk]
-            u = float(bound[lo : lo + chunk].max())
-            cmin, cmax = p.min(axis=0) - u, p.max(axis=0) + u
-            cand = np.flatnonzero(np.all((seg["lo"] <= cmax) & (seg["hi"] >= cmin), axis=1))
+            if bound is None:
+                cand = every
+            else:
+                u = float(bound[lo : lo + chunk].max())
+                cmin, cmax = p.min(axis=0) - u, p.max(axis=0) + u
+                cand = np.flatnonzero(np.all((seg["lo"] <= cmax) & (seg["hi"] >= cmin), axis=1))
             ap = p[:, None, :] - a[cand][None]
             abc = ab[cand]
             t = np.clip((ap[..., 0] * abc[:, 0] + ap[..., 1] * abc[:, 1]) / denom[cand], 0.0, 1.0)

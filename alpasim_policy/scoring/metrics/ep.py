@@ -22,9 +22,9 @@ PROGRESS_THRESHOLD_M = 5.0
 
 def raw_progress(world: ScoringWorld, center: np.ndarray) -> np.ndarray:
     """(B,) metres advanced along the route by box centres (B, S, 2), clipped at 0."""
-    first = world.route_locate(center[:, 0])
-    last = world.route_locate(center[:, -1])
-    return np.clip(last - first, 0.0, None)
+    s = world.route_locate(np.concatenate([center[:, 0], center[:, -1]]))
+    n = center.shape[0]
+    return np.clip(s[n:] - s[:n], 0.0, None)
 
 
 def ego_progress(
