@@ -87,3 +87,22 @@ def test_api_scores_on_a_scene():
         assert res.metrics[k].value[0] == 1.0
     with pytest.raises(ValueError, match="agents"):
         score_trajectories(log[None], scene, Agents(np.zeros((0, n, 5)), np.zeros((0, 2))))
+
+
+def test_simulated_states_carry_the_bicycles_yaw_rate():
+    """score_plans' states get yaw rate / yaw acceleration as NAVSIM's kinematic bicycle sets them."""
+    from alpasim_policy.scoring.openloop import simulate
+
+    world = world_from_arrays(ROAD, 41)
+    t = (np.arange(40) + 1) * 0.1
+    r = 40.0  # a left turn on a 40 m circle at 8 m/s: yaw rate 0.2 rad/s once the tracker settles
+    ang = 8.0 * t / r
+    plan = np.stack([r * np.sin(ang), r * (1 - np.cos(ang)), ang], -1)
+    start = np.array([0.0, 0.0, 0.0, 8.0, 0.0, 0.0, 8.0 * 8.0 / r])
+    st = simulate(world, start, plan[None], 40, with_yaw=True)[0]
+    assert st.shape == (41, 9)
+    np.testing.assert_allclose(st[:, :7], simulate(world, start, plan[None], 40)[0])
+    # the yaw rate is the heading's rate of change (forward Euler: h[k+1] = h[k] + w[k] dt)
+    np.testing.assert_allclose(np.diff(np.unwrap(st[:, 2])) / 0.1, st[:-1, 7], atol=0.02)
+    assert abs(np.median(st[10:, 7]) - 0.2) < 0.02
+    np.testing.assert_allclose(st[1:, 8], np.diff(st[:, 7]) / 0.1)
