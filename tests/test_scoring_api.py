@@ -106,3 +106,27 @@ def test_simulated_states_carry_the_bicycles_yaw_rate():
     np.testing.assert_allclose(np.diff(np.unwrap(st[:, 2])) / 0.1, st[:-1, 7], atol=0.02)
     assert abs(np.median(st[10:, 7]) - 0.2) < 0.02
     np.testing.assert_allclose(st[1:, 8], np.diff(st[:, 7]) / 0.1)
+
+
+def test_navsim_bench_plumbing(tmp_path):
+    """The side-by-side bench: the case file round-trips and the external command's JSON is read back
+    (the real NAVSIM run lives in a scratch env; a stand-in command echoes what it was given)."""
+    import sys
+
+    from alpasim_policy.scoring.bench import three_lane_case, time_navsim, time_project
+
+    case = three_lane_case(proposals=8, vehicles=20)
+    assert case["plans"].shape == (8, 40, 3) and case["agent_state"].shape == (20, 41, 5)
+    ours = time_project(case, repeats=1, single_repeats=2)
+    assert ours["score_s"] > 0 and 0.0 <= ours["mean_epdms"] <= 1.0
+    script = tmp_path / "fake_navsim.py"
+    script.write_text(
+        "import json, sys, numpy as np\n"
+        "c = np.load(sys.argv[1])\n"
+        "print('log line')\n"
+        "print(json.dumps({'simulate_s': 1.0, 'score_s': 2.0, 'proposals': int(len(c['plans']))}))\n"
+    )
+    got = time_navsim(case, f"{sys.executable} {script}", tmp_path)
+    assert got == {"simulate_s": 1.0, "score_s": 2.0, "proposals": 8}
+    with pytest.raises(RuntimeError, match="navsim-cmd"):
+        time_navsim(case, f"{sys.executable} -c 'import sys; sys.exit(3)'", tmp_path)
