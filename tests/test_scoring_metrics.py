@@ -311,7 +311,8 @@ def test_score_plans_simulates_with_the_sim_tracker_and_ec_uses_the_previous_pla
     keep = np.stack([10 * t, 0 * t, 0 * t], -1)  # the logged ego's own future: 10 m/s straight
     brake = np.stack([10 * t - 2.0 * t**2, 0 * t, 0 * t], -1)  # -4 m/s^2
     r = score_plans(w, np.stack([keep, brake]), T0)
-    assert r.states.shape == (2, 41, 7)
+    assert r.states.shape == (2, 41, 9)  # EGO_COLUMNS + the bicycle's yaw rate / yaw acceleration
+    assert np.abs(r.states[..., 7:]).max() < 1e-6  # straight plans: no turning
     assert r.metrics["EPDMS"][0] == pytest.approx(1.0, abs=1e-6)
     assert r.progress_m[1] < r.progress_m[0] and r.metrics["EP"][1] < 1.0
     prev_keep = np.stack([10 * (t + 0.1), 0 * t, 0 * t], -1)  # made one step earlier, same intent

@@ -67,6 +67,8 @@ def test_leaderboard_files(bundled_run):
     with open(run / "scenes.csv") as f:
         scenes = list(csv.DictReader(f))
     assert len(scenes) == 2 * len(load_suite("bundled"))
+    # every output names the scoring profile (the leaderboard's default)
+    assert {r["profile"] for r in rows} == {"project"} and {r["profile"] for r in scenes} == {"project"}
     md = (run / "leaderboard.md").read_text()
     assert "| policy | scenes | NC |" in md and str(board) in md
     lr = board.by_policy()["log_replay"]

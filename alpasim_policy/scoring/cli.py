@@ -32,6 +32,13 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--proposals", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=3)
     add_output_arguments(p)
+    p.add_argument(
+        "--navsim-cmd",
+        default=None,
+        help="command that times NAVSIM's own simulate + score on the 3-lane case file appended as its last "
+        "argument and prints a JSON line (run in a scratch env; see scoring/bench.py)",
+    )
+    p.add_argument("--navsim-only", action="store_true", help="only the side-by-side run against NAVSIM")
     p.set_defaults(func=_cmd_bench)
 
 
@@ -89,6 +96,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from alpasim_policy.scoring.cache import build_world, world_to_bytes
     from alpasim_policy.scoring.openloop import score_states, simulate
 
+    rows = _navsim_rows(args)
+    if args.navsim_only:
+        write_rows(rows, args)
+        return 0
     paths = load_suite(args.suite)
     scenes = [load_scene(p) for p in paths]
     # cache build per scene (idm reference rollout + serialisation)
@@ -134,7 +145,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         "load_avg": round(load, 2),
     }
     write_rows(
-        [
+        rows
+        + [
             {
                 "benchmark": f"scorer: {n} proposals x 41 states, open loop ({scene.scene_id}, "
                 f"{len(scene.agents)} agents, {len(scene.map.lanes)} lanes)",
@@ -152,3 +164,50 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     )
     print_summary(summary)
     return 0
+
+
+def _navsim_rows(args: argparse.Namespace) -> list[dict]:
+    """The side-by-side row: simulate + score of the 3-lane / 20-vehicle case here and in NAVSIM."""
+    import os
+    import tempfile
+
+    from alpasim_policy.bench import print_summary
+    from alpasim_policy.scoring.bench import three_lane_case, time_navsim, time_project
+
+    case = three_lane_case(args.proposals)
+    n = len(case["plans"])
+    ours = time_project(case, repeats=args.repeats)
+    total = ours["simulate_s"] + ours["score_s"]
+    summary = {
+        "benchmark": "scorer-vs-navsim",
+        "proposals": n,
+        "states": 41,
+        **{k: round(v, 4) for k, v in ours.items()},
+    }
+    result = (
+        f"alpasim-policy {total:.2f} s (simulate {ours['simulate_s']:.2f} + score {ours['score_s']:.2f}, median of "
+        f"{max(1, args.repeats)}); one proposal {ours['one_proposal_s'] * 1e3:.1f} ms"
+    )
+    load = os.getloadavg()[0]
+    ratio = f"one proposal {ours['one_proposal_s'] * 1e3 / 5.0:.2f}x of the 5 ms goal"
+    if args.navsim_cmd:
+        with tempfile.TemporaryDirectory() as tmp:
+            nav = time_navsim(case, args.navsim_cmd, Path(tmp))
+        nav_total = float(nav["simulate_s"]) + float(nav["score_s"])
+        summary.update(
+            navsim_simulate_s=nav["simulate_s"], navsim_score_s=nav["score_s"], speedup=nav_total / total
+        )
+        result += (
+            f"; NAVSIM's own PDMSimulator + PDMScorer {nav_total:.1f} s (simulate {nav['simulate_s']:.1f} + score "
+            f"{nav['score_s']:.1f}), same case, same run"
+        )
+        ratio = f"{nav_total / total:.0f}x faster than NAVSIM (goal >= 50x); " + ratio
+    result += f" (load avg {load:.1f} on the machine)"
+    print_summary(summary)
+    return [
+        {
+            "benchmark": f"scorer vs NAVSIM: simulate + score {n} proposals x 41 states (3-lane road, 20 vehicles)",
+            "result": result,
+            "ratio": ratio,
+        }
+    ]

@@ -11,6 +11,9 @@ static object) filters nothing, and EP is filtered too. We apply the filter befo
 both PDMS and EPDMS so the sub-metric columns of a report always multiply out to its scores
 (NAVSIM v1 had no filter).
 
+The weights and roles live in :mod:`alpasim_policy.scoring.metrics.registry`; the constants
+below are derived from it.
+
 Aggregation: a scene's score is computed first (open loop: one plan; closed loop: the mean over
 its windows), then scenes are averaged with equal weight.
 """
@@ -21,24 +24,24 @@ from collections.abc import Mapping
 
 import numpy as np
 
-MULTIPLIERS_PDMS = ("NC", "DAC")
-MULTIPLIERS_EPDMS = ("NC", "DAC", "DDC", "TLC")
-WEIGHTS_PDMS = {"TTC": 5.0, "EP": 5.0, "C": 2.0}
-WEIGHTS_EPDMS = {"EP": 5.0, "TTC": 5.0, "LK": 2.0, "HC": 2.0, "EC": 2.0}
+from alpasim_policy.scoring.metrics import registry as R
+
+MULTIPLIERS_PDMS = R.multipliers_of("PDMS")
+MULTIPLIERS_EPDMS = R.multipliers_of("EPDMS")
+WEIGHTS_PDMS = R.weights_of("PDMS")
+WEIGHTS_EPDMS = R.weights_of("EPDMS")
 SUB_METRICS = ("NC", "DAC", "DDC", "TLC", "EP", "TTC", "C", "HC", "LK", "EC")
 HUMAN_FILTERED = ("NC", "DAC", "DDC", "TLC", "EP", "TTC", "C", "HC", "LK", "EC")
 
 
 def pdms(m: Mapping[str, np.ndarray]) -> np.ndarray:
-    mult = np.prod([np.asarray(m[k], float) for k in MULTIPLIERS_PDMS], axis=0)
-    w = sum(v * np.asarray(m[k], float) for k, v in WEIGHTS_PDMS.items()) / sum(WEIGHTS_PDMS.values())
-    return mult * w
+    """PDMS from the registry: NC · DAC · (5·EP + 5·TTC + 2·C) / 12."""
+    return R.score(m, "PDMS")
 
 
 def epdms(m: Mapping[str, np.ndarray]) -> np.ndarray:
-    mult = np.prod([np.asarray(m[k], float) for k in MULTIPLIERS_EPDMS], axis=0)
-    w = sum(v * np.asarray(m[k], float) for k, v in WEIGHTS_EPDMS.items()) / sum(WEIGHTS_EPDMS.values())
-    return mult * w
+    """EPDMS from the registry: NC · DAC · DDC · TLC · (5·EP + 5·TTC + 2·LK + 2·HC + 2·EC) / 16."""
+    return R.score(m, "EPDMS")
 
 
 def apply_human_filter(m: Mapping[str, np.ndarray], human: Mapping[str, float]) -> dict[str, np.ndarray]:

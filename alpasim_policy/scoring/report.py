@@ -43,6 +43,7 @@ import numpy as np
 from alpasim_policy.errors import AlpasimError, CacheError
 from alpasim_policy.io import atomic_write_text
 from alpasim_policy.resources import data_dir
+from alpasim_policy.scoring.profiles import DEFAULT_PROFILE
 
 LEADERBOARD_COLUMNS = (
     "policy", "scenes", "NC", "DAC", "DDC", "TLC", "EP", "TTC", "C", "HC", "LK", "EC", "PDMS", "EPDMS",
@@ -57,6 +58,9 @@ SCENE_COLUMNS = (
     "scene_score", "valid_plan_share", "latency_p50_ms", "latency_p95_ms", "latency_max_ms", "deadline_miss_rate",
     "policy_failures", "ticks", "reasoning_consistency",
 )  # fmt: skip
+# every output names the scoring profile it was computed with (scoring/profiles.py)
+LEADERBOARD_COLUMNS = LEADERBOARD_COLUMNS + ("profile",)
+SCENE_COLUMNS = SCENE_COLUMNS + ("profile",)
 _MEAN_KEYS = ("NC", "DAC", "DDC", "TLC", "EP", "TTC", "C", "HC", "LK", "EC", "PDMS", "EPDMS")
 log = logging.getLogger(__name__)
 #: the metric caches of the bundled scenes, shipped with the package
@@ -208,6 +212,7 @@ def score_rollout_file(
     acted[:-1] = controlled[1:]
     row: dict = {"policy": ro.policy, "scene_id": ro.scene_id}
     row.update(res.metrics)
+    row["profile"] = getattr(res, "profile", DEFAULT_PROFILE)
     row.update(rollout_metrics(world, ro, first, res.contacts))
     row.update(_latency(ro.latency_s, ro.deadline_miss, acted))
     pf = np.asarray(ro.policy_failure, bool) if ro.policy_failure is not None else np.zeros(len(acted), bool)
@@ -234,6 +239,7 @@ def aggregate(scene_rows: list[dict]) -> list[dict]:
     out = []
     for pol, rows in policies.items():
         lb: dict = {"policy": pol, "scenes": len(rows)}
+        lb["profile"] = "/".join(sorted({str(r.get("profile", DEFAULT_PROFILE)) for r in rows}))
         for k in _MEAN_KEYS:
             lb[k] = float(np.nanmean([r[k] for r in rows]))
         km = sum(r["distance_km"] for r in rows)

@@ -102,7 +102,7 @@ class ScoringWorld:
 
     @cached_property
     def intersection_area(self) -> shapely.Geometry:
-        polys = self.lane_polygons[self.lane_is_intersection]
+        polys = self.intersection_parts
         g = shapely.union_all(polys) if len(polys) else shapely.Polygon()
         shapely.prepare(g)
         return g
@@ -136,24 +136,54 @@ class ScoringWorld:
         # below ~50k points shapely alone is faster than building a grid
         return n_points >= RASTER_MIN_POINTS or name in self.extra.get("static", {})
 
-    def lane_membership(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(point index, lane index) pairs: the point lies in (or on) the lane polygon."""
+    def lane_membership(self, xy: np.ndarray, strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(point index, lane index) pairs: the point lies in (or, unless ``strict``, on) the lane polygon."""
         from alpasim_policy.scoring.metrics._common import points_in_polygons
 
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        if strict:
+            return points_in_polygons(xy, self.lane_polygons, strict=True)
         if self._use_raster("lane_raster", len(xy)):
             return self.lane_raster.query(xy)
         return points_in_polygons(xy, self.lane_polygons)
 
-    def on_drivable(self, xy: np.ndarray) -> np.ndarray:
+    def _strictly_in_any(self, parts: np.ndarray, xy: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(xy), dtype=bool)
+        for g in parts:
+            shapely.prepare(g)
+            out |= shapely.contains_xy(g, xy[:, 0], xy[:, 1])
+        return out
+
+    @property
+    def drivable_parts(self) -> np.ndarray:
+        """The drivable area as its separate polygons (NAVSIM tests each on its own); the union if unknown."""
+        parts = self.extra.get("drivable_parts")
+        return (
+            np.asarray(parts, dtype=object) if parts is not None else np.array([self.drivable], dtype=object)
+        )
+
+    @property
+    def intersection_parts(self) -> np.ndarray:
+        """The intersection layer as separate polygons (default: the lanes flagged ``is_intersection``)."""
+        parts = self.extra.get("intersection_parts")
+        if parts is not None:
+            return np.asarray(parts, dtype=object)
+        return np.asarray(self.lane_polygons, dtype=object)[self.lane_is_intersection]
+
+    def on_drivable(self, xy: np.ndarray, strict: bool = False) -> np.ndarray:
+        """Points inside (or, unless ``strict``, on) the drivable area; ``strict`` tests each part alone."""
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        if strict:
+            return self._strictly_in_any(self.drivable_parts, xy)
         if self._use_raster("drivable_raster", len(xy)):
             return self.drivable_raster.contains(xy)
         shapely.prepare(self.drivable)
         return shapely.intersects_xy(self.drivable, xy[:, 0], xy[:, 1])
 
-    def in_intersection(self, xy: np.ndarray) -> np.ndarray:
+    def in_intersection(self, xy: np.ndarray, strict: bool = False) -> np.ndarray:
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        if strict:
+            return self._strictly_in_any(self.intersection_parts, xy)
         inter = self.intersection_area
         if inter.is_empty:
             return np.zeros(len(xy), dtype=bool)
@@ -196,15 +226,72 @@ class ScoringWorld:
         dense, tree = self._route_dense
         _, k = tree.query(p)
         best = np.full(len(p), np.inf)
-        for a_i in (k - 1, k):
+        px, py = p[:, 0], p[:, 1]
+        for a_i in (k - 1, k):  # component-wise: reductions over a length-2 axis are slow in numpy
             a_i = np.clip(a_i, 0, len(dense) - 2)
-            a, b = dense[a_i], dense[a_i + 1]
-            ab = b - a
-            denom = np.maximum((ab**2).sum(-1), 1e-18)
-            t = np.clip(((p - a) * ab).sum(-1) / denom, 0.0, 1.0)
-            d = np.linalg.norm(p - (a + t[:, None] * ab), axis=-1)
-            best = np.minimum(best, d)
+            ax, ay = dense[a_i, 0], dense[a_i, 1]
+            abx, aby = dense[a_i + 1, 0] - ax, dense[a_i + 1, 1] - ay
+            denom = np.maximum(abx * abx + aby * aby, 1e-18)
+            t = np.clip(((px - ax) * abx + (py - ay) * aby) / denom, 0.0, 1.0)
+            dx, dy = px - (ax + t * abx), py - (ay + t * aby)
+            best = np.minimum(best, np.sqrt(dx * dx + dy * dy))
         return best
+
+    @cached_property
+    def _route_segments(self) -> dict[str, np.ndarray | object]:
+        from scipy.spatial import cKDTree
+
+        pts = np.asarray(self.route_polyline, np.float64)
+        a, ab = pts[:-1], np.diff(pts, axis=0)
+        seg_len = np.hypot(ab[:, 0], ab[:, 1])
+        return {
+            "a": a,
+            "ab": ab,
+            "len": seg_len,
+            "start": np.concatenate([[0.0], np.cumsum(seg_len)[:-1]]),
+            "lo": np.minimum(pts[:-1], pts[1:]),
+            "hi": np.maximum(pts[:-1], pts[1:]),
+            "tree": cKDTree(pts),
+        }
+
+    def route_locate(self, points: np.ndarray, chunk: int = 256) -> np.ndarray:
+        """Arc length (m) along the route of the closest route point to each point (N, 2).
+
+        Same rule as shapely's ``line_locate_point`` (the first segment at minimal distance, then
+        the clamped projection onto it), about 10x faster for thousands of points: points are
+        de-duplicated and sorted, and each chunk of them is tested only against the segments whose
+        bounding box lies within the chunk's largest nearest-vertex distance (no segment farther
+        than that can be the closest, so the result is exact).
+        """
+        pts = np.asarray(points, np.float64).reshape(-1, 2)
+        seg = self._route_segments
+        if not len(seg["a"]) or not len(pts):
+            return shapely.line_locate_point(self.route_line, shapely.points(pts))
+        small = len(pts) * len(seg["a"]) <= 100_000  # few points: test every segment, no pruning
+        uniq, inverse = (pts, np.arange(len(pts))) if small else np.unique(pts, axis=0, return_inverse=True)
+        bound = None if small else seg["tree"].query(uniq)[0] + 1e-9
+        out = np.empty(len(uniq))
+        a, ab, seg_len, start = seg["a"], seg["ab"], seg["len"], seg["start"]
+        denom = np.maximum(seg_len**2, 1e-300)
+        every = np.arange(len(a))
+        for lo in range(0, len(uniq), chunk):  # np.unique sorts by x, then y: chunks are compact
+            p = uniq[lo : lo + chunk]
+            if bound is None:
+                cand = every
+            else:
+                u = float(bound[lo : lo + chunk].max())
+                cmin, cmax = p.min(axis=0) - u, p.max(axis=0) + u
+                cand = np.flatnonzero(np.all((seg["lo"] <= cmax) & (seg["hi"] >= cmin), axis=1))
+            ap = p[:, None, :] - a[cand][None]
+            abc = ab[cand]
+            t = np.clip((ap[..., 0] * abc[:, 0] + ap[..., 1] * abc[:, 1]) / denom[cand], 0.0, 1.0)
+            dx = ap[..., 0] - t * abc[:, 0]
+            dy = ap[..., 1] - t * abc[:, 1]
+            best = np.argmin(dx * dx + dy * dy, axis=1)
+            rows = np.arange(len(best))
+            k = cand[best]
+            out[lo : lo + chunk] = start[k] + t[rows, best] * seg_len[k]
+        return out[inverse.reshape(-1)]
 
     def prepare(self) -> ScoringWorld:
         """Build the spatial indices now (so a benchmark or a worker pays it once, up front)."""

@@ -1,4 +1,9 @@
-"""NAVSIM-style sub-metrics, one module each, all batched over B proposals.
+"""NAVSIM-style sub-metrics, one module each, all batched over B proposals; :mod:`.registry` wires them.
+
+Each metric is registered in :mod:`.registry` as one ``compute(ctx) -> MetricResult(value, valid)``
+with its role (multiplier or weighted term) and weight per score; PDMS / EPDMS are derived from
+those entries. Profile switches (``project`` / ``navsim``) reach the metrics through
+``EgoGeometry.profile`` (:mod:`alpasim_policy.scoring.profiles`).
 
 Every metric takes an :class:`~alpasim_policy.scoring.metrics._common.EgoGeometry` (the
 simulated ego over S states, rear axle, scene frame) and, where needed, the

@@ -14,6 +14,7 @@ import numpy as np
 import shapely
 
 from alpasim_policy.scenes.geometry import box_corners
+from alpasim_policy.scoring.profiles import ScoringProfile, get_profile
 from alpasim_policy.scoring.world import ScoringWorld
 from alpasim_policy.sim.collision import boxes_overlap
 
@@ -38,8 +39,10 @@ def relative_angle(ego_xy: np.ndarray, ego_heading: np.ndarray, agent_xy: np.nda
     return np.where(n < 1e-12, 0.0, ang)
 
 
-def points_in_polygons(xy: np.ndarray, polygons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All (point, polygon) pairs where a point lies in (or on) a polygon.
+def points_in_polygons(
+    xy: np.ndarray, polygons: np.ndarray, strict: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """All (point, polygon) pairs where a point lies in (or, unless ``strict``, on) a polygon.
 
     Why not an STRtree of points: building 10^6 shapely points costs more than the test.
     Points are sorted by x once; each polygon only tests the x-slice of its bounding box,
@@ -65,7 +68,8 @@ def points_in_polygons(xy: np.ndarray, polygons: np.ndarray) -> tuple[np.ndarray
         if not len(cand):
             continue
         shapely.prepare(poly)
-        inside = shapely.intersects_xy(poly, xy[cand, 0], xy[cand, 1])
+        test = shapely.contains_xy if strict else shapely.intersects_xy
+        inside = test(poly, xy[cand, 0], xy[cand, 1])
         hit = cand[inside]
         pi.append(hit)
         gi.append(np.full(len(hit), k, dtype=np.int64))
@@ -77,14 +81,18 @@ def points_in_polygons(xy: np.ndarray, polygons: np.ndarray) -> tuple[np.ndarray
 class EgoGeometry:
     """The ego box over time for B proposals: rear-axle states -> centres, corners, polygons."""
 
-    def __init__(self, states: np.ndarray, world: ScoringWorld):
+    def __init__(self, states: np.ndarray, world: ScoringWorld, profile: ScoringProfile | str | None = None):
         st = np.asarray(states, dtype=np.float64)
         if st.ndim == 2:
             st = st[None]
-        if st.ndim != 3 or st.shape[-1] != 7:
-            raise ValueError(f"ego states must be (B, S, 7) EGO_COLUMNS, got {st.shape}")
+        if st.ndim != 3 or st.shape[-1] not in (7, 9):
+            raise ValueError(
+                f"ego states must be (B, S, 7) EGO_COLUMNS (+ yaw_rate, yaw_accel -> 9), got {st.shape}"
+            )
         self.states = st
         self.world = world
+        self.profile = get_profile(profile)
+        self.strict = self.profile.strict_areas
         h = st[..., 2]
         self.heading = h
         self.rear_xy = st[..., :2]
@@ -117,7 +125,7 @@ class EgoGeometry:
         n = B * S
         corners = self.corners.reshape(n * 4, 2)
         centers = self.center.reshape(n, 2)
-        on_road = w.on_drivable(corners).reshape(n, 4)
+        on_road = w.on_drivable(corners, strict=self.strict).reshape(n, 4)
         non_drivable = ~on_road.all(axis=1)
 
         L = len(w.lane_polygons)
@@ -125,7 +133,7 @@ class EgoGeometry:
         on_route = np.zeros(n, dtype=bool)
         if L:
             pts = np.concatenate([corners, centers])
-            p_idx, l_idx = w.lane_membership(pts)
+            p_idx, l_idx = w.lane_membership(pts, strict=self.strict)
             is_corner = p_idx < n * 4
             # corners: count corners per (box, lane)
             box = p_idx[is_corner] // 4
@@ -140,7 +148,7 @@ class EgoGeometry:
             cbox = p_idx[~is_corner] - n * 4
             clane = l_idx[~is_corner]
             on_route[cbox[w.lane_on_route[clane]]] = True
-        in_inter = w.in_intersection(centers)
+        in_inter = w.in_intersection(centers, strict=self.strict)
         return {
             "multiple_lanes": multiple.reshape(B, S),
             "non_drivable": non_drivable.reshape(B, S),
@@ -172,6 +180,15 @@ class AgentWindow:
     @cached_property
     def speed(self) -> np.ndarray:
         return np.hypot(self.state[..., 3], self.state[..., 4])
+
+    @cached_property
+    def first_seen_speed(self) -> np.ndarray:
+        """(M,) each agent's speed at the first step it is valid in the window (NAVSIM's
+        ``unique_objects`` keep that first sighting); 0 for an agent never seen."""
+        if not self.valid.size:
+            return np.zeros(self.size.shape[0])
+        first = np.argmax(self.valid, axis=0)
+        return np.where(self.valid.any(axis=0), self.speed[first, np.arange(self.valid.shape[1])], 0.0)
 
     @cached_property
     def half_diag(self) -> np.ndarray:
@@ -260,18 +277,20 @@ def overlapping_pairs(
         (a_xy >= lo[:, None] - reach[None, :, None]) & (a_xy <= hi[:, None] + reach[None, :, None]), -1
     )
     near &= a_valid
+    # every near (step, agent) pair at once, in chunks that keep B x pairs small
+    s_all, m_all = np.nonzero(near)
+    reach2 = reach**2
     bb, ss, mm = [], [], []
-    for s in range(S):
-        vm = np.flatnonzero(near[s])
-        if not len(vm):
-            continue
-        diff = ego_center[:, s, None, :] - a_xy[s][vm][None]  # (B, m, 2)
+    step = max(1, 1_000_000 // max(B, 1))
+    for k0 in range(0, len(s_all), step):
+        s_k, m_k = s_all[k0 : k0 + step], m_all[k0 : k0 + step]
+        diff = ego_center[:, s_k, :] - a_xy[s_k, m_k][None]  # (B, k, 2)
         d2 = diff[..., 0] ** 2 + diff[..., 1] ** 2
-        b_i, m_i = np.nonzero(d2 <= (reach[vm] ** 2)[None])
+        b_i, k_i = np.nonzero(d2 <= reach2[m_k][None])
         if len(b_i):
             bb.append(b_i)
-            ss.append(np.full(len(b_i), s, dtype=np.int64))
-            mm.append(vm[m_i])
+            ss.append(s_k[k_i])
+            mm.append(m_k[k_i])
     if not bb:
         e = np.zeros(0, np.int64)
         return e, e, e
@@ -281,11 +300,20 @@ def overlapping_pairs(
     # axis-aligned bounding boxes next (cheap), then the exact test on what is left
     ec = ego_corners[b, s]  # (K, 4, 2)
     ac = win.corners[a_step[s], m]
-    aabb = np.all((ec.min(axis=1) <= ac.max(axis=1)) & (ac.min(axis=1) <= ec.max(axis=1)), axis=-1)
+    aabb = np.all((_corner_min(ec) <= _corner_max(ac)) & (_corner_min(ac) <= _corner_max(ec)), axis=-1)
     b, s, m = b[aabb], s[aabb], m[aabb]
     # exact test: separating axes on the rectangles (the sim's rule, so env and scorer agree)
     hit = boxes_overlap(ego_corners[b, s], win.corners[a_step[s], m])
     return b[hit], s[hit], m[hit]
+
+
+def _corner_min(c: np.ndarray) -> np.ndarray:
+    """(K, 4, 2) -> (K, 2): element-wise minima (faster than a reduce over the short axis)."""
+    return np.minimum(np.minimum(c[:, 0], c[:, 1]), np.minimum(c[:, 2], c[:, 3]))
+
+
+def _corner_max(c: np.ndarray) -> np.ndarray:
+    return np.maximum(np.maximum(c[:, 0], c[:, 1]), np.maximum(c[:, 2], c[:, 3]))
 
 
 def first_per_pair(b: np.ndarray, m: np.ndarray, order_key: np.ndarray) -> np.ndarray:

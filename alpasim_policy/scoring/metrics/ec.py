@@ -35,8 +35,15 @@ def ec_signals(states: np.ndarray, dt: float = 0.1) -> dict[str, np.ndarray]:
     }
 
 
-def extended_comfort(current: np.ndarray, previous: np.ndarray | None, dt: float = 0.1) -> np.ndarray:
-    """(B,) EC of ``current`` (B, S, 7) against ``previous`` (B or 1, S, 7), same time stamps."""
+def extended_comfort(
+    current: np.ndarray, previous: np.ndarray | None, dt: float = 0.1, offset: int = 0
+) -> np.ndarray:
+    """(B,) EC of ``current`` (B, S, 7) against ``previous`` (B or 1, S', 7).
+
+    ``offset`` = 0: both start at the same time stamp. ``offset`` = k > 0: the previous plan started
+    k steps earlier, so ``current[:-k]`` is compared with ``previous[k:]`` (NAVSIM's
+    ``SceneAggregator._compute_two_frame_comfort``, k = 5 for plans 0.5 s apart).
+    """
     cur = np.asarray(current, dtype=np.float64)
     if cur.ndim == 2:
         cur = cur[None]
@@ -45,11 +52,14 @@ def extended_comfort(current: np.ndarray, previous: np.ndarray | None, dt: float
     prev = np.asarray(previous, dtype=np.float64)
     if prev.ndim == 2:
         prev = prev[None]
+    k = int(offset)
+    if k > 0:
+        cur, prev = cur[:, : cur.shape[1] - k], prev[:, k:]
     n = min(cur.shape[1], prev.shape[1])
     if n < 2:
         return np.ones(cur.shape[0])
     a = ec_signals(cur[:, :n], dt)
-    b = ec_signals(np.broadcast_to(prev[:, :n], (cur.shape[0], n, 7)), dt)
+    b = ec_signals(np.broadcast_to(prev[:, :n], (cur.shape[0], n, prev.shape[-1])), dt)
 
     def rms(k: str) -> np.ndarray:
         return np.sqrt(np.mean((a[k] - b[k]) ** 2, axis=-1))

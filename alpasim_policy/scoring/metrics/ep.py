@@ -14,7 +14,6 @@ so a proposal's score never depends on which other proposals share its batch.
 from __future__ import annotations
 
 import numpy as np
-import shapely
 
 from alpasim_policy.scoring.world import ScoringWorld
 
@@ -23,10 +22,9 @@ PROGRESS_THRESHOLD_M = 5.0
 
 def raw_progress(world: ScoringWorld, center: np.ndarray) -> np.ndarray:
     """(B,) metres advanced along the route by box centres (B, S, 2), clipped at 0."""
-    line = world.route_line
-    first = shapely.line_locate_point(line, shapely.points(center[:, 0]))
-    last = shapely.line_locate_point(line, shapely.points(center[:, -1]))
-    return np.clip(last - first, 0.0, None)
+    s = world.route_locate(np.concatenate([center[:, 0], center[:, -1]]))
+    n = center.shape[0]
+    return np.clip(s[n:] - s[:n], 0.0, None)
 
 
 def ego_progress(

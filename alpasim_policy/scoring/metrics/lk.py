@@ -26,9 +26,11 @@ def lane_keeping(ego: EgoGeometry, dt: float = 0.1, deviation: np.ndarray | None
     exceed = dev > DEVIATION_LIMIT_M
     skip = ego.areas["intersection"]
     need = int(np.ceil(HORIZON_S / dt - 1e-9))
-    run = np.zeros(exceed.shape[0], dtype=np.int64)
-    fail = np.zeros(exceed.shape[0], dtype=bool)
-    for t in range(exceed.shape[1]):
-        run = np.where(skip[:, t], run, np.where(exceed[:, t], run + 1, 0))
-        fail |= run >= need
+    # the run at t = exceeding states since the last in-limit state (skipped states change nothing):
+    # a cumulative count minus its value at the last reset, vectorised over time
+    count = np.cumsum(exceed & ~skip, axis=1)
+    t = np.arange(exceed.shape[1])
+    last_reset = np.maximum.accumulate(np.where(~exceed & ~skip, t, -1), axis=1)
+    base = np.where(last_reset >= 0, np.take_along_axis(count, np.maximum(last_reset, 0), axis=1), 0)
+    fail = ((count - base) >= need).any(axis=1)
     return np.where(fail, 0.0, 1.0)

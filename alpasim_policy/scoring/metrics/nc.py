@@ -32,7 +32,16 @@ class Contacts:
     penalty: np.ndarray
 
 
-def first_contacts(ego: EgoGeometry, win: AgentWindow, ignore_initial: bool = True) -> Contacts:
+def first_contacts(ego: EgoGeometry, win: AgentWindow, ignore_initial: bool | None = None) -> Contacts:
+    """First contact per (proposal, agent) pair, classified.
+
+    ``ignore_initial`` defaults to the ego's profile (``project``: contacts at the first state are
+    a log artefact and ignored; ``navsim``: counted, as NAVSIM's metric-cache observation has no
+    ``collided_track_ids``). A track's stopped state is its speed at the contact (``project``) or
+    when first seen in the window (``navsim``).
+    """
+    if ignore_initial is None:
+        ignore_initial = ego.profile.ignore_initial_contacts
     b, s, m = overlapping_pairs(ego.corners, ego.center, ego.half_diag, win)
     first = first_per_pair(b, m, s)
     b, s, m = b[first], s[first], m[first]
@@ -46,7 +55,7 @@ def first_contacts(ego: EgoGeometry, win: AgentWindow, ignore_initial: bool = Tr
         ego.speed[b, s],
         ego.corners[b, s],
         win.state[s, m, :2],
-        win.speed[s, m],
+        win.first_seen_speed[m] if ego.profile.stopped_agents == "first_seen" else win.speed[s, m],
         win.corners[s, m],
         static,
     )
@@ -57,7 +66,7 @@ def first_contacts(ego: EgoGeometry, win: AgentWindow, ignore_initial: bool = Tr
 
 
 def no_at_fault_collisions(
-    ego: EgoGeometry, win: AgentWindow, ignore_initial: bool = True, contacts: Contacts | None = None
+    ego: EgoGeometry, win: AgentWindow, ignore_initial: bool | None = None, contacts: Contacts | None = None
 ) -> np.ndarray:
     """(B,) NC multiplier."""
     c = contacts if contacts is not None else first_contacts(ego, win, ignore_initial)

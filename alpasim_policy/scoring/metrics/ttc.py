@@ -37,30 +37,28 @@ def time_to_collision(ego: EgoGeometry, win: AgentWindow, dt: float = 0.1) -> np
         return out
     h = ego.heading[:, :n_eval]
     vel = ego.speed[:, :n_eval, None] * np.stack([np.cos(h), np.sin(h)], -1)  # (B, n, 2)
-    bb, ss, mm, kk = [], [], [], []
-    for ki, k in enumerate(PROJECTION_STEPS):
-        shift = vel * (k * dt)
-        corners = ego.corners[:, :n_eval] + shift[:, :, None, :]
-        center = ego.center[:, :n_eval] + shift
-        b, s, m = overlapping_pairs(corners, center, ego.half_diag, win, agent_step=np.arange(n_eval) + k)
-        bb.append(b)
-        ss.append(s)
-        mm.append(m)
-        kk.append(np.full(len(b), ki, dtype=np.int64))
-    b, s, m, ki = (np.concatenate(x) for x in (bb, ss, mm, kk))
+    # all projections in one pass: stack them along the step axis (index ki * n_eval + s)
+    k_arr = np.asarray(PROJECTION_STEPS)
+    shift = vel[:, None] * (k_arr * dt)[None, :, None, None]  # (B, K, n, 2)
+    corners = (ego.corners[:, None, :n_eval] + shift[..., None, :]).reshape(B, -1, 4, 2)
+    center = (ego.center[:, None, :n_eval] + shift).reshape(B, -1, 2)
+    agent_step = (np.arange(n_eval)[None] + k_arr[:, None]).reshape(-1)
+    b, sk, m = overlapping_pairs(corners, center, ego.half_diag, win, agent_step=agent_step)
+    ki, s = np.divmod(sk, n_eval)
     moving = ego.speed[b, s] >= TTC_STOPPED_SPEED
     b, s, m, ki = b[moving], s[moving], m[moving], ki[moving]
     first = first_per_pair(b, m, s * len(PROJECTION_STEPS) + ki)
     b, s, m, ki = b[first], s[first], m[first], ki[first]
-    initial = (s == 0) & (ki == 0)
-    b, s, m, ki = b[~initial], s[~initial], m[~initial], ki[~initial]
+    if ego.profile.ignore_initial_contacts:
+        initial = (s == 0) & (ki == 0)
+        b, s, m, ki = b[~initial], s[~initial], m[~initial], ki[~initial]
     if not len(b):
         return out
     k_steps = np.asarray(PROJECTION_STEPS)[ki]
     agent_xy = win.state[s + k_steps, m, :2]
     ang = relative_angle(ego.rear_xy[b, s], ego.heading[b, s], agent_xy)
     a = ego.areas
-    rear_in_inter = ego.world.in_intersection(ego.rear_xy[b, s])
+    rear_in_inter = ego.world.in_intersection(ego.rear_xy[b, s], strict=ego.strict)
     risky_area = a["multiple_lanes"][b, s] | a["non_drivable"][b, s] | rear_in_inter
     violation = (ang < AHEAD_ANGLE) | (risky_area & ~(ang > BEHIND_ANGLE))
     out[b[violation]] = 0.0
