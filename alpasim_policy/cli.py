@@ -14,7 +14,7 @@ import sys
 
 from alpasim_policy.errors import AlpasimError
 
-# Order here is the order in --help: scene -> env -> policy -> model -> scorer -> serve.
+# Order here is the order in --help: scene -> env -> policy -> model -> scorer -> serve -> report.
 _COMMAND_MODULES = (
     "alpasim_policy.scenes.cli",
     "alpasim_policy.evaluate",
@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "alpasim_policy.model.cli",
     "alpasim_policy.scoring.cli",
     "alpasim_policy.serve.cli",
+    "alpasim_policy.report.cli",
 )
 
 

@@ -52,6 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-mode", choices=("ignore", "delay"), default="ignore",
                    help="with --deadline-ms: 'delay' makes measured latency cost simulated time")  # fmt: skip
     p.add_argument("--no-score", action="store_true", help="write rollouts only, skip the scorer")
+    p.add_argument("--videos", action="store_true",
+                   help="also write RUN/videos/<policy>/<scene>.mp4 (BEV, plan, samples, cameras, events)")  # fmt: skip
     from alpasim_policy.policies.registry import add_shorthand_arguments
 
     add_shorthand_arguments(p)
@@ -450,6 +452,10 @@ def main(args: argparse.Namespace) -> int:
         board = score_run(out)
         if board is not None:
             print(board)
+        # report stage (issue 14): videos if asked, violations index, RUN/report.html
+        from alpasim_policy.report.cli import after_eval
+
+        after_eval(out, videos=args.videos)
     return 1 if errors else 0
 
 
