@@ -321,8 +321,6 @@ def evaluate(
     The serial backend builds each policy once and resets it per scene (a real checkpoint is
     loaded once, not once per scene); Ray tasks build their own.
     """
-    from tqdm import tqdm
-
     from alpasim_policy.policies.registry import make_policy, split_options
     from alpasim_policy.scenes.format import load_scene
     from alpasim_policy.scenes.suite import load_suite
@@ -358,10 +356,11 @@ def evaluate(
     if done:
         print(f"resuming: {len(done)} rollouts already on disk, {len(todo)} to run", file=sys.stderr)
     results: list[dict] = []
-    # Progress in ticks (a slow policy shows progress within a rollout too).
-    bar = tqdm(
-        total=sum(ticks[s] for _, s in todo), desc="eval", unit="tick", disable=not show_progress or not todo
-    )
+    # Progress in ticks, one bar per policy with its own rate (alpasim_policy/progress.py)
+    from alpasim_policy.progress import EvalProgress
+
+    per_policy_ticks = {p: sum(ticks[s] for q, s in todo if q == p) for p in policies}
+    bar = EvalProgress(per_policy_ticks, disable=not show_progress or not todo)
     if backend == "ray" and todo:
         import ray
 
@@ -377,6 +376,7 @@ def evaluate(
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
                     p, s = pending.pop(ref)
+                    bar.start(p, Path(s).stem)
                     try:
                         results.append(ray.get(ref))
                     except Exception as e:  # a crashed task: report it, finish the rest
@@ -388,7 +388,7 @@ def evaluate(
         if backend == "serial" and workers > 1:
             print("note: --workers applies to --backend ray; running serially", file=sys.stderr)
         for p, s in todo:
-            bar.set_postfix_str(f"{p} {Path(s).stem}")
+            bar.start(p, Path(s).stem)
             before = bar.n
             try:
                 results.append(

@@ -225,6 +225,12 @@ class RolloutFrames:
         if len(plan):
             pts = np.vstack([[0.0, 0.0], scene_to_rig_xy(plan[:, :2], pose)])
             _poly(img, px(pts), (0, 220, 255), 2)
+        hits = [(label, color) for key, label, color in EVENTS[:4] if self.events[key][i]]
+        if hits:  # ring the ego and name what happens at this tick
+            cx, cy = (int(round(v)) for v in self.bev.config.ego_pixel())
+            cv2.circle(img, (cx, cy - 6), 24, hits[0][1], 2, cv2.LINE_AA)
+            cv2.putText(img, ", ".join(h[0] for h in hits), (cx + 28, cy), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                        hits[0][1], 1, cv2.LINE_AA)  # fmt: skip
         out = np.zeros((s.size[1], s.size[0], 3), np.uint8)
         out[: s.bev, : s.bev] = img
         self._panel(out[: s.bev, s.bev :], i)
