@@ -12,9 +12,10 @@ too short, wrong shape) the tick is recorded as a failure (with its message) and
 executing its last valid plan shifted in time (continued at constant velocity when it runs out;
 before any valid plan, it coasts straight at its current speed).
 
-``--backend ray --workers N`` runs one Ray task per (policy, scene) on a local Ray with N CPUs;
-the env is deterministic, so the rollouts are identical to the serial ones (only wall-time
-latencies differ).
+``--backend ray --workers N`` runs one Ray task per (policy, scene) on a local Ray with N CPUs,
+``--ray-address auto|HOST:PORT`` on an existing cluster (:mod:`alpasim_policy.ray_backend`: scenes
+and rollouts travel through Ray, only the driver writes the run folder); the env is
+deterministic, so the rollouts are identical to the serial ones (only wall-time latencies differ).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env-config", default=None, help="envs/X.yaml or a shipped name (default, reactive)")
     p.add_argument("--workers", type=int, default=1, help="Ray CPUs (with --backend ray)")
     p.add_argument("--backend", choices=("serial", "ray"), default="serial")
+    p.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                   help="join an existing Ray cluster (implies --backend ray); scenes and results travel "
+                        "through Ray, only this machine writes the run folder")  # fmt: skip
     p.add_argument("--policy-option", action="append", default=[], metavar="[POLICY.]KEY=VALUE",
                    help="constructor option (repeatable): KEY goes to every policy that takes it, "
                         "POLICY.KEY to that policy only")  # fmt: skip
@@ -315,6 +319,7 @@ def evaluate(
     policy_options: dict[str, Any] | None = None,
     show_progress: bool = True,
     deadline: dict[str, Any] | None = None,
+    ray_address: str | None = None,
 ) -> list[dict]:
     """Run (or resume) every (policy, scene) rollout; returns one summary per rollout.
 
@@ -362,28 +367,15 @@ def evaluate(
     per_policy_ticks = {p: sum(ticks[s] for q, s in todo if q == p) for p in policies}
     bar = EvalProgress(per_policy_ticks, disable=not show_progress or not todo)
     if backend == "ray" and todo:
-        import ray
+        # scenes go out through Ray's object store, rollouts come back; only this process writes `out`
+        from alpasim_policy.ray_backend import run_eval_tasks
 
-        ray.init(num_cpus=max(1, workers), include_dashboard=False, ignore_reinit_error=True,
-                 log_to_driver=False, configure_logging=False)  # fmt: skip
-        remote = ray.remote(num_cpus=1)(_task)
-        pending = {
-            remote.remote(p, s, seed, env_config, per_policy[p], str(out), None, deadline): (p, s)
-            for p, s in todo
-        }
-        try:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    p, s = pending.pop(ref)
-                    bar.start(p, Path(s).stem)
-                    try:
-                        results.append(ray.get(ref))
-                    except Exception as e:  # a crashed task: report it, finish the rest
-                        results.append({"policy": p, "scene_id": Path(s).stem, "error": str(e)})
-                    bar.update(ticks[s])
-        finally:
-            ray.shutdown()
+        def _done(p: str, s: str) -> None:
+            bar.start(p, Path(s).stem)
+            bar.update(ticks[s])
+
+        results += run_eval_tasks(todo, out=out, seed=seed, env_config=env_config, per_policy=per_policy,
+                                  deadline=deadline, workers=workers, address=ray_address, on_done=_done)  # fmt: skip
     else:
         if backend == "serial" and workers > 1:
             print("note: --workers applies to --backend ray; running serially", file=sys.stderr)
@@ -425,7 +417,8 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.time()
     results = evaluate(
         args.suite, policies, out, seed=args.seed, env_config=args.env_config, workers=args.workers,
-        backend=args.backend, policy_options=options, deadline=deadline,
+        backend="ray" if args.ray_address else args.backend, policy_options=options, deadline=deadline,
+        ray_address=args.ray_address,
     )  # fmt: skip
     errors = [r for r in results if "error" in r]
     for r in errors:

@@ -132,7 +132,7 @@ def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=80)  # no bbox_inches="tight": it draws twice
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
@@ -149,7 +149,7 @@ def plot_metrics(board: list[dict], colors: dict[str, str]) -> str | None:
     metrics = [m for m in SUBMETRICS if any(isinstance(r.get(m), float | int) for r in board)]
     if not metrics:
         return None
-    fig, ax = plt.subplots(figsize=(10, 2.8))
+    fig, ax = plt.subplots(figsize=(10, 2.8), layout="constrained")
     w = 0.8 / max(len(board), 1)
     x = np.arange(len(metrics))
     for i, r in enumerate(board):
@@ -178,7 +178,7 @@ def plot_latency(data: RunData, policies: list[str], colors: dict[str, str]) -> 
         lat[p] = v * 1e3
     if not any(np.isfinite(v).any() for v in lat.values()):
         return None
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 2.6))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 2.6), layout="constrained")
     allv = np.concatenate([v[np.isfinite(v) & (v > 0)] for v in lat.values()])
     bins = np.logspace(np.log10(max(allv.min(), 1e-3)), np.log10(allv.max() * 1.01), 40) if len(allv) else 20
     for p, v in lat.items():
@@ -210,6 +210,7 @@ def plot_speed(scene_id: str, data: RunData, policies: list[str], colors: dict[s
     if not ros:
         return None
     fig, ax = plt.subplots(figsize=(5.2, 2.0))
+    fig.subplots_adjust(left=0.11, right=0.98, bottom=0.22, top=0.96)  # fixed: no layout engine pass
     try:
         from alpasim_policy.scenes.format import load_scene
         from alpasim_policy.scenes.suite import find_scene
@@ -224,7 +225,7 @@ def plot_speed(scene_id: str, data: RunData, policies: list[str], colors: dict[s
     ax.set_xlabel("time (s)")
     ax.set_ylabel("speed (m/s)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper right")  # "best" scans every line: slow
     return _png(fig)
 
 

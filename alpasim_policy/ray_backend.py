@@ -1,0 +1,181 @@
+"""Ray backend for ``eval`` and ``cache build``: local Ray or an existing cluster, no shared disk.
+
+``eval --backend ray`` (``--workers N``: a local Ray with N CPUs) or ``eval --ray-address
+auto|HOST:PORT`` (join a running cluster; ``auto`` finds the one started on this machine with
+``ray start``). What travels where:
+
+* the driver reads each scene file once and puts its bytes in Ray's object store
+  (``ray.put``); a task gets the bytes, not a path, and loads the scene from a file in its own
+  temporary directory;
+* the task builds the policy from its name and options, drives the scene and returns the
+  :class:`~alpasim_policy.sim.rollout.Rollout` object (plus the node it ran on);
+* only the driver writes the run folder: it saves each rollout as it arrives, so an interrupted
+  run resumes exactly like a serial one (finished files are skipped).
+
+Every node needs alpasim-policy installed (same version; ``pip install -e .`` or the wheel) and
+its dependencies; it needs neither the run folder nor the scene files. A ``module:Class``
+policy must be importable on every node.
+
+``cache build --ray-address ...`` fans out the same way: scene bytes in, cache bytes back, the
+driver writes ``<out>/<scene_id>.npz``.
+
+The env is deterministic, so Ray rollouts equal serial ones (only wall-time latencies differ).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def init_ray(address: str | None, workers: int) -> None:
+    """Join the cluster at ``address`` (``auto`` or ``HOST:PORT``) or start a local Ray with
+    ``workers`` CPUs. Driver logs stay off the terminal (progress bars)."""
+    import ray
+
+    from alpasim_policy.errors import ConfigError
+
+    kw: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, "configure_logging": False}
+    if address:
+        try:
+            ray.init(address=address, **kw)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ConfigError(
+                f"--ray-address {address}: cannot join a Ray cluster there ({e}); start one with "
+                "`ray start --head` (and `ray start --address HEAD:PORT` on the other machines)"
+            ) from e
+    else:
+        ray.init(num_cpus=max(1, workers), include_dashboard=False, **kw)
+
+
+def _scene_file(scene_bytes: bytes, name: str, tmp: str) -> Path:
+    path = Path(tmp) / f"{name}.npz"
+    path.write_bytes(scene_bytes)
+    return path
+
+
+def remote_rollout(
+    policy: str,
+    scene_bytes: bytes,
+    scene_name: str,
+    seed: int,
+    env_config: dict,
+    options: dict,
+    deadline: dict | None,
+) -> tuple[Any, str]:
+    """A Ray task: one rollout from scene bytes; returns (Rollout, node id). Writes nothing shared."""
+    import ray
+
+    from alpasim_policy.evaluate import run_rollout
+
+    with tempfile.TemporaryDirectory(prefix="alpasim-scene-") as tmp:
+        path = _scene_file(scene_bytes, scene_name, tmp)
+        ro = run_rollout(
+            policy, path, seed=seed, env_config=env_config, policy_options=options, deadline=deadline
+        )
+    return ro, ray.get_runtime_context().get_node_id()
+
+
+def run_eval_tasks(
+    todo: list[tuple[str, str]],
+    *,
+    out: Path,
+    seed: int,
+    env_config: dict,
+    per_policy: dict[str, dict],
+    deadline: dict | None,
+    workers: int,
+    address: str | None,
+    on_done: Callable[[str, str], None] | None = None,
+) -> list[dict]:
+    """Run the (policy, scene path) pairs on Ray; the driver saves every rollout into ``out``.
+
+    Returns one summary per pair (as the serial backend does, plus ``node``); a task that
+    crashed gives ``{"policy", "scene_id", "error"}``. ``on_done(policy, scene_path)`` is called
+    as each finishes (progress).
+    """
+    import ray
+
+    from alpasim_policy.evaluate import _summary, rollout_path
+
+    init_ray(address, workers)
+    try:
+        refs: dict[str, Any] = {}
+        for _, s in todo:
+            if s not in refs:
+                refs[s] = ray.put(Path(s).read_bytes())
+        task = ray.remote(num_cpus=1, max_retries=1)(remote_rollout)
+        pending = {
+            task.remote(p, refs[s], Path(s).stem, seed, env_config, per_policy[p], deadline): (p, s)
+            for p, s in todo
+        }
+        results: list[dict] = []
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                p, s = pending.pop(ref)
+                try:
+                    ro, node = ray.get(ref)
+                    path = rollout_path(out, p, ro.scene_id)
+                    ro.save(path)  # the driver alone writes the run folder
+                    results.append({**_summary(ro, path), "node": node})
+                except Exception as e:  # a crashed task: report it, finish the rest
+                    results.append(
+                        {"policy": p, "scene_id": Path(s).stem, "error": f"{type(e).__name__}: {e}"}
+                    )
+                if on_done is not None:
+                    on_done(p, s)
+        return results
+    finally:
+        ray.shutdown()
+
+
+def remote_cache(scene_bytes: bytes, scene_name: str, reference: str) -> tuple[str, bytes]:
+    """A Ray task: the metric cache of one scene, as bytes (scene id, cache file bytes)."""
+    from alpasim_policy.scenes.format import load_scene
+    from alpasim_policy.scoring.cache import build_world, world_to_bytes
+
+    with tempfile.TemporaryDirectory(prefix="alpasim-scene-") as tmp:
+        scene = load_scene(_scene_file(scene_bytes, scene_name, tmp))
+    return scene.scene_id, world_to_bytes(build_world(scene, reference))
+
+
+def build_caches(
+    scene_paths: list[Path],
+    out: Path,
+    *,
+    reference: str = "idm",
+    workers: int = 1,
+    address: str | None = None,
+) -> list[tuple[str, str, float]]:
+    """Build metric caches on Ray; the driver writes ``out/<scene_id>.npz``. Returns (scene, path, s)."""
+    import time
+
+    import ray
+
+    from alpasim_policy.io import atomic_write_bytes
+    from alpasim_policy.scoring.cache import cache_path
+
+    init_ray(address, workers)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=1)(remote_cache)
+        t0 = time.perf_counter()
+        pending = {
+            task.remote(ray.put(Path(p).read_bytes()), Path(p).stem, reference): p for p in scene_paths
+        }
+        done = []
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                p = pending.pop(ref)
+                scene_id, data = ray.get(ref)
+                path = cache_path(out, scene_id)
+                atomic_write_bytes(path, data)
+                done.append((str(p), str(path), time.perf_counter() - t0))
+                print(f"{path}  <- {p}", file=sys.stderr)
+        return done
+    finally:
+        ray.shutdown()
