@@ -83,6 +83,8 @@ def test_eval_on_a_two_node_cluster_equals_serial(tmp_path):
     }
     suite = tmp_path / "two.yaml"
     suite.write_text("name: two\nscenes: [" + ", ".join(SCENES) + "]\n")
+    one = tmp_path / "one.yaml"
+    one.write_text(f"name: one\nscenes: [{SCENES[0]}]\n")
     gcs = _free_port()
     common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
     head = node = None
@@ -134,6 +136,11 @@ def test_eval_on_a_two_node_cluster_equals_serial(tmp_path):
                 assert len({x["node"] for x in rollouts}) == 2  # the rollouts ran on both nodes
             else:  # resumable: the second call finds every rollout on disk and runs nothing
                 assert all(x.get("skipped") for x in rollouts) and "resuming" in r.stderr
+        # metric caches fan out the same way: one scene's cache built on the cluster, written here
+        r = subprocess.run([sys.executable, "-m", "alpasim_policy.cli", "cache", "build", "--suite", str(one),
+                            "--out", str(tmp_path / "cache"), "--ray-address", f"127.0.0.1:{gcs}"],
+                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
     finally:
         _stop(node)
         _stop(head)
@@ -150,3 +157,8 @@ def test_eval_on_a_two_node_cluster_equals_serial(tmp_path):
             assert a.reasoning == b.reasoning and a.extra["collisions"] == b.extra["collisions"]
     # the run folder was written by the driver only: the nodes' working directories stay empty
     assert not any((tmp_path / "node_wd").iterdir()) and not any((tmp_path / "head_wd").iterdir())
+    from alpasim_policy.scenes.suite import find_scene
+    from alpasim_policy.scoring.cache import build_cache
+
+    serial_cache = build_cache(find_scene(SCENES[0]), tmp_path / "cache_serial")
+    assert (tmp_path / "cache" / serial_cache.name).read_bytes() == serial_cache.read_bytes()
