@@ -18,6 +18,7 @@ from alpasim_policy.errors import AlpasimError
 _COMMAND_MODULES = (
     "alpasim_policy.scenes.cli",
     "alpasim_policy.evaluate",
+    "alpasim_policy.ray_backend",
     "alpasim_policy.sim.cli",
     "alpasim_policy.policies.cli",
     "alpasim_policy.model.cli",

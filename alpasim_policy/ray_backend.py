@@ -179,3 +179,57 @@ def build_caches(
         return done
     finally:
         ray.shutdown()
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def register_bench(bench_sub) -> None:  # noqa: ANN001 (argparse's private subparsers type)
+    p = bench_sub.add_parser(
+        "ray",
+        help="eval throughput: Ray with N workers vs serial on the baselines (goal >= 1.8x with 2 workers)",
+    )
+    p.add_argument("--suite", default="bundled")
+    p.add_argument("--policies", default="log_replay,idm,constant_velocity")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--ray-address", default=None, help="measure on this cluster instead of a local Ray")
+    p.add_argument("--benchmarks", default="BENCHMARKS.md", help="file the rows go to")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args) -> int:  # noqa: ANN001
+    """Serial then Ray on the same suite, same process, each into a fresh temp run folder."""
+    import os
+    import time
+
+    from alpasim_policy.bench import append_rows, print_summary
+    from alpasim_policy.evaluate import evaluate
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    with tempfile.TemporaryDirectory() as tmp:
+        load0 = os.getloadavg()[0]
+        t = time.perf_counter()
+        serial = evaluate(args.suite, policies, Path(tmp) / "serial", show_progress=False)
+        serial_s = time.perf_counter() - t
+        t = time.perf_counter()
+        init_ray(args.ray_address, args.workers)  # startup timed on its own; run_eval_tasks reuses it
+        init_s = time.perf_counter() - t
+        t = time.perf_counter()
+        res = evaluate(args.suite, policies, Path(tmp) / "ray", backend="ray", workers=args.workers,
+                       ray_address=args.ray_address, show_progress=False)  # fmt: skip
+        ray_s = time.perf_counter() - t
+        load1 = os.getloadavg()[0]
+    n = len(serial)
+    errors = sum("error" in r for r in res)
+    speed = serial_s / ray_s
+    where = args.ray_address or f"local Ray, {args.workers} workers"
+    append_rows([{
+        "benchmark": f"eval throughput, {args.suite} x {len(policies)} baselines ({n} rollouts): {where} vs serial",
+        "result": f"serial {n / serial_s:.2f} rollouts/s ({serial_s:.1f} s); Ray {n / ray_s:.2f} rollouts/s "
+                  f"({ray_s:.1f} s, + {init_s:.1f} s Ray start); {errors} errors; load average {load0:.1f} -> {load1:.1f}",
+        "ratio": f"{speed:.2f}x serial (target >= 1.8x); {speed * ray_s / (ray_s + init_s):.2f}x counting Ray start",
+    }], args.benchmarks)  # fmt: skip
+    print_summary(
+        {"serial_s": serial_s, "ray_s": ray_s, "ray_init_s": init_s, "speedup": speed, "rollouts": n}
+    )
+    return 0

@@ -35,7 +35,7 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p = bench_sub.add_parser(
         "report",
         help="report.html generation time on a run (goal <= 5 s) and video writing time vs rollout time "
-        "(goal <= 20 %)",
+        "(goal <= 20 %%)",
     )
     p.add_argument("--suite", default="bundled")
     p.add_argument("--policies", default="log_replay,idm,constant_velocity")
