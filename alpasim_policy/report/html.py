@@ -436,7 +436,7 @@ def render_report(data: RunData) -> str:
         meta.append(f"suite <b>{_e(args['suite'])}</b>")
     meta.append(f"{len({s for _, s in data.rollouts}) or len(data.scenes)} scenes, {len(policies)} policies")
     if data.run.get("wall_s"):
-        meta.append(f"eval wall time {data.run['wall_s']:.0f} s")
+        meta.append(f"last eval call {data.run['wall_s']:.0f} s")
     if args.get("deadline_ms"):
         meta.append(f"deadline {args['deadline_ms']} ms ({_e(args.get('latency_mode', ''))})")
     if args.get("env_config"):
