@@ -186,3 +186,20 @@ def test_report_and_video_commands(run, tmp_path):
     html = (r / "report.html").read_text()
     assert f"videos/log_replay/{SCENE}.mp4" in html and (r / "violations" / "index.md").is_file()
     assert cli_main(["video", str(r), "--scene", "no-such-scene"]) == 2
+
+
+def test_eval_writes_report_violations_and_videos(tmp_path):
+    """The main job's end: eval --videos leaves report.html, the violations index and one mp4 per rollout."""
+    suite = tmp_path / "one.yaml"
+    suite.write_text(f"name: one\nscenes: [{SCENE}]\n")
+    out = tmp_path / "run"
+    assert (
+        cli_main(
+            ["eval", "--suite", str(suite), "--policy", "constant_velocity", "--out", str(out), "--videos"]
+        )
+        == 0
+    )
+    assert video_path(out, "constant_velocity", SCENE).is_file()
+    assert (out / "violations" / "index.csv").is_file()
+    html = (out / "report.html").read_text()
+    assert f"videos/constant_velocity/{SCENE}.mp4" in html and 'id="leaderboard"' in html
