@@ -197,6 +197,26 @@ def register_bench(bench_sub) -> None:  # noqa: ANN001 (argparse's private subpa
     p.set_defaults(func=_cmd_bench)
 
 
+def _warm(seconds: float) -> int:
+    """A Ray task that imports what a rollout needs, then holds its worker a moment (so that
+    ``n`` of them occupy ``n`` different workers)."""
+    import os
+    import time
+
+    import alpasim_policy.evaluate  # noqa: F401
+    import alpasim_policy.policies.baselines  # noqa: F401
+    import alpasim_policy.sim.env  # noqa: F401
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def _warm_workers(n: int) -> None:
+    import ray
+
+    ray.get([ray.remote(num_cpus=1)(_warm).remote(0.5) for _ in range(max(1, n))])
+
+
 def _cmd_bench(args) -> int:  # noqa: ANN001
     """Serial then Ray on the same suite, same process, each into a fresh temp run folder."""
     import os
@@ -213,6 +233,7 @@ def _cmd_bench(args) -> int:  # noqa: ANN001
         serial_s = time.perf_counter() - t
         t = time.perf_counter()
         init_ray(args.ray_address, args.workers)  # startup timed on its own; run_eval_tasks reuses it
+        _warm_workers(args.workers)  # worker processes start and import the package: startup too
         init_s = time.perf_counter() - t
         t = time.perf_counter()
         res = evaluate(args.suite, policies, Path(tmp) / "ray", backend="ray", workers=args.workers,
