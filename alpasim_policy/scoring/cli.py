@@ -81,7 +81,9 @@ def _cmd_cache_build(args: argparse.Namespace) -> int:
         from alpasim_policy.ray_backend import build_caches
         from alpasim_policy.scenes.suite import load_suite
 
-        results = build_caches(load_suite(args.suite), args.out, reference=args.reference, address=args.ray_address)
+        results = build_caches(
+            load_suite(args.suite), args.out, reference=args.reference, address=args.ray_address
+        )
     else:
         results = build_suite_caches(args.suite, args.out, args.workers, args.reference)
     for scene, path, secs in results:
