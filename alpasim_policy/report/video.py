@@ -55,7 +55,8 @@ EVENTS: tuple[tuple[str, str, tuple[int, int, int]], ...] = (
     ("failure", "policy failure", (200, 200, 200)),
     ("deadline_miss", "deadline miss", (160, 160, 60)),
 )
-_LOG_BGR = (230, 150, 255)  # the human log's path: light pink, distinct from lanes and route
+_LOG_BGR = (230, 150, 255)
+_SAMPLE_BGR = (255, 230, 60)  # cyan  # the human log's path: light pink, distinct from lanes and route
 
 
 @dataclass
@@ -217,20 +218,22 @@ class RolloutFrames:
         )
         px = self.bev.rig_to_pixel
         _poly(img, px(scene_to_rig_xy(self.log_xy, pose)), _LOG_BGR, 1)
-        if ro.samples is not None and i < len(ro.samples):
-            for smp in np.asarray(ro.samples[i], np.float64):
-                if np.isfinite(smp[:, :2]).any():
-                    _poly(img, px(scene_to_rig_xy(smp[:, :2], pose)), (230, 200, 80), 1)
         _poly(img, px(scene_to_rig_xy(self.ego[: i + 1, :2], pose)), (80, 220, 80), 2)
         if len(plan):
             pts = np.vstack([[0.0, 0.0], scene_to_rig_xy(plan[:, :2], pose)])
-            _poly(img, px(pts), (0, 220, 255), 2)
+            _poly(img, px(pts), (0, 220, 255), 3)
+        if ro.samples is not None and i < len(ro.samples):  # thin, over the thick plan: both stay visible
+            for smp in np.asarray(ro.samples[i], np.float64):
+                if np.isfinite(smp[:, :2]).any():
+                    _poly(img, px(scene_to_rig_xy(smp[:, :2], pose)), _SAMPLE_BGR, 1)
         hits = [(label, color) for key, label, color in EVENTS[:4] if self.events[key][i]]
         if hits:  # ring the ego and name what happens at this tick
             cx, cy = (int(round(v)) for v in self.bev.config.ego_pixel())
             cv2.circle(img, (cx, cy - 6), 24, hits[0][1], 2, cv2.LINE_AA)
             cv2.putText(img, ", ".join(h[0] for h in hits), (cx + 28, cy), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                         hits[0][1], 1, cv2.LINE_AA)  # fmt: skip
+        kh, kw = self._key.shape[:2]
+        img[s.bev - kh :, :kw] = self._key
         out = np.zeros((s.size[1], s.size[0], 3), np.uint8)
         out[: s.bev, : s.bev] = img
         self._panel(out[: s.bev, s.bev :], i)
@@ -244,12 +247,16 @@ class RolloutFrames:
         """What does not change between frames: background, names, the colour key."""
         s, ro = self.s, self.ro
         p = np.full((s.bev, s.panel, 3), 36, np.uint8)
-        key = [("executed path", (80, 220, 80)), ("plan", (0, 220, 255)), ("samples", (230, 200, 80)),
+        # the colour key: a small opaque patch pasted into the BEV's bottom-left corner every frame
+        key = [("executed path", (80, 220, 80)), ("plan", (0, 220, 255)), ("samples", _SAMPLE_BGR),
                ("human log", _LOG_BGR)]  # fmt: skip
-        yk = p.shape[0] - 8 - 14 * (len(key) - 1)
+        self._key = np.full((14 * len(key) + 6, 112, 3), 30, np.uint8)
+        yk = 14
         for label, color in key:
-            cv2.line(p, (8, yk - 4), (28, yk - 4), color, 2)
-            cv2.putText(p, label, (34, yk), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (220, 220, 220), 1, cv2.LINE_AA)
+            cv2.line(self._key, (5, yk - 4), (22, yk - 4), color, 2)
+            cv2.putText(
+                self._key, label, (27, yk), cv2.FONT_HERSHEY_SIMPLEX, 0.34, (220, 220, 220), 1, cv2.LINE_AA
+            )
             yk += 14
         self._text_top = 4
         if self.rig is not None:
@@ -291,11 +298,13 @@ class RolloutFrames:
                 y += int(22 * scale / 0.42)
                 cv2.putText(p, part, (6, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
         reasoning = ro.reasoning[i] if i < len(ro.reasoning) else ""
+        # OpenCV's Hershey fonts draw ASCII only: anything else shows as '?'
+        reasoning = " ".join(reasoning.encode("ascii", "replace").decode().split())
         if reasoning:
             y += 22
             cv2.putText(p, "reasoning (CoC):", (6, y), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 220, 255), 1,
                         cv2.LINE_AA)  # fmt: skip
-            for part in textwrap.wrap(reasoning, 46)[: max(0, (p.shape[0] - y - 70) // 16)]:
+            for part in textwrap.wrap(reasoning, 46)[: max(0, (p.shape[0] - y - 8) // 16)]:
                 y += 16
                 cv2.putText(p, part, (6, y), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (230, 230, 230), 1, cv2.LINE_AA)
 
