@@ -158,7 +158,9 @@ def plot_metrics(board: list[dict], colors: dict[str, str]) -> str | None:
     ax.set_xticks(x, metrics)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("mean over scenes")
-    ax.legend(fontsize=8, ncol=len(board), loc="lower left")
+    ax.legend(
+        fontsize=8, ncol=min(len(board), 6), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False
+    )
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)
 
