@@ -402,11 +402,15 @@ def write_videos(
     files = sorted(_rollout_files(run_dir, scenes, policies), key=lambda f: (f.stem, f.parent.name))
     out, memo = [], {}
     for f in tqdm(files, desc="videos", unit="video", disable=not progress):
-        ro = Rollout.load(f)
-        if ro.scene_id not in memo:
-            memo.clear()
-            sc = load_scene(find_scene(ro.scene_id))
-            memo[ro.scene_id] = (sc, _scoring_world(sc))
+        try:
+            ro = Rollout.load(f)
+            if ro.scene_id not in memo:
+                memo.clear()
+                sc = load_scene(find_scene(ro.scene_id))
+                memo[ro.scene_id] = (sc, _scoring_world(sc))
+        except AlpasimError as e:  # one unreadable rollout or missing scene: say so, do the others
+            print(f"note: no video for {f}: {e}", file=sys.stderr)
+            continue
         sc, world = memo[ro.scene_id]
         out.append(
             write_video(ro, sc, video_path(run_dir, ro.policy, ro.scene_id), cameras=cameras, world=world)
