@@ -92,8 +92,10 @@ def _profile(run: dict, board: list[dict], run_dir: Path) -> str:
     md = run_dir / "leaderboard.md"
     if md.is_file():
         for line in md.read_text().splitlines():
-            if "profile" in line.lower():
-                return line.strip("# ").strip()
+            low = line.lower()
+            if "profile" in low and not line.lstrip().startswith("|"):
+                text = line.split(":", 1)[1] if ":" in line and low.index("profile") < low.index(":") else line
+                return text.replace("**", "").replace("`", "").strip("#_ .").strip()
     return "default (the project's NAVSIM-style closed-loop scorer, alpasim_policy/scoring/README.md)"
 
 
