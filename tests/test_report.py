@@ -73,6 +73,7 @@ def test_report_reads_columns_defensively(run, tmp_path):
     for r in rows:
         r.pop("latency_max_ms")
         r["failed_tick_rate"] = "0.250"
+        r["profile"] = "navsim"
     with open(lb, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -81,6 +82,7 @@ def test_report_reads_columns_defensively(run, tmp_path):
     fail = html[html.index('id="failures"') :]
     assert ">failed_tick_rate<" in fail[: fail.index("</table>")] and "0.250" in fail
     assert "<dt>failed_tick_rate</dt>" in html and "<dt>latency_max_ms</dt>" not in html
+    assert "Scoring profile: <b>navsim</b>" in html  # the profile the scorer names is shown
 
 
 def test_report_renders_in_headless_chromium(run, tmp_path):
