@@ -414,6 +414,10 @@ def main(args: argparse.Namespace) -> int:
         {"deadline_ms": args.deadline_ms, "latency_mode": args.latency_mode} if args.deadline_ms else None
     )
     out = Path(args.out)
+    if args.ray_address:  # a wrong address fails here, in seconds, before any progress bar
+        from alpasim_policy.ray_backend import check_reachable
+
+        check_reachable(args.ray_address)
     t0 = time.time()
     results = evaluate(
         args.suite, policies, out, seed=args.seed, env_config=args.env_config, workers=args.workers,

@@ -40,6 +40,7 @@ def init_ray(address: str | None, workers: int) -> None:
 
     kw: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, "configure_logging": False}
     if address:
+        check_reachable(address)
         try:
             ray.init(address=address, **kw)
         except (ConnectionError, RuntimeError, ValueError) as e:
@@ -49,6 +50,26 @@ def init_ray(address: str | None, workers: int) -> None:
             ) from e
     else:
         ray.init(num_cpus=max(1, workers), include_dashboard=False, **kw)
+
+
+def check_reachable(address: str) -> None:
+    """Fail in seconds, with the address in the message, when HOST:PORT does not answer (Ray itself
+    retries for minutes). ``auto`` and ``ray://`` addresses are left to Ray."""
+    import socket
+
+    from alpasim_policy.errors import ConfigError
+
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5.0):
+            pass
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"--ray-address {address}: nothing answers there ({e}); start the head with "
+            "`ray start --head --port PORT` and pass HOST:PORT, or `auto` on the head machine"
+        ) from e
 
 
 def _scene_file(scene_bytes: bytes, name: str, tmp: str) -> Path:

@@ -162,3 +162,28 @@ def test_eval_on_a_two_node_cluster_equals_serial(tmp_path):
 
     serial_cache = build_cache(find_scene(SCENES[0]), tmp_path / "cache_serial")
     assert (tmp_path / "cache" / serial_cache.name).read_bytes() == serial_cache.read_bytes()
+
+
+def test_unreachable_ray_address_is_a_clear_error(tmp_path, capsys):
+    from alpasim_policy.cli import main as cli_main
+
+    suite = tmp_path / "one.yaml"
+    suite.write_text(f"name: one\nscenes: [{SCENES[0]}]\n")
+    addr = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    t = time.monotonic()
+    rc = cli_main(
+        [
+            "eval",
+            "--suite",
+            str(suite),
+            "--policy",
+            "idm",
+            "--out",
+            str(tmp_path / "r"),
+            "--ray-address",
+            addr,
+        ]
+    )
+    assert rc == 2 and time.monotonic() - t < 30
+    assert f"--ray-address {addr}: nothing answers there" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "rollouts").exists()
