@@ -103,11 +103,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--reference", choices=tuple(REFERENCES), default="idm", help="progress reference for EP (default idm)"
     )
+    b.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                   help="build on a Ray cluster (scene bytes out, cache bytes back; this machine writes --out)")  # fmt: skip
     b.set_defaults(func=_cmd_cache_build)
 
 
 def _cmd_cache_build(args: argparse.Namespace) -> int:
-    results = build_suite_caches(args.suite, args.out, args.workers, args.reference)
+    if args.ray_address:  # fan out on Ray (alpasim_policy/ray_backend.py)
+        from alpasim_policy.ray_backend import build_caches
+        from alpasim_policy.scenes.suite import load_suite
+
+        results = build_caches(load_suite(args.suite), args.out, reference=args.reference, address=args.ray_address)
+    else:
+        results = build_suite_caches(args.suite, args.out, args.workers, args.reference)
     for scene, path, secs in results:
         print(f"{path}  ({secs:.2f} s)  <- {scene}")
     print(f"{len(results)} caches in {args.out}")

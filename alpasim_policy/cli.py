@@ -15,10 +15,11 @@ import sys
 
 from alpasim_policy.errors import AlpasimError
 
-# Order here is the order in --help: scene -> env -> policy -> model -> scorer -> serve -> train.
+# Order here is the order in --help: scene -> env -> policy -> model -> scorer -> serve -> train -> report.
 _COMMAND_MODULES = (
     "alpasim_policy.scenes.cli",
     "alpasim_policy.evaluate",
+    "alpasim_policy.ray_backend",
     "alpasim_policy.sim.cli",
     "alpasim_policy.policies.cli",
     "alpasim_policy.model.cli",
@@ -26,6 +27,7 @@ _COMMAND_MODULES = (
     "alpasim_policy.scoring.cli",
     "alpasim_policy.serve.cli",
     "alpasim_policy.training.cli",
+    "alpasim_policy.report.cli",
 )
 
 

@@ -25,9 +25,10 @@ is not free: the scorer gives 0 to every closed-loop window that starts at a fai
 next to ``deadline_miss_rate`` (a late plan replaced by the previous one is a miss, not a
 failure).
 
-``--backend ray --workers N`` runs one Ray task per (policy, scene) on a local Ray with N CPUs;
-the env is deterministic, so the rollouts are identical to the serial ones (only wall-time
-latencies differ).
+``--backend ray --workers N`` runs one Ray task per (policy, scene) on a local Ray with N CPUs,
+``--ray-address auto|HOST:PORT`` on an existing cluster (:mod:`alpasim_policy.ray_backend`: scenes
+and rollouts travel through Ray, only the driver writes the run folder); the env is
+deterministic, so the rollouts are identical to the serial ones (only wall-time latencies differ).
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env-config", default=None, help="envs/X.yaml or a shipped name (default, reactive)")
     p.add_argument("--workers", type=int, default=1, help="Ray CPUs (with --backend ray)")
     p.add_argument("--backend", choices=("serial", "ray"), default="serial")
+    p.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                   help="join an existing Ray cluster (implies --backend ray); scenes and results travel "
+                        "through Ray, only this machine writes the run folder")  # fmt: skip
     p.add_argument("--policy-option", action="append", default=[], metavar="[POLICY.]KEY=VALUE",
                    help="constructor option (repeatable): KEY goes to every policy that takes it, "
                         "POLICY.KEY to that policy only")  # fmt: skip
@@ -79,6 +83,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-mode", choices=("ignore", "delay"), default="ignore",
                    help="with --deadline-ms: 'delay' makes measured latency cost simulated time")  # fmt: skip
     p.add_argument("--no-score", action="store_true", help="write rollouts only, skip the scorer")
+    p.add_argument("--videos", action="store_true",
+                   help="also write RUN/videos/<policy>/<scene>.mp4 (BEV, plan, samples, cameras, events)")  # fmt: skip
     from alpasim_policy.policies.registry import add_shorthand_arguments
 
     add_shorthand_arguments(p)
@@ -395,6 +401,7 @@ def evaluate(
     policy_options: dict[str, Any] | None = None,
     show_progress: bool = True,
     deadline: dict[str, Any] | None = None,
+    ray_address: str | None = None,
 ) -> EvalResults:
     """Run (or resume) every (policy, scene) rollout; returns one summary per rollout.
 
@@ -403,8 +410,6 @@ def evaluate(
     in the result's ``skipped_scenes``. The serial backend builds each policy once and resets it
     per scene (a real checkpoint is loaded once, not once per scene); Ray tasks build their own.
     """
-    from tqdm import tqdm
-
     from alpasim_policy.policies.registry import make_policy, split_options
     from alpasim_policy.scenes.suite import collect_scene_files
     from alpasim_policy.sim.config import load_env_config
@@ -452,37 +457,26 @@ def evaluate(
     if done:
         log.info("resuming: %d rollouts already on disk, %d to run", len(done), len(todo))
     results: list[dict] = []
-    # Progress in ticks (a slow policy shows progress within a rollout too).
-    bar = tqdm(
-        total=sum(ticks[s] for _, s in todo), desc="eval", unit="tick", disable=not show_progress or not todo
-    )
-    if backend == "ray" and todo:
-        import ray
+    # Progress in ticks, one bar per policy with its own rate (alpasim_policy/progress.py)
+    from alpasim_policy.progress import EvalProgress
 
-        ray.init(num_cpus=max(1, workers), include_dashboard=False, ignore_reinit_error=True,
-                 log_to_driver=False, configure_logging=False)  # fmt: skip
-        remote = ray.remote(num_cpus=1)(_task)
-        pending = {
-            remote.remote(p, s, seed, env_config, per_policy[p], str(out), None, deadline): (p, s)
-            for p, s in todo
-        }
-        try:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    p, s = pending.pop(ref)
-                    try:
-                        results.append(ray.get(ref))
-                    except Exception as e:  # a crashed task: report it, finish the rest
-                        results.append({"policy": p, "scene_id": Path(s).stem, "error": str(e)})
-                    bar.update(ticks[s])
-        finally:
-            ray.shutdown()
+    per_policy_ticks = {p: sum(ticks[s] for q, s in todo if q == p) for p in policies}
+    bar = EvalProgress(per_policy_ticks, disable=not show_progress or not todo)
+    if backend == "ray" and todo:
+        # scenes go out through Ray's object store, rollouts come back; only this process writes `out`
+        from alpasim_policy.ray_backend import run_eval_tasks
+
+        def _done(p: str, s: str) -> None:
+            bar.start(p, Path(s).stem)
+            bar.update(ticks[s])
+
+        results += run_eval_tasks(todo, out=out, seed=seed, env_config=env_config, per_policy=per_policy,
+                                  deadline=deadline, workers=workers, address=ray_address, on_done=_done)  # fmt: skip
     else:
         if backend == "serial" and workers > 1:
             log.warning("--workers applies to --backend ray; running serially")
         for p, s in todo:
-            bar.set_postfix_str(f"{p} {Path(s).stem}")
+            bar.start(p, Path(s).stem)
             before = bar.n
             try:
                 results.append(
@@ -520,12 +514,17 @@ def main(args: argparse.Namespace) -> int:
         {"deadline_ms": args.deadline_ms, "latency_mode": args.latency_mode} if args.deadline_ms else None
     )
     out = Path(args.out)
+    if args.ray_address:  # a wrong address fails here, in seconds, before any progress bar
+        from alpasim_policy.ray_backend import check_reachable
+
+        check_reachable(args.ray_address)
     t0 = time.time()
     cache = None if args.cache == "none" else args.cache
     results = evaluate(
         args.suite, policies, out, scenes=args.scenes, cache_dir=cache, seed=args.seed,
-        env_config=args.env_config, workers=args.workers, backend=args.backend, policy_options=options,
-        deadline=deadline,
+        env_config=args.env_config, workers=args.workers,
+        backend="ray" if args.ray_address else args.backend, policy_options=options,
+        deadline=deadline, ray_address=args.ray_address,
     )  # fmt: skip
     errors = [r for r in results if "error" in r]
     for r in errors:
@@ -558,6 +557,10 @@ def main(args: argparse.Namespace) -> int:
         board = score_run(out, cache_dir=cache, reference=IDM_REFERENCE)
         score_errors = board.errors
         print(board)
+        # report stage: videos if asked, violations index, RUN/report.html
+        from alpasim_policy.report.cli import after_eval
+
+        after_eval(out, videos=args.videos)
     if results.skipped_scenes:
         print(
             f"error: {len(results.skipped_scenes)} scene(s) skipped (listed in {out / 'run.json'}, "

@@ -43,6 +43,7 @@ import numpy as np
 from alpasim_policy.errors import AlpasimError, CacheError
 from alpasim_policy.io import atomic_write_text
 from alpasim_policy.resources import data_dir
+from alpasim_policy.scoring import columns as _columns
 from alpasim_policy.scoring.profiles import DEFAULT_PROFILE
 
 LEADERBOARD_COLUMNS = (
@@ -75,10 +76,12 @@ class Leaderboard:
     errors: list[str] = field(default_factory=list)  # rollout files that could not be scored, why
 
     def to_markdown(self) -> str:
+        """The table ranked by the main score (scores to 3 decimals, ms to 1), then a legend line."""
         cols = LEADERBOARD_COLUMNS
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for r in self.rows:
-            lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+        for r in _columns.sort_rows(self.rows, _columns.main_score(cols)):
+            lines.append("| " + " | ".join(_columns.fmt(c, r.get(c)) for c in cols) + " |")
+        lines += ["", f"Ranked by {_columns.main_score(cols)}. Legend: {_columns.legend_line(cols)}."]
         return "\n".join(lines) + "\n"
 
     def __str__(self) -> str:
@@ -98,12 +101,12 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _csv(rows: list[dict], cols: tuple[str, ...]) -> str:
+def _csv(rows: list[dict], cols: tuple[str, ...], fmt=None) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(cols), extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({c: _fmt(r.get(c)) for c in cols})
+        w.writerow({c: fmt(c, r.get(c)) if fmt else _fmt(r.get(c)) for c in cols})
     return buf.getvalue()
 
 
@@ -324,7 +327,8 @@ def score_run(
     scene_rows.sort(key=lambda r: (order.get(r["policy"], len(order)), r["scene_id"]))
     board = Leaderboard(rows=aggregate(scene_rows), scene_rows=scene_rows, run_dir=run_dir, errors=errors)
     atomic_write_text(run_dir / "scenes.csv", _csv(scene_rows, SCENE_COLUMNS))
-    atomic_write_text(run_dir / "leaderboard.csv", _csv(board.rows, LEADERBOARD_COLUMNS))
+    ranked = _columns.sort_rows(board.rows, _columns.main_score(LEADERBOARD_COLUMNS))
+    atomic_write_text(run_dir / "leaderboard.csv", _csv(ranked, LEADERBOARD_COLUMNS, _columns.fmt))
     note = (
         f"\n**{len(errors)} rollout(s) could not be scored** and are left out:\n\n"
         + "".join(f"* {e}\n" for e in errors)

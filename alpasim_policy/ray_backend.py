@@ -1,0 +1,279 @@
+"""Ray backend for ``eval`` and ``cache build``: local Ray or an existing cluster, no shared disk.
+
+``eval --backend ray`` (``--workers N``: a local Ray with N CPUs) or ``eval --ray-address
+auto|HOST:PORT`` (join a running cluster; ``auto`` finds the one started on this machine with
+``ray start``). What travels where:
+
+* the driver reads each scene file once and puts its bytes in Ray's object store
+  (``ray.put``); a task gets the bytes, not a path, and loads the scene from a file in its own
+  temporary directory;
+* the task builds the policy from its name and options, drives the scene and returns the
+  :class:`~alpasim_policy.sim.rollout.Rollout` object (plus the node it ran on);
+* only the driver writes the run folder: it saves each rollout as it arrives, so an interrupted
+  run resumes exactly like a serial one (finished files are skipped).
+
+Every node needs alpasim-policy installed (same version; ``pip install -e .`` or the wheel) and
+its dependencies; it needs neither the run folder nor the scene files. A ``module:Class``
+policy must be importable on every node.
+
+``cache build --ray-address ...`` fans out the same way: scene bytes in, cache bytes back, the
+driver writes ``<out>/<scene_id>.npz``.
+
+The env is deterministic, so Ray rollouts equal serial ones (only wall-time latencies differ).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def init_ray(address: str | None, workers: int) -> None:
+    """Join the cluster at ``address`` (``auto`` or ``HOST:PORT``) or start a local Ray with
+    ``workers`` CPUs. Driver logs stay off the terminal (progress bars)."""
+    import ray
+
+    from alpasim_policy.errors import ConfigError
+
+    kw: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, "configure_logging": False}
+    if address:
+        check_reachable(address)
+        try:
+            ray.init(address=address, **kw)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ConfigError(
+                f"--ray-address {address}: cannot join a Ray cluster there ({e}); start one with "
+                "`ray start --head` (and `ray start --address HEAD:PORT` on the other machines)"
+            ) from e
+    else:
+        ray.init(num_cpus=max(1, workers), include_dashboard=False, **kw)
+
+
+def check_reachable(address: str) -> None:
+    """Fail in seconds, with the address in the message, when HOST:PORT does not answer (Ray itself
+    retries for minutes). ``auto`` and ``ray://`` addresses are left to Ray."""
+    import socket
+
+    from alpasim_policy.errors import ConfigError
+
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5.0):
+            pass
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"--ray-address {address}: nothing answers there ({e}); start the head with "
+            "`ray start --head --port PORT` and pass HOST:PORT, or `auto` on the head machine"
+        ) from e
+
+
+def _scene_file(scene_bytes: bytes, name: str, tmp: str) -> Path:
+    path = Path(tmp) / f"{name}.npz"
+    path.write_bytes(scene_bytes)
+    return path
+
+
+def remote_rollout(
+    policy: str,
+    scene_bytes: bytes,
+    scene_name: str,
+    seed: int,
+    env_config: dict,
+    options: dict,
+    deadline: dict | None,
+) -> tuple[Any, str]:
+    """A Ray task: one rollout from scene bytes; returns (Rollout, node id). Writes nothing shared."""
+    import ray
+
+    from alpasim_policy.evaluate import run_rollout
+
+    with tempfile.TemporaryDirectory(prefix="alpasim-scene-") as tmp:
+        path = _scene_file(scene_bytes, scene_name, tmp)
+        ro = run_rollout(
+            policy, path, seed=seed, env_config=env_config, policy_options=options, deadline=deadline
+        )
+    return ro, ray.get_runtime_context().get_node_id()
+
+
+def run_eval_tasks(
+    todo: list[tuple[str, str]],
+    *,
+    out: Path,
+    seed: int,
+    env_config: dict,
+    per_policy: dict[str, dict],
+    deadline: dict | None,
+    workers: int,
+    address: str | None,
+    on_done: Callable[[str, str], None] | None = None,
+) -> list[dict]:
+    """Run the (policy, scene path) pairs on Ray; the driver saves every rollout into ``out``.
+
+    Returns one summary per pair (as the serial backend does, plus ``node``); a task that
+    crashed gives ``{"policy", "scene_id", "error"}``. ``on_done(policy, scene_path)`` is called
+    as each finishes (progress).
+    """
+    import ray
+
+    from alpasim_policy.evaluate import _summary, rollout_path
+
+    init_ray(address, workers)
+    try:
+        refs: dict[str, Any] = {}
+        for _, s in todo:
+            if s not in refs:
+                refs[s] = ray.put(Path(s).read_bytes())
+        task = ray.remote(num_cpus=1, max_retries=1)(remote_rollout)
+        pending = {
+            task.remote(p, refs[s], Path(s).stem, seed, env_config, per_policy[p], deadline): (p, s)
+            for p, s in todo
+        }
+        results: list[dict] = []
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                p, s = pending.pop(ref)
+                try:
+                    ro, node = ray.get(ref)
+                    path = rollout_path(out, p, ro.scene_id)
+                    ro.save(path)  # the driver alone writes the run folder
+                    results.append({**_summary(ro, path), "node": node})
+                except Exception as e:  # a crashed task: report it, finish the rest
+                    results.append(
+                        {"policy": p, "scene_id": Path(s).stem, "error": f"{type(e).__name__}: {e}"}
+                    )
+                if on_done is not None:
+                    on_done(p, s)
+        return results
+    finally:
+        ray.shutdown()
+
+
+def remote_cache(scene_bytes: bytes, scene_name: str, reference: str) -> tuple[str, bytes]:
+    """A Ray task: the metric cache of one scene, as bytes (scene id, cache file bytes)."""
+    from alpasim_policy.caching import REFERENCES
+    from alpasim_policy.scenes.format import load_scene
+    from alpasim_policy.scoring.cache import build_world, world_to_bytes
+
+    with tempfile.TemporaryDirectory(prefix="alpasim-scene-") as tmp:
+        scene = load_scene(_scene_file(scene_bytes, scene_name, tmp))
+    return scene.scene_id, world_to_bytes(build_world(scene, REFERENCES[reference]))
+
+
+def build_caches(
+    scene_paths: list[Path],
+    out: Path,
+    *,
+    reference: str = "idm",
+    workers: int = 1,
+    address: str | None = None,
+) -> list[tuple[str, str, float]]:
+    """Build metric caches on Ray; the driver writes ``out/<scene_id>.npz``. Returns (scene, path, s)."""
+    import time
+
+    import ray
+
+    from alpasim_policy.io import atomic_write_bytes
+    from alpasim_policy.scoring.cache import cache_path
+
+    init_ray(address, workers)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=1)(remote_cache)
+        t0 = time.perf_counter()
+        pending = {
+            task.remote(ray.put(Path(p).read_bytes()), Path(p).stem, reference): p for p in scene_paths
+        }
+        done = []
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                p = pending.pop(ref)
+                scene_id, data = ray.get(ref)
+                path = cache_path(out, scene_id)
+                atomic_write_bytes(path, data)
+                done.append((str(p), str(path), time.perf_counter() - t0))
+                print(f"{path}  <- {p}", file=sys.stderr)
+        return done
+    finally:
+        ray.shutdown()
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def register_bench(bench_sub) -> None:  # noqa: ANN001 (argparse's private subparsers type)
+    p = bench_sub.add_parser(
+        "ray",
+        help="eval throughput: Ray with N workers vs serial on the baselines (goal >= 1.8x with 2 workers)",
+    )
+    p.add_argument("--suite", default="bundled")
+    p.add_argument("--policies", default="log_replay,idm,constant_velocity")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--ray-address", default=None, help="measure on this cluster instead of a local Ray")
+    p.add_argument("--benchmarks", default="BENCHMARKS.md", help="file the rows go to")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _warm(seconds: float) -> int:
+    """A Ray task that imports what a rollout needs, then holds its worker a moment (so that
+    ``n`` of them occupy ``n`` different workers)."""
+    import os
+    import time
+
+    import alpasim_policy.evaluate  # noqa: F401
+    import alpasim_policy.policies.baselines  # noqa: F401
+    import alpasim_policy.sim.env  # noqa: F401
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def _warm_workers(n: int) -> None:
+    import ray
+
+    ray.get([ray.remote(num_cpus=1)(_warm).remote(0.5) for _ in range(max(1, n))])
+
+
+def _cmd_bench(args) -> int:  # noqa: ANN001
+    """Serial then Ray on the same suite, same process, each into a fresh temp run folder."""
+    import os
+    import time
+
+    from alpasim_policy.bench import append_rows, print_summary
+    from alpasim_policy.evaluate import evaluate
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    with tempfile.TemporaryDirectory() as tmp:
+        load0 = os.getloadavg()[0]
+        _warm(0.0)  # the same imports the Ray workers do before their clock starts
+        t = time.perf_counter()
+        serial = evaluate(args.suite, policies, Path(tmp) / "serial", show_progress=False)
+        serial_s = time.perf_counter() - t
+        t = time.perf_counter()
+        init_ray(args.ray_address, args.workers)  # startup timed on its own; run_eval_tasks reuses it
+        _warm_workers(args.workers)  # worker processes start and import the package: startup too
+        init_s = time.perf_counter() - t
+        t = time.perf_counter()
+        res = evaluate(args.suite, policies, Path(tmp) / "ray", backend="ray", workers=args.workers,
+                       ray_address=args.ray_address, show_progress=False)  # fmt: skip
+        ray_s = time.perf_counter() - t
+        load1 = os.getloadavg()[0]
+    n = len(serial)
+    errors = sum("error" in r for r in res)
+    speed = serial_s / ray_s
+    where = args.ray_address or f"local Ray, {args.workers} workers"
+    append_rows([{
+        "benchmark": f"eval throughput, {args.suite} x {len(policies)} baselines ({n} rollouts): {where} vs serial",
+        "result": f"serial {n / serial_s:.2f} rollouts/s ({serial_s:.1f} s); Ray {n / ray_s:.2f} rollouts/s "
+                  f"({ray_s:.1f} s, + {init_s:.1f} s Ray start); {errors} errors; load average {load0:.1f} -> {load1:.1f}",
+        "ratio": f"{speed:.2f}x serial (target >= 1.8x); {speed * ray_s / (ray_s + init_s):.2f}x counting Ray start",
+    }], args.benchmarks)  # fmt: skip
+    print_summary(
+        {"serial_s": serial_s, "ray_s": ray_s, "ray_init_s": init_s, "speedup": speed, "rollouts": n}
+    )
+    return 0

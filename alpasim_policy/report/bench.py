@@ -1,0 +1,97 @@
+"""``alpasim-policy bench report``: report.html generation time and video writing vs rollout time.
+
+Two rows, each measured in this one run:
+
+* ``report.html`` on a scored run of the suite (``--out`` reuses one; otherwise the baselines are
+  evaluated into a temp folder first, untimed). Target: <= 5 s for the bundled suite.
+* video writing: for ``--video-scenes`` scenes and each baseline, the rollout is run and then its
+  video written, alternately, so both see the same machine load; the ratio is total video time /
+  total rollout time. Target: <= 20 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def _load() -> str:
+    """The 1-minute load average: on a shared machine the wall times above depend on it."""
+    try:
+        import os
+
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "n/a"
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from alpasim_policy.bench import append_rows, print_summary
+    from alpasim_policy.evaluate import evaluate, run_rollout
+    from alpasim_policy.report.html import write_report
+    from alpasim_policy.report.video import _scoring_world, write_video
+    from alpasim_policy.scenes.format import load_scene
+    from alpasim_policy.scenes.suite import load_suite
+    from alpasim_policy.scoring.report import score_run
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    scenes = load_suite(args.suite)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.out) if args.out else Path(tmp) / "run"
+        evaluate(args.suite, policies, out, show_progress=False)
+        if not (out / "leaderboard.csv").is_file():
+            score_run(out)
+        write_report(out)  # warm-up: imports, matplotlib font cache
+        times, cpu = [], []
+        for _ in range(3):
+            t, c = time.perf_counter(), time.process_time()
+            write_report(out)
+            times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+        report_s, report_cpu = statistics.median(times), statistics.median(cpu)
+        n_ro = len(list((out / "rollouts").glob("*/*.npz")))
+        # video writing against rollout time, side by side
+        roll_s: dict[str, float] = dict.fromkeys(policies, 0.0)
+        vid_s: dict[str, float] = dict.fromkeys(policies, 0.0)
+        frames = 0
+        for sp in scenes[: args.video_scenes]:
+            sc = load_scene(sp)
+            world = _scoring_world(sc)
+            for p in policies:
+                t = time.perf_counter()
+                ro = run_rollout(p, sp, seed=0)
+                roll_s[p] += time.perf_counter() - t
+                t = time.perf_counter()
+                write_video(ro, sc, Path(tmp) / "v" / f"{p}_{sc.scene_id}.mp4", world=world)
+                vid_s[p] += time.perf_counter() - t
+                frames += len(ro.times)
+    ratio = {p: vid_s[p] / roll_s[p] for p in policies if roll_s[p] > 0}
+    total_ratio = sum(vid_s.values()) / max(sum(roll_s.values()), 1e-9)
+    per = ", ".join(f"{p} {vid_s[p]:.2f} s video / {roll_s[p]:.2f} s rollout = {ratio[p]:.0%}" for p in ratio)
+    rows = [
+        {
+            "benchmark": f"report.html, {args.suite} ({n_ro} rollouts, {len(policies)} policies)",
+            "result": f"{report_s:.2f} s wall, {report_cpu:.2f} s CPU (median of 3; load average {_load()})",
+            "ratio": f"{report_s / 5.0:.2f} of the 5 s target",
+        },
+        {
+            "benchmark": f"video writing vs rollout, {args.video_scenes} scenes x {len(policies)} baselines "
+            f"({frames} frames)",
+            "result": per,
+            "ratio": f"{total_ratio:.0%} of rollout time (target <= 20 %; load average {_load()})",
+        },
+    ]
+    append_rows(rows, args.benchmarks)
+    print_summary(
+        {
+            "report_s": report_s,
+            "report_cpu_s": report_cpu,
+            "video_over_rollout": total_ratio,
+            "video_over_rollout_per_policy": ratio,
+            "video_ms_per_frame": 1e3 * sum(vid_s.values()) / max(frames, 1),
+        }
+    )
+    return 0

@@ -1,0 +1,496 @@
+"""Rollout videos and the violations index, drawn with OpenCV from a saved rollout.
+
+One mp4 per rollout, ``RUN/videos/<policy>/<scene_id>.mp4`` (10 fps = real time), plus a still
+``.jpg`` of its most telling frame (the first violation, else the middle) that the HTML report
+shows. Each frame (:class:`VideoStyle`, 768 x 432 by default):
+
+* left, the bird's-eye view around the ego (ego-centred, heading up; :mod:`alpasim_policy.render.bev`):
+  drivable area, lanes, route, stop lines coloured by their light state, the agents as simulated,
+  the logged human path (thin grey), the executed path so far (green), the K samples of the tick
+  (thin cyan) and the executed plan (yellow);
+* right, the camera mosaic the policy saw (re-rendered from the rollout state with
+  :mod:`alpasim_policy.render.cameras` when the rollout's env config had cameras on; rollouts do
+  not store images), the tick header (time, speed, events so far) and the chain-of-causation
+  text of the tick;
+* bottom, a timeline of the whole rollout with one row per event kind -- at-fault collision,
+  other contact, off-road (a box corner off the drivable area), red light (box on a red light's
+  stop polygon), policy failure, deadline miss -- and a cursor at the current tick.
+
+The events come from the rollout (contacts, failures, misses) and the scorer's geometry
+(:class:`~alpasim_policy.scoring.world.ScoringWorld`, the same drivable area and red-light polygons
+DAC and TLC use), so what the video marks is what the leaderboard scored.
+
+``violations/``: ``index.csv`` and ``index.md`` list the rollouts with an at-fault collision or an
+off-road state (policy, scene, kind, first step, count, video), with a BEV still of the first one
+(``<policy>__<scene>.jpg``), as AlpaSim's violations folder does.
+
+Codec: OpenCV's bundled FFmpeg writes MPEG-4 Part 2 (``mp4v``) in an mp4 container; H.264 is not
+in the wheel. Desktop players (VLC, mpv, QuickTime, Windows' player) play it; browsers may not,
+so the report shows the still and links the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from alpasim_policy.errors import AlpasimError
+from alpasim_policy.io import atomic_write_bytes, atomic_write_text
+
+# event rows of the timeline, top to bottom: (key, label, BGR colour)
+EVENTS: tuple[tuple[str, str, tuple[int, int, int]], ...] = (
+    ("collision_at_fault", "at-fault collision", (40, 40, 230)),
+    ("contact", "contact (not at fault)", (60, 160, 255)),
+    ("offroad", "off-road", (0, 140, 255)),
+    ("red_light", "red light", (200, 60, 220)),
+    ("failure", "policy failure", (200, 200, 200)),
+    ("deadline_miss", "deadline miss", (160, 160, 60)),
+)
+_LOG_BGR = (230, 150, 255)
+_SAMPLE_BGR = (255, 230, 60)  # cyan  # the human log's path: light pink, distinct from lanes and route
+
+
+@dataclass
+class VideoStyle:
+    """Frame geometry (pixels; all multiples of 16 so every codec accepts them) and BEV scale."""
+
+    bev: int = 368  # the square BEV panel
+    panel: int = 304  # width of the right-hand panel
+    timeline: int = 80  # height of the timeline strip (6 rows)
+    meters_per_pixel: float = 0.33
+    fps: float = 10.0
+    camera_width: int = 160  # per camera in the mosaic
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.bev + self.panel, self.bev + self.timeline
+
+
+def _safe(policy: str) -> str:
+    return policy.replace("://", "_").replace("/", "_").replace(":", "_")
+
+
+def video_path(run_dir: str | Path, policy: str, scene_id: str) -> Path:
+    """Where the video of one rollout lives: ``RUN/videos/<policy>/<scene_id>.mp4``."""
+    return Path(run_dir) / "videos" / _safe(policy) / f"{scene_id}.mp4"
+
+
+def still_path(run_dir: str | Path, policy: str, scene_id: str) -> Path:
+    return video_path(run_dir, policy, scene_id).with_suffix(".jpg")
+
+
+# --------------------------------------------------------------------------- events
+
+
+def rollout_events(ro, world) -> dict[str, np.ndarray]:
+    """Per-record bool arrays, one per :data:`EVENTS` key (False before the policy took over)."""
+    from alpasim_policy.scoring.metrics._common import EgoGeometry
+
+    n = len(ro.times)
+    controlled = np.asarray(ro.controlled, bool)
+    steps = np.asarray(ro.steps, np.int64)
+    ev = {k: np.zeros(n, bool) for k, _, _ in EVENTS}
+    index = {int(s): i for i, s in enumerate(steps)}
+    for c in (ro.extra or {}).get("collisions", []):
+        i = index.get(int(c.get("step", -1)))
+        if i is not None:
+            ev["collision_at_fault" if c.get("at_fault") else "contact"][i] = True
+    geo = EgoGeometry(np.asarray(ro.ego_state, np.float64)[None], world)
+    ev["offroad"] = geo.areas["non_drivable"][0] & controlled
+    red = np.asarray(world.red_light_red, bool)
+    if len(world.red_light_polygons) and red.any():
+        import shapely
+
+        polys = geo.polygons[0]
+        for i in np.flatnonzero(controlled):
+            ks = np.flatnonzero(red[:, min(int(steps[i]), red.shape[1] - 1)])
+            if len(ks) and shapely.intersects(polys[i], world.red_light_polygons[ks]).any():
+                ev["red_light"][i] = True
+    if ro.policy_failure is not None:
+        ev["failure"] = np.asarray(ro.policy_failure, bool)[:n]
+    if ro.deadline_miss is not None:
+        ev["deadline_miss"] = np.asarray(ro.deadline_miss, bool)[:n]
+    return ev
+
+
+def _scoring_world(scene):
+    """The scorer's geometry of a scene: the committed metric cache when it matches the scene
+    (a 40 ms read), else built from the scene (about 1 s: lane polygons, drivable union)."""
+    from alpasim_policy.errors import CacheError
+    from alpasim_policy.scoring.cache import cache_path, read_world
+    from alpasim_policy.scoring.report import DEFAULT_CACHE_DIR
+    from alpasim_policy.scoring.world import ScoringWorld
+
+    path = cache_path(DEFAULT_CACHE_DIR, scene.scene_id)
+    if path.is_file():
+        try:
+            return read_world(path, scene.content_hash).prepare()
+        except CacheError:
+            pass  # stale: build from the scene below
+    return ScoringWorld.from_scene(scene).prepare()
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def _poly(img: np.ndarray, px: np.ndarray, color, thickness: int = 1) -> None:
+    ok = np.all(np.isfinite(px), axis=-1)
+    px = px[ok]
+    if len(px) >= 2:
+        cv2.polylines(img, [np.rint(px * 16).astype(np.int32)], False, color, thickness, cv2.LINE_AA, 4)
+
+
+class RolloutFrames:
+    """Draws the frames of one rollout; construct once (precomputes the timeline and events)."""
+
+    def __init__(self, ro, scene, *, style: VideoStyle | None = None, cameras: bool = True, world=None):
+        from alpasim_policy.render.bev import BevConfig, BevRenderer
+
+        self.ro, self.scene = ro, scene
+        self.s = style or VideoStyle()
+        s = self.s
+        # colours given in BGR order, so the BEV comes out ready for the video writer (no flip copy)
+        base = BevConfig()
+        cfg = BevConfig(width=s.bev, height=s.bev, meters_per_pixel=s.meters_per_pixel, ego_position=(0.5, 0.62),
+                        draw_plan=False, colors={k: v[::-1] for k, v in base.colors.items()},
+                        agent_colors={k: v[::-1] for k, v in base.agent_colors.items()})  # fmt: skip
+        self.bev = BevRenderer(scene, cfg)
+        self.world = world if world is not None else _scoring_world(scene)
+        self.events = rollout_events(ro, self.world)
+        self.n = len(ro.times)
+        self.ego = np.asarray(ro.ego_state, np.float64)
+        self.log_xy = np.asarray(scene.ego.state, np.float64)[:, :2]
+        self.rig = None
+        cam = (ro.env_config or {}).get("cameras") or {}
+        if cameras and cam.get("enabled"):
+            from alpasim_policy.render.cameras import CameraRig
+
+            self.rig = CameraRig.from_preset(str(cam.get("preset", "alpamayo4")), width=s.camera_width)
+        self._timeline = self._draw_timeline()
+        self._panel_base = self._draw_panel_base()
+        self._first_control = int(np.argmax(np.asarray(ro.controlled, bool))) if np.any(ro.controlled) else 0
+
+    # -- static parts
+
+    def _draw_timeline(self) -> np.ndarray:
+        s = self.s
+        w, h = s.size[0], s.timeline
+        img = np.full((h, w, 3), 24, np.uint8)
+        rows = len(EVENTS)
+        rh = h // rows
+        self._x0, self._x1 = 150, w - 8
+        for r, (key, label, color) in enumerate(EVENTS):
+            y = r * rh
+            cv2.putText(img, label, (4, y + rh - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.36, color, 1, cv2.LINE_AA)
+            cv2.line(img, (self._x0, y + rh // 2), (self._x1, y + rh // 2), (70, 70, 70), 1)
+            for i in np.flatnonzero(self.events[key]):
+                x = self._tx(i)
+                cv2.rectangle(img, (x - 1, y + 2), (x + 1, y + rh - 2), color, -1)
+        return img
+
+    def _tx(self, i: int) -> int:
+        return int(round(self._x0 + (self._x1 - self._x0) * i / max(self.n - 1, 1)))
+
+    # -- one frame
+
+    def frame(self, i: int) -> np.ndarray:
+        """Frame ``i`` (record index), (H, W, 3) uint8 BGR."""
+        from alpasim_policy.scenes.geometry import scene_to_rig_xy
+
+        ro, s = self.ro, self.s
+        pose = self.ego[i, :3]
+        plan = np.asarray(ro.plans[i], np.float64)
+        plan = plan[np.all(np.isfinite(plan[:, :2]), axis=1)] if plan.ndim == 2 else np.zeros((0, 3))
+        img = self.bev.render(
+            ego_state=self.ego[i],
+            agent_states=np.asarray(ro.agent_state)[:, i],
+            agent_valid=np.asarray(ro.agent_valid)[:, i],
+            step=int(ro.steps[i]),
+        )
+        px = self.bev.rig_to_pixel
+        _poly(img, px(scene_to_rig_xy(self.log_xy, pose)), _LOG_BGR, 1)
+        _poly(img, px(scene_to_rig_xy(self.ego[: i + 1, :2], pose)), (80, 220, 80), 2)
+        if len(plan):
+            pts = np.vstack([[0.0, 0.0], scene_to_rig_xy(plan[:, :2], pose)])
+            _poly(img, px(pts), (0, 220, 255), 3)
+        if ro.samples is not None and i < len(ro.samples):  # thin, over the thick plan: both stay visible
+            for smp in np.asarray(ro.samples[i], np.float64):
+                if np.isfinite(smp[:, :2]).any():
+                    _poly(img, px(scene_to_rig_xy(smp[:, :2], pose)), _SAMPLE_BGR, 1)
+        hits = [(label, color) for key, label, color in EVENTS[:4] if self.events[key][i]]
+        if hits:  # ring the ego and name what happens at this tick
+            cx, cy = (int(round(v)) for v in self.bev.config.ego_pixel())
+            cv2.circle(img, (cx, cy - 6), 24, hits[0][1], 2, cv2.LINE_AA)
+            cv2.putText(img, ", ".join(h[0] for h in hits), (cx + 28, cy), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                        hits[0][1], 1, cv2.LINE_AA)  # fmt: skip
+        kh, kw = self._key.shape[:2]
+        img[s.bev - kh :, :kw] = self._key
+        out = np.zeros((s.size[1], s.size[0], 3), np.uint8)
+        out[: s.bev, : s.bev] = img
+        self._panel(out[: s.bev, s.bev :], i)
+        tl = self._timeline.copy()
+        x = self._tx(i)
+        cv2.line(tl, (x, 0), (x, tl.shape[0] - 1), (255, 255, 255), 1)
+        out[s.bev :] = tl
+        return out
+
+    def _draw_panel_base(self) -> np.ndarray:
+        """What does not change between frames: background, names, the colour key."""
+        s, ro = self.s, self.ro
+        p = np.full((s.bev, s.panel, 3), 36, np.uint8)
+        # the colour key: a small opaque patch pasted into the BEV's bottom-left corner every frame
+        key = [("executed path", (80, 220, 80)), ("plan", (0, 220, 255)), ("samples", _SAMPLE_BGR),
+               ("human log", _LOG_BGR)]  # fmt: skip
+        self._key = np.full((14 * len(key) + 6, 112, 3), 30, np.uint8)
+        yk = 14
+        for label, color in key:
+            cv2.line(self._key, (5, yk - 4), (22, yk - 4), color, 2)
+            cv2.putText(
+                self._key, label, (27, yk), cv2.FONT_HERSHEY_SIMPLEX, 0.34, (220, 220, 220), 1, cv2.LINE_AA
+            )
+            yk += 14
+        self._text_top = 4
+        if self.rig is not None:
+            self._text_top = s.bev // 2 + 6  # the camera mosaic takes the top half
+        y = self._text_top
+        for text, color, scale in (
+            (str(ro.policy), (255, 255, 255), 0.5),
+            (str(ro.scene_id), (200, 200, 200), 0.4),
+        ):
+            y += int(22 * scale / 0.42)
+            cv2.putText(p, text[:40], (6, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
+        self._text_top = y
+        return p
+
+    def _panel(self, p: np.ndarray, i: int) -> None:
+        ro = self.ro
+        p[:] = self._panel_base
+        if self.rig is not None:
+            from alpasim_policy.render.cameras import render_cameras
+
+            ims = render_cameras(self.scene, self.rig, ego_state=self.ego[i],
+                                 agent_states=np.asarray(ro.agent_state)[:, i],
+                                 agent_valid=np.asarray(ro.agent_valid)[:, i], step=int(ro.steps[i]))  # fmt: skip
+            self._mosaic(p, [im[..., ::-1] for im in ims.values()])
+        y = self._text_top
+        t = float(ro.times[i] - ro.times[0])
+        v = float(np.hypot(self.ego[i, 3], self.ego[i, 4]))
+        lines = [(f"t {t:5.1f} s  tick {i}  speed {v:5.1f} m/s", (220, 220, 220), 0.42)]
+        if not bool(ro.controlled[i]):
+            lines.append(("log warm-up (policy not driving yet)", (160, 160, 160), 0.4))
+        lat = ro.latency_s[i] if ro.latency_s is not None and i < len(ro.latency_s) else np.nan
+        if np.isfinite(lat):
+            lines.append((f"policy call {lat * 1e3:.1f} ms", (220, 220, 220), 0.4))
+        now = [label for key, label, _ in EVENTS if self.events[key][: i + 1].any()]
+        if now:
+            lines.append(("so far: " + ", ".join(now), (120, 160, 255), 0.4))
+        for text, color, scale in lines:
+            for part in textwrap.wrap(text, 40) or [""]:
+                y += int(22 * scale / 0.42)
+                cv2.putText(p, part, (6, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
+        reasoning = ro.reasoning[i] if i < len(ro.reasoning) else ""
+        # OpenCV's Hershey fonts draw ASCII only: anything else shows as '?'
+        reasoning = " ".join(reasoning.encode("ascii", "replace").decode().split())
+        if reasoning:
+            y += 22
+            cv2.putText(p, "reasoning (CoC):", (6, y), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 220, 255), 1,
+                        cv2.LINE_AA)  # fmt: skip
+            for part in textwrap.wrap(reasoning, 46)[: max(0, (p.shape[0] - y - 8) // 16)]:
+                y += 16
+                cv2.putText(p, part, (6, y), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (230, 230, 230), 1, cv2.LINE_AA)
+
+    def _mosaic(self, p: np.ndarray, ims: list[np.ndarray]) -> int:
+        """Tile the camera images into the top of the panel; returns the bottom row used."""
+        if not ims:
+            return 0
+        W = p.shape[1]
+        cols = 2 if len(ims) > 1 else 1
+        cw = W // cols
+        y = 0
+        for r in range(0, len(ims), cols):
+            row = ims[r : r + cols]
+            hmax = 0
+            for c, im in enumerate(row):
+                h = max(1, int(round(im.shape[0] * cw / im.shape[1])))
+                if y + h > p.shape[0] // 2:
+                    return y
+                p[y : y + h, c * cw : c * cw + cw] = cv2.resize(im, (cw, h), interpolation=cv2.INTER_AREA)
+                hmax = max(hmax, h)
+            y += hmax
+        return y
+
+    def key_index(self) -> int:
+        """The frame to show as a still: the first violation, else the middle of the controlled part."""
+        for key in ("collision_at_fault", "offroad", "red_light", "contact", "failure"):
+            idx = np.flatnonzero(self.events[key])
+            if len(idx):
+                return int(idx[0])
+        return (self._first_control + self.n - 1) // 2
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_video(ro, scene, path: str | Path, *, cameras: bool = True, style: VideoStyle | None = None,
+                world=None) -> Path:  # fmt: skip
+    """Write the mp4 of one rollout (atomically: a temp file renamed into place) and its still."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fr = RolloutFrames(ro, scene, style=style, cameras=cameras, world=world)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
+    w, h = fr.s.size
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fr.s.fps, (w, h))
+    if not writer.isOpened():
+        raise AlpasimError(f"{path}: OpenCV cannot open an mp4v video writer (opencv without FFmpeg?)")
+    key = fr.key_index()
+    still = None
+    try:
+        for i in range(fr.n):
+            f = fr.frame(i)
+            writer.write(f)
+            if i == key:
+                still = f
+    finally:
+        writer.release()
+    os.replace(tmp, path)
+    if still is not None:
+        ok, buf = cv2.imencode(".jpg", still, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        if ok:
+            atomic_write_bytes(path.with_suffix(".jpg"), buf.tobytes())
+    return path
+
+
+def _rollout_files(run_dir: Path, scenes: list[str] | None, policies: list[str] | None) -> list[Path]:
+    files = sorted((run_dir / "rollouts").glob("*/*.npz"))
+    if not files:
+        raise AlpasimError(f"{run_dir / 'rollouts'}: no rollouts (expected rollouts/<policy>/<scene_id>.npz)")
+    if scenes:
+        files = [f for f in files if f.stem in set(scenes)]
+    if policies:
+        safe = {_safe(p) for p in policies}
+        files = [f for f in files if f.parent.name in safe]
+    if not files:
+        raise AlpasimError(f"{run_dir}: no rollout matches --scene {scenes} --policy {policies}")
+    return files
+
+
+def write_videos(
+    run_dir: str | Path,
+    *,
+    scenes: list[str] | None = None,
+    policies: list[str] | None = None,
+    cameras: bool = True,
+    progress: bool = False,
+) -> list[Path]:
+    """Write ``RUN/videos/<policy>/<scene>.mp4`` for the chosen rollouts (default: every rollout)."""
+    from tqdm import tqdm
+
+    from alpasim_policy.scenes.format import load_scene
+    from alpasim_policy.scenes.suite import find_scene
+    from alpasim_policy.sim.rollout import Rollout
+
+    run_dir = Path(run_dir)
+    files = sorted(_rollout_files(run_dir, scenes, policies), key=lambda f: (f.stem, f.parent.name))
+    out, memo = [], {}
+    for f in tqdm(files, desc="videos", unit="video", disable=not progress):
+        try:
+            ro = Rollout.load(f)
+            if ro.scene_id not in memo:
+                memo.clear()
+                sc = load_scene(find_scene(ro.scene_id))
+                memo[ro.scene_id] = (sc, _scoring_world(sc))
+        except AlpasimError as e:  # one unreadable rollout or missing scene: say so, do the others
+            print(f"note: no video for {f}: {e}", file=sys.stderr)
+            continue
+        sc, world = memo[ro.scene_id]
+        out.append(
+            write_video(ro, sc, video_path(run_dir, ro.policy, ro.scene_id), cameras=cameras, world=world)
+        )
+    return out
+
+
+VIOLATION_COLUMNS = ("policy", "scene_id", "kind", "first_step", "ticks", "video", "still")
+
+
+def find_violations(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Rollouts of a run with an at-fault collision or an off-road state, one row per (rollout, kind)."""
+    from alpasim_policy.scenes.format import load_scene
+    from alpasim_policy.scenes.suite import find_scene
+    from alpasim_policy.sim.rollout import Rollout
+
+    run_dir = Path(run_dir)
+    rows, memo = [], {}
+    for f in sorted((run_dir / "rollouts").glob("*/*.npz"), key=lambda f: (f.stem, f.parent.name)):
+        try:
+            ro = Rollout.load(f)
+        except AlpasimError as e:
+            print(f"note: violations: {e}", file=sys.stderr)
+            continue
+        if ro.scene_id not in memo:
+            memo.clear()
+            try:
+                sc = load_scene(find_scene(ro.scene_id))
+            except AlpasimError as e:
+                print(f"note: violations: {e}", file=sys.stderr)
+                continue
+            memo[ro.scene_id] = (sc, _scoring_world(sc))
+        sc, world = memo[ro.scene_id]
+        ev = rollout_events(ro, world)
+        for key, kind in (("collision_at_fault", "at-fault collision"), ("offroad", "off-road")):
+            idx = np.flatnonzero(ev[key])
+            if not len(idx):
+                continue
+            rows.append({
+                "policy": ro.policy, "scene_id": ro.scene_id, "kind": kind,
+                "first_step": int(ro.steps[idx[0]]), "ticks": len(idx), "_index": int(idx[0]),
+                "_rollout": ro, "_scene": sc, "_world": world,
+            })  # fmt: skip
+    return rows
+
+
+def write_violations(run_dir: str | Path) -> Path:
+    """Write ``RUN/violations/index.csv``, ``index.md`` and one BEV still per violating rollout."""
+    run_dir = Path(run_dir)
+    vdir = run_dir / "violations"
+    rows = find_violations(run_dir)
+    for r in rows:
+        name = f"{_safe(r['policy'])}__{r['scene_id']}__{r['kind'].replace(' ', '_')}.jpg"
+        fr = RolloutFrames(r["_rollout"], r["_scene"], cameras=False, world=r["_world"])
+        ok, buf = cv2.imencode(".jpg", fr.frame(r["_index"]), [cv2.IMWRITE_JPEG_QUALITY, 85])
+        if ok:
+            atomic_write_bytes(vdir / name, buf.tobytes())
+            r["still"] = name
+        vp = video_path(run_dir, r["policy"], r["scene_id"])
+        r["video"] = os.path.relpath(vp, vdir) if vp.is_file() else ""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(VIOLATION_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: r.get(c, "") for c in VIOLATION_COLUMNS})
+    atomic_write_text(vdir / "index.csv", buf.getvalue())
+    md = [f"# Violations: {run_dir.name}", "",
+          "Rollouts with an at-fault collision (NAVSIM rules) or a box corner off the drivable area; "
+          "first_step is the scene step of the first one, ticks how many ticks had it.", ""]  # fmt: skip
+    if rows:
+        md += [
+            "| policy | scene | kind | first step | ticks | still | video |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            still = f"![]({r['still']})" if r.get("still") else ""
+            video = f"[mp4]({r['video']})" if r.get("video") else "(eval --videos)"
+            md.append(f"| {r['policy']} | {r['scene_id']} | {r['kind']} | {r['first_step']} | {r['ticks']} | "
+                      f"{still} | {video} |")  # fmt: skip
+    else:
+        md.append("None.")
+    atomic_write_text(vdir / "index.md", "\n".join(md) + "\n")
+    return vdir / "index.csv"
