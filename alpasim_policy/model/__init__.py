@@ -24,6 +24,7 @@ _EXPORTS = {
     "DeltaTrajectoryTokenizer": "alpasim_policy.model.tokenizer",
     "integrate_unicycle": "alpasim_policy.model.action_space",
     "estimate_speed": "alpasim_policy.model.action_space",
+    "estimate_v0": "alpasim_policy.model.action_space",
 }
 
 __all__ = sorted(_EXPORTS)

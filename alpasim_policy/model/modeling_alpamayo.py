@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alpasim_policy.errors import ConfigError, ModelInputError, ModelWeightsError
-from alpasim_policy.model.action_space import UnicycleActionSpace, estimate_speed
+from alpasim_policy.model.action_space import UnicycleActionSpace, estimate_v0
 from alpasim_policy.model.config import AlpamayoConfig
 from alpasim_policy.model.expert import ActionInProjection, build_expert
 from alpasim_policy.model.flow import (
@@ -72,7 +72,8 @@ class DriveOutput:
     timings: dict[str, float]  # seconds per stage: vision, prefill, decode, diffusion, post, total
     actions: np.ndarray  # (K, 64, 2) acceleration m/s^2, curvature 1/m
     v0: float  # speed at now used for integration, m/s
-    stats: dict[str, int] = field(default_factory=dict)  # prefills, decode steps, CoC lengths...
+    stats: dict[str, Any] = field(default_factory=dict)  # prefills, decode steps, CoC lengths, KV...
+    z: float = 0.0  # height of every pose (the last history z, carried as NVlabs does)
 
 
 @dataclass
@@ -82,6 +83,8 @@ class PreparedInputs:
     pixel_values: torch.Tensor  # (patches, C * tp * ps * ps)
     image_grid_thw: torch.Tensor  # (N, 3)
     v0: float
+    z: float = 0.0  # height carried into the plan (last history z, as NVlabs)
+    history_ids: np.ndarray | None = None  # (3 T,) delta-tokenizer bins of the history
 
 
 class AlpamayoR1(nn.Module):
@@ -106,6 +109,7 @@ class AlpamayoR1(nn.Module):
             config.accel_std,
             config.curvature_mean,
             config.curvature_std,
+            config.integration,
         )
         self.action_in_proj = ActionInProjection(
             2,
@@ -308,15 +312,24 @@ class AlpamayoR1(nn.Module):
         speed: float | None = None,
         command: int | str | None = None,
         route_text: str | None = None,
+        history_z: Any = None,
     ) -> PreparedInputs:
         """Validate and convert one tick's inputs; raises :class:`ModelInputError` naming the bad input."""
+        cfg = self.config
         imgs = self._validate_images(images)
         hist = self._history(history_xyh)
         pixel_values, grid = self._pixels(imgs)
-        merge = self.config.spatial_merge_size**2
+        merge = cfg.spatial_merge_size**2
         per_image = (grid.prod(-1) // merge).tolist()
         xyz = np.zeros((hist.shape[0], 3))
         xyz[:, :2] = hist[:, :2]
+        if history_z is not None:
+            z = np.asarray(history_z, dtype=np.float64).reshape(-1)
+            if z.shape[0] < cfg.history_steps or not np.all(np.isfinite(z[-cfg.history_steps :])):
+                raise ModelInputError(
+                    f"history_z: need {cfg.history_steps} finite heights (0.1 s apart), got shape {z.shape}"
+                )
+            xyz[:, 2] = z[-cfg.history_steps :]
         hist_ids = self.hist_tokenizer.encode(xyz)
         nav = []
         if command is not None:
@@ -328,10 +341,15 @@ class AlpamayoR1(nn.Module):
         input_ids = torch.tensor([ids], dtype=torch.long)
         mm = (input_ids == self.tokenizer.ids["image_pad"]).to(torch.int32)
         if speed is not None and np.isfinite(speed):
-            v0 = max(float(speed), 0.0)
+            v0 = max(float(speed), 0.0)  # a measured speed overrides the estimate (not NVlabs)
         else:
-            v0 = estimate_speed(hist[:, :2], self.config.dt)
-        return PreparedInputs(input_ids, mm, pixel_values, grid, v0)
+            if hist.shape[1] >= 3:
+                heading = hist[:, 2]
+            else:  # positions only: the direction of motion
+                d = np.gradient(hist[:, :2], axis=0)
+                heading = np.unwrap(np.arctan2(d[:, 1], d[:, 0]))
+            v0 = estimate_v0(hist[:, :2], heading, cfg.dt, cfg.v_lambda, cfg.v_ridge)
+        return PreparedInputs(input_ids, mm, pixel_values, grid, v0, float(xyz[-1, 2]), hist_ids)
 
     # ================================================================== reasoning
     def _sync(self) -> None:
@@ -347,27 +365,21 @@ class AlpamayoR1(nn.Module):
     def _pick(
         self,
         logits: torch.Tensor,
-        step: int,
-        forced: int | None,
-        max_tokens: int,
+        forced: bool,
         temperature: float,
         top_p: float,
         generator: torch.Generator | None,
     ) -> torch.Tensor:
+        """Next CoC token per row. As NVlabs' logits processor, only the trajectory vocabulary is
+        masked (and embedding rows past the tokenizer, which a checkpoint may pad); ``forced`` also
+        masks ``<|traj_future_start|>`` so the CoC has the requested length."""
         tk = self.tokenizer
-        stop = tk.ids["traj_future_start"]
         logits = logits.float().clone()
-        # trajectory and vision tokens are never part of a chain of causation
         logits[:, tk.traj_token_start : tk.traj_token_start + tk.traj_vocab_size] = float("-inf")
-        for k in ("image_pad", "video_pad", "vision_start", "vision_end", "pad", "cot_start"):
-            logits[:, tk.ids[k]] = float("-inf")
         if logits.shape[-1] > len(tk):
-            logits[:, len(tk) :] = float("-inf")  # padded embedding rows of a real checkpoint
-        limit = forced if forced is not None else max_tokens
-        if step >= limit:
-            return torch.full((logits.shape[0],), stop, dtype=torch.long, device=logits.device)
-        if forced is not None:
-            logits[:, stop] = float("-inf")
+            logits[:, len(tk) :] = float("-inf")
+        if forced:
+            logits[:, tk.ids["traj_future_start"]] = float("-inf")
         if temperature <= 0:
             return logits.argmax(dim=-1)
         probs = torch.softmax(logits / temperature, dim=-1)
@@ -449,27 +461,37 @@ class AlpamayoR1(nn.Module):
         t1 = time.perf_counter()
         timings["prefill"] = timings.get("prefill", 0.0) + t1 - t0
 
+        # NVlabs' semantics (``vlm.generate`` + stop one token after ``<|traj_future_start|>``): a
+        # generated token is fed back only when another one follows it, so the cache holds the
+        # prompt + generated - 1 tokens; the expert attends to the cache up to and including the
+        # stop token and its first position is (stop index + 1), or prompt + generated when a row
+        # never emitted the stop (length limit / forced length).
         stop = self.tokenizer.ids["traj_future_start"]
         pad = self.tokenizer.ids["pad"]
+        limit = cot_tokens if cot_tokens is not None else max_tokens
+        if limit < 1:
+            raise ConfigError(f"CoC length limit must be >= 1, got {limit}")
         finished = torch.zeros(rows, dtype=torch.bool, device=dev)
-        stop_at = torch.full(
-            (rows,), -1, dtype=torch.long, device=dev
-        )  # cache index of <|traj_future_start|>
+        stop_at = torch.full((rows,), -1, dtype=torch.long, device=dev)  # sequence index of the stop
         generated: list[torch.Tensor] = []
-        cur = length
+        cur = length  # sequence index of the token being picked
         steps = 0
+        fed = 0
         while True:
-            tok = self._pick(logits, steps, cot_tokens, max_tokens, temperature, top_p, generator)
+            tok = self._pick(logits, cot_tokens is not None, temperature, top_p, generator)
             tok = torch.where(finished, torch.full_like(tok, pad), tok)
             newly = (tok == stop) & ~finished
             stop_at = torch.where(newly, torch.full_like(stop_at, cur), stop_at)
             generated.append(tok)
-            out = self._vlm_step(tok[:, None], torch.full((rows, 1), cur, device=dev), rope_delta, cache)
             steps += 1
             cur += 1
             finished |= newly
+            if steps >= limit:
+                break  # the last generated token is never fed
+            out = self._vlm_step(tok[:, None], torch.full((rows, 1), cur - 1, device=dev), rope_delta, cache)
+            fed += 1
             if bool(finished.all()):
-                break
+                break  # the stop token is in the cache; NVlabs' one extra token is not needed
             logits = out.logits[:, -1]
         self._sync()
         t2 = time.perf_counter()
@@ -478,14 +500,16 @@ class AlpamayoR1(nn.Module):
         self.counters["decode_steps"] += steps
 
         gen = torch.stack(generated, dim=1).cpu()
+        total = length + steps  # prompt + generated
+        offset = torch.where(stop_at >= 0, stop_at + 1, torch.full_like(stop_at, total))
         texts_ids = []
-        stops = (stop_at - length).cpu().tolist()
-        for r in range(rows):
-            texts_ids.append(gen[r, : stops[r]].tolist())
+        for r, s_at in enumerate(stop_at.cpu().tolist()):
+            texts_ids.append(gen[r, : (s_at - length if s_at >= 0 else steps)].tolist())
         keys = [layer.keys for layer in cache.layers]
         values = [layer.values for layer in cache.layers]
-        valid = stop_at + 1
-        prefix = Prefix(keys, values, valid, valid + rope_delta[:, 0])
+        kv_len = length + fed
+        valid = offset.clamp(max=kv_len)
+        prefix = Prefix(keys, values, valid, offset + rope_delta[:, 0])
         return prefix, texts_ids
 
     # ================================================================== diffusion
@@ -546,6 +570,7 @@ class AlpamayoR1(nn.Module):
         top_p: float | None = None,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
+        history_z: Any = None,
     ) -> DriveOutput:
         """One planning tick: images + ego history -> CoC text(s) and K trajectories (see module doc).
 
@@ -554,7 +579,10 @@ class AlpamayoR1(nn.Module):
           ``config.image_hw``).
         * ``history_xyh``: (>=16, 3|4) x, y, heading (, speed), oldest first, last row = now, 0.1 s
           apart; any fixed frame (converted to the rig frame of the last row).
-        * ``speed``: measured speed (m/s); ``None`` estimates it from the history.
+        * ``speed``: measured speed (m/s) to start the plan from; ``None`` (NVlabs) estimates it
+          from the history (:func:`~alpasim_policy.model.action_space.estimate_v0`).
+        * ``history_z``: (>=16,) heights of the history rows (tokenised with x, y; the last one is
+          carried into the plan as ``DriveOutput.z``); ``None`` = flat (0).
         * ``command``: 0 left, 1 straight, 2 right (or free text); ``route_text``: extra prompt text.
         * ``temperature``: 0 = greedy (default for ``single``; ``multi`` samples with the config's
           temperature / top-p so the K reasonings differ). ``cot_tokens`` forces the CoC length.
@@ -567,7 +595,7 @@ class AlpamayoR1(nn.Module):
         cfg = self.config
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
-        prepared = self.prepare(images, history_xyh, speed, command, route_text)
+        prepared = self.prepare(images, history_xyh, speed, command, route_text, history_z)
         t_prep = time.perf_counter()
         timings["preprocess"] = t_prep - t_start
 
@@ -621,6 +649,8 @@ class AlpamayoR1(nn.Module):
             "decode_steps": steps,
             "cot_tokens": [len(c) for c in cot_ids],
             "prefix_len": int(prefix.valid_len.max()),
+            "kv_len": prefix.length,
+            "expert_position_start": [int(p) for p in prefix.rope_offset.tolist()],
             "graph": int(diffusion == "graph" and self.device.type == "cuda"),
         }
         return DriveOutput(
@@ -630,6 +660,7 @@ class AlpamayoR1(nn.Module):
             actions=controls.numpy(),
             v0=prepared.v0,
             stats=stats,
+            z=prepared.z,
         )
 
     @torch.no_grad()
