@@ -141,7 +141,9 @@ def estimate_v0(
     xy = np.asarray(history_xy, dtype=np.float64)
     th = np.unwrap(np.asarray(heading, dtype=np.float64))
     if xy.ndim != 2 or xy.shape[1] != 2 or th.shape != (xy.shape[0],):
-        raise ModelInputError(f"ego history: expected (T, 2) positions and (T,) headings, got {xy.shape}, {th.shape}")
+        raise ModelInputError(
+            f"ego history: expected (T, 2) positions and (T,) headings, got {xy.shape}, {th.shape}"
+        )
     t = xy.shape[0]
     if t < 2:
         raise ModelInputError("ego history: need at least 2 steps to estimate the speed")

@@ -37,7 +37,9 @@ class FourierFeatures(nn.Module):
         self.register_buffer("freqs", freqs[None, :])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        arg = x[..., None] * self.freqs * (2.0 * math.pi)
+        # the reference's evaluation order ((x * f) * 2) * pi: at 100 Hz the argument reaches ~1e3
+        # and a different rounding order moves sin / cos by ~1e-4
+        arg = x[..., None] * self.freqs * 2 * math.pi
         return torch.cat([torch.sin(arg), torch.cos(arg)], dim=-1) * math.sqrt(2.0)
 
 

@@ -23,7 +23,6 @@ Weights use NVlabs' key layout: ``vlm.*`` (a ``Qwen3VLForConditionalGeneration``
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections import Counter
@@ -52,6 +51,7 @@ from alpasim_policy.model.tokenizer import (
     AlpamayoTokenizer,
     DeltaTrajectoryTokenizer,
 )
+from alpasim_policy.model.weights_io import WEIGHTS_INDEX
 from alpasim_policy.scenes.geometry import scene_to_rig_xy
 
 ReasoningMode = Literal["single", "multi"]
@@ -59,8 +59,6 @@ DiffusionMode = Literal["graph", "eager", "dynamic"]
 COMMAND_TEXT = {0: "turn left", 1: "go straight", 2: "turn right"}
 IMAGE_MEAN = 0.5  # Qwen3-VL normalises every channel with mean 0.5, std 0.5
 IMAGE_STD = 0.5
-WEIGHTS_INDEX = "model.safetensors.index.json"
-WEIGHTS_SINGLE = "model.safetensors"
 
 
 @dataclass
@@ -419,8 +417,12 @@ class AlpamayoR1(nn.Module):
         top_p: float = 1.0,
         generator: torch.Generator | None = None,
         timings: dict[str, float] | None = None,
+        trace: dict[str, list[torch.Tensor]] | None = None,
     ) -> tuple[Prefix, list[list[int]]]:
-        """Prefill ``rows`` copies of the prompt and decode until ``<|traj_future_start|>`` is in the cache."""
+        """Prefill ``rows`` copies of the prompt and decode until ``<|traj_future_start|>`` is in the cache.
+
+        ``trace`` (optional) receives the raw ``logits`` ``(rows, V)`` and the ``tokens`` ``(rows,)``
+        of every decoding step (for parity checks against the reference)."""
         from transformers import DynamicCache
 
         timings = timings if timings is not None else {}
@@ -478,7 +480,11 @@ class AlpamayoR1(nn.Module):
         steps = 0
         fed = 0
         while True:
+            if trace is not None:
+                trace.setdefault("logits", []).append(logits.float().cpu())
             tok = self._pick(logits, cot_tokens is not None, temperature, top_p, generator)
+            if trace is not None:
+                trace.setdefault("tokens", []).append(tok.cpu())
             tok = torch.where(finished, torch.full_like(tok, pad), tok)
             newly = (tok == stop) & ~finished
             stop_at = torch.where(newly, torch.full_like(stop_at, cur), stop_at)
@@ -736,61 +742,92 @@ class AlpamayoR1(nn.Module):
         preset: str | None = None,
         strict: bool = True,
         device: str | torch.device = "cpu",
+        dtype: str | None = None,
         tokenizer_dir: str | Path | None = None,
+        base_vlm_dir: str | Path | None = None,
+        **overrides: Any,
     ) -> AlpamayoR1:
-        """Load safetensors shards in NVlabs' key layout from a local directory.
+        """Load a checkpoint folder: NVlabs' (``save_pretrained`` of NVlabs' AlpamayoR1) or ours.
 
-        The config comes from ``config.json`` when it is ours, else from ``preset``. Missing,
-        unexpected or mis-shaped keys raise :class:`ModelWeightsError` listing them (``strict``),
-        or are reported with a warning (``strict=False``; missing weights keep their random init).
+        * The config is read from ``config.json``: NVlabs' format is mapped field by field (sizes of
+          the base VLM it names in ``vlm_name_or_path`` — a local folder, absolute or relative to
+          the checkpoint, or ``base_vlm_dir`` — the expert, action projection, action space, flow
+          and trajectory tokenizers; see :mod:`~alpasim_policy.model.weights_io`); ours directly;
+          ``preset`` only for a folder without ``config.json``. ``overrides`` set other config
+          fields (e.g. ``cameras=2, frames=2``: NVlabs' config does not fix the camera count).
+        * The tokenizer is the checkpoint's (``tokenizer_dir``, the folder, or the base-VLM folder
+          extended as NVlabs extends it); its size must match the checkpoint's vocabulary. When the
+          base-VLM folder has an image processor it is used (Qwen3-VL resizing by pixel budget).
+        * Weights: ``model.safetensors`` or shards + ``model.safetensors.index.json``, read one
+          tensor at a time into a model built with parameters on the meta device, in ``dtype``
+          (``float32`` / ``bfloat16`` / ``float16``; default: the checkpoint's).
+        * Missing, unexpected or mis-shaped keys raise :class:`ModelWeightsError` listing them
+          (``strict``), or warn (``strict=False``; missing weights then keep a random init).
         """
+        from alpasim_policy.model import weights_io as wio
+
         directory = Path(directory)
         if not directory.is_dir():
             raise ModelWeightsError(f"{directory}: weights directory does not exist")
-        config = _load_config(directory, preset)
-        tokenizer = _load_tokenizer(directory, tokenizer_dir, config.traj_vocab_size)
-        files = _weight_files(directory)
-        model = cls.create(config, device, tokenizer)
-        expected = model.state_dict()
-        from safetensors import safe_open
-
-        loaded: dict[str, torch.Tensor] = {}
-        for f in files:
-            try:
-                with safe_open(str(f), framework="pt") as sf:
-                    for k in sf.keys():  # noqa: SIM118 - safe_open is not a dict
-                        loaded[k] = sf.get_tensor(k)
-            except Exception as e:  # safetensors raises SafetensorError / OSError on corruption
-                raise ModelWeightsError(f"{f}: cannot read safetensors file: {e}") from e
-        missing = sorted(set(expected) - set(loaded))
-        unexpected = sorted(set(loaded) - set(expected))
+        config, base_dir = _load_config(directory, preset, base_vlm_dir, overrides)
+        if dtype is not None:
+            if dtype not in ("float32", "bfloat16", "float16"):
+                raise ConfigError(f"dtype {dtype!r}: choose float32, bfloat16 or float16")
+            config.dtype = dtype
+        tokenizer = _load_tokenizer(directory, tokenizer_dir, base_dir, config)
+        files = wio.weight_files(directory)
+        shapes = wio.shard_keys(files)
+        emb = shapes.get("vlm.model.language_model.embed_tokens.weight")
+        if emb is not None and emb[0] < len(tokenizer):
+            raise ModelWeightsError(
+                f"{directory}: the tokenizer has {len(tokenizer)} tokens but the embedding only {emb[0]} rows; "
+                "this tokenizer does not belong to these weights"
+            )
+        if emb is not None and config.vocab_size is None:
+            config.vocab_size = emb[0]
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(config.torch_dtype)
+        try:
+            with wio.parameters_on_meta():
+                model = cls(config, tokenizer)
+        finally:
+            torch.set_default_dtype(previous)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        missing = sorted(set(expected) - set(shapes))
+        unexpected = sorted(set(shapes) - set(expected))
         mismatched = sorted(
-            f"{k}: file {tuple(loaded[k].shape)} vs model {tuple(expected[k].shape)}"
-            for k in set(expected) & set(loaded)
-            if tuple(loaded[k].shape) != tuple(expected[k].shape)
+            f"{k}: file {shapes[k]} vs model {expected[k]}"
+            for k in set(expected) & set(shapes)
+            if shapes[k] != expected[k]
         )
         problems = []
-        for label, items in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("shape mismatch", mismatched),
-        ):
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
             if items:
                 shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
                 problems.append(f"{len(items)} {label} keys: {shown}")
         if problems:
-            msg = f"{directory}: weights do not match the model (preset {config.preset}): " + "; ".join(
-                problems
-            )
+            msg = f"{directory}: weights do not match the model ({config.preset}): " + "; ".join(problems)
             if strict:
                 raise ModelWeightsError(msg)
             warnings.warn(msg, stacklevel=2)
-        usable = {
-            k: v.to(device=expected[k].device, dtype=expected[k].dtype)
-            for k, v in loaded.items()
-            if k in expected and tuple(v.shape) == tuple(expected[k].shape)
-        }
-        model.load_state_dict(usable, strict=False)
+        params = dict(model.named_parameters())
+        state = {}
+        for k, v in wio.read_state(files):
+            if k not in expected or tuple(v.shape) != expected[k]:
+                continue
+            # parameters in the model dtype; buffers (statistics, Fourier frequencies) stay float32
+            state[k] = v.to(config.torch_dtype if k in params else torch.float32)
+        model.load_state_dict(state, strict=False, assign=True)
+        still_meta = [n for n, p in model.named_parameters() if p.is_meta]
+        for name in still_meta:  # strict=False: random init for what the file lacks
+            mod_name, _, attr = name.rpartition(".")
+            mod = model.get_submodule(mod_name)
+            real = torch.empty(getattr(mod, attr).shape, dtype=config.torch_dtype).normal_(0.0, 0.02)
+            setattr(mod, attr, nn.Parameter(real, requires_grad=False))
+        model.to(device)
+        model.eval()
+        if base_dir is not None and (base_dir / "preprocessor_config.json").exists():
+            model.load_processor(base_dir)
         return model
 
 
@@ -803,60 +840,89 @@ def _device_generator(generator: torch.Generator | None, device: torch.device) -
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def _load_config(directory: Path, preset: str | None) -> AlpamayoConfig:
+def _load_config(
+    directory: Path, preset: str | None, base_vlm_dir: str | Path | None, overrides: dict[str, Any]
+) -> tuple[AlpamayoConfig, Path | None]:
+    """The model config of a checkpoint folder and the base-VLM folder it names (NVlabs format)."""
+    from alpasim_policy.model import weights_io as wio
+
     path = directory / "config.json"
     if path.exists():
+        data = wio.read_json(path)
+        if wio.is_nvlabs_config(data):
+            base_dir = wio.resolve_base_vlm(directory, data, base_vlm_dir)
+            if base_dir is not None:
+                base = wio.read_json(base_dir / "config.json")
+            else:
+                base = data.get("vlm_config") or {k: data[k] for k in ("text_config", "vision_config") if k in data}
+            return wio.config_from_nvlabs(directory, data, base, **overrides), base_dir
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ModelWeightsError(f"{path}: unreadable config: {e}") from e
-        try:
-            cfg = AlpamayoConfig.from_dict(data)
-            if preset is not None and preset != cfg.preset:
-                raise ModelWeightsError(f"{path}: weights are preset {cfg.preset!r}, not {preset!r}")
-            return cfg
-        except ConfigError:
-            if preset is None:
-                raise ModelWeightsError(
-                    f"{path}: not an alpasim-policy config (e.g. an NVlabs release config); pass preset="
-                ) from None
+            cfg = AlpamayoConfig.from_dict({**data, **overrides})
+        except ConfigError as e:
+            raise ModelWeightsError(f"{path}: {e}") from None
+        if preset is not None and preset != cfg.preset:
+            raise ModelWeightsError(f"{path}: weights are preset {cfg.preset!r}, not {preset!r}")
+        return cfg, None
     if preset is None:
-        raise ModelWeightsError(
-            f"{directory}: no config.json; pass preset= to say which model these weights are"
-        )
-    return AlpamayoConfig.from_preset(preset)
+        raise ModelWeightsError(f"{directory}: no config.json; pass preset= to say which model these weights are")
+    return AlpamayoConfig.from_preset(preset, **overrides), None
 
 
-def _load_tokenizer(directory: Path, tokenizer_dir: str | Path | None, traj_vocab: int) -> AlpamayoTokenizer:
+def _load_tokenizer(
+    directory: Path, tokenizer_dir: str | Path | None, base_dir: Path | None, config: AlpamayoConfig
+) -> AlpamayoTokenizer:
+    """The checkpoint's tokenizer; its size and trajectory-token ids must match the checkpoint's."""
+    traj_vocab = config.traj_vocab_size
     if tokenizer_dir is not None:
-        return AlpamayoTokenizer.from_dir(tokenizer_dir, traj_vocab)
-    if (directory / "tokenizer_config.json").exists():
-        return AlpamayoTokenizer.from_dir(directory, traj_vocab)
-    if (directory / "tokenizer.json").exists():
+        tok = AlpamayoTokenizer.from_dir(tokenizer_dir, traj_vocab)
+        where = Path(tokenizer_dir)
+    elif (directory / "tokenizer_config.json").exists():
+        tok = AlpamayoTokenizer.from_dir(directory, traj_vocab)
+        where = directory
+    elif (directory / "tokenizer.json").exists():
         from tokenizers import Tokenizer
 
-        return AlpamayoTokenizer(
-            Tokenizer.from_file(str(directory / "tokenizer.json")), traj_vocab_size=traj_vocab
+        tok = AlpamayoTokenizer(Tokenizer.from_file(str(directory / "tokenizer.json")), traj_vocab_size=traj_vocab)
+        where = directory
+    elif base_dir is not None and (
+        (base_dir / "tokenizer.json").exists() or (base_dir / "tokenizer_config.json").exists()
+    ):
+        nv = config.extra.get("nvlabs", {})
+        if nv.get("add_special_tokens") is False:
+            raise ModelWeightsError(
+                f"{directory / 'config.json'}: add_special_tokens is false, so the tokenizer lacks "
+                "<|cot_start|> and the other Alpamayo special tokens this prompt uses; not supported"
+            )
+        tok = AlpamayoTokenizer.from_dir(base_dir, traj_vocab)
+        where = base_dir
+    else:
+        raise ModelWeightsError(
+            f"{directory}: no tokenizer (tokenizer.json / tokenizer_config.json) in the checkpoint folder"
+            + (f" or its base-VLM folder {base_dir}" if base_dir is not None else "")
+            + "; pass tokenizer_dir= (the built-in tokenizer is only for random-init presets)"
         )
-    return AlpamayoTokenizer.local(traj_vocab)
-
-
-def _weight_files(directory: Path) -> list[Path]:
-    index = directory / WEIGHTS_INDEX
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, json.JSONDecodeError, KeyError) as e:
-            raise ModelWeightsError(f"{index}: malformed index: {e}") from e
-        files = sorted({directory / name for name in weight_map.values()})
-        absent = [f.name for f in files if not f.exists()]
-        if absent:
-            raise ModelWeightsError(f"{index}: shards listed but absent: {absent}")
-        return files
-    single = directory / WEIGHTS_SINGLE
-    if single.exists():
-        return [single]
-    raise ModelWeightsError(f"{directory}: no {WEIGHTS_INDEX} or {WEIGHTS_SINGLE}")
+    if config.vocab_size is not None and len(tok) > config.vocab_size:
+        raise ModelWeightsError(
+            f"{where}: the tokenizer has {len(tok)} tokens, more than the checkpoint's vocabulary "
+            f"({config.vocab_size}); it does not belong to these weights"
+        )
+    nv = config.extra.get("nvlabs", {})
+    if nv:
+        if config.vocab_size is not None and len(tok) != config.vocab_size:
+            raise ModelWeightsError(
+                f"{where}: the tokenizer has {len(tok)} tokens but the checkpoint's vocab_size is {config.vocab_size}"
+            )
+        start = nv.get("traj_token_start_idx")
+        if start is not None and int(start) != tok.traj_token_start:
+            raise ModelWeightsError(
+                f"{where}: <i0> is token {tok.traj_token_start}, the checkpoint expects {start}"
+            )
+        for key, tid in (nv.get("traj_token_ids") or {}).items():
+            name = "traj_" + key if not key.startswith("traj_") else key
+            have = tok.ids.get(name)
+            if have is not None and have != int(tid):
+                raise ModelWeightsError(f"{where}: token {name} is {have}, the checkpoint expects {tid}")
+    return tok
 
 
 __all__ = ["AlpamayoR1", "DriveOutput", "PreparedInputs"]
