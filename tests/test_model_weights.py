@@ -109,3 +109,65 @@ def test_missing_directory_shards_and_config(saved, tmp_path):
         AlpamayoR1.from_pretrained(d)
     with pytest.raises(ModelWeightsError, match="not 'small'"):
         AlpamayoR1.from_pretrained(src, preset="small")
+
+
+# ---------------------------------------------------------------- NVlabs-written folders
+NVLABS = __import__("pathlib").Path(__file__).resolve().parent / "fixtures" / "nvlabs_parity" / "checkpoint"
+
+
+def test_nvlabs_folder_loads_in_one_call_with_its_own_sizes():
+    from alpasim_policy.model.config import PRESETS
+
+    m = AlpamayoR1.from_pretrained(NVLABS)
+    cfg = m.config
+    # a size no preset has, read from NVlabs' config and the base VLM it names
+    for name in PRESETS:
+        p = AlpamayoConfig.from_preset(name)
+        assert (p.text_hidden, p.expert_hidden, p.vocab_size) != (cfg.text_hidden, cfg.expert_hidden, cfg.vocab_size)
+    assert cfg.preset == "nvlabs" and (cfg.cameras, cfg.frames) == (4, 4)  # NVlabs' release inputs
+    assert not any(p.is_meta for p in m.parameters())
+    assert all(b.dtype == torch.float32 for b in m.buffers())
+
+
+def test_nvlabs_folder_in_bfloat16():
+    m = AlpamayoR1.from_pretrained(NVLABS, dtype="bfloat16")
+    assert m.dtype == torch.bfloat16 and m.vlm.lm_head.weight.dtype == torch.bfloat16
+    assert m.action_space.accel_std.dtype == torch.float32  # statistics stay float32
+    hist, _ = rig_history("cr-USA_Lanker-1_1_T-1-ego1213")
+    out = m.drive(frames(m.config, seed=1), hist, num_samples=2, cot_tokens=3, diffusion="eager")
+    assert np.isfinite(out.trajectories).all()
+
+
+def test_nvlabs_folder_with_a_foreign_tokenizer_is_refused(tmp_path):
+    import shutil
+
+    d = tmp_path / "ckpt"
+    shutil.copytree(NVLABS, d)
+    torch.manual_seed(0)
+    AlpamayoR1(AlpamayoConfig.from_preset("tiny")).tokenizer.save(tmp_path / "tok")  # the local BPE
+    with pytest.raises(Exception, match="tokenizer|token"):
+        AlpamayoR1.from_pretrained(d, tokenizer_dir=tmp_path / "tok")
+    # without its base-VLM folder: a clear error naming vlm_name_or_path, no silent local tokenizer
+    shutil.rmtree(d / "base_vlm")
+    with pytest.raises(ModelWeightsError, match="vlm_name_or_path"):
+        AlpamayoR1.from_pretrained(d)
+    # the base VLM can live elsewhere
+    m = AlpamayoR1.from_pretrained(d, base_vlm_dir=NVLABS / "base_vlm")
+    assert len(m.tokenizer) == 791
+
+
+def test_nvlabs_config_keys_this_model_cannot_reproduce_are_named(tmp_path):
+    import shutil
+
+    d = tmp_path / "ckpt"
+    shutil.copytree(NVLABS, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["expert_cfg"]["num_key_value_heads"] = 4
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelWeightsError, match="expert_cfg.num_key_value_heads"):
+        AlpamayoR1.from_pretrained(d)
+    cfg["expert_cfg"].pop("num_key_value_heads")
+    cfg["action_space_cfg"]["_target_"] = "alpamayo_r1.action_space.Other"
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelWeightsError, match="action_space_cfg._target_"):
+        AlpamayoR1.from_pretrained(d)

@@ -778,6 +778,11 @@ class AlpamayoR1(nn.Module):
         files = wio.weight_files(directory)
         shapes = wio.shard_keys(files)
         emb = shapes.get("vlm.model.language_model.embed_tokens.weight")
+        if emb is not None and getattr(tokenizer, "builtin", False) and emb[0] != len(tokenizer):
+            raise ModelWeightsError(
+                f"{directory}: no tokenizer in the folder, and the built-in one of preset {config.preset!r} "
+                f"has {len(tokenizer)} tokens, not the checkpoint's {emb[0]}; pass tokenizer_dir="
+            )
         if emb is not None and emb[0] < len(tokenizer):
             raise ModelWeightsError(
                 f"{directory}: the tokenizer has {len(tokenizer)} tokens but the embedding only {emb[0]} rows; "
@@ -895,6 +900,11 @@ def _load_tokenizer(
             )
         tok = AlpamayoTokenizer.from_dir(base_dir, traj_vocab)
         where = base_dir
+    elif not config.extra.get("nvlabs") and config.preset in ("tiny", "small", "alpamayo-r1-10b"):
+        # a bare folder of a random-init preset: the preset's built-in tokenizer, accepted only
+        # when its size is exactly the checkpoint's embedding size (checked by the caller)
+        tok = AlpamayoTokenizer.local(traj_vocab)
+        where = directory
     else:
         raise ModelWeightsError(
             f"{directory}: no tokenizer (tokenizer.json / tokenizer_config.json) in the checkpoint folder"
