@@ -199,3 +199,14 @@ def test_scene_frame_history_equals_rig_frame_history(model, real_inputs):
     assert o1.reasoning == o2.reasoning
     assert o1.v0 == pytest.approx(o2.v0, abs=1e-9)
     np.testing.assert_allclose(o1.trajectories, o2.trajectories, atol=1e-6)
+
+
+def test_no_deprecated_cache_argument(model, real_inputs):
+    """transformers 5.x deprecates ``past_key_values=`` (removed in 5.40): no forward may use it."""
+    import warnings
+
+    images, hist, _ = real_inputs
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*", category=FutureWarning)
+        for mode in ("eager", "dynamic"):
+            model.drive(images, hist, num_samples=2, cot_tokens=3, diffusion=mode)

@@ -59,14 +59,18 @@ def test_folder_loads_with_nvlabs_sizes(model):
     assert (cfg.text_hidden, cfg.text_layers, cfg.expert_hidden, cfg.expert_heads) == (32, 2, 24, 2)
     assert (cfg.action_proj_hidden, cfg.action_proj_layers, cfg.fourier_features) == (40, 2, 12)
     assert (cfg.hist_bins, cfg.hist_token_offset, cfg.traj_vocab_size) == (200, 40, 256)
-    assert (cfg.accel_mean, cfg.accel_std, cfg.curvature_mean, cfg.curvature_std) == tuple(META["action_norm"])
+    assert (cfg.accel_mean, cfg.accel_std, cfg.curvature_mean, cfg.curvature_std) == tuple(
+        META["action_norm"]
+    )
     assert len(model.tokenizer) == cfg.vocab_size == 791
     assert model.image_processor is not None  # the base-VLM folder's processor
 
 
 def test_prompt_and_history_token_ids_exact(model, rec):
     prep = _prepare(model, rec)
-    np.testing.assert_array_equal(prep.history_ids + model.tokenizer.traj_token_start + 40, rec["hist_token_ids"] + 547)
+    np.testing.assert_array_equal(
+        prep.history_ids + model.tokenizer.traj_token_start + 40, rec["hist_token_ids"] + 547
+    )
     for name in RUNS:
         np.testing.assert_array_equal(prep.input_ids[0].numpy(), rec[f"{name}_prompt_ids"])
 
@@ -163,8 +167,14 @@ def test_single_reasoning_matches_nvlabs_k6(model, rec):
     k, gen_len = RUNS["k6"]
     hist, z = _history(rec)
     out = model.drive(
-        rec["images"], hist, history_z=z, num_samples=k, reasoning="single", max_cot_tokens=gen_len,
-        noise=torch.from_numpy(rec["k6_noise"]), diffusion="graph",
+        rec["images"],
+        hist,
+        history_z=z,
+        num_samples=k,
+        reasoning="single",
+        max_cot_tokens=gen_len,
+        noise=torch.from_numpy(rec["k6_noise"]),
+        diffusion="graph",
     )
     np.testing.assert_allclose(out.trajectories[..., :2], rec["k6_pred_xyz"][..., :2], atol=1e-3)
 

@@ -123,7 +123,11 @@ def test_nvlabs_folder_loads_in_one_call_with_its_own_sizes():
     # a size no preset has, read from NVlabs' config and the base VLM it names
     for name in PRESETS:
         p = AlpamayoConfig.from_preset(name)
-        assert (p.text_hidden, p.expert_hidden, p.vocab_size) != (cfg.text_hidden, cfg.expert_hidden, cfg.vocab_size)
+        assert (p.text_hidden, p.expert_hidden, p.vocab_size) != (
+            cfg.text_hidden,
+            cfg.expert_hidden,
+            cfg.vocab_size,
+        )
     assert cfg.preset == "nvlabs" and (cfg.cameras, cfg.frames) == (4, 4)  # NVlabs' release inputs
     assert not any(p.is_meta for p in m.parameters())
     assert all(b.dtype == torch.float32 for b in m.buffers())

@@ -299,7 +299,9 @@ def test_eval_drives_an_nvlabs_written_folder(tmp_path):
     ro = Rollout.load(out / "rollouts" / "alpamayo" / f"{SCENE}.npz")
     ticks = np.flatnonzero(np.isfinite(ro.latency_s))
     assert len(ticks) == 24 and not ro.policy_failure.any()
-    assert ro.samples is not None and ro.samples.shape[1:] == (2, 64, 3) and np.isfinite(ro.samples[ticks]).all()
+    assert (
+        ro.samples is not None and ro.samples.shape[1:] == (2, 64, 3) and np.isfinite(ro.samples[ticks]).all()
+    )
     np.testing.assert_allclose(ro.plans[ticks, :, :2], ro.samples[ticks, 0, :, :2], atol=1e-6)
 
 

@@ -19,6 +19,7 @@ Two ways to run the expert layers over the prefix:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -207,6 +208,17 @@ def static_mask(
     return block.repeat(1, groups, 1)[:, None]  # (B, 1, g*T, cap + T), rows (g, T)
 
 
+@functools.cache
+def cache_kwarg() -> str:
+    """Name of the KV-cache argument of transformers' Qwen3-VL forwards: ``cache`` from 5.x
+    (``past_key_values`` is deprecated there and goes in 5.40), ``past_key_values`` before."""
+    import inspect
+
+    from transformers import Qwen3VLTextModel
+
+    return "cache" if "cache" in inspect.signature(Qwen3VLTextModel.forward).parameters else "past_key_values"
+
+
 def expert_forward_dynamic(
     expert: nn.Module,
     embeds: torch.Tensor,
@@ -219,8 +231,8 @@ def expert_forward_dynamic(
     out = expert(
         inputs_embeds=embeds,
         position_ids=position_ids,
-        past_key_values=cache,
         attention_mask=attention_mask,
+        **{cache_kwarg(): cache},
         use_cache=True,
         is_causal=False,
     )

@@ -38,7 +38,7 @@ from torch import nn
 from alpasim_policy.errors import ConfigError, ModelInputError, ModelWeightsError
 from alpasim_policy.model.action_space import UnicycleActionSpace, estimate_v0
 from alpasim_policy.model.config import AlpamayoConfig
-from alpasim_policy.model.expert import ActionInProjection, build_expert
+from alpasim_policy.model.expert import ActionInProjection, build_expert, cache_kwarg
 from alpasim_policy.model.flow import (
     DynamicCacheSampler,
     Prefix,
@@ -398,8 +398,8 @@ class AlpamayoR1(nn.Module):
         return self.vlm(
             input_ids=ids,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
+            **{cache_kwarg(): cache},
             logits_to_keep=1,
             **mm,
         )
@@ -806,7 +806,11 @@ class AlpamayoR1(nn.Module):
             if shapes[k] != expected[k]
         )
         problems = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+        for label, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape mismatch", mismatched),
+        ):
             if items:
                 shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
                 problems.append(f"{len(items)} {label} keys: {shown}")
@@ -859,7 +863,9 @@ def _load_config(
             if base_dir is not None:
                 base = wio.read_json(base_dir / "config.json")
             else:
-                base = data.get("vlm_config") or {k: data[k] for k in ("text_config", "vision_config") if k in data}
+                base = data.get("vlm_config") or {
+                    k: data[k] for k in ("text_config", "vision_config") if k in data
+                }
             return wio.config_from_nvlabs(directory, data, base, **overrides), base_dir
         try:
             cfg = AlpamayoConfig.from_dict({**data, **overrides})
@@ -869,7 +875,9 @@ def _load_config(
             raise ModelWeightsError(f"{path}: weights are preset {cfg.preset!r}, not {preset!r}")
         return cfg, None
     if preset is None:
-        raise ModelWeightsError(f"{directory}: no config.json; pass preset= to say which model these weights are")
+        raise ModelWeightsError(
+            f"{directory}: no config.json; pass preset= to say which model these weights are"
+        )
     return AlpamayoConfig.from_preset(preset, **overrides), None
 
 
@@ -887,7 +895,9 @@ def _load_tokenizer(
     elif (directory / "tokenizer.json").exists():
         from tokenizers import Tokenizer
 
-        tok = AlpamayoTokenizer(Tokenizer.from_file(str(directory / "tokenizer.json")), traj_vocab_size=traj_vocab)
+        tok = AlpamayoTokenizer(
+            Tokenizer.from_file(str(directory / "tokenizer.json")), traj_vocab_size=traj_vocab
+        )
         where = directory
     elif base_dir is not None and (
         (base_dir / "tokenizer.json").exists() or (base_dir / "tokenizer_config.json").exists()

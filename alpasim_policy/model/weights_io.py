@@ -41,7 +41,12 @@ _TARGETS = {
 }
 # NVlabs' class defaults for the keys a config may leave out (from the classes' signatures)
 _DEFAULTS = {
-    "action_in_proj_cfg": {"num_enc_layers": 4, "hidden_size": 1024, "max_freq": 100.0, "num_fourier_feats": 20},
+    "action_in_proj_cfg": {
+        "num_enc_layers": 4,
+        "hidden_size": 1024,
+        "max_freq": 100.0,
+        "num_fourier_feats": 20,
+    },
     "action_space_cfg": {
         "accel_mean": 0.0,
         "accel_std": 1.0,
@@ -76,7 +81,9 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def resolve_base_vlm(directory: Path, data: dict[str, Any], base_vlm_dir: str | Path | None = None) -> Path | None:
+def resolve_base_vlm(
+    directory: Path, data: dict[str, Any], base_vlm_dir: str | Path | None = None
+) -> Path | None:
     """The local folder of the base VLM the checkpoint names (absolute, or relative to the checkpoint).
 
     ``None`` when the checkpoint embeds the VLM config (``vlm_config`` / ``text_config`` keys)."""
@@ -211,7 +218,13 @@ def config_from_nvlabs(
         extra={
             "nvlabs": {
                 k: data.get(k)
-                for k in ("add_special_tokens", "traj_token_start_idx", "traj_token_ids", "min_pixels", "max_pixels")
+                for k in (
+                    "add_special_tokens",
+                    "traj_token_start_idx",
+                    "traj_token_ids",
+                    "min_pixels",
+                    "max_pixels",
+                )
             }
         },
     )
