@@ -32,11 +32,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from alpasim_policy.errors import ConfigError, ModelInputError, ModelWeightsError
-from alpasim_policy.model.action_space import UnicycleActionSpace, estimate_v0
+from alpasim_policy.model.action_space import UnicycleActionSpace
 from alpasim_policy.model.config import AlpamayoConfig
 from alpasim_policy.model.expert import ActionInProjection, build_expert, cache_kwarg
 from alpasim_policy.model.flow import (
@@ -45,20 +44,13 @@ from alpasim_policy.model.flow import (
     StaticFlowSampler,
     prefix_capacity,
 )
-from alpasim_policy.model.tokenizer import (
-    SYSTEM_PROMPT,
-    TASK_PROMPT,
-    AlpamayoTokenizer,
-    DeltaTrajectoryTokenizer,
-)
+from alpasim_policy.model.generation_alpamayo import cot_logits_processors, next_tokens
+from alpasim_policy.model.processing_alpamayo import AlpamayoProcessor, PreparedInputs
+from alpasim_policy.model.tokenizer import AlpamayoTokenizer, DeltaTrajectoryTokenizer
 from alpasim_policy.model.weights_io import WEIGHTS_INDEX
-from alpasim_policy.scenes.geometry import scene_to_rig_xy
 
 ReasoningMode = Literal["single", "multi"]
 DiffusionMode = Literal["graph", "eager", "dynamic"]
-COMMAND_TEXT = {0: "turn left", 1: "go straight", 2: "turn right"}
-IMAGE_MEAN = 0.5  # Qwen3-VL normalises every channel with mean 0.5, std 0.5
-IMAGE_STD = 0.5
 
 
 @dataclass
@@ -72,17 +64,6 @@ class DriveOutput:
     v0: float  # speed at now used for integration, m/s
     stats: dict[str, Any] = field(default_factory=dict)  # prefills, decode steps, CoC lengths, KV...
     z: float = 0.0  # height of every pose (the last history z, carried as NVlabs does)
-
-
-@dataclass
-class PreparedInputs:
-    input_ids: torch.Tensor  # (1, L)
-    mm_token_type_ids: torch.Tensor  # (1, L)
-    pixel_values: torch.Tensor  # (patches, C * tp * ps * ps)
-    image_grid_thw: torch.Tensor  # (N, 3)
-    v0: float
-    z: float = 0.0  # height carried into the plan (last history z, as NVlabs)
-    history_ids: np.ndarray | None = None  # (3 T,) delta-tokenizer bins of the history
 
 
 class AlpamayoR1(nn.Module):
@@ -118,9 +99,7 @@ class AlpamayoR1(nn.Module):
             max_freq=config.fourier_max_freq,
         )
         self.action_out_proj = nn.Linear(config.expert_hidden, 2)
-        self.hist_tokenizer = DeltaTrajectoryTokenizer(
-            config.hist_bins, config.hist_xyz_min, config.hist_xyz_max
-        )
+        self.processor = AlpamayoProcessor(config, self.tokenizer)
         # parameters in the model dtype; buffers (RoPE inverse frequencies, Fourier frequencies,
         # action statistics) stay float32 because bf16 would round them.
         dtype = config.torch_dtype
@@ -128,7 +107,6 @@ class AlpamayoR1(nn.Module):
             if p.dtype != dtype:
                 p.data = p.data.to(dtype)
         self._float32_buffers()
-        self.image_processor: Any = None
         self.counters: Counter[str] = Counter()
         self._static: dict[tuple, StaticFlowSampler] = {}
         self.eval()
@@ -192,116 +170,21 @@ class AlpamayoR1(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    # ================================================================== inputs (see processing_alpamayo)
+    @property
+    def image_processor(self) -> Any:
+        return self.processor.image_processor
+
+    @property
+    def hist_tokenizer(self) -> DeltaTrajectoryTokenizer:
+        return self.processor.hist_tokenizer
+
     def load_processor(self, directory: str | Path) -> None:
         """Use a real Qwen3-VL image processor from a local directory (resizing by its pixel budget)."""
-        from transformers import AutoImageProcessor
-
-        try:
-            self.image_processor = AutoImageProcessor.from_pretrained(str(directory), local_files_only=True)
-        except Exception as e:  # many exception types for a bad directory
-            raise ConfigError(f"{directory}: cannot load image processor: {e}") from e
-
-    # ================================================================== inputs
-    def _validate_images(self, images: Any) -> torch.Tensor:
-        cfg = self.config
-        t = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
-        if t.ndim == 5:
-            if t.shape[0] != cfg.cameras or t.shape[1] != cfg.frames:
-                raise ModelInputError(
-                    f"images: expected (C={cfg.cameras}, F={cfg.frames}, 3, H, W) or (C, F, H, W, 3), got {tuple(t.shape)}"
-                )
-            t = t.reshape(-1, *t.shape[2:])
-        if t.ndim == 4 and t.shape[1] != 3 and t.shape[-1] == 3:
-            t = t.permute(0, 3, 1, 2)  # channel-last (N, H, W, 3), as cameras deliver them
-        if t.ndim != 4 or t.shape[1] != 3:
-            raise ModelInputError(
-                f"images: expected (C*F={cfg.num_images}, 3, H, W) RGB, got shape {tuple(t.shape)}"
-            )
-        if t.shape[0] != cfg.num_images:
-            raise ModelInputError(
-                f"images: got {t.shape[0]} images, the model needs cameras x frames = "
-                f"{cfg.cameras} x {cfg.frames} = {cfg.num_images}"
-            )
-        if t.shape[2] < 16 or t.shape[3] < 16:
-            raise ModelInputError(f"images: {t.shape[2]}x{t.shape[3]} pixels is too small")
-        if t.dtype == torch.uint8:
-            t = t.float() / 255.0
-        else:
-            t = t.float()
-            if not torch.isfinite(t).all():
-                raise ModelInputError("images: contain NaN or inf")
-            if t.min() < -1e-3 or t.max() > 1.0 + 1e-3:
-                raise ModelInputError("images: float images must be in [0, 1] (or pass uint8)")
-        return t
-
-    def _pixels(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, 3, H, W) in [0, 1] -> Qwen3-VL ``pixel_values`` (patches, 3 * tp * ps * ps) and ``grid_thw``."""
-        cfg = self.config
-        if self.image_processor is not None:
-            arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            out = self.image_processor(images=list(arr), return_tensors="pt")
-            return out["pixel_values"], out["image_grid_thw"]
-        h, w = cfg.image_hw
-        x = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-        x = (x - IMAGE_MEAN) / IMAGE_STD
-        n, c = x.shape[:2]
-        ps, tp, m = cfg.patch_size, cfg.temporal_patch_size, cfg.spatial_merge_size
-        gh, gw = h // ps, w // ps
-        x = x[:, None].expand(n, tp, c, h, w)  # a still image fills the temporal patch
-        x = x.reshape(n, tp, c, gh // m, m, ps, gw // m, m, ps)
-        x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # n, gh/m, gw/m, m, m, c, tp, ps, ps
-        pixel_values = x.reshape(n * gh * gw, c * tp * ps * ps)
-        grid = torch.tensor([[1, gh, gw]] * n, dtype=torch.long)
-        return pixel_values, grid
-
-    def _history(self, history: Any) -> np.ndarray:
-        cfg = self.config
-        arr = np.asarray(history, dtype=np.float64)
-        if arr.ndim != 2 or arr.shape[1] not in (2, 3, 4):
-            raise ModelInputError(
-                f"ego history: expected (T, 3) x, y, heading (or (T, 4) with speed), got {arr.shape}"
-            )
-        if arr.shape[0] < cfg.history_steps:
-            raise ModelInputError(
-                f"ego history: {arr.shape[0]} steps, the model needs {cfg.history_steps} (0.1 s apart)"
-            )
-        arr = arr[-cfg.history_steps :]
-        if not np.all(np.isfinite(arr[:, :3] if arr.shape[1] > 2 else arr)):
-            rows = np.unique(np.argwhere(~np.isfinite(arr))[:, 0]).tolist()
-            raise ModelInputError(f"ego history: NaN/inf in rows {rows[:5]} of the last {cfg.history_steps}")
-        if arr.shape[1] >= 3:
-            # express the poses in the rig frame of the last row ("now"); identity for rig-frame input,
-            # so callers may pass scene-frame poses too
-            now = arr[-1, :3].copy()
-            arr = arr.copy()
-            arr[:, :2] = scene_to_rig_xy(arr[:, :2], now)
-            arr[:, 2] = np.unwrap(arr[:, 2] - now[2])
-        return arr
+        self.processor.load_image_processor(directory)
 
     def build_prompt(self, tokens_per_image: list[int], history_ids: np.ndarray, nav_text: str) -> list[int]:
-        """The chat prompt as token ids, ending with ``<|cot_start|>`` (the assistant starts reasoning)."""
-        tk = self.tokenizer
-        ids: list[int] = []
-        ids += (
-            [tk.ids["im_start"]]
-            + tk.encode("system\n" + SYSTEM_PROMPT)
-            + [tk.ids["im_end"]]
-            + tk.encode("\n")
-        )
-        ids += [tk.ids["im_start"]] + tk.encode("user\n")
-        for n in tokens_per_image:
-            ids += [tk.ids["vision_start"]] + [tk.ids["image_pad"]] * n + [tk.ids["vision_end"]]
-        hist_base = tk.traj_token_start + self.config.hist_token_offset
-        ids += (
-            [tk.ids["traj_history_start"]]
-            + [hist_base + int(b) for b in history_ids]
-            + [tk.ids["traj_history_end"]]
-        )
-        if nav_text:
-            ids += tk.encode(nav_text + " ")
-        ids += tk.encode(TASK_PROMPT) + [tk.ids["im_end"]] + tk.encode("\n")
-        ids += [tk.ids["im_start"]] + tk.encode("assistant\n") + [tk.ids["cot_start"]]
-        return ids
+        return self.processor.build_prompt(tokens_per_image, history_ids, nav_text)
 
     def prepare(
         self,
@@ -312,42 +195,8 @@ class AlpamayoR1(nn.Module):
         route_text: str | None = None,
         history_z: Any = None,
     ) -> PreparedInputs:
-        """Validate and convert one tick's inputs; raises :class:`ModelInputError` naming the bad input."""
-        cfg = self.config
-        imgs = self._validate_images(images)
-        hist = self._history(history_xyh)
-        pixel_values, grid = self._pixels(imgs)
-        merge = cfg.spatial_merge_size**2
-        per_image = (grid.prod(-1) // merge).tolist()
-        xyz = np.zeros((hist.shape[0], 3))
-        xyz[:, :2] = hist[:, :2]
-        if history_z is not None:
-            z = np.asarray(history_z, dtype=np.float64).reshape(-1)
-            if z.shape[0] < cfg.history_steps or not np.all(np.isfinite(z[-cfg.history_steps :])):
-                raise ModelInputError(
-                    f"history_z: need {cfg.history_steps} finite heights (0.1 s apart), got shape {z.shape}"
-                )
-            xyz[:, 2] = z[-cfg.history_steps :]
-        hist_ids = self.hist_tokenizer.encode(xyz)
-        nav = []
-        if command is not None:
-            what = command if isinstance(command, str) else COMMAND_TEXT.get(int(command), str(command))
-            nav.append(f"Navigation: {what}.")
-        if route_text:
-            nav.append(route_text.strip())
-        ids = self.build_prompt(per_image, hist_ids, " ".join(nav))
-        input_ids = torch.tensor([ids], dtype=torch.long)
-        mm = (input_ids == self.tokenizer.ids["image_pad"]).to(torch.int32)
-        if speed is not None and np.isfinite(speed):
-            v0 = max(float(speed), 0.0)  # a measured speed overrides the estimate (not NVlabs)
-        else:
-            if hist.shape[1] >= 3:
-                heading = hist[:, 2]
-            else:  # positions only: the direction of motion
-                d = np.gradient(hist[:, :2], axis=0)
-                heading = np.unwrap(np.arctan2(d[:, 1], d[:, 0]))
-            v0 = estimate_v0(hist[:, :2], heading, cfg.dt, cfg.v_lambda, cfg.v_ridge)
-        return PreparedInputs(input_ids, mm, pixel_values, grid, v0, float(xyz[-1, 2]), hist_ids)
+        """Validate and convert one tick's inputs (:class:`AlpamayoProcessor`)."""
+        return self.processor(images, history_xyh, speed, command, route_text, history_z)
 
     # ================================================================== reasoning
     def _sync(self) -> None:
@@ -359,34 +208,6 @@ class AlpamayoR1(nn.Module):
         return self.vlm.model.get_image_features(
             pixel_values.to(self.device, self.dtype), grid.to(self.device), return_dict=True
         )
-
-    def _pick(
-        self,
-        logits: torch.Tensor,
-        forced: bool,
-        temperature: float,
-        top_p: float,
-        generator: torch.Generator | None,
-    ) -> torch.Tensor:
-        """Next CoC token per row. As NVlabs' logits processor, only the trajectory vocabulary is
-        masked (and embedding rows past the tokenizer, which a checkpoint may pad); ``forced`` also
-        masks ``<|traj_future_start|>`` so the CoC has the requested length."""
-        tk = self.tokenizer
-        logits = logits.float().clone()
-        logits[:, tk.traj_token_start : tk.traj_token_start + tk.traj_vocab_size] = float("-inf")
-        if logits.shape[-1] > len(tk):
-            logits[:, len(tk) :] = float("-inf")
-        if forced:
-            logits[:, tk.ids["traj_future_start"]] = float("-inf")
-        if temperature <= 0:
-            return logits.argmax(dim=-1)
-        probs = torch.softmax(logits / temperature, dim=-1)
-        if top_p < 1.0:
-            sp, si = probs.sort(dim=-1, descending=True)
-            keep = sp.cumsum(-1) - sp < top_p  # the smallest set whose mass reaches top_p
-            sp = sp * keep
-            probs = torch.zeros_like(probs).scatter_(-1, si, sp)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
     def _vlm_step(self, ids: torch.Tensor, pos_text: torch.Tensor, rope_delta: torch.Tensor, cache, **mm):  # noqa: ANN001, ANN003
         """One VLM forward. ``pos_text`` (B, L) cache positions; M-RoPE positions = text + rope delta."""
@@ -473,6 +294,9 @@ class AlpamayoR1(nn.Module):
         limit = cot_tokens if cot_tokens is not None else max_tokens
         if limit < 1:
             raise ConfigError(f"CoC length limit must be >= 1, got {limit}")
+        procs = cot_logits_processors(
+            self.tokenizer, forced_length=cot_tokens is not None, temperature=temperature, top_p=top_p
+        )
         finished = torch.zeros(rows, dtype=torch.bool, device=dev)
         stop_at = torch.full((rows,), -1, dtype=torch.long, device=dev)  # sequence index of the stop
         generated: list[torch.Tensor] = []
@@ -482,7 +306,7 @@ class AlpamayoR1(nn.Module):
         while True:
             if trace is not None:
                 trace.setdefault("logits", []).append(logits.float().cpu())
-            tok = self._pick(logits, cot_tokens is not None, temperature, top_p, generator)
+            tok = next_tokens(logits, procs, temperature > 0, generator)
             if trace is not None:
                 trace.setdefault("tokens", []).append(tok.cpu())
             tok = torch.where(finished, torch.full_like(tok, pad), tok)
