@@ -2,21 +2,27 @@
 
 One tick of driving (:meth:`AlpamayoR1.drive`):
 
-1. **Inputs** — C cameras x F frames (oldest first per camera) are resized, normalised and cut
-   into Qwen3-VL patches; 16 steps of ego history become 48 delta-tokenizer ids placed in the
-   ``<|traj_history|>`` slots of a chat prompt that ends with ``<|cot_start|>``.
+1. **Inputs** (:mod:`~alpasim_policy.model.processing_alpamayo`) — C cameras x F frames (oldest
+   first per camera) are resized, normalised and cut into Qwen3-VL patches; 16 steps of ego
+   history become 48 delta-tokenizer ids placed in the ``<|traj_history|>`` slots of a chat prompt
+   that ends with ``<|cot_start|>``.
 2. **Vision** — the Qwen3-VL ViT encodes the images once.
 3. **Reasoning** — the VLM prefills the prompt and decodes a chain of causation (CoC) until it
-   emits ``<|traj_future_start|>`` (greedy or top-p / temperature; a length can be forced for
-   benchmarks). ``reasoning="single"``: one CoC, one prefill, one decode; all K trajectory samples
+   emits ``<|traj_future_start|>`` (greedy or top-p / temperature through transformers' logits
+   processors, :mod:`~alpasim_policy.model.generation_alpamayo`; a length can be forced for
+   benchmarks). As in NVlabs' rollout, the last generated token is never fed back: the expert
+   attends to the prompt + CoC up to and including the stop token, and its positions start one
+   past the stop (or past the last token when the length limit ended the CoC). ``reasoning="single"``: one CoC, one prefill, one decode; all K trajectory samples
    condition on that one KV prefix, shared without copies. ``reasoning="multi"``: NVlabs'
    behaviour, K CoCs (the prompt is prefilled and decoded as K sequences).
 4. **Diffusion** — the action expert integrates flow matching over 10 Euler steps for K noise
    samples against the prefix (static buffers + one CUDA graph, or eager, or HF's dynamic cache).
-5. **Kinematics** — (acceleration, curvature) x 64 -> rig-frame poses at 0.1 s with v0 from the
-   history (or the measured speed).
+5. **Kinematics** — (acceleration, curvature) x 64 -> rig-frame poses at 0.1 s by NVlabs'
+   trapezoidal ``action_to_traj`` (exact arcs as an option), v0 estimated from the history as
+   NVlabs' ``estimate_t0_states`` (or the measured speed), z carried from the history.
 
-Weights use NVlabs' key layout: ``vlm.*`` (a ``Qwen3VLForConditionalGeneration``), ``expert.*``
+Checkpoint folders (NVlabs' as written by its ``save_pretrained``, or ours) are read by
+:mod:`~alpasim_policy.model.weights_io`. Weights use NVlabs' key layout: ``vlm.*`` (a ``Qwen3VLForConditionalGeneration``), ``expert.*``
 (a ``Qwen3VLTextModel`` without embeddings), ``action_in_proj.*``, ``action_out_proj.*``,
 ``action_space.*``.
 """
@@ -47,7 +53,6 @@ from alpasim_policy.model.flow import (
 from alpasim_policy.model.generation_alpamayo import cot_logits_processors, next_tokens
 from alpasim_policy.model.processing_alpamayo import AlpamayoProcessor, PreparedInputs
 from alpasim_policy.model.tokenizer import AlpamayoTokenizer, DeltaTrajectoryTokenizer
-from alpasim_policy.model.weights_io import WEIGHTS_INDEX
 
 ReasoningMode = Literal["single", "multi"]
 DiffusionMode = Literal["graph", "eager", "dynamic"]
@@ -526,33 +531,13 @@ class AlpamayoR1(nn.Module):
     # ================================================================== weights
     def save_pretrained(self, directory: str | Path, max_shard_bytes: int = 2 * 1024**3) -> None:
         """Write ``config.json``, the tokenizer and safetensors shards + ``model.safetensors.index.json``."""
-        from safetensors.torch import save_file
-
         from alpasim_policy.io import atomic_write_json
+        from alpasim_policy.model import weights_io as wio
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        shards: list[dict[str, torch.Tensor]] = [{}]
-        size = 0
-        for k in sorted(state):
-            nbytes = state[k].numel() * state[k].element_size()
-            if shards[-1] and size + nbytes > max_shard_bytes:
-                shards.append({})
-                size = 0
-            shards[-1][k] = state[k]
-            size += nbytes
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            tmp = directory / f".{name}.tmp"
-            save_file(shard, str(tmp), metadata={"format": "pt"})
-            tmp.replace(directory / name)
-            weight_map.update(dict.fromkeys(shard, name))
-        total = sum(v.numel() * v.element_size() for v in state.values())
-        atomic_write_json(
-            directory / WEIGHTS_INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map}
-        )
+        wio.save_state(state, directory, max_shard_bytes)
         cfg = self.config.to_dict()
         cfg["vocab_size"] = self.vocab_size
         atomic_write_json(directory / "config.json", cfg)
@@ -593,12 +578,12 @@ class AlpamayoR1(nn.Module):
         directory = Path(directory)
         if not directory.is_dir():
             raise ModelWeightsError(f"{directory}: weights directory does not exist")
-        config, base_dir = _load_config(directory, preset, base_vlm_dir, overrides)
+        config, base_dir = wio.load_folder_config(directory, preset, base_vlm_dir, overrides)
         if dtype is not None:
             if dtype not in ("float32", "bfloat16", "float16"):
                 raise ConfigError(f"dtype {dtype!r}: choose float32, bfloat16 or float16")
             config.dtype = dtype
-        tokenizer = _load_tokenizer(directory, tokenizer_dir, base_dir, config)
+        tokenizer = wio.load_folder_tokenizer(directory, tokenizer_dir, base_dir, config)
         files = wio.weight_files(directory)
         shapes = wio.shard_keys(files)
         emb = shapes.get("vlm.model.language_model.embed_tokens.weight")
@@ -671,102 +656,6 @@ def _device_generator(generator: torch.Generator | None, device: torch.device) -
         return generator
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     return torch.Generator(device=device).manual_seed(seed)
-
-
-def _load_config(
-    directory: Path, preset: str | None, base_vlm_dir: str | Path | None, overrides: dict[str, Any]
-) -> tuple[AlpamayoConfig, Path | None]:
-    """The model config of a checkpoint folder and the base-VLM folder it names (NVlabs format)."""
-    from alpasim_policy.model import weights_io as wio
-
-    path = directory / "config.json"
-    if path.exists():
-        data = wio.read_json(path)
-        if wio.is_nvlabs_config(data):
-            base_dir = wio.resolve_base_vlm(directory, data, base_vlm_dir)
-            if base_dir is not None:
-                base = wio.read_json(base_dir / "config.json")
-            else:
-                base = data.get("vlm_config") or {
-                    k: data[k] for k in ("text_config", "vision_config") if k in data
-                }
-            return wio.config_from_nvlabs(directory, data, base, **overrides), base_dir
-        try:
-            cfg = AlpamayoConfig.from_dict({**data, **overrides})
-        except ConfigError as e:
-            raise ModelWeightsError(f"{path}: {e}") from None
-        if preset is not None and preset != cfg.preset:
-            raise ModelWeightsError(f"{path}: weights are preset {cfg.preset!r}, not {preset!r}")
-        return cfg, None
-    if preset is None:
-        raise ModelWeightsError(
-            f"{directory}: no config.json; pass preset= to say which model these weights are"
-        )
-    return AlpamayoConfig.from_preset(preset, **overrides), None
-
-
-def _load_tokenizer(
-    directory: Path, tokenizer_dir: str | Path | None, base_dir: Path | None, config: AlpamayoConfig
-) -> AlpamayoTokenizer:
-    """The checkpoint's tokenizer; its size and trajectory-token ids must match the checkpoint's."""
-    traj_vocab = config.traj_vocab_size
-    if tokenizer_dir is not None:
-        tok = AlpamayoTokenizer.from_dir(tokenizer_dir, traj_vocab)
-        where = Path(tokenizer_dir)
-    elif (directory / "tokenizer_config.json").exists():
-        tok = AlpamayoTokenizer.from_dir(directory, traj_vocab)
-        where = directory
-    elif (directory / "tokenizer.json").exists():
-        from tokenizers import Tokenizer
-
-        tok = AlpamayoTokenizer(
-            Tokenizer.from_file(str(directory / "tokenizer.json")), traj_vocab_size=traj_vocab
-        )
-        where = directory
-    elif base_dir is not None and (
-        (base_dir / "tokenizer.json").exists() or (base_dir / "tokenizer_config.json").exists()
-    ):
-        nv = config.extra.get("nvlabs", {})
-        if nv.get("add_special_tokens") is False:
-            raise ModelWeightsError(
-                f"{directory / 'config.json'}: add_special_tokens is false, so the tokenizer lacks "
-                "<|cot_start|> and the other Alpamayo special tokens this prompt uses; not supported"
-            )
-        tok = AlpamayoTokenizer.from_dir(base_dir, traj_vocab)
-        where = base_dir
-    elif not config.extra.get("nvlabs") and config.preset in ("tiny", "small", "alpamayo-r1-10b"):
-        # a bare folder of a random-init preset: the preset's built-in tokenizer, accepted only
-        # when its size is exactly the checkpoint's embedding size (checked by the caller)
-        tok = AlpamayoTokenizer.local(traj_vocab)
-        where = directory
-    else:
-        raise ModelWeightsError(
-            f"{directory}: no tokenizer (tokenizer.json / tokenizer_config.json) in the checkpoint folder"
-            + (f" or its base-VLM folder {base_dir}" if base_dir is not None else "")
-            + "; pass tokenizer_dir= (the built-in tokenizer is only for random-init presets)"
-        )
-    if config.vocab_size is not None and len(tok) > config.vocab_size:
-        raise ModelWeightsError(
-            f"{where}: the tokenizer has {len(tok)} tokens, more than the checkpoint's vocabulary "
-            f"({config.vocab_size}); it does not belong to these weights"
-        )
-    nv = config.extra.get("nvlabs", {})
-    if nv:
-        if config.vocab_size is not None and len(tok) != config.vocab_size:
-            raise ModelWeightsError(
-                f"{where}: the tokenizer has {len(tok)} tokens but the checkpoint's vocab_size is {config.vocab_size}"
-            )
-        start = nv.get("traj_token_start_idx")
-        if start is not None and int(start) != tok.traj_token_start:
-            raise ModelWeightsError(
-                f"{where}: <i0> is token {tok.traj_token_start}, the checkpoint expects {start}"
-            )
-        for key, tid in (nv.get("traj_token_ids") or {}).items():
-            name = "traj_" + key if not key.startswith("traj_") else key
-            have = tok.ids.get(name)
-            if have is not None and have != int(tid):
-                raise ModelWeightsError(f"{where}: token {name} is {have}, the checkpoint expects {tid}")
-    return tok
 
 
 __all__ = ["AlpamayoR1", "DriveOutput", "PreparedInputs"]

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from alpasim_policy.errors import ConfigError, ModelWeightsError
-from alpasim_policy.model.config import AlpamayoConfig
+from alpasim_policy.model.config import PRESETS, AlpamayoConfig
+from alpasim_policy.model.tokenizer import AlpamayoTokenizer
 
 WEIGHTS_INDEX = "model.safetensors.index.json"
 WEIGHTS_SINGLE = "model.safetensors"
@@ -305,11 +306,137 @@ def parameters_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = original  # type: ignore[method-assign]
 
 
+def save_state(state: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int) -> None:
+    """Write ``state`` as safetensors shards of at most ``max_shard_bytes`` + ``model.safetensors.index.json``
+    (each file written to a temporary name and renamed, so a crash leaves no half-written shard)."""
+    from safetensors.torch import save_file
+
+    from alpasim_policy.io import atomic_write_json
+
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k in sorted(state):
+        nbytes = state[k].numel() * state[k].element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = state[k]
+        size += nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        tmp = directory / f".{name}.tmp"
+        save_file(shard, str(tmp), metadata={"format": "pt"})
+        tmp.replace(directory / name)
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(v.numel() * v.element_size() for v in state.values())
+    atomic_write_json(
+        directory / WEIGHTS_INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map}
+    )
+
+
+def load_folder_config(
+    directory: Path, preset: str | None, base_vlm_dir: str | Path | None, overrides: dict[str, Any]
+) -> tuple[AlpamayoConfig, Path | None]:
+    """The model config of a checkpoint folder and the base-VLM folder it names (NVlabs format)."""
+    path = directory / "config.json"
+    if path.exists():
+        data = read_json(path)
+        if is_nvlabs_config(data):
+            base_dir = resolve_base_vlm(directory, data, base_vlm_dir)
+            if base_dir is not None:
+                base = read_json(base_dir / "config.json")
+            else:
+                base = data.get("vlm_config") or {
+                    k: data[k] for k in ("text_config", "vision_config") if k in data
+                }
+            return config_from_nvlabs(directory, data, base, **overrides), base_dir
+        try:
+            cfg = AlpamayoConfig.from_dict({**data, **overrides})
+        except ConfigError as e:
+            raise ModelWeightsError(f"{path}: {e}") from None
+        if preset is not None and preset != cfg.preset:
+            raise ModelWeightsError(f"{path}: weights are preset {cfg.preset!r}, not {preset!r}")
+        return cfg, None
+    if preset is None:
+        raise ModelWeightsError(
+            f"{directory}: no config.json; pass preset= to say which model these weights are"
+        )
+    return AlpamayoConfig.from_preset(preset, **overrides), None
+
+
+def load_folder_tokenizer(
+    directory: Path, tokenizer_dir: str | Path | None, base_dir: Path | None, config: AlpamayoConfig
+) -> AlpamayoTokenizer:
+    """The checkpoint's tokenizer; its size and trajectory-token ids must match the checkpoint's."""
+    traj_vocab = config.traj_vocab_size
+    if tokenizer_dir is not None:
+        tok = AlpamayoTokenizer.from_dir(tokenizer_dir, traj_vocab)
+        where = Path(tokenizer_dir)
+    elif (directory / "tokenizer_config.json").exists():
+        tok = AlpamayoTokenizer.from_dir(directory, traj_vocab)
+        where = directory
+    elif (directory / "tokenizer.json").exists():
+        from tokenizers import Tokenizer
+
+        tok = AlpamayoTokenizer(
+            Tokenizer.from_file(str(directory / "tokenizer.json")), traj_vocab_size=traj_vocab
+        )
+        where = directory
+    elif base_dir is not None and (
+        (base_dir / "tokenizer.json").exists() or (base_dir / "tokenizer_config.json").exists()
+    ):
+        nv = config.extra.get("nvlabs", {})
+        if nv.get("add_special_tokens") is False:
+            raise ModelWeightsError(
+                f"{directory / 'config.json'}: add_special_tokens is false, so the tokenizer lacks "
+                "<|cot_start|> and the other Alpamayo special tokens this prompt uses; not supported"
+            )
+        tok = AlpamayoTokenizer.from_dir(base_dir, traj_vocab)
+        where = base_dir
+    elif not config.extra.get("nvlabs") and config.preset in PRESETS:
+        # a bare folder of a random-init preset: the preset's built-in tokenizer, accepted only
+        # when its size is exactly the checkpoint's embedding size (checked by the caller)
+        tok = AlpamayoTokenizer.local(traj_vocab)
+        where = directory
+    else:
+        raise ModelWeightsError(
+            f"{directory}: no tokenizer (tokenizer.json / tokenizer_config.json) in the checkpoint folder"
+            + (f" or its base-VLM folder {base_dir}" if base_dir is not None else "")
+            + "; pass tokenizer_dir= (the built-in tokenizer is only for random-init presets)"
+        )
+    if config.vocab_size is not None and len(tok) > config.vocab_size:
+        raise ModelWeightsError(
+            f"{where}: the tokenizer has {len(tok)} tokens, more than the checkpoint's vocabulary "
+            f"({config.vocab_size}); it does not belong to these weights"
+        )
+    nv = config.extra.get("nvlabs", {})
+    if nv:
+        if config.vocab_size is not None and len(tok) != config.vocab_size:
+            raise ModelWeightsError(
+                f"{where}: the tokenizer has {len(tok)} tokens but the checkpoint's vocab_size is {config.vocab_size}"
+            )
+        start = nv.get("traj_token_start_idx")
+        if start is not None and int(start) != tok.traj_token_start:
+            raise ModelWeightsError(
+                f"{where}: <i0> is token {tok.traj_token_start}, the checkpoint expects {start}"
+            )
+        for key, tid in (nv.get("traj_token_ids") or {}).items():
+            name = "traj_" + key if not key.startswith("traj_") else key
+            have = tok.ids.get(name)
+            if have is not None and have != int(tid):
+                raise ModelWeightsError(f"{where}: token {name} is {have}, the checkpoint expects {tid}")
+    return tok
+
+
 __all__ = [
     "WEIGHTS_INDEX",
     "WEIGHTS_SINGLE",
     "config_from_nvlabs",
     "is_nvlabs_config",
+    "load_folder_config",
+    "load_folder_tokenizer",
+    "save_state",
     "parameters_on_meta",
     "read_json",
     "read_state",
