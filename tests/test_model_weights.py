@@ -175,3 +175,20 @@ def test_nvlabs_config_keys_this_model_cannot_reproduce_are_named(tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelWeightsError, match="action_space_cfg._target_"):
         AlpamayoR1.from_pretrained(d)
+
+
+def test_real_size_model_is_built_without_parameter_memory():
+    """from_pretrained builds the model with parameters on the meta device (replaced by the loaded
+    tensors), so the 10 B preset never exists twice in memory; here: 11 B parameters, none real."""
+    from alpasim_policy.model.weights_io import parameters_on_meta
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with parameters_on_meta():
+            m = AlpamayoR1(AlpamayoConfig.from_preset("alpamayo-r1-10b"))
+    finally:
+        torch.set_default_dtype(previous)
+    assert m.num_parameters() > 10e9
+    assert all(p.is_meta for p in m.parameters())
+    assert all(not b.is_meta for b in m.buffers())  # RoPE tables, statistics: real, float32

@@ -82,7 +82,12 @@ def run_bench(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.weights:
-        model = AlpamayoR1.from_pretrained(args.weights, preset=args.preset, device=device)
+        from pathlib import Path
+
+        has_config = (Path(args.weights) / "config.json").exists()  # the folder says what it is
+        model = AlpamayoR1.from_pretrained(
+            args.weights, preset=None if has_config else args.preset, device=device
+        )
     else:
         model = AlpamayoR1.create(AlpamayoConfig.from_preset(args.preset), device)
     images, history = synthetic_inputs(model.config)
