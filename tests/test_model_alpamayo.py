@@ -210,3 +210,40 @@ def test_no_deprecated_cache_argument(model, real_inputs):
         warnings.filterwarnings("error", message=".*past_key_values.*", category=FutureWarning)
         for mode in ("eager", "dynamic"):
             model.drive(images, hist, num_samples=2, cot_tokens=3, diffusion=mode)
+
+
+def test_model_package_imports_no_higher_layer():
+    """Layering: the model sees tensors in the rig frame; it imports nothing of scenes / sim / policies."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, alpasim_policy.model.modeling_alpamayo, alpasim_policy.model.weights_io;"
+        "print(' '.join(m for m in sys.modules if m.startswith('alpasim_policy.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True
+    )
+    mods = out.stdout.split()
+    assert "alpasim_policy.model.modeling_alpamayo" in mods
+    bad = [
+        m
+        for m in mods
+        if not m.startswith(("alpasim_policy.model", "alpasim_policy.errors", "alpasim_policy.io"))
+    ]
+    assert bad == []
+
+
+def test_history_in_any_frame_is_re_referenced_to_its_last_pose(model, real_inputs):
+    """The model re-expresses a history given in another frame in the pose of its last row itself."""
+    images, hist, _ = real_inputs
+    a = model.prepare(images, hist)
+    th = 0.7
+    c, s = np.cos(th), np.sin(th)
+    moved = hist.copy()
+    moved[:, 0] = 12.0 + c * hist[:, 0] - s * hist[:, 1]
+    moved[:, 1] = -3.0 + s * hist[:, 0] + c * hist[:, 1]
+    moved[:, 2] = hist[:, 2] + th
+    b = model.prepare(images, moved)
+    np.testing.assert_array_equal(a.history_ids, b.history_ids)
+    assert a.v0 == pytest.approx(b.v0, abs=1e-9)

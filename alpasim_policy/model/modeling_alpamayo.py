@@ -634,7 +634,10 @@ class AlpamayoR1(nn.Module):
             if k not in expected or tuple(v.shape) != expected[k]:
                 continue
             # parameters in the model dtype; buffers (statistics, Fourier frequencies) stay float32
-            state[k] = v.to(config.torch_dtype if k in params else torch.float32)
+            # into fresh (aligned) storage: a tensor read from a file may sit at an odd address, and
+            # BLAS then takes other kernels whose rounding differs in the last bit
+            want = config.torch_dtype if k in params else torch.float32
+            state[k] = torch.empty(v.shape, dtype=want).copy_(v)
         model.load_state_dict(state, strict=False, assign=True)
         still_meta = [n for n, p in model.named_parameters() if p.is_meta]
         for name in still_meta:  # strict=False: random init for what the file lacks

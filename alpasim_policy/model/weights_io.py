@@ -85,7 +85,8 @@ def read_json(path: Path) -> dict[str, Any]:
 def resolve_base_vlm(
     directory: Path, data: dict[str, Any], base_vlm_dir: str | Path | None = None
 ) -> Path | None:
-    """The local folder of the base VLM the checkpoint names (absolute, or relative to the checkpoint).
+    """The local folder of the base VLM the checkpoint names (absolute, relative to the checkpoint, or a
+    Hub name found in the local Hugging Face cache).
 
     ``None`` when the checkpoint embeds the VLM config (``vlm_config`` / ``text_config`` keys)."""
     if base_vlm_dir is not None:
@@ -99,6 +100,14 @@ def resolve_base_vlm(
     for cand in (Path(str(name)), directory / str(name)):
         if (cand / "config.json").exists():
             return cand
+    try:  # a Hub name already in the local Hugging Face cache (nothing is downloaded)
+        from huggingface_hub import snapshot_download
+
+        cached = Path(snapshot_download(str(name), local_files_only=True))
+        if (cached / "config.json").exists():
+            return cached
+    except Exception:  # noqa: BLE001 - not cached / not a repo id: fall through to the clear error
+        pass
     if "vlm_config" in data or "text_config" in data:
         return None
     raise ModelWeightsError(

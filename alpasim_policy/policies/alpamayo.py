@@ -22,7 +22,8 @@ Options (keyword arguments; strings accepted, since ``--policy-option key=value`
 ``preset`` tiny | small | alpamayo-r1-10b (default tiny), ``weights`` a local checkpoint folder,
 NVlabs' format (as ``save_pretrained`` of NVlabs' code writes it, any size) or this package's
 (:meth:`AlpamayoR1.from_pretrained`; without it the weights are random, seeded, of the preset's
-size), ``dtype`` float32 | bfloat16 | float16 (default: the checkpoint's / the preset's),
+size; ``base_vlm_dir`` the base Qwen3-VL folder when the checkpoint names a Hub id not in the local
+cache), ``dtype`` float32 | bfloat16 | float16 (default: the checkpoint's / the preset's),
 ``v0`` history | measured, ``samples`` K (6),
 ``reasoning`` single | multi, ``diffusion`` graph | eager | dynamic, ``select`` first | medoid |
 scored, ``device`` cpu | cuda, ``seed`` (0), ``cot_tokens`` (force the CoC length),
@@ -116,6 +117,7 @@ class AlpamayoCore:
         preset: str = "tiny",
         weights: str | None = None,
         dtype: str | None = None,
+        base_vlm_dir: str | None = None,
         v0: str = "history",
         samples: int | str = 6,
         reasoning: str = "single",
@@ -148,6 +150,7 @@ class AlpamayoCore:
         self.weights = None if weights in (None, "", "none", "null") else Path(str(weights))
         if self.weights is not None and not self.weights.is_dir():
             raise ConfigError(f"option 'weights': {self.weights} is not a directory")
+        self.base_vlm_dir = None if base_vlm_dir in (None, "", "none", "null") else Path(str(base_vlm_dir))
         self.dtype = None if dtype in (None, "", "none", "null") else parse_choice("dtype", dtype, DTYPES)
         self.v0 = parse_choice("v0", v0, ("history", "measured"))
         self.threads = parse_int("threads", threads, minimum=1, allow_none=True)
@@ -175,7 +178,11 @@ class AlpamayoCore:
             # the folder's config.json says what the model is; the preset only names a bare folder
             has_config = (self.weights / "config.json").exists()
             return AlpamayoR1.from_pretrained(
-                self.weights, preset=None if has_config else self.preset, device=self.device, dtype=self.dtype
+                self.weights,
+                preset=None if has_config else self.preset,
+                device=self.device,
+                dtype=self.dtype,
+                base_vlm_dir=self.base_vlm_dir,
             )
         overrides = {} if self.dtype is None else {"dtype": self.dtype}
         with torch.random.fork_rng(devices=[]):  # random weights, reproducible from the seed
