@@ -192,3 +192,21 @@ def test_real_size_model_is_built_without_parameter_memory():
     assert m.num_parameters() > 10e9
     assert all(p.is_meta for p in m.parameters())
     assert all(not b.is_meta for b in m.buffers())  # RoPE tables, statistics: real, float32
+
+
+def test_nvlabs_pixel_budget_reaches_the_image_processor(tmp_path):
+    """NVlabs hands the checkpoint's ``min_pixels`` / ``max_pixels`` to the base VLM's processor."""
+    import shutil
+
+    d = tmp_path / "ckpt"
+    shutil.copytree(NVLABS, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(min_pixels=32 * 32, max_pixels=32 * 32 * 3)  # the 64 x 96 input is 6 x 32 x 32
+    (d / "config.json").write_text(json.dumps(cfg))
+    m = AlpamayoR1.from_pretrained(d, cameras=1, frames=1)
+    prep = m.prepare(np.zeros((1, 3, 64, 96), np.uint8), np.zeros((16, 3)))
+    (t, h, w) = prep.image_grid_thw[0].tolist()
+    assert h * w * 16 * 16 <= 32 * 32 * 3  # resized into the budget (unresized it would be 24 patches)
+    m2 = AlpamayoR1.from_pretrained(NVLABS, cameras=1, frames=1)
+    prep2 = m2.prepare(np.zeros((1, 3, 64, 96), np.uint8), np.zeros((16, 3)))
+    assert prep2.image_grid_thw[0].tolist() == [1, 4, 6]

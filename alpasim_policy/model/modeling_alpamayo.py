@@ -184,9 +184,9 @@ class AlpamayoR1(nn.Module):
     def hist_tokenizer(self) -> DeltaTrajectoryTokenizer:
         return self.processor.hist_tokenizer
 
-    def load_processor(self, directory: str | Path) -> None:
+    def load_processor(self, directory: str | Path, **kwargs: Any) -> None:
         """Use a real Qwen3-VL image processor from a local directory (resizing by its pixel budget)."""
-        self.processor.load_image_processor(directory)
+        self.processor.load_image_processor(directory, **kwargs)
 
     def build_prompt(self, tokens_per_image: list[int], history_ids: np.ndarray, nav_text: str) -> list[int]:
         return self.processor.build_prompt(tokens_per_image, history_ids, nav_text)
@@ -648,7 +648,10 @@ class AlpamayoR1(nn.Module):
         model.to(device)
         model.eval()
         if base_dir is not None and (base_dir / "preprocessor_config.json").exists():
-            model.load_processor(base_dir)
+            # NVlabs passes the checkpoint's min_pixels / max_pixels to the base VLM's processor
+            nv = config.extra.get("nvlabs", {})
+            pixels = {k: int(nv[k]) for k in ("min_pixels", "max_pixels") if nv.get(k) is not None}
+            model.load_processor(base_dir, **pixels)
         return model
 
 

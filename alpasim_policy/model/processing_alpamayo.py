@@ -62,12 +62,15 @@ class AlpamayoProcessor:
             config.hist_bins, config.hist_xyz_min, config.hist_xyz_max
         )
 
-    def load_image_processor(self, directory: str | Path) -> None:
-        """Use a real Qwen3-VL image processor from a local directory (resizing by its pixel budget)."""
+    def load_image_processor(self, directory: str | Path, **kwargs: Any) -> None:
+        """Use a real Qwen3-VL image processor from a local directory (resizing by its pixel budget);
+        ``kwargs`` (e.g. NVlabs' ``min_pixels`` / ``max_pixels``) override its saved settings."""
         from transformers import AutoImageProcessor
 
         try:
-            self.image_processor = AutoImageProcessor.from_pretrained(str(directory), local_files_only=True)
+            self.image_processor = AutoImageProcessor.from_pretrained(
+                str(directory), local_files_only=True, **kwargs
+            )
         except Exception as e:  # many exception types for a bad directory
             raise ConfigError(f"{directory}: cannot load image processor: {e}") from e
 
