@@ -210,3 +210,17 @@ def test_nvlabs_pixel_budget_reaches_the_image_processor(tmp_path):
     m2 = AlpamayoR1.from_pretrained(NVLABS, cameras=1, frames=1)
     prep2 = m2.prepare(np.zeros((1, 3, 64, 96), np.uint8), np.zeros((16, 3)))
     assert prep2.image_grid_thw[0].tolist() == [1, 4, 6]
+
+
+def test_nvlabs_folder_resaved_in_our_format_round_trips(tmp_path):
+    m = AlpamayoR1.from_pretrained(NVLABS, cameras=2, frames=2)
+    m.save_pretrained(tmp_path / "ours")
+    again = AlpamayoR1.from_pretrained(tmp_path / "ours")
+    assert again.config == m.config and len(again.tokenizer) == len(m.tokenizer)
+    hist, _ = rig_history("cr-USA_Lanker-1_1_T-1-ego1213")
+    imgs = np.zeros((4, 3, 64, 96), np.uint8)
+    kw = dict(num_samples=2, max_cot_tokens=5, diffusion="eager")
+    a = m.drive(imgs, hist, generator=torch.Generator().manual_seed(0), **kw)
+    b = again.drive(imgs, hist, generator=torch.Generator().manual_seed(0), **kw)
+    assert a.reasoning == b.reasoning
+    np.testing.assert_array_equal(a.trajectories, b.trajectories)

@@ -530,7 +530,8 @@ class AlpamayoR1(nn.Module):
 
     # ================================================================== weights
     def save_pretrained(self, directory: str | Path, max_shard_bytes: int = 2 * 1024**3) -> None:
-        """Write ``config.json``, the tokenizer and safetensors shards + ``model.safetensors.index.json``."""
+        """Write ``config.json``, the tokenizer, the image processor (when one is used) and safetensors
+        shards + ``model.safetensors.index.json``."""
         from alpasim_policy.io import atomic_write_json
         from alpasim_policy.model import weights_io as wio
 
@@ -542,6 +543,8 @@ class AlpamayoR1(nn.Module):
         cfg["vocab_size"] = self.vocab_size
         atomic_write_json(directory / "config.json", cfg)
         self.tokenizer.save(directory)
+        if self.image_processor is not None:  # the preprocessing is part of the model's behaviour
+            self.image_processor.save_pretrained(str(directory))
 
     @classmethod
     def from_pretrained(
@@ -647,7 +650,9 @@ class AlpamayoR1(nn.Module):
             setattr(mod, attr, nn.Parameter(real, requires_grad=False))
         model.to(device)
         model.eval()
-        if base_dir is not None and (base_dir / "preprocessor_config.json").exists():
+        if (directory / "preprocessor_config.json").exists():
+            model.load_processor(directory)
+        elif base_dir is not None and (base_dir / "preprocessor_config.json").exists():
             # NVlabs passes the checkpoint's min_pixels / max_pixels to the base VLM's processor
             nv = config.extra.get("nvlabs", {})
             pixels = {k: int(nv[k]) for k in ("min_pixels", "max_pixels") if nv.get(k) is not None}
