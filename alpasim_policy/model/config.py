@@ -32,6 +32,7 @@ PRESETS = ("tiny", "small", "alpamayo-r1-10b")
 
 @dataclass
 class AlpamayoConfig:
+    # a preset name, or "nvlabs" for a config mapped from an NVlabs checkpoint folder (weights_io)
     preset: str = "tiny"
 
     # --- VLM text decoder (Qwen3-VL text) ---

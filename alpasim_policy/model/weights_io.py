@@ -223,6 +223,8 @@ def config_from_nvlabs(
         hist_xyz_max=tuple(float(v) for v in hist["ego_xyz_max"]),
         traj_vocab_size=int(data.get("traj_vocab_size", 768)),
         hist_token_offset=hist_offset,
+        # only used without an image processor (the base-VLM folder normally provides one): the
+        # release's 320 x 512 for 16 px patches merged 2 x 2
         image_hw=(10 * patch * merge, 16 * patch * merge) if patch * merge == 32 else (patch * merge,) * 2,
         dtype=dtype if dtype in ("float32", "bfloat16", "float16") else "bfloat16",
         extra={
