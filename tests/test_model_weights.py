@@ -224,3 +224,20 @@ def test_nvlabs_folder_resaved_in_our_format_round_trips(tmp_path):
     b = again.drive(imgs, hist, generator=torch.Generator().manual_seed(0), **kw)
     assert a.reasoning == b.reasoning
     np.testing.assert_array_equal(a.trajectories, b.trajectories)
+
+
+def test_base_vlm_choices_this_model_does_not_implement_are_refused(tmp_path):
+    import shutil
+
+    d = tmp_path / "ckpt"
+    shutil.copytree(NVLABS, d)
+    base = json.loads((d / "base_vlm" / "config.json").read_text())
+    base["text_config"]["hidden_act"] = "gelu"
+    (d / "base_vlm" / "config.json").write_text(json.dumps(base))
+    with pytest.raises(ModelWeightsError, match="text_config.hidden_act"):
+        AlpamayoR1.from_pretrained(d)
+    base["text_config"]["hidden_act"] = "silu"
+    base["tie_word_embeddings"] = True
+    (d / "base_vlm" / "config.json").write_text(json.dumps(base))
+    with pytest.raises(ModelWeightsError, match="tie_word_embeddings"):
+        AlpamayoR1.from_pretrained(d)

@@ -152,6 +152,20 @@ def config_from_nvlabs(
     if not isinstance(text, dict) or not isinstance(vision, dict):
         raise ModelWeightsError(f"{path}: base VLM config has no text_config / vision_config (not Qwen3-VL?)")
     theta, section = _rope(text, path)
+    # architecture choices this implementation fixes (Qwen3-VL's): refuse others instead of diverging
+    for where, block, key, want in (
+        ("text_config", text, "hidden_act", "silu"),
+        ("text_config", text, "attention_bias", False),
+        ("vision_config", vision, "hidden_act", "gelu_pytorch_tanh"),
+    ):
+        if block.get(key, want) != want:
+            raise ModelWeightsError(
+                f"{path}: base VLM {where}.{key} = {block[key]!r}; only {want!r} is implemented"
+            )
+    if base.get("tie_word_embeddings", text.get("tie_word_embeddings", False)):
+        raise ModelWeightsError(
+            f"{path}: the base VLM ties its input and output embeddings (tie_word_embeddings); not implemented"
+        )
     expert = dict(data.get("expert_cfg") or {})
     for key in ("num_hidden_layers", "num_key_value_heads", "head_dim"):
         if key in expert and expert[key] != text.get(key):
