@@ -39,3 +39,18 @@ def test_bench_model_cli(tmp_path, capsys):
     text = out.read_text()
     assert text.count("model tiny K=2 CoC=3 cpu") == 3
     assert "single reasoning" in text and "multi reasoning (NVlabs)" in text
+
+
+def test_bench_model_against_a_baseline_tree(tmp_path, capsys):
+    """``--baseline-src``: the same tick in another source tree (here this tree itself), side by side."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "BENCH.md"
+    argv = ["bench", "model", "--preset", "tiny", "--samples", "2", "--cot-tokens", "3", "--repeats", "1",
+            "--warmup", "0", "--threads", "1", "--rounds", "1", "--baseline-src", str(repo), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["benchmark"] == "model-baseline" and summary["ratio_min"] > 0
+    text = out.read_text()
+    assert "single-reasoning tick, baseline" in text and "single-reasoning tick, this tree" in text

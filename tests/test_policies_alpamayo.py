@@ -276,3 +276,42 @@ def test_eval_cli_records_reasoning_samples_and_latency(tmp_path):
     assert ro.deadline_miss.dtype == bool and (ro.latency_s[ticks] > 0).all()
     board = (out / "leaderboard.csv").read_text()
     assert "latency_p50_ms" in board and "alpamayo" in board and "constant_velocity" in board
+
+
+def test_eval_drives_an_nvlabs_written_folder(tmp_path):
+    """``--policy-option alpamayo.weights=DIR`` with a folder NVlabs' save_pretrained wrote (a size no
+    preset has): loads in one call and drives a scene in ``eval``."""
+    from pathlib import Path
+
+    from alpasim_policy.cli import main
+    from alpasim_policy.sim.rollout import Rollout
+
+    ckpt = Path(__file__).resolve().parent / "fixtures" / "nvlabs_parity" / "checkpoint"
+    suite = tmp_path / "one.yaml"
+    suite.write_text(f"name: one\nscenes: [{SCENE}]\n")
+    out = tmp_path / "run"
+    opts = [f"alpamayo.weights={ckpt}", "alpamayo.samples=2", "alpamayo.max_cot_tokens=6",
+            "alpamayo.threads=1", "alpamayo.camera_width=64", "alpamayo.camera_height=36"]  # fmt: skip
+    argv = ["eval", "--suite", str(suite), "--policy", "alpamayo", "--out", str(out)]
+    for o in opts:
+        argv += ["--policy-option", o]
+    assert main(argv) == 0
+    ro = Rollout.load(out / "rollouts" / "alpamayo" / f"{SCENE}.npz")
+    ticks = np.flatnonzero(np.isfinite(ro.latency_s))
+    assert len(ticks) == 24 and not ro.policy_failure.any()
+    assert (
+        ro.samples is not None and ro.samples.shape[1:] == (2, 64, 3) and np.isfinite(ro.samples[ticks]).all()
+    )
+    np.testing.assert_allclose(ro.plans[ticks, :, :2], ro.samples[ticks, 0, :, :2], atol=1e-6)
+
+
+def test_policy_options_weights_dtype_and_v0():
+    from pathlib import Path
+
+    ckpt = Path(__file__).resolve().parent / "fixtures" / "nvlabs_parity" / "checkpoint"
+    pol = AlpamayoPolicy(weights=str(ckpt), dtype="bfloat16", samples=1, threads=1)
+    assert pol.model.config.preset == "nvlabs" and pol.model.dtype.__repr__() == "torch.bfloat16"
+    with pytest.raises(ConfigError, match="dtype"):
+        AlpamayoPolicy(dtype="int8")
+    with pytest.raises(ConfigError, match="v0"):
+        AlpamayoPolicy(v0="guess")

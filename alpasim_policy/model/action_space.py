@@ -3,18 +3,22 @@
 Why this parameterisation (as in Alpamayo-R1): the flow-matching expert predicts controls, not
 positions, so every sampled plan is kinematically feasible and smooth once integrated.
 
-Integration (rig frame: x forward, y left, origin at "now", heading 0 at "now"). Controls are
-piecewise constant over each step of length ``dt``:
+Rig frame: x forward, y left, origin at "now", heading 0 at "now". Two integrators:
 
-* speed     ``v[k+1] = v[k] + a[k] dt``  (clamped at 0: a plan may stop, not reverse)
-* arc       ``s[k]   = v[k] dt + a[k] dt^2 / 2``  (the distance driven in the step)
-* heading   ``th[k+1] = th[k] + kappa[k] s[k]``
-* position  the step is a circular arc of length ``s`` and turn ``dth = kappa s``; its chord is
-  ``s * sinc(dth / 2)`` long and points along ``th[k] + dth / 2``.
+* ``method="nvlabs"`` (default; what NVlabs' ``action_to_traj`` computes, so the same actions give
+  the same plan as the reference code): speed ``v[k+1] = v[k] + a[k] dt`` (not clamped),
+  heading ``th[k+1] = th[k] + kappa[k] v[k] dt + kappa[k] a[k] dt^2 / 2``, and position by the
+  trapezoidal rule on the velocity vector:
+  ``p[k+1] = p[k] + dt / 2 (v[k] u(th[k]) + v[k+1] u(th[k+1]))`` with ``u(th) = (cos th, sin th)``.
+* ``method="exact"`` (option): each step is a circular arc of length ``s = v dt + a dt^2 / 2``
+  (speed clamped at 0: a plan may stop, not reverse) and turn ``kappa s``, whose chord is
+  ``s sinc(dth / 2)`` long along ``th + dth / 2``. Exact for piecewise-constant controls, where the
+  trapezoidal rule is O(dt^2) off; the two differ by millimetres on typical plans but by metres
+  for plans that brake through zero speed (the reference then reverses).
 
-The chord form is exact for piecewise-constant (a, kappa) — a straight line under constant
-acceleration and a circle under constant curvature are reproduced to float precision — where the
-trapezoidal rule of the reference implementation is O(dt^2) off; the two differ by millimetres.
+The initial speed comes from the history as NVlabs' ``estimate_t0_states`` does it
+(:func:`estimate_v0`): the speeds of all history steps are the regularised least-squares solution
+of the same trapezoidal relation between consecutive positions and headings.
 """
 
 from __future__ import annotations
@@ -31,10 +35,43 @@ def _sinc_half(dth: torch.Tensor) -> torch.Tensor:
     return torch.sinc(dth / (2.0 * torch.pi))
 
 
+INTEGRATION_METHODS = ("nvlabs", "exact")
+
+
 def integrate_unicycle(
-    accel: torch.Tensor, curvature: torch.Tensor, v0: torch.Tensor, dt: float = 0.1
+    accel: torch.Tensor,
+    curvature: torch.Tensor,
+    v0: torch.Tensor,
+    dt: float = 0.1,
+    method: str = "nvlabs",
 ) -> torch.Tensor:
-    """Integrate controls ``(..., N)`` from speed ``v0`` ``(...)`` into poses ``(..., N, 3)`` (x, y, heading)."""
+    """Integrate controls ``(..., N)`` from speed ``v0`` ``(...)`` into poses ``(..., N, 3)`` (x, y, heading), float64."""
+    if method == "nvlabs":
+        return _integrate_trapezoid(accel, curvature, v0, dt)
+    if method == "exact":
+        return _integrate_exact(accel, curvature, v0, dt)
+    raise ValueError(f"integration method {method!r}: choose one of {', '.join(INTEGRATION_METHODS)}")
+
+
+def _integrate_trapezoid(
+    accel: torch.Tensor, curvature: torch.Tensor, v0: torch.Tensor, dt: float
+) -> torch.Tensor:
+    a = accel.to(torch.float64)
+    kappa = curvature.to(torch.float64)
+    v0 = v0.to(torch.float64)[..., None]
+    v = torch.cat([v0, v0 + torch.cumsum(a * dt, dim=-1)], dim=-1)  # (..., N+1)
+    dth = kappa * v[..., :-1] * dt + kappa * a * (0.5 * dt * dt)
+    th = torch.cat([torch.zeros_like(v0), torch.cumsum(dth, dim=-1)], dim=-1)  # (..., N+1)
+    vx = v * torch.cos(th)
+    vy = v * torch.sin(th)
+    x = torch.cumsum(0.5 * dt * (vx[..., :-1] + vx[..., 1:]), dim=-1)
+    y = torch.cumsum(0.5 * dt * (vy[..., :-1] + vy[..., 1:]), dim=-1)
+    return torch.stack([x, y, th[..., 1:]], dim=-1)
+
+
+def _integrate_exact(
+    accel: torch.Tensor, curvature: torch.Tensor, v0: torch.Tensor, dt: float
+) -> torch.Tensor:
     accel = accel.to(torch.float64)
     curvature = curvature.to(torch.float64)
     v = v0.to(torch.float64).clamp(min=0.0)
@@ -64,7 +101,7 @@ def integrate_unicycle(
 
 
 def trajectory_to_controls(traj: torch.Tensor, v0: torch.Tensor, dt: float = 0.1) -> torch.Tensor:
-    """Inverse of :func:`integrate_unicycle` for plans that do not stop: ``(..., N, 3)`` -> ``(..., N, 2)``.
+    """Inverse of the exact-arc :func:`integrate_unicycle` (``method="exact"``) for plans that do not stop: ``(..., N, 3)`` -> ``(..., N, 2)``.
 
     Uses the headings' differences for the turn of each step and the chord length for its arc,
     then recovers the speed profile step by step. Exact on integrated plans; on noisy real logs
@@ -84,6 +121,50 @@ def trajectory_to_controls(traj: torch.Tensor, v0: torch.Tensor, dt: float = 0.1
         v = v_next
     curvature = torch.where(s.abs() > 1e-9, dth / s.clamp(min=1e-9), torch.zeros_like(s))
     return torch.stack([accel, curvature], dim=-1)
+
+
+def estimate_v0(
+    history_xy: np.ndarray,
+    heading: np.ndarray,
+    dt: float = 0.1,
+    v_lambda: float = 1e-6,
+    v_ridge: float = 1e-4,
+) -> float:
+    """Speed at "now" (the last row) from past positions and headings, as NVlabs estimates it.
+
+    Unknowns: the speeds ``v[0..T-1]`` of the T history steps. Each step gives two equations of
+    the trapezoidal motion model, ``v[k] u(th[k]) + v[k+1] u(th[k+1]) = 2 (p[k+1] - p[k]) / dt``;
+    they are solved in the least-squares sense with a third-difference smoothness penalty
+    (weight ``v_lambda / dt^6``) and a ridge term ``v_ridge``. Headings are unwrapped first.
+    The estimate is not clamped (a reversing history gives a negative speed).
+    """
+    xy = np.asarray(history_xy, dtype=np.float64)
+    th = np.unwrap(np.asarray(heading, dtype=np.float64))
+    if xy.ndim != 2 or xy.shape[1] != 2 or th.shape != (xy.shape[0],):
+        raise ModelInputError(
+            f"ego history: expected (T, 2) positions and (T,) headings, got {xy.shape}, {th.shape}"
+        )
+    t = xy.shape[0]
+    if t < 2:
+        raise ModelInputError("ego history: need at least 2 steps to estimate the speed")
+    n = t - 1
+    rhs_vec = (2.0 / dt) * np.diff(xy, axis=0)  # (n, 2)
+    design = np.zeros((2 * n, t))
+    k = np.arange(n)
+    design[2 * k, k] = np.cos(th[:-1])
+    design[2 * k, k + 1] = np.cos(th[1:])
+    design[2 * k + 1, k] = np.sin(th[:-1])
+    design[2 * k + 1, k + 1] = np.sin(th[1:])
+    lhs = design.T @ design + v_ridge * np.eye(t)
+    if t > 3:
+        d3 = np.zeros((t - 3, t))
+        r = np.arange(t - 3)
+        for j, c in enumerate((-1.0, 3.0, -3.0, 1.0)):
+            d3[r, r + j] = c
+        lhs += (v_lambda / dt**6) * (d3.T @ d3)
+    rhs = design.T @ rhs_vec.reshape(-1)
+    v = np.linalg.solve(lhs, rhs)
+    return float(v[-1])
 
 
 def estimate_speed(history_xy: np.ndarray, dt: float = 0.1, window: int = 6) -> float:
@@ -117,8 +198,12 @@ class UnicycleActionSpace(nn.Module):
         accel_std: float = 1.0,
         curvature_mean: float = 0.0,
         curvature_std: float = 1.0,
+        method: str = "nvlabs",
     ):
         super().__init__()
+        if method not in INTEGRATION_METHODS:
+            raise ValueError(f"integration method {method!r}: choose one of {', '.join(INTEGRATION_METHODS)}")
+        self.method = method
         self.n_waypoints = n_waypoints
         self.dt = dt
         self.register_buffer("accel_mean", torch.tensor(float(accel_mean)))
@@ -143,7 +228,8 @@ class UnicycleActionSpace(nn.Module):
 
     def action_to_traj(self, action: torch.Tensor, v0: torch.Tensor) -> torch.Tensor:
         controls = self.denormalize(action)
-        return integrate_unicycle(controls[..., 0], controls[..., 1], v0, self.dt)
+        return integrate_unicycle(controls[..., 0], controls[..., 1], v0, self.dt, self.method)
 
     def traj_to_action(self, traj: torch.Tensor, v0: torch.Tensor) -> torch.Tensor:
+        """Inverse of the exact-arc integration (see :func:`trajectory_to_controls`)."""
         return self.normalize(trajectory_to_controls(traj, v0, self.dt))

@@ -28,6 +28,13 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed ticks per configuration (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed ticks first (graph capture, allocator)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--baseline-src",
+        default=None,
+        help="another source tree (e.g. `git archive` of an older commit): the single-reasoning tick "
+        "of both trees is timed in alternating subprocesses and a before/after row written",
+    )
+    p.add_argument("--rounds", type=int, default=4, help="alternating rounds for --baseline-src")
     p.add_argument("--out", default="BENCHMARKS.md", help="markdown file the rows are appended to")
     p.add_argument("--no-write", action="store_true", help="print only, do not append rows")
     p.set_defaults(func=_cmd_bench)
@@ -82,7 +89,12 @@ def run_bench(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.weights:
-        model = AlpamayoR1.from_pretrained(args.weights, preset=args.preset, device=device)
+        from pathlib import Path
+
+        has_config = (Path(args.weights) / "config.json").exists()  # the folder says what it is
+        model = AlpamayoR1.from_pretrained(
+            args.weights, preset=None if has_config else args.preset, device=device
+        )
     else:
         model = AlpamayoR1.create(AlpamayoConfig.from_preset(args.preset), device)
     images, history = synthetic_inputs(model.config)
@@ -148,10 +160,106 @@ def run_bench(args: argparse.Namespace) -> dict:
     return summary
 
 
+# The probe runs in a subprocess with one tree first on sys.path; it uses only API both trees share.
+_PROBE = """
+import json, statistics, sys, torch
+torch.set_num_threads({threads})
+from alpasim_policy.model.cli import synthetic_inputs
+from alpasim_policy.model.config import AlpamayoConfig
+from alpasim_policy.model.modeling_alpamayo import AlpamayoR1
+torch.manual_seed(0)
+m = AlpamayoR1.create(AlpamayoConfig.from_preset({preset!r}), {device!r})
+images, history = synthetic_inputs(m.config)
+runs = []
+for i in range({warmup} + {repeats}):
+    out = m.drive(images, history, num_samples={samples}, reasoning="single", diffusion={diffusion!r},
+                  cot_tokens={cot}, generator=torch.Generator().manual_seed(i))
+    if i >= {warmup}:
+        runs.append(out.timings)
+print(json.dumps({{k: [r[k] for r in runs] for k in ("vision", "prefill", "decode", "diffusion", "post", "total")}}))
+"""
+
+
+def run_baseline_comparison(args: argparse.Namespace) -> dict:
+    """Single-reasoning tick of this tree vs ``--baseline-src``, alternating subprocesses (same machine,
+    same load) so the ratio is measured side by side; minima per stage are robust to other load."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from alpasim_policy.errors import ConfigError
+
+    base = Path(args.baseline_src).resolve()
+    if not (base / "alpasim_policy" / "model").is_dir():
+        raise ConfigError(f"--baseline-src {base}: not an alpasim-policy source tree")
+    here = Path(__file__).resolve().parents[2]
+    device = args.device
+    code = _PROBE.format(
+        threads=args.threads or 1,
+        preset=args.preset,
+        device=device,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        samples=args.samples,
+        diffusion="graph" if device == "cuda" else "eager",
+        cot=args.cot_tokens,
+    )
+    samples: dict[str, dict[str, list[float]]] = {"baseline": {}, "current": {}}
+    for _ in range(args.rounds):
+        for label, tree in (("baseline", base), ("current", here)):
+            env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS=str(args.threads or 1))
+            res = subprocess.run(
+                [sys.executable, "-W", "ignore", "-c", code],
+                cwd=tree,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if res.returncode != 0:
+                raise RuntimeError(f"tick probe in {tree} failed: {res.stderr[-2000:]}")
+            for k, v in json.loads(res.stdout.strip().splitlines()[-1]).items():
+                samples[label].setdefault(k, []).extend(v)
+    stat = {label: {k: (min(v), statistics.median(v)) for k, v in d.items()} for label, d in samples.items()}
+
+    def fmt(label: str) -> str:
+        m = stat[label]
+        stages = ", ".join(
+            f"{k} {m[k][0] * 1e3:.1f}" for k in ("vision", "prefill", "decode", "diffusion", "post")
+        )
+        n = len(samples[label]["total"])
+        return f"min {m['total'][0] * 1e3:.1f} ms, median {m['total'][1] * 1e3:.1f} ms over {n} ticks (stage minima: {stages} ms)"
+
+    name = f"model {args.preset} K={args.samples} CoC={args.cot_tokens} {device} {args.threads or 1} thread"
+    r_min = stat["baseline"]["total"][0] / stat["current"]["total"][0]
+    r_med = stat["baseline"]["total"][1] / stat["current"]["total"][1]
+    rows = [
+        {
+            "benchmark": f"{name}: single-reasoning tick, baseline {base.name}",
+            "result": fmt("baseline"),
+            "ratio": "-",
+        },
+        {
+            "benchmark": f"{name}: single-reasoning tick, this tree",
+            "result": fmt("current"),
+            "ratio": f"{r_min:.2f}x (min) / {r_med:.2f}x (median) the baseline's speed",
+        },
+    ]
+    return {
+        "benchmark": "model-baseline",
+        "ratio_min": r_min,
+        "ratio_median": r_med,
+        "baseline_total_ms_min": stat["baseline"]["total"][0] * 1e3,
+        "current_total_ms_min": stat["current"]["total"][0] * 1e3,
+        "_rows": rows,
+    }
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from alpasim_policy.bench import append_rows, print_summary
 
-    summary = run_bench(args)
+    summary = run_baseline_comparison(args) if args.baseline_src else run_bench(args)
     rows = summary.pop("_rows")
     for r in rows:
         print(f"{r['benchmark']}: {r['result']} | {r['ratio']}")

@@ -32,6 +32,7 @@ PRESETS = ("tiny", "small", "alpamayo-r1-10b")
 
 @dataclass
 class AlpamayoConfig:
+    # a preset name, or "nvlabs" for a config mapped from an NVlabs checkpoint folder (weights_io)
     preset: str = "tiny"
 
     # --- VLM text decoder (Qwen3-VL text) ---
@@ -76,6 +77,11 @@ class AlpamayoConfig:
     curvature_mean: float = 0.0
     curvature_std: float = 0.02  # 1/m; typical spread of driving curvature
     flow_steps: int = 10
+    # trajectory integration: "nvlabs" (trapezoidal, as NVlabs' action_to_traj) or "exact" (arcs)
+    integration: str = "nvlabs"
+    # v0 from the history: NVlabs' regularised least squares (estimate_t0_states)
+    v_lambda: float = 1e-6
+    v_ridge: float = 1e-4
 
     # --- Inputs ---
     cameras: int = 4
@@ -189,6 +195,7 @@ class AlpamayoConfig:
             "history bins must fit in traj_vocab_size",
         )
         need(self.flow_steps >= 1, "flow_steps", "must be >= 1")
+        need(self.integration in ("nvlabs", "exact"), "integration", "nvlabs or exact")
         need(self.dtype in ("float32", "bfloat16", "float16"), "dtype", "float32, bfloat16 or float16")
 
     # ------------------------------------------------------------------ derived

@@ -19,6 +19,7 @@ Two ways to run the expert layers over the prefix:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -37,7 +38,9 @@ class FourierFeatures(nn.Module):
         self.register_buffer("freqs", freqs[None, :])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        arg = x[..., None] * self.freqs * (2.0 * math.pi)
+        # the reference's evaluation order ((x * f) * 2) * pi: at 100 Hz the argument reaches ~1e3
+        # and a different rounding order moves sin / cos by ~1e-4
+        arg = x[..., None] * self.freqs * 2 * math.pi
         return torch.cat([torch.sin(arg), torch.cos(arg)], dim=-1) * math.sqrt(2.0)
 
 
@@ -205,6 +208,17 @@ def static_mask(
     return block.repeat(1, groups, 1)[:, None]  # (B, 1, g*T, cap + T), rows (g, T)
 
 
+@functools.cache
+def cache_kwarg() -> str:
+    """Name of the KV-cache argument of transformers' Qwen3-VL forwards: ``cache`` from 5.x
+    (``past_key_values`` is deprecated there and goes in 5.40), ``past_key_values`` before."""
+    import inspect
+
+    from transformers import Qwen3VLTextModel
+
+    return "cache" if "cache" in inspect.signature(Qwen3VLTextModel.forward).parameters else "past_key_values"
+
+
 def expert_forward_dynamic(
     expert: nn.Module,
     embeds: torch.Tensor,
@@ -217,8 +231,8 @@ def expert_forward_dynamic(
     out = expert(
         inputs_embeds=embeds,
         position_ids=position_ids,
-        past_key_values=cache,
         attention_mask=attention_mask,
+        **{cache_kwarg(): cache},
         use_cache=True,
         is_causal=False,
     )

@@ -2,28 +2,33 @@
 
 One tick of driving (:meth:`AlpamayoR1.drive`):
 
-1. **Inputs** — C cameras x F frames (oldest first per camera) are resized, normalised and cut
-   into Qwen3-VL patches; 16 steps of ego history become 48 delta-tokenizer ids placed in the
-   ``<|traj_history|>`` slots of a chat prompt that ends with ``<|cot_start|>``.
+1. **Inputs** (:mod:`~alpasim_policy.model.processing_alpamayo`) — C cameras x F frames (oldest
+   first per camera) are resized, normalised and cut into Qwen3-VL patches; 16 steps of ego
+   history become 48 delta-tokenizer ids placed in the ``<|traj_history|>`` slots of a chat prompt
+   that ends with ``<|cot_start|>``.
 2. **Vision** — the Qwen3-VL ViT encodes the images once.
 3. **Reasoning** — the VLM prefills the prompt and decodes a chain of causation (CoC) until it
-   emits ``<|traj_future_start|>`` (greedy or top-p / temperature; a length can be forced for
-   benchmarks). ``reasoning="single"``: one CoC, one prefill, one decode; all K trajectory samples
+   emits ``<|traj_future_start|>`` (greedy or top-p / temperature through transformers' logits
+   processors, :mod:`~alpasim_policy.model.generation_alpamayo`; a length can be forced for
+   benchmarks). As in NVlabs' rollout, the last generated token is never fed back: the expert
+   attends to the prompt + CoC up to and including the stop token, and its positions start one
+   past the stop (or past the last token when the length limit ended the CoC). ``reasoning="single"``: one CoC, one prefill, one decode; all K trajectory samples
    condition on that one KV prefix, shared without copies. ``reasoning="multi"``: NVlabs'
    behaviour, K CoCs (the prompt is prefilled and decoded as K sequences).
 4. **Diffusion** — the action expert integrates flow matching over 10 Euler steps for K noise
    samples against the prefix (static buffers + one CUDA graph, or eager, or HF's dynamic cache).
-5. **Kinematics** — (acceleration, curvature) x 64 -> rig-frame poses at 0.1 s with v0 from the
-   history (or the measured speed).
+5. **Kinematics** — (acceleration, curvature) x 64 -> rig-frame poses at 0.1 s by NVlabs'
+   trapezoidal ``action_to_traj`` (exact arcs as an option), v0 estimated from the history as
+   NVlabs' ``estimate_t0_states`` (or the measured speed), z carried from the history.
 
-Weights use NVlabs' key layout: ``vlm.*`` (a ``Qwen3VLForConditionalGeneration``), ``expert.*``
+Checkpoint folders (NVlabs' as written by its ``save_pretrained``, or ours) are read by
+:mod:`~alpasim_policy.model.weights_io`. Weights use NVlabs' key layout: ``vlm.*`` (a ``Qwen3VLForConditionalGeneration``), ``expert.*``
 (a ``Qwen3VLTextModel`` without embeddings), ``action_in_proj.*``, ``action_out_proj.*``,
 ``action_space.*``.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections import Counter
@@ -33,34 +38,24 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from alpasim_policy.errors import ConfigError, ModelInputError, ModelWeightsError
-from alpasim_policy.model.action_space import UnicycleActionSpace, estimate_speed
+from alpasim_policy.model.action_space import UnicycleActionSpace
 from alpasim_policy.model.config import AlpamayoConfig
-from alpasim_policy.model.expert import ActionInProjection, build_expert
+from alpasim_policy.model.expert import ActionInProjection, build_expert, cache_kwarg
 from alpasim_policy.model.flow import (
     DynamicCacheSampler,
     Prefix,
     StaticFlowSampler,
     prefix_capacity,
 )
-from alpasim_policy.model.tokenizer import (
-    SYSTEM_PROMPT,
-    TASK_PROMPT,
-    AlpamayoTokenizer,
-    DeltaTrajectoryTokenizer,
-)
-from alpasim_policy.scenes.geometry import scene_to_rig_xy
+from alpasim_policy.model.generation_alpamayo import cot_logits_processors, next_tokens
+from alpasim_policy.model.processing_alpamayo import AlpamayoProcessor, PreparedInputs
+from alpasim_policy.model.tokenizer import AlpamayoTokenizer, DeltaTrajectoryTokenizer
 
 ReasoningMode = Literal["single", "multi"]
 DiffusionMode = Literal["graph", "eager", "dynamic"]
-COMMAND_TEXT = {0: "turn left", 1: "go straight", 2: "turn right"}
-IMAGE_MEAN = 0.5  # Qwen3-VL normalises every channel with mean 0.5, std 0.5
-IMAGE_STD = 0.5
-WEIGHTS_INDEX = "model.safetensors.index.json"
-WEIGHTS_SINGLE = "model.safetensors"
 
 
 @dataclass
@@ -72,16 +67,8 @@ class DriveOutput:
     timings: dict[str, float]  # seconds per stage: vision, prefill, decode, diffusion, post, total
     actions: np.ndarray  # (K, 64, 2) acceleration m/s^2, curvature 1/m
     v0: float  # speed at now used for integration, m/s
-    stats: dict[str, int] = field(default_factory=dict)  # prefills, decode steps, CoC lengths...
-
-
-@dataclass
-class PreparedInputs:
-    input_ids: torch.Tensor  # (1, L)
-    mm_token_type_ids: torch.Tensor  # (1, L)
-    pixel_values: torch.Tensor  # (patches, C * tp * ps * ps)
-    image_grid_thw: torch.Tensor  # (N, 3)
-    v0: float
+    stats: dict[str, Any] = field(default_factory=dict)  # prefills, decode steps, CoC lengths, KV...
+    z: float = 0.0  # height of every pose (the last history z, carried as NVlabs does)
 
 
 class AlpamayoR1(nn.Module):
@@ -106,6 +93,7 @@ class AlpamayoR1(nn.Module):
             config.accel_std,
             config.curvature_mean,
             config.curvature_std,
+            config.integration,
         )
         self.action_in_proj = ActionInProjection(
             2,
@@ -116,9 +104,7 @@ class AlpamayoR1(nn.Module):
             max_freq=config.fourier_max_freq,
         )
         self.action_out_proj = nn.Linear(config.expert_hidden, 2)
-        self.hist_tokenizer = DeltaTrajectoryTokenizer(
-            config.hist_bins, config.hist_xyz_min, config.hist_xyz_max
-        )
+        self.processor = AlpamayoProcessor(config, self.tokenizer)
         # parameters in the model dtype; buffers (RoPE inverse frequencies, Fourier frequencies,
         # action statistics) stay float32 because bf16 would round them.
         dtype = config.torch_dtype
@@ -126,7 +112,6 @@ class AlpamayoR1(nn.Module):
             if p.dtype != dtype:
                 p.data = p.data.to(dtype)
         self._float32_buffers()
-        self.image_processor: Any = None
         self.counters: Counter[str] = Counter()
         self._static: dict[tuple, StaticFlowSampler] = {}
         self.eval()
@@ -190,116 +175,21 @@ class AlpamayoR1(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def load_processor(self, directory: str | Path) -> None:
+    # ================================================================== inputs (see processing_alpamayo)
+    @property
+    def image_processor(self) -> Any:
+        return self.processor.image_processor
+
+    @property
+    def hist_tokenizer(self) -> DeltaTrajectoryTokenizer:
+        return self.processor.hist_tokenizer
+
+    def load_processor(self, directory: str | Path, **kwargs: Any) -> None:
         """Use a real Qwen3-VL image processor from a local directory (resizing by its pixel budget)."""
-        from transformers import AutoImageProcessor
-
-        try:
-            self.image_processor = AutoImageProcessor.from_pretrained(str(directory), local_files_only=True)
-        except Exception as e:  # many exception types for a bad directory
-            raise ConfigError(f"{directory}: cannot load image processor: {e}") from e
-
-    # ================================================================== inputs
-    def _validate_images(self, images: Any) -> torch.Tensor:
-        cfg = self.config
-        t = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
-        if t.ndim == 5:
-            if t.shape[0] != cfg.cameras or t.shape[1] != cfg.frames:
-                raise ModelInputError(
-                    f"images: expected (C={cfg.cameras}, F={cfg.frames}, 3, H, W) or (C, F, H, W, 3), got {tuple(t.shape)}"
-                )
-            t = t.reshape(-1, *t.shape[2:])
-        if t.ndim == 4 and t.shape[1] != 3 and t.shape[-1] == 3:
-            t = t.permute(0, 3, 1, 2)  # channel-last (N, H, W, 3), as cameras deliver them
-        if t.ndim != 4 or t.shape[1] != 3:
-            raise ModelInputError(
-                f"images: expected (C*F={cfg.num_images}, 3, H, W) RGB, got shape {tuple(t.shape)}"
-            )
-        if t.shape[0] != cfg.num_images:
-            raise ModelInputError(
-                f"images: got {t.shape[0]} images, the model needs cameras x frames = "
-                f"{cfg.cameras} x {cfg.frames} = {cfg.num_images}"
-            )
-        if t.shape[2] < 16 or t.shape[3] < 16:
-            raise ModelInputError(f"images: {t.shape[2]}x{t.shape[3]} pixels is too small")
-        if t.dtype == torch.uint8:
-            t = t.float() / 255.0
-        else:
-            t = t.float()
-            if not torch.isfinite(t).all():
-                raise ModelInputError("images: contain NaN or inf")
-            if t.min() < -1e-3 or t.max() > 1.0 + 1e-3:
-                raise ModelInputError("images: float images must be in [0, 1] (or pass uint8)")
-        return t
-
-    def _pixels(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, 3, H, W) in [0, 1] -> Qwen3-VL ``pixel_values`` (patches, 3 * tp * ps * ps) and ``grid_thw``."""
-        cfg = self.config
-        if self.image_processor is not None:
-            arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            out = self.image_processor(images=list(arr), return_tensors="pt")
-            return out["pixel_values"], out["image_grid_thw"]
-        h, w = cfg.image_hw
-        x = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-        x = (x - IMAGE_MEAN) / IMAGE_STD
-        n, c = x.shape[:2]
-        ps, tp, m = cfg.patch_size, cfg.temporal_patch_size, cfg.spatial_merge_size
-        gh, gw = h // ps, w // ps
-        x = x[:, None].expand(n, tp, c, h, w)  # a still image fills the temporal patch
-        x = x.reshape(n, tp, c, gh // m, m, ps, gw // m, m, ps)
-        x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # n, gh/m, gw/m, m, m, c, tp, ps, ps
-        pixel_values = x.reshape(n * gh * gw, c * tp * ps * ps)
-        grid = torch.tensor([[1, gh, gw]] * n, dtype=torch.long)
-        return pixel_values, grid
-
-    def _history(self, history: Any) -> np.ndarray:
-        cfg = self.config
-        arr = np.asarray(history, dtype=np.float64)
-        if arr.ndim != 2 or arr.shape[1] not in (2, 3, 4):
-            raise ModelInputError(
-                f"ego history: expected (T, 3) x, y, heading (or (T, 4) with speed), got {arr.shape}"
-            )
-        if arr.shape[0] < cfg.history_steps:
-            raise ModelInputError(
-                f"ego history: {arr.shape[0]} steps, the model needs {cfg.history_steps} (0.1 s apart)"
-            )
-        arr = arr[-cfg.history_steps :]
-        if not np.all(np.isfinite(arr[:, :3] if arr.shape[1] > 2 else arr)):
-            rows = np.unique(np.argwhere(~np.isfinite(arr))[:, 0]).tolist()
-            raise ModelInputError(f"ego history: NaN/inf in rows {rows[:5]} of the last {cfg.history_steps}")
-        if arr.shape[1] >= 3:
-            # express the poses in the rig frame of the last row ("now"); identity for rig-frame input,
-            # so callers may pass scene-frame poses too
-            now = arr[-1, :3].copy()
-            arr = arr.copy()
-            arr[:, :2] = scene_to_rig_xy(arr[:, :2], now)
-            arr[:, 2] = np.unwrap(arr[:, 2] - now[2])
-        return arr
+        self.processor.load_image_processor(directory, **kwargs)
 
     def build_prompt(self, tokens_per_image: list[int], history_ids: np.ndarray, nav_text: str) -> list[int]:
-        """The chat prompt as token ids, ending with ``<|cot_start|>`` (the assistant starts reasoning)."""
-        tk = self.tokenizer
-        ids: list[int] = []
-        ids += (
-            [tk.ids["im_start"]]
-            + tk.encode("system\n" + SYSTEM_PROMPT)
-            + [tk.ids["im_end"]]
-            + tk.encode("\n")
-        )
-        ids += [tk.ids["im_start"]] + tk.encode("user\n")
-        for n in tokens_per_image:
-            ids += [tk.ids["vision_start"]] + [tk.ids["image_pad"]] * n + [tk.ids["vision_end"]]
-        hist_base = tk.traj_token_start + self.config.hist_token_offset
-        ids += (
-            [tk.ids["traj_history_start"]]
-            + [hist_base + int(b) for b in history_ids]
-            + [tk.ids["traj_history_end"]]
-        )
-        if nav_text:
-            ids += tk.encode(nav_text + " ")
-        ids += tk.encode(TASK_PROMPT) + [tk.ids["im_end"]] + tk.encode("\n")
-        ids += [tk.ids["im_start"]] + tk.encode("assistant\n") + [tk.ids["cot_start"]]
-        return ids
+        return self.processor.build_prompt(tokens_per_image, history_ids, nav_text)
 
     def prepare(
         self,
@@ -308,30 +198,10 @@ class AlpamayoR1(nn.Module):
         speed: float | None = None,
         command: int | str | None = None,
         route_text: str | None = None,
+        history_z: Any = None,
     ) -> PreparedInputs:
-        """Validate and convert one tick's inputs; raises :class:`ModelInputError` naming the bad input."""
-        imgs = self._validate_images(images)
-        hist = self._history(history_xyh)
-        pixel_values, grid = self._pixels(imgs)
-        merge = self.config.spatial_merge_size**2
-        per_image = (grid.prod(-1) // merge).tolist()
-        xyz = np.zeros((hist.shape[0], 3))
-        xyz[:, :2] = hist[:, :2]
-        hist_ids = self.hist_tokenizer.encode(xyz)
-        nav = []
-        if command is not None:
-            what = command if isinstance(command, str) else COMMAND_TEXT.get(int(command), str(command))
-            nav.append(f"Navigation: {what}.")
-        if route_text:
-            nav.append(route_text.strip())
-        ids = self.build_prompt(per_image, hist_ids, " ".join(nav))
-        input_ids = torch.tensor([ids], dtype=torch.long)
-        mm = (input_ids == self.tokenizer.ids["image_pad"]).to(torch.int32)
-        if speed is not None and np.isfinite(speed):
-            v0 = max(float(speed), 0.0)
-        else:
-            v0 = estimate_speed(hist[:, :2], self.config.dt)
-        return PreparedInputs(input_ids, mm, pixel_values, grid, v0)
+        """Validate and convert one tick's inputs (:class:`AlpamayoProcessor`)."""
+        return self.processor(images, history_xyh, speed, command, route_text, history_z)
 
     # ================================================================== reasoning
     def _sync(self) -> None:
@@ -344,40 +214,6 @@ class AlpamayoR1(nn.Module):
             pixel_values.to(self.device, self.dtype), grid.to(self.device), return_dict=True
         )
 
-    def _pick(
-        self,
-        logits: torch.Tensor,
-        step: int,
-        forced: int | None,
-        max_tokens: int,
-        temperature: float,
-        top_p: float,
-        generator: torch.Generator | None,
-    ) -> torch.Tensor:
-        tk = self.tokenizer
-        stop = tk.ids["traj_future_start"]
-        logits = logits.float().clone()
-        # trajectory and vision tokens are never part of a chain of causation
-        logits[:, tk.traj_token_start : tk.traj_token_start + tk.traj_vocab_size] = float("-inf")
-        for k in ("image_pad", "video_pad", "vision_start", "vision_end", "pad", "cot_start"):
-            logits[:, tk.ids[k]] = float("-inf")
-        if logits.shape[-1] > len(tk):
-            logits[:, len(tk) :] = float("-inf")  # padded embedding rows of a real checkpoint
-        limit = forced if forced is not None else max_tokens
-        if step >= limit:
-            return torch.full((logits.shape[0],), stop, dtype=torch.long, device=logits.device)
-        if forced is not None:
-            logits[:, stop] = float("-inf")
-        if temperature <= 0:
-            return logits.argmax(dim=-1)
-        probs = torch.softmax(logits / temperature, dim=-1)
-        if top_p < 1.0:
-            sp, si = probs.sort(dim=-1, descending=True)
-            keep = sp.cumsum(-1) - sp < top_p  # the smallest set whose mass reaches top_p
-            sp = sp * keep
-            probs = torch.zeros_like(probs).scatter_(-1, si, sp)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
     def _vlm_step(self, ids: torch.Tensor, pos_text: torch.Tensor, rope_delta: torch.Tensor, cache, **mm):  # noqa: ANN001, ANN003
         """One VLM forward. ``pos_text`` (B, L) cache positions; M-RoPE positions = text + rope delta."""
         b, length = ids.shape
@@ -388,8 +224,8 @@ class AlpamayoR1(nn.Module):
         return self.vlm(
             input_ids=ids,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
+            **{cache_kwarg(): cache},
             logits_to_keep=1,
             **mm,
         )
@@ -407,8 +243,12 @@ class AlpamayoR1(nn.Module):
         top_p: float = 1.0,
         generator: torch.Generator | None = None,
         timings: dict[str, float] | None = None,
+        trace: dict[str, list[torch.Tensor]] | None = None,
     ) -> tuple[Prefix, list[list[int]]]:
-        """Prefill ``rows`` copies of the prompt and decode until ``<|traj_future_start|>`` is in the cache."""
+        """Prefill ``rows`` copies of the prompt and decode until ``<|traj_future_start|>`` is in the cache.
+
+        ``trace`` (optional) receives the raw ``logits`` ``(rows, V)`` and the ``tokens`` ``(rows,)``
+        of every decoding step (for parity checks against the reference)."""
         from transformers import DynamicCache
 
         timings = timings if timings is not None else {}
@@ -449,27 +289,44 @@ class AlpamayoR1(nn.Module):
         t1 = time.perf_counter()
         timings["prefill"] = timings.get("prefill", 0.0) + t1 - t0
 
+        # NVlabs' semantics (``vlm.generate`` + stop one token after ``<|traj_future_start|>``): a
+        # generated token is fed back only when another one follows it, so the cache holds the
+        # prompt + generated - 1 tokens; the expert attends to the cache up to and including the
+        # stop token and its first position is (stop index + 1), or prompt + generated when a row
+        # never emitted the stop (length limit / forced length).
         stop = self.tokenizer.ids["traj_future_start"]
         pad = self.tokenizer.ids["pad"]
+        limit = cot_tokens if cot_tokens is not None else max_tokens
+        if limit < 1:
+            raise ConfigError(f"CoC length limit must be >= 1, got {limit}")
+        procs = cot_logits_processors(
+            self.tokenizer, forced_length=cot_tokens is not None, temperature=temperature, top_p=top_p
+        )
         finished = torch.zeros(rows, dtype=torch.bool, device=dev)
-        stop_at = torch.full(
-            (rows,), -1, dtype=torch.long, device=dev
-        )  # cache index of <|traj_future_start|>
+        stop_at = torch.full((rows,), -1, dtype=torch.long, device=dev)  # sequence index of the stop
         generated: list[torch.Tensor] = []
-        cur = length
+        cur = length  # sequence index of the token being picked
         steps = 0
+        fed = 0
         while True:
-            tok = self._pick(logits, steps, cot_tokens, max_tokens, temperature, top_p, generator)
+            if trace is not None:
+                trace.setdefault("logits", []).append(logits.float().cpu())
+            tok = next_tokens(logits, procs, temperature > 0, generator)
+            if trace is not None:
+                trace.setdefault("tokens", []).append(tok.cpu())
             tok = torch.where(finished, torch.full_like(tok, pad), tok)
             newly = (tok == stop) & ~finished
             stop_at = torch.where(newly, torch.full_like(stop_at, cur), stop_at)
             generated.append(tok)
-            out = self._vlm_step(tok[:, None], torch.full((rows, 1), cur, device=dev), rope_delta, cache)
             steps += 1
             cur += 1
             finished |= newly
+            if steps >= limit:
+                break  # the last generated token is never fed
+            out = self._vlm_step(tok[:, None], torch.full((rows, 1), cur - 1, device=dev), rope_delta, cache)
+            fed += 1
             if bool(finished.all()):
-                break
+                break  # the stop token is in the cache; NVlabs' one extra token is not needed
             logits = out.logits[:, -1]
         self._sync()
         t2 = time.perf_counter()
@@ -478,14 +335,16 @@ class AlpamayoR1(nn.Module):
         self.counters["decode_steps"] += steps
 
         gen = torch.stack(generated, dim=1).cpu()
+        total = length + steps  # prompt + generated
+        offset = torch.where(stop_at >= 0, stop_at + 1, torch.full_like(stop_at, total))
         texts_ids = []
-        stops = (stop_at - length).cpu().tolist()
-        for r in range(rows):
-            texts_ids.append(gen[r, : stops[r]].tolist())
+        for r, s_at in enumerate(stop_at.cpu().tolist()):
+            texts_ids.append(gen[r, : (s_at - length if s_at >= 0 else steps)].tolist())
         keys = [layer.keys for layer in cache.layers]
         values = [layer.values for layer in cache.layers]
-        valid = stop_at + 1
-        prefix = Prefix(keys, values, valid, valid + rope_delta[:, 0])
+        kv_len = length + fed
+        valid = offset.clamp(max=kv_len)
+        prefix = Prefix(keys, values, valid, offset + rope_delta[:, 0])
         return prefix, texts_ids
 
     # ================================================================== diffusion
@@ -546,6 +405,7 @@ class AlpamayoR1(nn.Module):
         top_p: float | None = None,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
+        history_z: Any = None,
     ) -> DriveOutput:
         """One planning tick: images + ego history -> CoC text(s) and K trajectories (see module doc).
 
@@ -554,7 +414,10 @@ class AlpamayoR1(nn.Module):
           ``config.image_hw``).
         * ``history_xyh``: (>=16, 3|4) x, y, heading (, speed), oldest first, last row = now, 0.1 s
           apart; any fixed frame (converted to the rig frame of the last row).
-        * ``speed``: measured speed (m/s); ``None`` estimates it from the history.
+        * ``speed``: measured speed (m/s) to start the plan from; ``None`` (NVlabs) estimates it
+          from the history (:func:`~alpasim_policy.model.action_space.estimate_v0`).
+        * ``history_z``: (>=16,) heights of the history rows (tokenised with x, y; the last one is
+          carried into the plan as ``DriveOutput.z``); ``None`` = flat (0).
         * ``command``: 0 left, 1 straight, 2 right (or free text); ``route_text``: extra prompt text.
         * ``temperature``: 0 = greedy (default for ``single``; ``multi`` samples with the config's
           temperature / top-p so the K reasonings differ). ``cot_tokens`` forces the CoC length.
@@ -567,7 +430,7 @@ class AlpamayoR1(nn.Module):
         cfg = self.config
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
-        prepared = self.prepare(images, history_xyh, speed, command, route_text)
+        prepared = self.prepare(images, history_xyh, speed, command, route_text, history_z)
         t_prep = time.perf_counter()
         timings["preprocess"] = t_prep - t_start
 
@@ -621,6 +484,8 @@ class AlpamayoR1(nn.Module):
             "decode_steps": steps,
             "cot_tokens": [len(c) for c in cot_ids],
             "prefix_len": int(prefix.valid_len.max()),
+            "kv_len": prefix.length,
+            "expert_position_start": [int(p) for p in prefix.rope_offset.tolist()],
             "graph": int(diffusion == "graph" and self.device.type == "cuda"),
         }
         return DriveOutput(
@@ -630,6 +495,7 @@ class AlpamayoR1(nn.Module):
             actions=controls.numpy(),
             v0=prepared.v0,
             stats=stats,
+            z=prepared.z,
         )
 
     @torch.no_grad()
@@ -664,38 +530,21 @@ class AlpamayoR1(nn.Module):
 
     # ================================================================== weights
     def save_pretrained(self, directory: str | Path, max_shard_bytes: int = 2 * 1024**3) -> None:
-        """Write ``config.json``, the tokenizer and safetensors shards + ``model.safetensors.index.json``."""
-        from safetensors.torch import save_file
-
+        """Write ``config.json``, the tokenizer, the image processor (when one is used) and safetensors
+        shards + ``model.safetensors.index.json``."""
         from alpasim_policy.io import atomic_write_json
+        from alpasim_policy.model import weights_io as wio
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        shards: list[dict[str, torch.Tensor]] = [{}]
-        size = 0
-        for k in sorted(state):
-            nbytes = state[k].numel() * state[k].element_size()
-            if shards[-1] and size + nbytes > max_shard_bytes:
-                shards.append({})
-                size = 0
-            shards[-1][k] = state[k]
-            size += nbytes
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            tmp = directory / f".{name}.tmp"
-            save_file(shard, str(tmp), metadata={"format": "pt"})
-            tmp.replace(directory / name)
-            weight_map.update(dict.fromkeys(shard, name))
-        total = sum(v.numel() * v.element_size() for v in state.values())
-        atomic_write_json(
-            directory / WEIGHTS_INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map}
-        )
+        wio.save_state(state, directory, max_shard_bytes)
         cfg = self.config.to_dict()
         cfg["vocab_size"] = self.vocab_size
         atomic_write_json(directory / "config.json", cfg)
         self.tokenizer.save(directory)
+        if self.image_processor is not None:  # the preprocessing is part of the model's behaviour
+            self.image_processor.save_pretrained(str(directory))
 
     @classmethod
     def from_pretrained(
@@ -705,38 +554,68 @@ class AlpamayoR1(nn.Module):
         preset: str | None = None,
         strict: bool = True,
         device: str | torch.device = "cpu",
+        dtype: str | None = None,
         tokenizer_dir: str | Path | None = None,
+        base_vlm_dir: str | Path | None = None,
+        **overrides: Any,
     ) -> AlpamayoR1:
-        """Load safetensors shards in NVlabs' key layout from a local directory.
+        """Load a checkpoint folder: NVlabs' (``save_pretrained`` of NVlabs' AlpamayoR1) or ours.
 
-        The config comes from ``config.json`` when it is ours, else from ``preset``. Missing,
-        unexpected or mis-shaped keys raise :class:`ModelWeightsError` listing them (``strict``),
-        or are reported with a warning (``strict=False``; missing weights keep their random init).
+        * The config is read from ``config.json``: NVlabs' format is mapped field by field (sizes of
+          the base VLM it names in ``vlm_name_or_path`` — a local folder, absolute or relative to
+          the checkpoint, or ``base_vlm_dir`` — the expert, action projection, action space, flow
+          and trajectory tokenizers; see :mod:`~alpasim_policy.model.weights_io`); ours directly;
+          ``preset`` only for a folder without ``config.json``. ``overrides`` set other config
+          fields (e.g. ``cameras=2, frames=2``: NVlabs' config does not fix the camera count).
+        * The tokenizer is the checkpoint's (``tokenizer_dir``, the folder, or the base-VLM folder
+          extended as NVlabs extends it); its size must match the checkpoint's vocabulary. When the
+          base-VLM folder has an image processor it is used (Qwen3-VL resizing by pixel budget).
+        * Weights: ``model.safetensors`` or shards + ``model.safetensors.index.json``, read one
+          tensor at a time into a model built with parameters on the meta device, in ``dtype``
+          (``float32`` / ``bfloat16`` / ``float16``; default: the checkpoint's).
+        * Missing, unexpected or mis-shaped keys raise :class:`ModelWeightsError` listing them
+          (``strict``), or warn (``strict=False``; missing weights then keep a random init).
         """
+        from alpasim_policy.model import weights_io as wio
+
         directory = Path(directory)
         if not directory.is_dir():
             raise ModelWeightsError(f"{directory}: weights directory does not exist")
-        config = _load_config(directory, preset)
-        tokenizer = _load_tokenizer(directory, tokenizer_dir, config.traj_vocab_size)
-        files = _weight_files(directory)
-        model = cls.create(config, device, tokenizer)
-        expected = model.state_dict()
-        from safetensors import safe_open
-
-        loaded: dict[str, torch.Tensor] = {}
-        for f in files:
-            try:
-                with safe_open(str(f), framework="pt") as sf:
-                    for k in sf.keys():  # noqa: SIM118 - safe_open is not a dict
-                        loaded[k] = sf.get_tensor(k)
-            except Exception as e:  # safetensors raises SafetensorError / OSError on corruption
-                raise ModelWeightsError(f"{f}: cannot read safetensors file: {e}") from e
-        missing = sorted(set(expected) - set(loaded))
-        unexpected = sorted(set(loaded) - set(expected))
+        config, base_dir = wio.load_folder_config(directory, preset, base_vlm_dir, overrides)
+        if dtype is not None:
+            if dtype not in ("float32", "bfloat16", "float16"):
+                raise ConfigError(f"dtype {dtype!r}: choose float32, bfloat16 or float16")
+            config.dtype = dtype
+        tokenizer = wio.load_folder_tokenizer(directory, tokenizer_dir, base_dir, config)
+        files = wio.weight_files(directory)
+        shapes = wio.shard_keys(files)
+        emb = shapes.get("vlm.model.language_model.embed_tokens.weight")
+        if emb is not None and getattr(tokenizer, "builtin", False) and emb[0] != len(tokenizer):
+            raise ModelWeightsError(
+                f"{directory}: no tokenizer in the folder, and the built-in one of preset {config.preset!r} "
+                f"has {len(tokenizer)} tokens, not the checkpoint's {emb[0]}; pass tokenizer_dir="
+            )
+        if emb is not None and emb[0] < len(tokenizer):
+            raise ModelWeightsError(
+                f"{directory}: the tokenizer has {len(tokenizer)} tokens but the embedding only {emb[0]} rows; "
+                "this tokenizer does not belong to these weights"
+            )
+        if emb is not None and config.vocab_size is None:
+            config.vocab_size = emb[0]
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(config.torch_dtype)
+        try:
+            with wio.parameters_on_meta():
+                model = cls(config, tokenizer)
+        finally:
+            torch.set_default_dtype(previous)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        missing = sorted(set(expected) - set(shapes))
+        unexpected = sorted(set(shapes) - set(expected))
         mismatched = sorted(
-            f"{k}: file {tuple(loaded[k].shape)} vs model {tuple(expected[k].shape)}"
-            for k in set(expected) & set(loaded)
-            if tuple(loaded[k].shape) != tuple(expected[k].shape)
+            f"{k}: file {shapes[k]} vs model {expected[k]}"
+            for k in set(expected) & set(shapes)
+            if shapes[k] != expected[k]
         )
         problems = []
         for label, items in (
@@ -748,18 +627,36 @@ class AlpamayoR1(nn.Module):
                 shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
                 problems.append(f"{len(items)} {label} keys: {shown}")
         if problems:
-            msg = f"{directory}: weights do not match the model (preset {config.preset}): " + "; ".join(
-                problems
-            )
+            msg = f"{directory}: weights do not match the model ({config.preset}): " + "; ".join(problems)
             if strict:
                 raise ModelWeightsError(msg)
             warnings.warn(msg, stacklevel=2)
-        usable = {
-            k: v.to(device=expected[k].device, dtype=expected[k].dtype)
-            for k, v in loaded.items()
-            if k in expected and tuple(v.shape) == tuple(expected[k].shape)
-        }
-        model.load_state_dict(usable, strict=False)
+        params = dict(model.named_parameters())
+        state = {}
+        for k, v in wio.read_state(files):
+            if k not in expected or tuple(v.shape) != expected[k]:
+                continue
+            # parameters in the model dtype; buffers (statistics, Fourier frequencies) stay float32
+            # into fresh (aligned) storage: a tensor read from a file may sit at an odd address, and
+            # BLAS then takes other kernels whose rounding differs in the last bit
+            want = config.torch_dtype if k in params else torch.float32
+            state[k] = torch.empty(v.shape, dtype=want).copy_(v)
+        model.load_state_dict(state, strict=False, assign=True)
+        still_meta = [n for n, p in model.named_parameters() if p.is_meta]
+        for name in still_meta:  # strict=False: random init for what the file lacks
+            mod_name, _, attr = name.rpartition(".")
+            mod = model.get_submodule(mod_name)
+            real = torch.empty(getattr(mod, attr).shape, dtype=config.torch_dtype).normal_(0.0, 0.02)
+            setattr(mod, attr, nn.Parameter(real, requires_grad=False))
+        model.to(device)
+        model.eval()
+        if (directory / "preprocessor_config.json").exists():
+            model.load_processor(directory)
+        elif base_dir is not None and (base_dir / "preprocessor_config.json").exists():
+            # NVlabs passes the checkpoint's min_pixels / max_pixels to the base VLM's processor
+            nv = config.extra.get("nvlabs", {})
+            pixels = {k: int(nv[k]) for k in ("min_pixels", "max_pixels") if nv.get(k) is not None}
+            model.load_processor(base_dir, **pixels)
         return model
 
 
@@ -770,62 +667,6 @@ def _device_generator(generator: torch.Generator | None, device: torch.device) -
         return generator
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     return torch.Generator(device=device).manual_seed(seed)
-
-
-def _load_config(directory: Path, preset: str | None) -> AlpamayoConfig:
-    path = directory / "config.json"
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ModelWeightsError(f"{path}: unreadable config: {e}") from e
-        try:
-            cfg = AlpamayoConfig.from_dict(data)
-            if preset is not None and preset != cfg.preset:
-                raise ModelWeightsError(f"{path}: weights are preset {cfg.preset!r}, not {preset!r}")
-            return cfg
-        except ConfigError:
-            if preset is None:
-                raise ModelWeightsError(
-                    f"{path}: not an alpasim-policy config (e.g. an NVlabs release config); pass preset="
-                ) from None
-    if preset is None:
-        raise ModelWeightsError(
-            f"{directory}: no config.json; pass preset= to say which model these weights are"
-        )
-    return AlpamayoConfig.from_preset(preset)
-
-
-def _load_tokenizer(directory: Path, tokenizer_dir: str | Path | None, traj_vocab: int) -> AlpamayoTokenizer:
-    if tokenizer_dir is not None:
-        return AlpamayoTokenizer.from_dir(tokenizer_dir, traj_vocab)
-    if (directory / "tokenizer_config.json").exists():
-        return AlpamayoTokenizer.from_dir(directory, traj_vocab)
-    if (directory / "tokenizer.json").exists():
-        from tokenizers import Tokenizer
-
-        return AlpamayoTokenizer(
-            Tokenizer.from_file(str(directory / "tokenizer.json")), traj_vocab_size=traj_vocab
-        )
-    return AlpamayoTokenizer.local(traj_vocab)
-
-
-def _weight_files(directory: Path) -> list[Path]:
-    index = directory / WEIGHTS_INDEX
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, json.JSONDecodeError, KeyError) as e:
-            raise ModelWeightsError(f"{index}: malformed index: {e}") from e
-        files = sorted({directory / name for name in weight_map.values()})
-        absent = [f.name for f in files if not f.exists()]
-        if absent:
-            raise ModelWeightsError(f"{index}: shards listed but absent: {absent}")
-        return files
-    single = directory / WEIGHTS_SINGLE
-    if single.exists():
-        return [single]
-    raise ModelWeightsError(f"{directory}: no {WEIGHTS_INDEX} or {WEIGHTS_SINGLE}")
 
 
 __all__ = ["AlpamayoR1", "DriveOutput", "PreparedInputs"]

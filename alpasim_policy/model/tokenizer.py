@@ -132,6 +132,7 @@ class AlpamayoTokenizer:
     def __init__(self, backend: Any, *, traj_vocab_size: int, is_hf: bool = False):
         self._tok = backend
         self._is_hf = is_hf
+        self.builtin = False  # True for the local BPE of the random-init presets
         self.traj_vocab_size = traj_vocab_size
         self.traj_token_start = self.token_id("<i0>")
         last = self.token_id(f"<i{traj_vocab_size - 1}>")
@@ -155,9 +156,9 @@ class AlpamayoTokenizer:
     def local(cls, traj_vocab_size: int = 4000) -> AlpamayoTokenizer:
         from tokenizers import Tokenizer
 
-        return cls(
-            Tokenizer.from_str(_local_tokenizer_json(traj_vocab_size)), traj_vocab_size=traj_vocab_size
-        )
+        tok = cls(Tokenizer.from_str(_local_tokenizer_json(traj_vocab_size)), traj_vocab_size=traj_vocab_size)
+        tok.builtin = True
+        return tok
 
     @classmethod
     def from_dir(cls, path: str | Path, traj_vocab_size: int = 4000) -> AlpamayoTokenizer:

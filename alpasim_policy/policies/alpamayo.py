@@ -9,8 +9,9 @@ What this adapter does each tick (``act``):
    jumps by more than one) the last frame is held for the missing steps, so the spacing stays
    0.1 s. Camera order is the rig's (the model's camera-index order).
 2. *Model inputs.* ``ego_history`` (16 x (x, y, heading, speed), rig frame, oldest first) goes in
-   as is; ``speed`` is the measured speed (the unicycle's v0); ``command`` (left / straight /
-   right, from the route) becomes a navigation sentence in the prompt.
+   as is; the plan's initial speed v0 is estimated from that history as NVlabs does
+   (``v0=history``, default) or taken from the measured ``speed`` (``v0=measured``); ``command``
+   (left / straight / right, from the route) becomes a navigation sentence in the prompt.
 3. *One model call* (:meth:`AlpamayoR1.drive`) -> K trajectories (K, 64, 3) in the rig frame, the
    chain-of-causation text(s) and per-stage timings.
 4. *Selection* (:mod:`alpasim_policy.policies.selection`): ``first`` (AlpaSim), ``medoid`` or
@@ -18,8 +19,12 @@ What this adapter does each tick (``act``):
    sample's own text in ``multi`` mode) and all K samples in ``PolicyOutput.samples``.
 
 Options (keyword arguments; strings accepted, since ``--policy-option key=value`` passes them):
-``preset`` tiny | small | alpamayo-r1-10b (default tiny), ``weights`` a local directory
-(``from_pretrained``; without it the weights are random, seeded), ``samples`` K (6),
+``preset`` tiny | small | alpamayo-r1-10b (default tiny), ``weights`` a local checkpoint folder,
+NVlabs' format (as ``save_pretrained`` of NVlabs' code writes it, any size) or this package's
+(:meth:`AlpamayoR1.from_pretrained`; without it the weights are random, seeded, of the preset's
+size; ``base_vlm_dir`` the base Qwen3-VL folder when the checkpoint names a Hub id not in the local
+cache), ``dtype`` float32 | bfloat16 | float16 (default: the checkpoint's / the preset's),
+``v0`` history | measured, ``samples`` K (6),
 ``reasoning`` single | multi, ``diffusion`` graph | eager | dynamic, ``select`` first | medoid |
 scored, ``device`` cpu | cuda, ``seed`` (0), ``cot_tokens`` (force the CoC length),
 ``max_cot_tokens``, ``temperature``, ``threads`` (torch CPU threads, process-wide; default: torch's
@@ -58,6 +63,7 @@ PRESETS = ("tiny", "small", "alpamayo-r1-10b")
 REASONING_MODES = ("single", "multi")
 DIFFUSION_MODES = ("graph", "eager", "dynamic")
 DEVICES = ("cpu", "cuda")
+DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_DEADLINE_S = 0.1  # one 10 Hz tick
 #: camera resolution asked of the env per preset (width, height); the model resizes to its input
 DEFAULT_CAMERA_SIZE = {"tiny": (128, 72), "small": (384, 216), "alpamayo-r1-10b": (1920, 1080)}
@@ -110,6 +116,9 @@ class AlpamayoCore:
         self,
         preset: str = "tiny",
         weights: str | None = None,
+        dtype: str | None = None,
+        base_vlm_dir: str | None = None,
+        v0: str = "history",
         samples: int | str = 6,
         reasoning: str = "single",
         diffusion: str = "graph",
@@ -141,6 +150,9 @@ class AlpamayoCore:
         self.weights = None if weights in (None, "", "none", "null") else Path(str(weights))
         if self.weights is not None and not self.weights.is_dir():
             raise ConfigError(f"option 'weights': {self.weights} is not a directory")
+        self.base_vlm_dir = None if base_vlm_dir in (None, "", "none", "null") else Path(str(base_vlm_dir))
+        self.dtype = None if dtype in (None, "", "none", "null") else parse_choice("dtype", dtype, DTYPES)
+        self.v0 = parse_choice("v0", v0, ("history", "measured"))
         self.threads = parse_int("threads", threads, minimum=1, allow_none=True)
         import torch
 
@@ -163,10 +175,19 @@ class AlpamayoCore:
         from alpasim_policy.model import AlpamayoConfig, AlpamayoR1
 
         if self.weights is not None:
-            return AlpamayoR1.from_pretrained(self.weights, preset=self.preset, device=self.device)
+            # the folder's config.json says what the model is; the preset only names a bare folder
+            has_config = (self.weights / "config.json").exists()
+            return AlpamayoR1.from_pretrained(
+                self.weights,
+                preset=None if has_config else self.preset,
+                device=self.device,
+                dtype=self.dtype,
+                base_vlm_dir=self.base_vlm_dir,
+            )
+        overrides = {} if self.dtype is None else {"dtype": self.dtype}
         with torch.random.fork_rng(devices=[]):  # random weights, reproducible from the seed
             torch.manual_seed(self.seed)
-            model = AlpamayoR1(AlpamayoConfig.from_preset(self.preset))
+            model = AlpamayoR1.create(AlpamayoConfig.from_preset(self.preset, **overrides))
         return model.to(self.device)
 
     # ------------------------------------------------------------------ protocol
@@ -230,8 +251,8 @@ class AlpamayoCore:
         images = self._images(observation)
         out = self.model.drive(
             images,
-            np.asarray(observation["ego_history"], dtype=np.float64),
-            float(np.asarray(observation["speed"])),
+            np.asarray(observation["ego_history"], dtype=np.float64)[:, :3],
+            float(np.asarray(observation["speed"])) if self.v0 == "measured" else None,
             int(np.asarray(observation.get("command", 1))),
             num_samples=self.samples,
             reasoning=self.reasoning,
