@@ -27,7 +27,55 @@ from typing import Any
 
 from alpasim_policy.errors import ConfigError
 
-PRESETS = ("tiny", "small", "alpamayo-r1-10b")
+#: Preset name -> the fields that differ from the dataclass defaults (the defaults are ``tiny``).
+PRESET_FIELDS: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    "small": {
+        "text_layers": 6,
+        "text_hidden": 512,
+        "text_heads": 8,
+        "kv_heads": 4,
+        "head_dim": 64,
+        "text_intermediate": 1536,
+        "mrope_section": (12, 10, 10),
+        "vision_depth": 4,
+        "vision_hidden": 256,
+        "vision_heads": 4,
+        "vision_intermediate": 768,
+        "deepstack_indexes": (1, 2, 3),
+        "expert_hidden": 256,
+        "expert_heads": 8,
+        "expert_intermediate": 768,
+        "action_proj_hidden": 256,
+        "action_proj_layers": 3,
+        "image_hw": (128, 192),
+    },
+    # Qwen3-VL-8B text + ViT; expert sizes per the Alpamayo-R1 release.
+    "alpamayo-r1-10b": {
+        "text_layers": 36,
+        "text_hidden": 4096,
+        "text_heads": 32,
+        "kv_heads": 8,
+        "head_dim": 128,
+        "text_intermediate": 12288,
+        "mrope_section": (24, 20, 20),
+        "vocab_size": 155_697,
+        "vision_depth": 27,
+        "vision_hidden": 1152,
+        "vision_heads": 16,
+        "vision_intermediate": 4304,
+        "deepstack_indexes": (8, 16, 24),
+        "num_position_embeddings": 2304,
+        "expert_hidden": 2048,
+        "expert_heads": 16,
+        "expert_intermediate": 8256,
+        "action_proj_hidden": 1024,
+        "action_proj_layers": 4,
+        "image_hw": (320, 512),
+        "dtype": "bfloat16",
+    },
+}
+PRESETS = tuple(PRESET_FIELDS)
 
 
 @dataclass
@@ -114,57 +162,9 @@ class AlpamayoConfig:
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> AlpamayoConfig:
         """``tiny`` (0.85 M params, CPU / CI), ``small`` (39 M), ``alpamayo-r1-10b`` (real sizes, 10.9 B)."""
-        if name == "tiny":
-            base: dict[str, Any] = {}
-        elif name == "small":
-            base = dict(
-                text_layers=6,
-                text_hidden=512,
-                text_heads=8,
-                kv_heads=4,
-                head_dim=64,
-                text_intermediate=1536,
-                mrope_section=(12, 10, 10),
-                vision_depth=4,
-                vision_hidden=256,
-                vision_heads=4,
-                vision_intermediate=768,
-                deepstack_indexes=(1, 2, 3),
-                expert_hidden=256,
-                expert_heads=8,
-                expert_intermediate=768,
-                action_proj_hidden=256,
-                action_proj_layers=3,
-                image_hw=(128, 192),
-            )
-        elif name == "alpamayo-r1-10b":
-            # Qwen3-VL-8B text + ViT; expert sizes per the Alpamayo-R1 release.
-            base = dict(
-                text_layers=36,
-                text_hidden=4096,
-                text_heads=32,
-                kv_heads=8,
-                head_dim=128,
-                text_intermediate=12288,
-                mrope_section=(24, 20, 20),
-                vocab_size=155_697,
-                vision_depth=27,
-                vision_hidden=1152,
-                vision_heads=16,
-                vision_intermediate=4304,
-                deepstack_indexes=(8, 16, 24),
-                num_position_embeddings=2304,
-                expert_hidden=2048,
-                expert_heads=16,
-                expert_intermediate=8256,
-                action_proj_hidden=1024,
-                action_proj_layers=4,
-                image_hw=(320, 512),
-                dtype="bfloat16",
-            )
-        else:
+        if name not in PRESET_FIELDS:
             raise ConfigError(f"model preset {name!r} unknown; choose one of {', '.join(PRESETS)}")
-        base.update(overrides)
+        base = {**PRESET_FIELDS[name], **overrides}
         return cls(preset=name, **base)
 
     # ------------------------------------------------------------------ checks

@@ -59,9 +59,3 @@ def with_scores(m: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     out["EPDMS"] = epdms(m)
     return out
 
-
-def average_scenes(rows: list[Mapping[str, float]], keys: tuple[str, ...] = SUB_METRICS + ("PDMS", "EPDMS")):
-    """Equal-weight mean over scenes of each key (NaN-aware); {} for no rows."""
-    if not rows:
-        return {}
-    return {k: float(np.nanmean([float(r.get(k, np.nan)) for r in rows])) for k in keys}
