@@ -83,6 +83,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-mode", choices=("ignore", "delay"), default="ignore",
                    help="with --deadline-ms: 'delay' makes measured latency cost simulated time")  # fmt: skip
     p.add_argument("--no-score", action="store_true", help="write rollouts only, skip the scorer")
+    p.add_argument("--profile", choices=("project", "navsim"), default="project",
+                   help="scoring profile of the leaderboard (navsim: NAVSIM's scorer, quirks included)")  # fmt: skip
     p.add_argument("--videos", action="store_true",
                    help="also write RUN/videos/<policy>/<scene>.mp4 (BEV, plan, samples, cameras, events)")  # fmt: skip
     from alpasim_policy.policies.registry import add_shorthand_arguments
@@ -554,7 +556,7 @@ def main(args: argparse.Namespace) -> int:
         from alpasim_policy.caching import IDM_REFERENCE
         from alpasim_policy.scoring.report import score_run
 
-        board = score_run(out, cache_dir=cache, reference=IDM_REFERENCE)
+        board = score_run(out, cache_dir=cache, reference=IDM_REFERENCE, profile=args.profile)
         score_errors = board.errors
         print(board)
         # report stage: videos if asked, violations index, RUN/report.html

@@ -173,3 +173,24 @@ def test_score_cli_prints_the_table(bundled_run, capsys):
     assert main(["score", str(run), "--cache", "none"]) == 0
     out = capsys.readouterr().out
     assert "| policy | scenes |" in out and "log_replay" in out and "constant_velocity" in out
+
+
+def test_score_run_profile_is_named_and_changes_only_what_the_profile_changes(tmp_path):
+    """`score --profile navsim` scores the same rollouts with NAVSIM's semantics; every output names it."""
+    from alpasim_policy.evaluate import evaluate
+
+    suite = tmp_path / "one.yaml"
+    suite.write_text("name: one\nscenes: [av2s-7fab2350-w00]\n")
+    evaluate(str(suite), ["constant_velocity"], tmp_path, show_progress=False)
+    proj = score_run(tmp_path, cache_dir=None, reference=IDM_REFERENCE)
+    assert {r["profile"] for r in proj.rows} == {"project"}
+    nav = score_run(tmp_path, cache_dir=None, reference=IDM_REFERENCE, profile="navsim")
+    assert {r["profile"] for r in nav.rows} == {"navsim"} and {r["profile"] for r in nav.scene_rows} == {"navsim"}
+    assert "navsim" in (tmp_path / "leaderboard.csv").read_text()
+    # the at-fault collision and drivable-area verdicts of this clean drive do not depend on the profile
+    for key in ("NC", "DAC"):
+        assert nav.rows[0][key] == proj.rows[0][key]
+    from alpasim_policy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'profile': unknown scoring profile 'carla'"):
+        score_run(tmp_path, cache_dir=None, reference=IDM_REFERENCE, profile="carla")

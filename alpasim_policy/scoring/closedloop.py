@@ -42,6 +42,7 @@ from alpasim_policy.scoring.metrics.ec import extended_comfort
 from alpasim_policy.scoring.metrics.nc import Contacts, first_contacts, no_at_fault_collisions
 from alpasim_policy.scoring.metrics.tlc import traffic_light_compliance
 from alpasim_policy.scoring.openloop import HORIZON_STEPS, score_states, simulate
+from alpasim_policy.scoring.profiles import DEFAULT_PROFILE, get_profile
 from alpasim_policy.scoring.world import ScoringWorld
 
 WINDOW_STRIDE = 5  # 0.5 s
@@ -56,6 +57,7 @@ class ClosedLoopResult:
     windows: list[dict[str, float]] = field(default_factory=list)
     contacts: Contacts | None = None  # first contacts over the whole rollout (B = 1)
     first_step: int = 0  # scene step of the first controlled state
+    profile: str = DEFAULT_PROFILE  # the scoring profile (scoring/profiles.py)
 
 
 def scene_arrays(world: ScoringWorld, steps: np.ndarray, values: np.ndarray, valid: np.ndarray | None = None):
@@ -71,8 +73,13 @@ def scene_arrays(world: ScoringWorld, steps: np.ndarray, values: np.ndarray, val
     return out, ok
 
 
-def score_rollout(world: ScoringWorld, rollout, human_filter: bool = True) -> ClosedLoopResult:
-    """Score a :class:`~alpasim_policy.sim.rollout.Rollout` (or anything with its fields)."""
+def score_rollout(world: ScoringWorld, rollout, human_filter: bool = True, profile=None) -> ClosedLoopResult:
+    """Score a :class:`~alpasim_policy.sim.rollout.Rollout` (or anything with its fields).
+
+    ``profile``: the scoring profile (``project``, the default, or ``navsim``; see
+    :mod:`alpasim_policy.scoring.profiles`), applied to every window and to the whole-rollout events.
+    """
+    prof = get_profile(profile)
     steps = np.asarray(rollout.steps, dtype=np.int64)
     ego = np.asarray(rollout.ego_state, dtype=np.float64)
     controlled = np.asarray(rollout.controlled, dtype=bool)
@@ -116,7 +123,7 @@ def score_rollout(world: ScoringWorld, rollout, human_filter: bool = True) -> Cl
             ec = 1.0
         r = score_states(
             world, states, k, agent_state=a_state, agent_valid=a_valid, human_filter=human_filter,
-            history=hist,
+            history=hist, profile=prof,
         )  # fmt: skip
         row = {key: float(v[0]) for key, v in r.metrics.items()}
         row["EC"] = ec  # no human plan exists to filter EC with
@@ -128,7 +135,7 @@ def score_rollout(world: ScoringWorld, rollout, human_filter: bool = True) -> Cl
         windows.append(row)
     # ---- whole-rollout events
     whole = ego[i0:][None]
-    geo = EgoGeometry(whole, world)
+    geo = EgoGeometry(whole, world, prof)
     win = agent_window(world, int(steps[i0]), whole.shape[1], "log", a_state, a_valid)
     contacts = first_contacts(geo, win)
     events = {
@@ -141,7 +148,7 @@ def score_rollout(world: ScoringWorld, rollout, human_filter: bool = True) -> Cl
         k0 = int(steps[i0])
         n = whole.shape[1]
         idx = np.clip(k0 + np.arange(n), 0, world.num_steps - 1)
-        hg = EgoGeometry(world.human_state[idx][None], world)
+        hg = EgoGeometry(world.human_state[idx][None], world, prof)
         hwin = agent_window(world, k0, n, "log")
         human = {
             "NC": float(no_at_fault_collisions(hg, hwin)[0]),
@@ -158,4 +165,6 @@ def score_rollout(world: ScoringWorld, rollout, human_filter: bool = True) -> Cl
     metrics["EPDMS"] = float(P.epdms(arr)[0])
     metrics["windows"] = float(len(windows))
     metrics["failed_windows"] = float(sum(w["failed"] for w in windows))
-    return ClosedLoopResult(metrics=metrics, windows=windows, contacts=contacts, first_step=int(steps[i0]))
+    return ClosedLoopResult(
+        metrics=metrics, windows=windows, contacts=contacts, first_step=int(steps[i0]), profile=prof.name
+    )

@@ -190,6 +190,7 @@ def score_rollout_file(
     memo: dict | None = None,
     scene_path: str | Path | None = None,
     reference=None,
+    profile: str | None = None,
 ) -> dict:
     """One scenes.csv row for one rollout file (``scene_path``: the scene file when it is not a
     scene id under the scenarios root, e.g. an imported scene ``eval --scenes`` ran;
@@ -200,11 +201,13 @@ def score_rollout_file(
     from alpasim_policy.sim.rollout import Rollout
 
     ro = Rollout.load(path)
-    scene, world = _world_for(ro.scene_id, cache_dir, rebuild, {} if memo is None else memo, scene_path, reference)
+    scene, world = _world_for(
+        ro.scene_id, cache_dir, rebuild, {} if memo is None else memo, scene_path, reference
+    )
     if ro.scene_hash and scene.content_hash and ro.scene_hash != scene.content_hash:
         log.warning("%s: rollout was made on another version of scene %s", path, ro.scene_id)
     try:
-        res = score_rollout(world, ro)
+        res = score_rollout(world, ro, profile=profile)
     except ValueError as e:
         raise AlpasimError(f"{path}: cannot score rollout: {e}") from e
     controlled = np.asarray(ro.controlled, bool)
@@ -288,7 +291,11 @@ def _policy_order(run_dir: Path, files: list[Path]) -> list[str]:
 
 
 def score_run(
-    run_dir: str | Path, cache_dir: str | Path | None = "auto", rebuild: bool = False, reference=None
+    run_dir: str | Path,
+    cache_dir: str | Path | None = "auto",
+    rebuild: bool = False,
+    reference=None,
+    profile: str | None = None,
 ) -> Leaderboard:
     """Score ``run_dir/rollouts/*/*.npz``, write scenes.csv and the leaderboard; return it (printable).
 
@@ -300,8 +307,17 @@ def score_run(
     ``reference``: the EP progress reference (a
     :class:`~alpasim_policy.scoring.cache.ReferencePlanner`, handed in by the runner, usually
     :data:`alpasim_policy.caching.IDM_REFERENCE`); caches made by another one are not used, and
-    scenes without a usable cache are scored with it. None: the human log.
+    scenes without a usable cache are scored with it. None: the human log. ``profile``: the
+    scoring profile (default ``project``; ``navsim`` reproduces NAVSIM's scorer), named in every
+    output's ``profile`` column.
     """
+    from alpasim_policy.errors import ConfigError
+    from alpasim_policy.scoring.profiles import get_profile
+
+    try:
+        get_profile(profile)  # an unknown profile is the caller's error, before any rollout is read
+    except ValueError as e:
+        raise ConfigError(f"scoring 'profile': {e}") from e
     run_dir = Path(run_dir)
     root = run_dir / "rollouts"
     files = sorted(root.glob("*/*.npz")) if root.is_dir() else []
@@ -317,7 +333,9 @@ def score_run(
         if f.stem not in memo:
             memo.clear()
         try:
-            scene_rows.append(score_rollout_file(f, cache_dir, rebuild, memo, scene_files.get(f.stem), reference))
+            scene_rows.append(
+                score_rollout_file(f, cache_dir, rebuild, memo, scene_files.get(f.stem), reference, profile)
+            )
         except AlpasimError as e:
             errors.append(f"{f}: {e}")
             log.error("cannot score %s: %s", f, e)
