@@ -143,7 +143,8 @@ class AlpamayoConfig:
     hist_token_offset: int = 3000
 
     # --- Reasoning ---
-    max_cot_tokens: int = 128
+    #: CoC length limit: NVlabs' default (``max_generation_length`` = ``tokens_per_future_traj`` = 64)
+    max_cot_tokens: int = 64
     temperature: float = 0.6
     top_p: float = 0.98
 

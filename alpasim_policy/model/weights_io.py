@@ -237,6 +237,9 @@ def config_from_nvlabs(
         hist_xyz_max=tuple(float(v) for v in hist["ego_xyz_max"]),
         traj_vocab_size=int(data.get("traj_vocab_size", 768)),
         hist_token_offset=hist_offset,
+        # NVlabs' generate stops after max_generation_length new tokens, by default the config's
+        # tokens_per_future_traj (64)
+        max_cot_tokens=int(data.get("tokens_per_future_traj", 64)),
         # only used without an image processor (the base-VLM folder normally provides one): the
         # release's 320 x 512 for 16 px patches merged 2 x 2
         image_hw=(10 * patch * merge, 16 * patch * merge) if patch * merge == 32 else (patch * merge,) * 2,
