@@ -157,8 +157,8 @@ def test_eval_on_a_two_node_cluster_equals_serial(tmp_path):
             assert a.reasoning == b.reasoning and a.extra["collisions"] == b.extra["collisions"]
     # the run folder was written by the driver only: the nodes' working directories stay empty
     assert not any((tmp_path / "node_wd").iterdir()) and not any((tmp_path / "head_wd").iterdir())
-    from alpasim_policy.scenes.suite import find_scene
     from alpasim_policy.caching import build_cache
+    from alpasim_policy.scenes.suite import find_scene
 
     serial_cache = build_cache(find_scene(SCENES[0]), tmp_path / "cache_serial")
     assert (tmp_path / "cache" / serial_cache.name).read_bytes() == serial_cache.read_bytes()
