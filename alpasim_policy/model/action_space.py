@@ -100,13 +100,22 @@ def _integrate_exact(
     return out
 
 
-def trajectory_to_controls(traj: torch.Tensor, v0: torch.Tensor, dt: float = 0.1) -> torch.Tensor:
-    """Inverse of the exact-arc :func:`integrate_unicycle` (``method="exact"``) for plans that do not stop: ``(..., N, 3)`` -> ``(..., N, 2)``.
+def trajectory_to_controls(
+    traj: torch.Tensor, v0: torch.Tensor, dt: float = 0.1, method: str = "exact"
+) -> torch.Tensor:
+    """Inverse of :func:`integrate_unicycle` with the same ``method``: poses ``(..., N, 3)`` -> controls ``(..., N, 2)``.
+
+    ``method="nvlabs"``: :func:`trapezoid_to_controls` (exact, stops included). ``method="exact"``
+    (the default here, for plans that do not stop):
 
     Uses the headings' differences for the turn of each step and the chord length for its arc,
     then recovers the speed profile step by step. Exact on integrated plans; on noisy real logs
     the speed recursion amplifies noise, so smooth the input first.
     """
+    if method == "nvlabs":
+        return trapezoid_to_controls(traj, v0, dt)
+    if method != "exact":
+        raise ValueError(f"integration method {method!r}: choose one of {', '.join(INTEGRATION_METHODS)}")
     traj = traj.to(torch.float64)
     prev = torch.nn.functional.pad(traj, (0, 0, 1, 0))  # origin, heading 0 before the first step
     dxy = traj[..., :2] - prev[..., :-1, :2]
@@ -121,6 +130,83 @@ def trajectory_to_controls(traj: torch.Tensor, v0: torch.Tensor, dt: float = 0.1
         v = v_next
     curvature = torch.where(s.abs() > 1e-9, dth / s.clamp(min=1e-9), torch.zeros_like(s))
     return torch.stack([accel, curvature], dim=-1)
+
+
+def trapezoid_to_controls(traj: torch.Tensor, v0: torch.Tensor, dt: float = 0.1) -> torch.Tensor:
+    """Exact inverse of the trapezoidal integrator (``method="nvlabs"``, NVlabs' ``action_to_traj``).
+
+    Why this is exact: the headings ``th[k]`` are given, so each step's trapezoid relation
+    ``p[k+1] - p[k] = dt / 2 (v[k] u(th[k]) + v[k+1] u(th[k+1]))`` fixes ``v[k+1]`` from the known
+    ``v[k]`` (projected on ``u(th[k+1])``; the residual across it is zero on an integrated plan).
+    Then ``a[k] = (v[k+1] - v[k]) / dt`` and ``kappa[k] = dth[k] / s[k]`` with the step's arc
+    ``s[k] = (v[k] + v[k+1]) dt / 2``; where ``s`` is ~0 (standing still) the curvature does not
+    change the plan and is set to 0. Speeds may go negative (the integrator does not clamp either).
+
+    On a logged (not integrated) trajectory a wrong ``v0`` shows as accelerations alternating in
+    sign; training uses ``v0`` estimated from the history exactly as the model does at inference,
+    so the targets are what the model must output to reproduce the log from that speed.
+    """
+    traj = traj.to(torch.float64)
+    v = v0.to(torch.float64)
+    zeros = torch.zeros_like(traj[..., :1, :])
+    poses = torch.cat([zeros, traj], dim=-2)  # (..., N+1, 3): "now" is the origin, heading 0
+    th = poses[..., 2]
+    ux, uy = torch.cos(th), torch.sin(th)
+    disp = (2.0 / dt) * (poses[..., 1:, :2] - poses[..., :-1, :2])  # (..., N, 2)
+    n = traj.shape[-2]
+    speeds = [v]
+    for k in range(n):
+        wx = disp[..., k, 0] - v * ux[..., k]
+        wy = disp[..., k, 1] - v * uy[..., k]
+        v = wx * ux[..., k + 1] + wy * uy[..., k + 1]
+        speeds.append(v)
+    vs = torch.stack(speeds, dim=-1)  # (..., N+1)
+    accel = torch.diff(vs, dim=-1) / dt
+    s = 0.5 * dt * (vs[..., :-1] + vs[..., 1:])
+    dth = torch.diff(th, dim=-1)
+    moving = s.abs() > 1e-9
+    kappa = torch.where(moving, dth / torch.where(moving, s, torch.ones_like(s)), torch.zeros_like(s))
+    return torch.stack([accel, kappa], dim=-1)
+
+
+def fit_controls(
+    traj: torch.Tensor,
+    v0: torch.Tensor,
+    dt: float = 0.1,
+    method: str = "nvlabs",
+    valid: torch.Tensor | None = None,
+    smooth: float = 1e-3,
+    iterations: int = 60,
+) -> torch.Tensor:
+    """Controls ``(..., N, 2)`` whose integration from ``v0`` best follows a *logged* trajectory.
+
+    Why not the exact inverse: logged poses are not an integrated plan (position noise, headings
+    that are not the direction of motion), and :func:`trapezoid_to_controls` turns centimetres of
+    noise into accelerations of tens of m/s^2 alternating in sign. Here the controls minimise the
+    squared position error (plus the heading error in radians times 1 m) over the ``valid`` rows of
+    :func:`integrate_unicycle` with ``method``, plus ``smooth`` times the squared step-to-step
+    change of acceleration (per m/s^2) and curvature (per 0.01 1/m); L-BFGS from zero controls,
+    batched. On an integrated plan with ``smooth=0`` it converges to the exact inverse.
+    """
+    traj = traj.to(torch.float64)
+    v0 = v0.to(torch.float64).expand(traj.shape[:-2])
+    w = torch.ones(traj.shape[:-1], dtype=torch.float64) if valid is None else valid.to(torch.float64)
+    ctrl = torch.zeros((*traj.shape[:-1], 2), dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor([1.0, 0.01], dtype=torch.float64)  # m/s^2, 1/m: comparable units
+    opt = torch.optim.LBFGS([ctrl], max_iter=iterations, line_search_fn="strong_wolfe", tolerance_change=1e-15)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        c = ctrl * scale
+        out = integrate_unicycle(c[..., 0], c[..., 1], v0, dt, method)
+        err = ((out[..., :2] - traj[..., :2]) ** 2).sum(-1) + (out[..., 2] - traj[..., 2]) ** 2
+        loss = (w * err).sum() + smooth * (torch.diff(ctrl, dim=-2) ** 2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return (ctrl * scale).detach()
 
 
 def estimate_v0(
@@ -231,5 +317,6 @@ class UnicycleActionSpace(nn.Module):
         return integrate_unicycle(controls[..., 0], controls[..., 1], v0, self.dt, self.method)
 
     def traj_to_action(self, traj: torch.Tensor, v0: torch.Tensor) -> torch.Tensor:
-        """Inverse of the exact-arc integration (see :func:`trajectory_to_controls`)."""
-        return self.normalize(trajectory_to_controls(traj, v0, self.dt))
+        """Normalised actions whose :meth:`action_to_traj` from ``v0`` is ``traj`` (the inverse of
+        this space's integrator, :func:`trajectory_to_controls`), float64."""
+        return self.normalize(trajectory_to_controls(traj, v0, self.dt, self.method))

@@ -6,6 +6,11 @@ suite (``--exclude-suite``, default ``bundled``), drives each remaining scene on
 ``--perturbations`` times off it (:mod:`alpasim_policy.training.data`), and writes one ``.npz``
 shard per drive under ``DIR/data/`` plus ``DIR/data/manifest.json``. Deterministic for a seed;
 a re-run skips the shards already written (resume).
+
+``train --stage imitation --preset P --data DIR/data --out DIR`` trains the model on those shards
+(teacher-forced CoC + flow matching, :mod:`alpasim_policy.training.imitation`): ``DIR/checkpoint``
+(``save_pretrained`` layout + optimizer state), ``DIR/log.csv``, ``DIR/loss.png``; ``--resume``
+continues from the checkpoint exactly as an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -15,11 +20,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-STAGES = ("data",)
+STAGES = ("data", "imitation")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="build training data (imitation samples with CoC labels)")
+    p = sub.add_parser("train", help="build training data (--stage data) or train the model (--stage imitation)")
     p.add_argument("--stage", choices=STAGES, default="data", help="which stage to run")
     p.add_argument("--out", type=Path, required=True, help="training folder (data/ goes inside)")
     p.add_argument("--raw", type=Path, default=None, help="raw recordings (default: <scenarios root>/raw)")
@@ -28,6 +33,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--perturbations", type=int, default=2, help="off-log drives per scene")
     p.add_argument("--max-lateral", type=float, default=1.5, help="largest perturbation (m)")
     p.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("imitation stage")
+    g.add_argument("--data", type=Path, default=None, help="shards of the data stage (default: <out>/data)")
+    g.add_argument("--steps", type=int, default=200, help="optimizer steps")
+    g.add_argument("--batch", type=int, default=4, help="samples per step")
+    g.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (warm-up, cosine to 10 %%)")
+    g.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (and at the end)")
+    g.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    g.add_argument("--lm-weight", type=float, default=1.0, help="weight of the CoC language-model loss")
+    g.add_argument("--flow-weight", type=float, default=1.0, help="weight of the flow-matching loss")
+    g.add_argument("--flow-samples", type=int, default=4, help="(noise, t) pairs per sample and step")
     p.set_defaults(func=_cmd_train)
 
 
@@ -136,9 +151,36 @@ def build_data(
     return manifest
 
 
+def _cmd_imitation(args: argparse.Namespace) -> int:
+    from alpasim_policy.training.imitation import ImitationConfig, train_imitation
+
+    cfg = ImitationConfig(
+        preset=args.preset,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        seed=args.seed,
+        save_every=args.save_every,
+        lm_weight=args.lm_weight,
+        flow_weight=args.flow_weight,
+        flow_samples=args.flow_samples,
+    )
+    s = train_imitation(args.data or args.out / "data", args.out, cfg, resume=args.resume)
+    final = s["final"] or {}
+    print(
+        f"{s['steps']} step(s) on {s['samples']} sample(s) in {s['seconds']:.0f} s; "
+        f"checkpoint {s['checkpoint']}; final lm {final.get('lm_loss', float('nan')):.4f}, "
+        f"flow {final.get('flow_loss', float('nan')):.4f}"
+    )
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from alpasim_policy.errors import ConfigError
     from alpasim_policy.scenes.suite import scenarios_root
+
+    if args.stage == "imitation":
+        return _cmd_imitation(args)
 
     if args.perturbations < 0:
         raise ConfigError(f"--perturbations must be >= 0, got {args.perturbations}")

@@ -1,0 +1,391 @@
+"""Imitation stage: teacher-forced chain of causation (language-model loss) + flow matching on actions.
+
+Why it reuses the model's own pieces: a model trained on a prefix built differently from the one
+``AlpamayoR1.drive`` builds is evaluated on inputs it never saw. So per sample:
+
+* the prompt is ``model.prepare(images, history[:, :3], None, command)`` — exactly the policy's
+  call (``v0`` estimated from the history, as the ``alpamayo`` policy's default ``v0=history``);
+* the CoC label's tokens, then ``<|cot_end|><|traj_future_start|>`` (NVlabs' assistant layout
+  ``<|cot_start|>cot<|cot_end|><|traj_future_start|>``), are appended and teacher-forced; the
+  language-model loss (cross-entropy) covers the CoC tokens and these two closing tokens — the
+  model must learn to emit ``<|traj_future_start|>`` or inference decodes to the length limit and
+  the expert sees a prefix it was never trained on;
+* the VLM runs once over prompt + CoC + stop token with M-RoPE positions from
+  ``get_rope_index`` (the same positions inference's prefill + decode give token by token); its KV
+  cache is the prefix the expert attends to, all of it valid, and the expert's first position is
+  one past ``<|traj_future_start|>`` plus the rope delta — :class:`~alpasim_policy.model.flow.Prefix`
+  exactly as :meth:`AlpamayoR1.reason` returns it after a greedy decode of the same tokens;
+* flow matching with the sampler's convention (:mod:`alpasim_policy.model.flow`): noise at t = 0,
+  actions at t = 1, ``x_t = (1 - t) noise + t actions``, target velocity ``actions - noise``; ``t``
+  uniform on [0, 1) per flow sample (NVlabs' ``train_timestep_sampler="uniform"``); MSE over the
+  target's valid rows. The actions are the normalised controls that reproduce the logged target
+  from the model's own ``v0`` through the model's integrator (:func:`fit_controls`; the exact
+  inverse amplifies log noise, see there).
+
+Determinism: the weights are initialised from ``seed``; each step's samples, noise and times come
+from generators seeded by (seed, step), and the learning rate is a function of the step, so a run
+resumed from a checkpoint continues exactly as an uninterrupted one (the optimizer state is saved
+beside the weights).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from alpasim_policy.errors import ConfigError
+from alpasim_policy.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+CSV_FIELDS = ("step", "loss", "lm_loss", "flow_loss", "lr", "seconds")
+
+
+@dataclass
+class ImitationConfig:
+    """Options of the imitation stage (stored in ``out/checkpoint/training_state.json``)."""
+
+    preset: str = "tiny"
+    steps: int = 200
+    batch: int = 4
+    lr: float = 3e-4
+    warmup: int = 10  # steps of linear warm-up, then cosine decay to 10 % of lr
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    lm_weight: float = 1.0
+    flow_weight: float = 1.0
+    flow_samples: int = 4  # (noise, t) pairs per sample, sharing its prefix
+    seed: int = 0
+    save_every: int = 50
+    fit_smooth: float = 0.05  # smoothing of the action fit (see fit_controls)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of step ``step`` (0-based): a pure function of the step, so resume is exact."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        span = max(1, self.steps - self.warmup)
+        u = min(1.0, (step - self.warmup) / span)
+        return self.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * u)))
+
+
+@dataclass
+class Sample:
+    """One training sample as the model sees it (the processor's output, cached) plus its targets."""
+
+    prepared: Any  # PreparedInputs
+    target_ids: list[int]  # CoC tokens + <|cot_end|> + <|traj_future_start|>
+    actions: torch.Tensor  # (N, 2) normalised
+    valid: torch.Tensor  # (N,) bool
+    coc: str
+
+
+def load_shards(data: Path) -> dict[str, np.ndarray]:
+    """Every ``*.npz`` shard under ``data`` (sorted), concatenated."""
+    data = Path(data)
+    files = sorted(data.glob("*.npz"))
+    if not files:
+        raise ConfigError(f"--data {data}: no .npz shards (run `alpasim-policy train --stage data` first)")
+    keys = ("images", "history", "command", "target", "target_valid", "coc")
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    for f in files:
+        with np.load(f) as z:
+            missing = [k for k in keys if k not in z.files]
+            if missing:
+                raise ConfigError(f"{f}: not a training shard (missing {', '.join(missing)})")
+            for k in keys:
+                parts[k].append(z[k])
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def prepare_samples(model: Any, arrays: dict[str, np.ndarray], fit_smooth: float = 0.05) -> list[Sample]:
+    """Run the model's processor on each sample and turn its expert target into normalised actions."""
+    from alpasim_policy.model.action_space import fit_controls
+
+    tk = model.tokenizer
+    tail = [tk.ids["cot_end"], tk.ids["traj_future_start"]]
+    prepared = []
+    for i in range(len(arrays["coc"])):
+        hist = np.asarray(arrays["history"][i], dtype=np.float64)[:, :3]
+        prepared.append(model.prepare(arrays["images"][i], hist, None, int(arrays["command"][i])))
+    v0 = torch.tensor([p.v0 for p in prepared], dtype=torch.float64)
+    valid = torch.as_tensor(arrays["target_valid"]).bool()
+    controls = fit_controls(
+        torch.as_tensor(arrays["target"]), v0, model.config.dt, model.action_space.method, valid, fit_smooth
+    )
+    actions = model.action_space.normalize(controls).float()
+    out = []
+    for i, p in enumerate(prepared):
+        text = str(arrays["coc"][i])
+        out.append(Sample(p, tk.encode(text) + tail, actions[i], valid[i], text))
+    return out
+
+
+def teacher_forced_prefix(model: Any, prepared: Any, target_ids: list[int]) -> tuple[Any, torch.Tensor]:
+    """One VLM forward over prompt + ``target_ids`` (with gradients).
+
+    Returns the :class:`~alpasim_policy.model.flow.Prefix` the expert attends to — the whole
+    sequence's KV (``target_ids`` end with ``<|traj_future_start|>``, so every cached position is
+    valid) and the first action position one past it plus the rope delta, as
+    :meth:`AlpamayoR1.reason` builds it — and the logits ``(len(target_ids), V)`` that predict
+    ``target_ids``.
+    """
+    from transformers import DynamicCache
+
+    from alpasim_policy.model.expert import cache_kwarg
+    from alpasim_policy.model.flow import Prefix
+
+    dev = model.device
+    prompt = prepared.input_ids.to(dev)
+    tgt = torch.tensor([target_ids], dtype=torch.long, device=dev)
+    ids = torch.cat([prompt, tgt], dim=1)
+    length = ids.shape[1]
+    mm_prompt = prepared.mm_token_type_ids.to(dev)
+    mm = torch.cat([mm_prompt, torch.zeros_like(tgt, dtype=mm_prompt.dtype)], 1)
+    grid = prepared.image_grid_thw.to(dev)
+    pos3, delta = model.vlm.model.get_rope_index(ids, mm, image_grid_thw=grid)
+    pos_text = torch.arange(length, device=dev)[None]
+    vision = model.vlm.model.get_image_features(
+        prepared.pixel_values.to(dev, model.dtype), grid, return_dict=True
+    )
+    cache = DynamicCache(config=model.vlm.config.text_config)
+    out = model.vlm(
+        input_ids=ids,
+        position_ids=torch.cat([pos_text[None], pos3], dim=0),
+        use_cache=True,
+        **{cache_kwarg(): cache},
+        mm_encoder_outputs={"image": vision},
+        image_grid_thw=grid,
+        mm_token_type_ids=mm,
+    )
+    start = prompt.shape[1]
+    logits = out.logits[0, start - 1 : length - 1]
+    offset = length + delta.reshape(-1)[:1].to(dev)  # one past <|traj_future_start|>, + rope delta
+    prefix = Prefix(
+        [layer.keys for layer in cache.layers],
+        [layer.values for layer in cache.layers],
+        torch.tensor([length], device=dev),
+        offset.long(),
+    )
+    return prefix, logits
+
+
+def flow_velocity(model: Any, prefix: Any, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The expert's velocity ``(K, N, 2)`` at noisy actions ``x_t`` and times ``t`` ``(K,)``, with
+    gradients; the same cache, mask and positions as one step of ``DynamicCacheSampler``."""
+    from transformers import DynamicCache
+
+    from alpasim_policy.model.expert import expert_forward_dynamic
+
+    dev = model.device
+    k, n, _ = x_t.shape
+    dtype = model.dtype
+    rep = k // prefix.batch
+    cache = DynamicCache(config=model.expert.config)
+    for i, (kk, vv) in enumerate(zip(prefix.keys, prefix.values, strict=True)):
+        cache.update(kk.repeat_interleave(rep, 0).to(dtype), vv.repeat_interleave(rep, 0).to(dtype), i)
+    p = prefix.length
+    valid = prefix.valid_len.repeat_interleave(rep).to(dev)
+    mask = torch.zeros((k, 1, n, p + n), dtype=dtype, device=dev)
+    pad = torch.arange(p, device=dev)[None, :] >= valid[:, None]
+    mask[:, 0, :, :p] = torch.where(pad, torch.finfo(dtype).min, 0.0)[:, None, :].to(dtype)
+    pos = prefix.rope_offset.repeat_interleave(rep).to(dev)[:, None] + torch.arange(n, device=dev)[None]
+    emb = model.action_in_proj(x_t, t)
+    h = expert_forward_dynamic(model.expert, emb, pos[None].expand(3, -1, -1), cache, mask, p)
+    return model.action_out_proj(h).float()
+
+
+def sample_losses(
+    model: Any, sample: Sample, generator: torch.Generator, flow_samples: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(language-model loss, flow-matching loss) of one sample, with gradients."""
+    dev = model.device
+    prefix, logits = teacher_forced_prefix(model, sample.prepared, sample.target_ids)
+    tgt = torch.tensor(sample.target_ids, dtype=torch.long, device=dev)
+    lm = F.cross_entropy(logits.float(), tgt)
+    k = flow_samples
+    n = model.config.n_waypoints
+    actions = sample.actions.to(dev)[None].expand(k, -1, -1)
+    noise = torch.randn((k, n, 2), generator=generator).to(dev)
+    t = torch.rand((k,), generator=generator).to(dev)
+    x_t = (1.0 - t)[:, None, None] * noise + t[:, None, None] * actions
+    vel = flow_velocity(model, prefix, x_t, t)
+    w = sample.valid.to(dev, torch.float32)[None, :, None]
+    flow = ((vel - (actions - noise)) ** 2 * w).sum() / (w.sum() * 2 * k).clamp(min=1.0)
+    return lm, flow
+
+
+def _step_generators(seed: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
+    return np.random.default_rng([seed, step]), torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def _save_checkpoint(model: Any, opt: torch.optim.Optimizer, cfg: ImitationConfig, step: int, out: Path) -> Path:
+    """``out/checkpoint/`` (``save_pretrained`` + ``optimizer.pt`` + ``training_state.json``), swapped
+    in atomically: written to a temporary folder, then renamed over the previous one."""
+    final = out / "checkpoint"
+    tmp = out / "checkpoint.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    atomic_write_bytes(tmp / "optimizer.pt", buf.getvalue())
+    atomic_write_json(tmp / "training_state.json", {"step": step, "config": asdict(cfg)})
+    old = out / "checkpoint.old"
+    if final.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+    return final
+
+
+def _write_log(rows: list[dict[str, Any]], out: Path) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r[k] for k in CSV_FIELDS})
+    atomic_write_text(out / "log.csv", buf.getvalue())
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in rows]
+    for key in ("loss", "lm_loss", "flow_loss"):
+        ax.plot(steps, [r[key] for r in rows], label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("imitation training")
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(out / "loss.png", png.getvalue())
+
+
+def _read_log(out: Path, upto: int) -> list[dict[str, Any]]:
+    path = out / "log.csv"
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        rows = [{k: int(v) if k == "step" else float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    return [r for r in rows if r["step"] <= upto]
+
+
+def train_imitation(
+    data: Path,
+    out: Path,
+    cfg: ImitationConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Run the imitation stage; returns a summary (also ``out/summary.json``).
+
+    ``stop_after`` ends the run after that many steps *without* the final save of a finished run
+    (used to test that ``resume`` continues exactly)."""
+    from tqdm import tqdm
+
+    from alpasim_policy.model.config import AlpamayoConfig
+    from alpasim_policy.model.modeling_alpamayo import AlpamayoR1
+
+    if cfg.steps < 1 or cfg.batch < 1 or cfg.save_every < 1 or cfg.flow_samples < 1:
+        raise ConfigError("--steps, --batch, --save-every and flow samples must be >= 1")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint"
+    start = 0
+    if resume and (ckpt / "training_state.json").is_file():
+        state = json.loads((ckpt / "training_state.json").read_text())
+        start = int(state["step"])
+        model = AlpamayoR1.from_pretrained(ckpt)
+    else:
+        if resume:
+            print(f"--resume: no checkpoint in {ckpt}; starting from step 0")
+        torch.manual_seed(cfg.seed)
+        model = AlpamayoR1.create(AlpamayoConfig.from_preset(cfg.preset))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if start:
+        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    samples = prepare_samples(model, load_shards(data), cfg.fit_smooth)
+    rows = _read_log(out, start)
+    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="imitation", disable=not progress)
+    t_run = time.perf_counter()
+    step = start
+    for step in bar:
+        t0 = time.perf_counter()
+        rng, gen = _step_generators(cfg.seed, step)
+        idx = rng.choice(len(samples), size=cfg.batch, replace=len(samples) < cfg.batch)
+        lr = cfg.lr_at(step)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        lm_sum = flow_sum = 0.0
+        for i in idx:
+            lm, flow = sample_losses(model, samples[int(i)], gen, cfg.flow_samples)
+            loss = (cfg.lm_weight * lm + cfg.flow_weight * flow) / cfg.batch
+            loss.backward()
+            lm_sum += lm.item()
+            flow_sum += flow.item()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        row = {
+            "step": step + 1,
+            "loss": (cfg.lm_weight * lm_sum + cfg.flow_weight * flow_sum) / cfg.batch,
+            "lm_loss": lm_sum / cfg.batch,
+            "flow_loss": flow_sum / cfg.batch,
+            "lr": lr,
+            "seconds": time.perf_counter() - t0,
+        }
+        rows.append(row)
+        bar.set_postfix(lm=f"{row['lm_loss']:.3f}", flow=f"{row['flow_loss']:.3f}")
+        done = step + 1
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            _save_checkpoint(model, opt, cfg, done, out)
+            _write_log(rows, out)
+    step = end
+    _write_log(rows, out)
+    summary = {
+        "steps": step,
+        "samples": len(samples),
+        "seconds": time.perf_counter() - t_run,
+        "final": rows[-1] if rows else None,
+        "config": asdict(cfg),
+        "checkpoint": str(ckpt),
+    }
+    atomic_write_json(out / "summary.json", summary)
+    model.eval()
+    return summary
+
+
+@torch.no_grad()
+def evaluate_losses(model: Any, samples: list[Sample], seed: int = 0, flow_samples: int = 4) -> tuple[float, float]:
+    """Mean (LM, flow) losses over ``samples`` with fixed noise and times (for comparing weights)."""
+    gen = torch.Generator().manual_seed(seed)
+    lm = flow = 0.0
+    for s in samples:
+        a, b = sample_losses(model, s, gen, flow_samples)
+        lm += float(a)
+        flow += float(b)
+    return lm / len(samples), flow / len(samples)

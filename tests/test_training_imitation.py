@@ -1,0 +1,245 @@
+"""Imitation stage: the action inverse, the teacher-forced prefix = inference's prefix, loss goes
+down on real samples, resume = uninterrupted, and the checkpoint drives as the ``alpamayo`` policy."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from alpasim_policy.model.action_space import (
+    UnicycleActionSpace,
+    fit_controls,
+    integrate_unicycle,
+    trajectory_to_controls,
+)
+from alpasim_policy.scenes.format import load_scene
+from alpasim_policy.scenes.suite import load_suite
+
+DT = 0.1
+SCENE = "cr-USA_Lanker-1_1_T-1-ego1213"  # the shortest bundled scene (driving check)
+DATA_SCENE = "av2s-7fab2350-w00"  # a real AV2 log with labelled steps (the shard of the tests)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------- action inverse
+
+
+def _plans() -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+    t = torch.arange(64, dtype=torch.float64) * DT
+    curved_k = 0.03 * torch.sin(t)  # S-curve, up to 0.03 1/m
+    curved_a = 0.4 * torch.cos(0.5 * t)
+    braking_a = torch.full((64,), -2.0, dtype=torch.float64)  # 12 -> -0.8 m/s: through zero as NVlabs does
+    braking_k = torch.full((64,), 0.01, dtype=torch.float64)
+    # stopping: 5 m/s braked at -2.5 m/s^2 to exactly 0 after 2 s, then standing still
+    stop_a = torch.where(t < 2.0 - 1e-9, -2.5, 0.0).to(torch.float64)
+    stop_k = torch.where(t < 2.0 - 1e-9, -0.02, 0.0).to(torch.float64)
+    return {
+        "curved": (curved_a, curved_k, 9.0),
+        "braking": (braking_a, braking_k, 12.0),
+        "stopping": (stop_a, stop_k, 5.0),
+    }
+
+
+@pytest.mark.parametrize("name", ["curved", "braking", "stopping"])
+def test_trapezoid_inverse_round_trip(name):
+    accel, kappa, v0 = _plans()[name]
+    v0t = torch.tensor(v0, dtype=torch.float64)
+    traj = integrate_unicycle(accel, kappa, v0t, DT, "nvlabs")
+    ctrl = trajectory_to_controls(traj, v0t, DT, "nvlabs")
+    again = integrate_unicycle(ctrl[:, 0], ctrl[:, 1], v0t, DT, "nvlabs")
+    np.testing.assert_allclose(again.numpy(), traj.numpy(), atol=1e-6)
+    np.testing.assert_allclose(ctrl[:, 0].numpy(), accel.numpy(), atol=1e-6)
+    speed = v0 + torch.cumsum(accel, 0) * DT
+    moving = (torch.cat([torch.tensor([v0]), speed[:-1]]) + speed).abs() > 1e-6
+    np.testing.assert_allclose(ctrl[moving, 1].numpy(), kappa[moving].numpy(), atol=1e-6)
+    if name == "stopping":
+        assert (~moving).sum() > 40 and torch.all(ctrl[~moving, 1] == 0)  # standing: curvature 0
+
+
+def test_action_space_inverse_is_its_integrator_inverse_and_normalised():
+    space = UnicycleActionSpace(accel_std=2.0, curvature_std=0.02, method="nvlabs")
+    accel, kappa, v0 = _plans()["curved"]
+    action = space.normalize(torch.stack([accel, kappa], -1))
+    v0t = torch.tensor([v0], dtype=torch.float64)
+    traj = space.action_to_traj(action[None], v0t)
+    back = space.traj_to_action(traj, v0t)
+    np.testing.assert_allclose(back.numpy(), action[None].numpy(), atol=1e-6)
+
+
+def test_fit_controls_is_exact_on_a_plan_and_smooth_on_a_noisy_log():
+    accel, kappa, v0 = _plans()["curved"]
+    v0t = torch.tensor(v0, dtype=torch.float64)
+    traj = integrate_unicycle(accel, kappa, v0t, DT, "nvlabs")
+    fit = fit_controls(traj, v0t, DT, "nvlabs", smooth=0.0, iterations=300)
+    assert (integrate_unicycle(fit[:, 0], fit[:, 1], v0t, DT) - traj).abs().max() < 1e-3
+    noisy = traj.clone()
+    noisy[:, :2] += 0.02 * torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = trajectory_to_controls(noisy, v0t, DT, "nvlabs")
+    fit = fit_controls(noisy, v0t, DT, "nvlabs", smooth=0.05)
+    assert exact[:, 0].abs().max() > 5.0  # 2 cm of noise: the exact inverse swings by > 5 m/s^2
+    assert fit[:, 0].abs().max() < 1.5  # the fit stays near the true 0.4 m/s^2
+    err = (integrate_unicycle(fit[:, 0], fit[:, 1], v0t, DT)[:, :2] - traj[:, :2]).norm(dim=-1)
+    assert err.max() < 0.15
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A real shard: the env driving a bundled scene at the tiny preset's camera size, 6 steps."""
+    import alpasim_policy.sim  # noqa: F401
+    from alpasim_policy.model.config import AlpamayoConfig
+    from alpasim_policy.policies.alpamayo import DEFAULT_CAMERA_SIZE
+    from alpasim_policy.training.data import drive_samples, save_samples
+
+    scene = load_scene(next(p for p in load_suite("bundled") if DATA_SCENE in str(p)))
+    frames = AlpamayoConfig.from_preset("tiny").frames
+    samples = list(
+        itertools.islice(drive_samples(scene, camera_size=DEFAULT_CAMERA_SIZE["tiny"], frames=frames), 6)
+    )
+    d = tmp_path_factory.mktemp("imitation") / "data"
+    d.mkdir()
+    save_samples(samples, d / "shard.npz")
+    return d
+
+
+def _tiny_model(seed: int = 0):
+    from alpasim_policy.model.config import AlpamayoConfig
+    from alpasim_policy.model.modeling_alpamayo import AlpamayoR1
+
+    torch.manual_seed(seed)
+    return AlpamayoR1.create(AlpamayoConfig.from_preset("tiny"))
+
+
+def test_teacher_forced_prefix_is_the_prefix_inference_builds(data_dir, monkeypatch):
+    """Decoding the label's tokens through ``AlpamayoR1.reason`` (the inference path, token by
+    token) gives the same KV, valid length and expert position as the one training forward, and
+    the sampler's first velocity equals the training velocity at t = 0 for the same noise."""
+    import alpasim_policy.model.modeling_alpamayo as modeling
+    from alpasim_policy.model.flow import DynamicCacheSampler
+    from alpasim_policy.training.imitation import (
+        flow_velocity,
+        load_shards,
+        prepare_samples,
+        teacher_forced_prefix,
+    )
+
+    model = _tiny_model()
+    sample = prepare_samples(model, load_shards(data_dir))[0]
+    assert sample.target_ids[-1] == model.tokenizer.ids["traj_future_start"]
+    assert sample.target_ids[-2] == model.tokenizer.ids["cot_end"]
+    forced = iter(sample.target_ids)
+    monkeypatch.setattr(modeling, "next_tokens", lambda logits, *a, **k: torch.tensor([next(forced)]))
+    with torch.no_grad():
+        vision = model.encode_images(sample.prepared.pixel_values, sample.prepared.image_grid_thw)
+        inf, texts = model.reason(sample.prepared, vision, 1)
+        tf, logits = teacher_forced_prefix(model, sample.prepared, sample.target_ids)
+    assert texts[0] == sample.target_ids[:-1]  # the CoC + <|cot_end|>, stop excluded
+    assert inf.length == tf.length == sample.prepared.input_ids.shape[1] + len(sample.target_ids)
+    assert inf.valid_len.tolist() == tf.valid_len.tolist() == [tf.length]
+    assert inf.rope_offset.tolist() == tf.rope_offset.tolist()
+    for a, b in zip(inf.keys + inf.values, tf.keys + tf.values, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert logits.shape == (len(sample.target_ids), model.vocab_size)
+    noise = torch.randn(3, model.config.n_waypoints, 2, generator=torch.Generator().manual_seed(1))
+    trace: list = []
+    sampler = DynamicCacheSampler(model.expert, model.action_in_proj, model.action_out_proj, 1)
+    sampler.sample(inf, noise, trace)
+    with torch.no_grad():
+        vel = flow_velocity(model, tf, noise, torch.zeros(3))
+    torch.testing.assert_close(vel, trace[0][1], atol=1e-4, rtol=1e-4)
+
+
+def test_training_steps_reduce_the_loss_and_the_checkpoint_loads(data_dir, tmp_path):
+    from alpasim_policy.model.modeling_alpamayo import AlpamayoR1
+    from alpasim_policy.training.imitation import (
+        ImitationConfig,
+        evaluate_losses,
+        load_shards,
+        prepare_samples,
+        train_imitation,
+    )
+
+    cfg = ImitationConfig(steps=12, batch=3, lr=3e-3, warmup=2, save_every=6, flow_samples=2)
+    before = _tiny_model(cfg.seed)  # the run's initial weights (same seed)
+    samples = prepare_samples(before, load_shards(data_dir))
+    lm0, flow0 = evaluate_losses(before, samples)
+    out = tmp_path / "run"
+    summary = train_imitation(data_dir, out, cfg, progress=False)
+    assert summary["steps"] == 12 and summary["samples"] == 6
+    after = AlpamayoR1.from_pretrained(out / "checkpoint")
+    lm1, flow1 = evaluate_losses(after, samples)
+    assert lm1 < 0.7 * lm0, (lm0, lm1)
+    assert flow1 < flow0, (flow0, flow1)
+    rows = (out / "log.csv").read_text().splitlines()
+    assert rows[0] == "step,loss,lm_loss,flow_loss,lr,seconds" and len(rows) == 13
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    state = json.loads((out / "checkpoint/training_state.json").read_text())
+    assert state["step"] == 12 and (out / "checkpoint/optimizer.pt").is_file()
+    # NVlabs key layout: the VLM under vlm.*, the expert under expert.*
+    index = json.loads((out / "checkpoint/model.safetensors.index.json").read_text())
+    assert any(k.startswith("vlm.model.language_model.") for k in index["weight_map"])
+    assert any(k.startswith("expert.") for k in index["weight_map"])
+
+
+def test_resume_equals_an_uninterrupted_run(data_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from alpasim_policy.training.imitation import ImitationConfig, train_imitation
+
+    cfg = ImitationConfig(steps=4, batch=2, lr=1e-3, warmup=1, save_every=2, flow_samples=1)
+    train_imitation(data_dir, tmp_path / "full", cfg, progress=False)
+    part = tmp_path / "part"
+    train_imitation(data_dir, part, cfg, progress=False, stop_after=2)
+    assert json.loads((part / "checkpoint/training_state.json").read_text())["step"] == 2
+    train_imitation(data_dir, part, cfg, progress=False, resume=True)
+
+    def weights(d):
+        return load_file(str(next((d / "checkpoint").glob("model-*.safetensors"))))
+
+    a, b = weights(tmp_path / "full"), weights(part)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
+
+    def losses(d):
+        return [line.split(",")[:5] for line in (d / "log.csv").read_text().splitlines()]
+
+    assert losses(tmp_path / "full") == losses(part)
+
+
+def test_cli_trains_and_the_checkpoint_drives_as_the_alpamayo_policy(data_dir, tmp_path):
+    import gymnasium as gym
+
+    import alpasim_policy.sim  # noqa: F401
+    from alpasim_policy.cli import main
+    from alpasim_policy.policies.registry import make_policy
+
+    out = tmp_path / "run"
+    args = ["train", "--stage", "imitation", "--preset", "tiny", "--data", str(data_dir), "--out", str(out),
+            "--steps", "2", "--batch", "1", "--save-every", "1", "--flow-samples", "1"]
+    assert main(args) == 0
+    pol = make_policy("alpamayo", weights=str(out / "checkpoint"), samples=2, max_cot_tokens=6, threads=1)
+    w, h = pol.camera_size
+    cfg = {"cameras": {"enabled": True, "preset": pol.camera_preset, "width": w, "height": h}}
+    env = gym.make("alpasim_policy/LogReplay-v0", scene=SCENE, config=cfg)
+    obs, _ = env.reset(seed=0)
+    pol.reset(seed=0, scene=env.unwrapped.scene, camera_rig=env.unwrapped.camera_rig)
+    for _ in range(2):
+        plan = pol.act(obs)
+        assert plan.trajectory.shape == (64, 3) and np.isfinite(plan.trajectory).all()
+        obs, *_ = env.step(plan.trajectory)
+    bad = ["train", "--stage", "imitation", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]
+    assert main(bad) == 2  # a clear error naming --data, not a traceback
