@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from alpasim_policy.caching import REFERENCES
+#: the names of :data:`alpasim_policy.caching.REFERENCES`, spelled out so that registering the flags
+#: imports no scorer (shapely); ``tests/test_cli.py`` checks the two agree.
+REFERENCE_NAMES = ("idm", "human")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", type=Path, required=True, help="cache folder (e.g. metric_cache/)")
     b.add_argument("--workers", type=int, default=1, help="processes (one scene each)")
     b.add_argument(
-        "--reference", choices=tuple(REFERENCES), default="idm", help="progress reference for EP (default idm)"
+        "--reference", choices=REFERENCE_NAMES, default="idm", help="progress reference for EP (default idm)"
     )
     b.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
                    help="build on a Ray cluster (scene bytes out, cache bytes back; this machine writes --out)")  # fmt: skip
