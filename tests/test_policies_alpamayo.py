@@ -199,7 +199,7 @@ def test_deadline_options_fall_back_and_splice():
 def test_bench_scene_spread():
     from pathlib import Path
 
-    from alpasim_policy.policies.cli import pick_scenes
+    from alpasim_policy.bench.policy import pick_scenes
 
     paths = [Path(f"s{i}.npz") for i in range(21)]
     assert [p.stem for p in pick_scenes(paths, 4)] == ["s0", "s7", "s13", "s20"]

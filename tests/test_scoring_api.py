@@ -113,7 +113,7 @@ def test_navsim_bench_plumbing(tmp_path):
     (the real NAVSIM run lives in a scratch env; a stand-in command echoes what it was given)."""
     import sys
 
-    from alpasim_policy.scoring.bench import three_lane_case, time_navsim, time_project
+    from alpasim_policy.bench.scorer import three_lane_case, time_navsim, time_project
 
     case = three_lane_case(proposals=8, vehicles=20)
     assert case["plans"].shape == (8, 40, 3) and case["agent_state"].shape == (20, 41, 5)

@@ -12,9 +12,8 @@ from test_serve_server import TIMEOUT, Harness, _code, _history
 
 from alpasim_policy.cli import main as cli_main
 from alpasim_policy.serve import convert
-from alpasim_policy.serve.cli import policy_factory
 from alpasim_policy.serve.proto import egodriver_pb2, egodriver_pb2_grpc
-from alpasim_policy.serve.service import EgodriverService, build_server
+from alpasim_policy.serve.service import EgodriverService, build_server, policy_factory
 
 
 @pytest.fixture

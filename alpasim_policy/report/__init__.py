@@ -5,6 +5,20 @@ The top layer (scene -> env -> policy -> model -> scorer -> report): it reads a 
 ``report.html``, ``videos/`` and ``violations/`` into it. Nothing below imports it.
 """
 
+import sys
+from pathlib import Path
+
 from alpasim_policy.report.html import write_report
 
-__all__ = ["write_report"]
+__all__ = ["after_eval", "write_report"]
+
+
+def after_eval(run_dir: Path, *, videos: bool = False) -> None:
+    """What ``eval`` does once the run is scored: videos (if asked), violations index, report.html."""
+    from alpasim_policy.report.video import write_videos, write_violations
+
+    if videos:
+        write_videos(run_dir, progress=True)
+    write_violations(run_dir)
+    path = write_report(run_dir)
+    print(f"report: {path}", file=sys.stderr)

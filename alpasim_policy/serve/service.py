@@ -376,3 +376,15 @@ def build_server(
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
     return server, bound
+
+
+def policy_factory(spec: str, options: dict[str, Any]):
+    """A zero-argument callable building a fresh policy per session (one instance per session).
+
+    Fails now, at start-up, on a bad name or option, or on a policy that cannot drive from the
+    egodriver contract (:func:`~alpasim_policy.serve.service.check_servable`).
+    """
+    from alpasim_policy.policies.registry import make_policy
+
+    check_servable(make_policy(spec, **options), spec)
+    return lambda: make_policy(spec, **options)

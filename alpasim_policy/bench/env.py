@@ -9,22 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from alpasim_policy.bench import add_output_arguments
-
 TARGET_TICKS_PER_S = 2000.0
-
-
-def register_bench(bench_sub: argparse._SubParsersAction) -> None:
-    p = bench_sub.add_parser(
-        "env", help="env ticks/s without rendering (goal >= 2,000), with BEV, per camera"
-    )
-    p.add_argument("--suite", default="bundled")
-    p.add_argument("--render-ticks", type=int, default=60, help="ticks timed with BEV / cameras")
-    p.add_argument("--camera-preset", default="alpamayo4")
-    p.add_argument("--camera-width", type=int, default=None, help="default: the preset's resolution")
-    p.add_argument("--camera-height", type=int, default=None)
-    add_output_arguments(p)
-    p.set_defaults(func=_cmd_bench)
 
 
 def _drive(envs: list, max_ticks: int | None = None) -> tuple[int, float]:
@@ -54,7 +39,7 @@ def _drive(envs: list, max_ticks: int | None = None) -> tuple[int, float]:
     return ticks, elapsed
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import time
     import warnings
 

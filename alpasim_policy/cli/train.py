@@ -1,9 +1,9 @@
-"""``alpasim-policy train``: build training data from raw recordings (the stages after it follow).
+"""``alpasim-policy train``: build training data from raw recordings, or train the model on it.
 
 ``train --stage data --out DIR`` imports every raw recording (CommonRoad XML files, AV2 sensor logs
 and motion-forecasting scenarios under ``--raw``), drops the scenes that overlap the evaluation
 suite (``--exclude-suite``, default ``bundled``), drives each remaining scene once on the log and
-``--perturbations`` times off it (:mod:`alpasim_policy.training.data`), and writes one ``.npz``
+``--perturbations`` times off it (:mod:`alpasim_policy.training.build`, :mod:`alpasim_policy.training.data`), and writes one ``.npz``
 shard per drive under ``DIR/data/`` plus ``DIR/data/manifest.json``. Deterministic for a seed;
 a re-run skips the shards already written (resume).
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 STAGES = ("data", "imitation")
 
@@ -44,111 +43,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--flow-weight", type=float, default=1.0, help="weight of the flow-matching loss")
     g.add_argument("--flow-samples", type=int, default=4, help="(noise, t) pairs per sample and step")
     p.set_defaults(func=_cmd_train)
-
-
-def raw_scenes(raw: Path) -> list[Any]:
-    """Every scene the importers make of the recordings under ``raw`` (sorted, deterministic)."""
-    from alpasim_policy.errors import ConfigError
-    from alpasim_policy.scenes.importers.av2 import import_av2_forecasting, import_av2_sensor
-    from alpasim_policy.scenes.importers.commonroad import import_commonroad
-
-    if not raw.is_dir():
-        raise ConfigError(f"--raw {raw}: not a folder of raw recordings")
-    scenes: list[Any] = []
-    for xml in sorted(raw.glob("commonroad/*.xml")):
-        scenes += import_commonroad(xml)
-    for log in sorted(p for p in raw.glob("av2/sensor/*") if p.is_dir()):
-        scenes += import_av2_sensor(log)
-    for sc in sorted(p for p in raw.glob("av2/forecasting/*") if p.is_dir()):
-        scenes += import_av2_forecasting(sc)
-    if not scenes:
-        raise ConfigError(f"--raw {raw}: no CommonRoad XML or AV2 log found (commonroad/*.xml, av2/...)")
-    return scenes
-
-
-def _perturbations(scene: Any, count: int, max_lateral: float, seed: int) -> list[Any]:
-    """``count`` perturbations drawn from a generator seeded by (seed, scene id): reproducible."""
-    import zlib
-
-    import numpy as np
-
-    from alpasim_policy.training.data import Perturbation
-
-    rng = np.random.default_rng([seed, zlib.crc32(scene.scene_id.encode())])
-    t0 = scene.metadata.t0_index
-    out = []
-    for _ in range(count):
-        lateral = float(rng.uniform(0.5, max_lateral) * rng.choice([-1.0, 1.0]))
-        start = int(rng.integers(t0, max(t0 + 1, min(t0 + 20, scene.num_steps - 45))))
-        out.append(Perturbation(lateral_m=round(lateral, 3), start_step=start))
-    return out
-
-
-def build_data(
-    out: Path,
-    raw: Path,
-    exclude_suite: str | None,
-    preset: str,
-    perturbations: int,
-    max_lateral: float,
-    seed: int,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """The ``data`` stage; returns the manifest (also written to ``out/data/manifest.json``)."""
-    from tqdm import tqdm
-
-    import alpasim_policy.sim  # noqa: F401  (registers the env)
-    from alpasim_policy.io import atomic_write_json
-    from alpasim_policy.model.config import AlpamayoConfig
-    from alpasim_policy.policies.alpamayo import DEFAULT_CAMERA_SIZE
-    from alpasim_policy.scenes.format import load_scene
-    from alpasim_policy.scenes.suite import load_suite
-    from alpasim_policy.training.data import drive_samples, held_out_filter, save_samples
-
-    frames = AlpamayoConfig.from_preset(preset).frames
-    camera_size = DEFAULT_CAMERA_SIZE.get(preset)
-    if camera_size is None:
-        from alpasim_policy.errors import ConfigError
-
-        raise ConfigError(
-            f"--preset {preset!r}: no camera size known; choose from {sorted(DEFAULT_CAMERA_SIZE)}"
-        )
-    candidates = raw_scenes(raw)
-    suite = [load_scene(p) for p in load_suite(exclude_suite)] if exclude_suite else []
-    scenes = held_out_filter(candidates, suite)
-    jobs = [(sc, None) for sc in scenes]
-    jobs += [(sc, p) for sc in scenes for p in _perturbations(sc, perturbations, max_lateral, seed)]
-    data = out / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    shards = []
-    bar = tqdm(jobs, desc="train data", unit="drive", disable=not progress)
-    for scene, pert in bar:
-        name = (
-            f"{scene.scene_id}-{'log' if pert is None else f'p{pert.lateral_m:+.3f}@{pert.start_step}'}.npz"
-        )
-        path = data / name
-        if not path.is_file():  # resume: shards are written atomically, so one that exists is whole
-            samples = list(drive_samples(scene, camera_size=camera_size, frames=frames, perturbation=pert))
-            if not samples:
-                continue
-            save_samples(samples, path)
-        shards.append(name)
-    manifest = {
-        "stage": "data",
-        "preset": preset,
-        "camera_size": list(camera_size),
-        "frames": frames,
-        "seed": seed,
-        "perturbations_per_scene": perturbations,
-        "max_lateral_m": max_lateral,
-        "excluded_suite": exclude_suite,
-        "candidate_scenes": len(candidates),
-        "held_out_dropped": len(candidates) - len(scenes),
-        "scenes": [sc.scene_id for sc in scenes],
-        "shards": shards,
-    }
-    atomic_write_json(data / "manifest.json", manifest)
-    return manifest
 
 
 def _cmd_imitation(args: argparse.Namespace) -> int:
@@ -186,6 +80,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--perturbations must be >= 0, got {args.perturbations}")
     if args.max_lateral < 0.5:
         raise ConfigError(f"--max-lateral must be >= 0.5 m, got {args.max_lateral}")
+    from alpasim_policy.training.build import build_data
+
     raw = args.raw or scenarios_root() / "raw"
     m = build_data(
         args.out, raw, args.exclude_suite, args.preset, args.perturbations, args.max_lateral, args.seed

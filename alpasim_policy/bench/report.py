@@ -2,7 +2,7 @@
 
 Two rows, each measured in this one run:
 
-* ``report.html`` on a scored run of the suite (``--out`` reuses one; otherwise the baselines are
+* ``report.html`` on a scored run of the suite (``--run-dir`` reuses one; otherwise the baselines are
   evaluated into a temp folder first, untimed). Target: <= 5 s for the bundled suite.
 * video writing: for ``--video-scenes`` scenes and each baseline, the rollout is run and then its
   video written, alternately, so both see the same machine load; the ratio is total video time /
@@ -28,8 +28,8 @@ def _load() -> str:
         return "n/a"
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    from alpasim_policy.bench import append_rows, print_summary
+def run(args: argparse.Namespace) -> int:
+    from alpasim_policy.bench import print_summary, write_rows
     from alpasim_policy.evaluate import evaluate, run_rollout
     from alpasim_policy.report.html import write_report
     from alpasim_policy.report.video import _scoring_world, write_video
@@ -37,10 +37,14 @@ def run_bench(args: argparse.Namespace) -> int:
     from alpasim_policy.scenes.suite import load_suite
     from alpasim_policy.scoring.report import score_run
 
+    if Path(args.out).is_dir():  # --out was the run folder before the bench flags were made uniform
+        from alpasim_policy.errors import ConfigError
+
+        raise ConfigError(f"--out {args.out}: a folder; --out is the rows file now, the run folder is --run-dir")
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     scenes = load_suite(args.suite)
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(args.out) if args.out else Path(tmp) / "run"
+        out = Path(args.run_dir) if args.run_dir else Path(tmp) / "run"
         evaluate(args.suite, policies, out, show_progress=False)
         if not (out / "leaderboard.csv").is_file():
             score_run(out)
@@ -84,7 +88,7 @@ def run_bench(args: argparse.Namespace) -> int:
             "ratio": f"{total_ratio:.0%} of rollout time (target <= 20 %; load average {_load()})",
         },
     ]
-    append_rows(rows, args.benchmarks)
+    write_rows(rows, args)
     print_summary(
         {
             "report_s": report_s,

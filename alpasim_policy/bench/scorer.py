@@ -1,62 +1,135 @@
-"""CLI of the scoring stage: ``score`` and ``bench scorer`` (``cache build`` lives in :mod:`alpasim_policy.caching`).
+"""``alpasim-policy bench scorer``: 4096 proposals scored on a bundled scene, cache build per scene, and NAVSIM side by side.
 
-Heavy imports happen inside the handlers so ``alpasim-policy --help`` stays fast.
+The NAVSIM comparison: one synthetic 3-lane road with 20 vehicles, 4096 plans, simulated and scored here and (optionally) by NAVSIM's own code.
+
+Why synthetic: NAVSIM's scorer needs nuPlan objects, so the comparison uses a scene both sides can
+build from the same arrays (:func:`three_lane_case`). The case is written to an ``.npz``; an
+external command (``--navsim-cmd``, run in a scratch environment with NAVSIM installed -- never a
+project dependency) reads it, runs NAVSIM's ``PDMSimulator.simulate_proposals`` and
+``PDMScorer.score_proposals`` on the same plans and prints a JSON line with its timings. The
+ratio of the two is what ``BENCHMARKS.md`` records.
+
+Case file (``np.savez``): ``lanes`` (L, 4, 2), ``lane_on_route`` (L,), ``drivable`` (D, 4, 2),
+``centerline`` (P, 2), ``agent_state`` (M, 41, 5), ``agent_size`` (M, 2), ``start`` (9,) ego row,
+``plans`` (B, 40, 3) x, y, heading in the scene frame at 0.1 s steps. Expected JSON from the
+command: ``{"simulate_s": float, "score_s": float, "proposals": int}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import time
 from pathlib import Path
 
-from alpasim_policy.bench import add_output_arguments
+import numpy as np
+
+from alpasim_policy.scoring.api import Agents, ScoringMap, world_from_arrays
+
+STATES = 41
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser(
-        "score",
-        help="score the rollouts of a run folder (writes scenes.csv, leaderboard.csv/.md)",
-        description="Score DIR/rollouts/<policy>/*.npz closed-loop and write the leaderboard into DIR.",
+def _rect(x0: float, x1: float, y0: float, y1: float) -> np.ndarray:
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], float)
+
+
+def three_lane_case(proposals: int = 4096, vehicles: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
+    """The benchmark scene: three 3.5 m lanes along +x, ``vehicles`` cars at constant speed, the ego
+    at the origin at 10 m/s in the middle lane, and ``proposals`` plans (speed 0.3-1.4x, lateral
+    drift up to +-3 m)."""
+    rng = np.random.default_rng(seed)
+    ys = (-3.5, 0.0, 3.5)
+    lanes = np.array([_rect(-100, 400, y - 1.75, y + 1.75) for y in ys])
+    drivable = np.array([_rect(-100, 400, -5.25, 5.25)])
+    centerline = np.stack([np.linspace(-100, 400, 501), np.zeros(501)], -1)
+    t = np.arange(STATES) * 0.1
+    state = np.zeros((vehicles, STATES, 5))
+    for m in range(vehicles):
+        lane = ys[m % 3]
+        x0 = -40.0 + 190.0 * (m // 3) / max(1, (vehicles - 1) // 3) + rng.uniform(-3, 3)
+        if abs(lane) < 1e-9 and -15.0 < x0 < 15.0:  # keep the ego's own spot free
+            x0 += 30.0
+        v = rng.uniform(7.0, 13.0)
+        state[m, :, 0] = x0 + v * t
+        state[m, :, 1] = lane
+        state[m, :, 3] = v
+    size = np.tile([[4.6, 1.9]], (vehicles, 1))
+    start = np.array([0.0, 0.0, 0.0, 10.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    scale = rng.uniform(0.3, 1.4, proposals)
+    drift = rng.uniform(-3.0, 3.0, proposals)
+    tt = t[1:]
+    ramp = (tt / tt[-1]) ** 2
+    x = 10.0 * tt[None] * scale[:, None]
+    y = drift[:, None] * ramp[None]
+    dx = np.diff(np.concatenate([np.zeros((proposals, 1)), x], 1), axis=1)
+    dy = np.diff(np.concatenate([np.zeros((proposals, 1)), y], 1), axis=1)
+    plans = np.stack([x, y, np.arctan2(dy, dx)], -1)
+    return {
+        "lanes": lanes,
+        "lane_on_route": np.ones(len(lanes), bool),
+        "drivable": drivable,
+        "centerline": centerline,
+        "agent_state": state,
+        "agent_size": size,
+        "start": start,
+        "plans": plans,
+    }
+
+
+def _project_once(world, start: np.ndarray, plans: np.ndarray) -> tuple[float, float, np.ndarray]:
+    from alpasim_policy.scoring.openloop import score_states, simulate
+
+    t = time.perf_counter()
+    states = simulate(world, start[:7], plans, STATES - 1)
+    t_sim = time.perf_counter() - t
+    t = time.perf_counter()
+    res = score_states(
+        world, states, 0, human_filter=False, history=np.zeros((0, 7)), reference_from_world=False
     )
-    s.add_argument("run_dir", type=Path)
-    s.add_argument("--cache", default="auto", help="metric cache folder, 'auto' (default) or 'none'")
-    s.add_argument("--rebuild", action="store_true", help="rebuild stale or corrupt caches in --cache")
-    s.add_argument("--profile", choices=("project", "navsim"), default="project",
-                   help="scoring profile: project (default) or navsim (NAVSIM's scorer, quirks included)")  # fmt: skip
-    s.set_defaults(func=_cmd_score)
+    return t_sim, time.perf_counter() - t, res.epdms
 
 
-def register_bench(bench_sub: argparse._SubParsersAction) -> None:
-    p = bench_sub.add_parser(
-        "scorer", help="4096 proposals x 41 states on one bundled scene (goal <= 2 s); cache build per scene"
-    )
-    p.add_argument("--suite", default="bundled")
-    p.add_argument("--scene", default=None, help="scene for the proposal benchmark (default: most agents)")
-    p.add_argument("--proposals", type=int, default=4096)
-    p.add_argument("--repeats", type=int, default=3)
-    add_output_arguments(p)
-    p.add_argument(
-        "--navsim-cmd",
-        default=None,
-        help="command that times NAVSIM's own simulate + score on the 3-lane case file appended as its last "
-        "argument and prints a JSON line (run in a scratch env; see scoring/bench.py)",
-    )
-    p.add_argument("--navsim-only", action="store_true", help="only the side-by-side run against NAVSIM")
-    p.set_defaults(func=_cmd_bench)
+def time_project(case: dict[str, np.ndarray], repeats: int = 3, single_repeats: int = 50) -> dict[str, float]:
+    """Median simulate / score times for all plans, and the median latency of one plan alone."""
+    road = ScoringMap(lanes=list(case["lanes"]), centerline=case["centerline"], lane_on_route=case["lane_on_route"],
+                      drivable=list(case["drivable"]))  # fmt: skip
+    agents = Agents(state=case["agent_state"], size=case["agent_size"])
+    world = world_from_arrays(road, STATES, agents).prepare()
+    sims, scores, epdms = [], [], None
+    for _ in range(max(1, repeats)):
+        a, b, epdms = _project_once(world, case["start"], case["plans"])
+        sims.append(a)
+        scores.append(b)
+    one = []
+    for i in range(max(1, single_repeats)):
+        a, b, _ = _project_once(world, case["start"], case["plans"][i : i + 1])
+        one.append(a + b)
+    return {
+        "simulate_s": statistics.median(sims),
+        "score_s": statistics.median(scores),
+        "one_proposal_s": statistics.median(one),
+        "mean_epdms": float(np.mean(epdms)),
+    }
 
 
-# ----------------------------------------------------------------------------- handlers
+def time_navsim(case: dict[str, np.ndarray], command: str, workdir: Path) -> dict[str, float]:
+    """Run the external NAVSIM timing command on the case; its last stdout line is the JSON result."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "navsim_bench_case.npz"
+    np.savez(path, **case)
+    out = subprocess.run([*shlex.split(command), str(path)], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"--navsim-cmd failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
+    lines = [ln for ln in out.stdout.splitlines() if ln.strip().startswith("{")]
+    if not lines:
+        raise RuntimeError(f"--navsim-cmd printed no JSON line; stdout: {out.stdout[-500:]!r}")
+    return json.loads(lines[-1])
 
 
-def _cmd_score(args: argparse.Namespace) -> int:
-    from alpasim_policy.caching import IDM_REFERENCE
-    from alpasim_policy.scoring.report import score_run
-
-    cache = None if args.cache == "none" else args.cache
-    board = score_run(
-        args.run_dir, cache_dir=cache, rebuild=args.rebuild, reference=IDM_REFERENCE, profile=args.profile
-    )
-    print(board)
-    return 1 if board.errors else 0  # rollouts that could not be scored were reported on stderr
+# ----------------------------------------------------------------------------- the command
 
 
 def _proposals(world, n: int, seed: int = 0):
@@ -86,7 +159,7 @@ def _proposals(world, n: int, seed: int = 0):
     return np.concatenate([xy, heading[..., None]], axis=-1)
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import os
     import statistics
     import time
@@ -176,7 +249,6 @@ def _navsim_rows(args: argparse.Namespace) -> list[dict]:
     import tempfile
 
     from alpasim_policy.bench import print_summary
-    from alpasim_policy.scoring.bench import three_lane_case, time_navsim, time_project
 
     case = three_lane_case(args.proposals)
     n = len(case["plans"])

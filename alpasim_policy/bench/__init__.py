@@ -1,6 +1,7 @@
-"""Shared plumbing for ``alpasim-policy bench ...``: machine description and BENCHMARKS.md rows.
+"""The benchmarks' bodies (one module per benchmark) and their shared plumbing: machine description and BENCHMARKS.md rows.
 
-Why here: every stage benchmarks itself, but all rows land in one table with the same
+Why one table: every stage has its benchmark (``alpasim_policy.bench.<name>.run``; the flags are
+in :mod:`alpasim_policy.cli.bench`), but all rows land in one table with the same
 columns (benchmark, command, machine, result, ratio, date) so numbers stay comparable.
 Speed targets live only in benchmarks, never in timed unit tests.
 """
@@ -42,12 +43,6 @@ def machine_description() -> str:
 
 def command_line() -> str:
     return "alpasim-policy " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-
-
-def add_output_arguments(parser: Any) -> None:
-    """The output flags every ``bench`` command shares: ``--out FILE`` and ``--no-write``."""
-    parser.add_argument("--out", default="BENCHMARKS.md", help="markdown file the rows are appended to")
-    parser.add_argument("--no-write", action="store_true", help="print only, do not append rows")
 
 
 def write_rows(rows: list[dict], args: Any) -> None:

@@ -1,4 +1,4 @@
-"""CLI of the report stage: ``report RUN``, ``video RUN --scene S --policy P``, ``bench report|video``.
+"""``alpasim-policy report RUN`` and ``alpasim-policy video RUN``: the static HTML page and rollout videos of a run.
 
 Heavy imports (matplotlib, opencv, the scenes) happen inside the handlers so ``--help`` stays fast.
 """
@@ -6,7 +6,6 @@ Heavy imports (matplotlib, opencv, the scenes) happen inside the handlers so ``-
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -31,32 +30,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(func=_cmd_video)
 
 
-def register_bench(bench_sub: argparse._SubParsersAction) -> None:
-    p = bench_sub.add_parser(
-        "report",
-        help="report.html generation time on a run (goal <= 5 s) and video writing time vs rollout time "
-        "(goal <= 20 %%)",
-    )
-    p.add_argument("--suite", default="bundled")
-    p.add_argument("--policies", default="log_replay,idm,constant_velocity")
-    p.add_argument("--video-scenes", type=int, default=3, help="rollouts to time video writing on")
-    p.add_argument("--out", type=Path, default=None, help="run folder (default: a temp folder)")
-    p.add_argument("--benchmarks", type=Path, default=Path("BENCHMARKS.md"), help="file the rows go to")
-    p.set_defaults(func=_cmd_bench)
-
-
-def after_eval(run_dir: Path, *, videos: bool = False) -> None:
-    """What ``eval`` does once the run is scored: videos (if asked), violations index, report.html."""
-    from alpasim_policy.report.html import write_report
-    from alpasim_policy.report.video import write_videos, write_violations
-
-    if videos:
-        write_videos(run_dir, progress=True)
-    write_violations(run_dir)
-    path = write_report(run_dir)
-    print(f"report: {path}", file=sys.stderr)
-
-
 def _cmd_report(args: argparse.Namespace) -> int:
     from alpasim_policy.report.html import write_report
 
@@ -77,9 +50,3 @@ def _cmd_video(args: argparse.Namespace) -> int:
     for p in paths:
         print(p)
     return 0
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from alpasim_policy.report.bench import run_bench
-
-    return run_bench(args)

@@ -1,4 +1,4 @@
-"""``alpasim-policy serve`` and ``alpasim-policy bench serve``.
+"""``alpasim-policy serve``: any registered policy as an AlpaSim egodriver gRPC server.
 
 Nothing heavy is imported at module import time (``--help`` stays fast); grpc and the
 policy load inside the handlers.
@@ -7,20 +7,6 @@ policy load inside the handlers.
 from __future__ import annotations
 
 import argparse
-from typing import Any
-
-
-def policy_factory(spec: str, options: dict[str, Any]):
-    """A zero-argument callable building a fresh policy per session (one instance per session).
-
-    Fails now, at start-up, on a bad name or option, or on a policy that cannot drive from the
-    egodriver contract (:func:`~alpasim_policy.serve.service.check_servable`).
-    """
-    from alpasim_policy.policies.registry import make_policy
-    from alpasim_policy.serve.service import check_servable
-
-    check_servable(make_policy(spec, **options), spec)
-    return lambda: make_policy(spec, **options)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -28,7 +14,7 @@ def _serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from alpasim_policy.serve.service import EgodriverService, build_server
+    from alpasim_policy.serve.service import EgodriverService, build_server, policy_factory
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from alpasim_policy.policies.registry import parse_options, shorthand_options
@@ -86,22 +72,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_shorthand_arguments(p)
     p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get at shutdown")
     p.set_defaults(func=_serve)
-
-
-def register_bench(bench_sub: argparse._SubParsersAction) -> None:
-    p = bench_sub.add_parser("serve", help="egodriver drive round-trip overhead and 32 concurrent sessions")
-    p.add_argument("--ticks", type=int, default=100, help="drive calls per measurement / per session")
-    p.add_argument("--sessions", type=int, default=32, help="concurrent sessions")
-    p.add_argument("--width", type=int, default=1920)
-    p.add_argument("--height", type=int, default=1080)
-    p.add_argument("--cameras", type=int, default=4)
-    from alpasim_policy.bench import add_output_arguments
-
-    add_output_arguments(p)
-
-    def run(args: argparse.Namespace) -> int:
-        from alpasim_policy.serve.bench import run_bench
-
-        return run_bench(args)
-
-    p.set_defaults(func=run)

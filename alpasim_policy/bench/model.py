@@ -16,30 +16,6 @@ from typing import Any
 STAGES = ("vision", "prefill", "decode", "diffusion", "total")
 
 
-def register_bench(bench_sub: argparse._SubParsersAction) -> None:
-    p = bench_sub.add_parser(
-        "model", help="Alpamayo model tick latency: stages, single vs multi, graph vs eager"
-    )
-    p.add_argument("--preset", default="tiny", help="tiny | small | alpamayo-r1-10b (random weights)")
-    p.add_argument("--weights", default=None, help="local weights directory instead of random weights")
-    p.add_argument("--samples", type=int, default=6, help="trajectory samples K per tick")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--cot-tokens", type=int, default=40, help="forced chain-of-causation length (tokens)")
-    p.add_argument("--repeats", type=int, default=5, help="timed ticks per configuration (median reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed ticks first (graph capture, allocator)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument(
-        "--baseline-src",
-        default=None,
-        help="another source tree (e.g. `git archive` of an older commit): the single-reasoning tick "
-        "of both trees is timed in alternating subprocesses and a before/after row written",
-    )
-    p.add_argument("--rounds", type=int, default=4, help="alternating rounds for --baseline-src")
-    p.add_argument("--out", default="BENCHMARKS.md", help="markdown file the rows are appended to")
-    p.add_argument("--no-write", action="store_true", help="print only, do not append rows")
-    p.set_defaults(func=_cmd_bench)
-
-
 def synthetic_inputs(config: Any, speed: float = 8.0, seed: int = 0) -> tuple[Any, Any]:
     """Deterministic camera frames (uint8) at the model's input size and a straight 16-step history."""
     import numpy as np
@@ -160,16 +136,22 @@ def run_bench(args: argparse.Namespace) -> dict:
     return summary
 
 
-# The probe runs in a subprocess with one tree first on sys.path; it uses only API both trees share.
+# The probe runs in a subprocess with one tree first on sys.path; it uses only API both trees share
+# (the model's), so it builds the inputs itself as :func:`synthetic_inputs` does (older trees keep
+# that helper elsewhere).
 _PROBE = """
 import json, statistics, sys, torch
+import numpy as np
 torch.set_num_threads({threads})
-from alpasim_policy.model.cli import synthetic_inputs
 from alpasim_policy.model.config import AlpamayoConfig
 from alpasim_policy.model.modeling_alpamayo import AlpamayoR1
 torch.manual_seed(0)
 m = AlpamayoR1.create(AlpamayoConfig.from_preset({preset!r}), {device!r})
-images, history = synthetic_inputs(m.config)
+c = m.config
+rng = np.random.default_rng(0)
+images = rng.integers(0, 256, size=(c.num_images, 3, *c.image_hw), dtype=np.uint8)
+t = (np.arange(c.history_steps) - (c.history_steps - 1)) * c.dt
+history = np.stack([8.0 * t, np.zeros_like(t), np.zeros_like(t)], axis=1)
 runs = []
 for i in range({warmup} + {repeats}):
     out = m.drive(images, history, num_samples={samples}, reasoning="single", diffusion={diffusion!r},
@@ -256,14 +238,13 @@ def run_baseline_comparison(args: argparse.Namespace) -> dict:
     }
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from alpasim_policy.bench import append_rows, print_summary
+def run(args: argparse.Namespace) -> int:
+    from alpasim_policy.bench import print_summary, write_rows
 
     summary = run_baseline_comparison(args) if args.baseline_src else run_bench(args)
     rows = summary.pop("_rows")
     for r in rows:
         print(f"{r['benchmark']}: {r['result']} | {r['ratio']}")
-    if not args.no_write:
-        append_rows(rows, args.out)
+    write_rows(rows, args)
     print_summary(summary)
     return 0

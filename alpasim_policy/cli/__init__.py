@@ -1,9 +1,10 @@
-"""The ``alpasim-policy`` command line: one parser assembled from each part's ``register(sub)``.
+"""The ``alpasim-policy`` command line: one parser assembled from the command modules of this package.
 
-Each stage owns its subcommands in a small ``cli`` module exposing ``register(sub)``
-(top-level commands) and optionally ``register_bench(bench_sub)`` (``bench <name>``).
-Those modules import nothing heavy at import time, so ``--help`` stays fast; the
-handlers import torch / ray / grpc only when they run.
+The top layer: each module here (``scenes``, ``eval``, ``cache``, ``score``, ``serve``, ``train``,
+``report``, ``bench``) registers its subcommands with ``register(sub)`` and/or
+``register_bench(bench_sub)`` and holds their handlers; the parts below keep only library
+functions, and the benchmarks' bodies live in :mod:`alpasim_policy.bench`. Nothing heavy is imported
+at registration, so ``--help`` stays fast; handlers import torch / ray / grpc only when they run.
 """
 
 from __future__ import annotations
@@ -15,19 +16,16 @@ import sys
 
 from alpasim_policy.errors import AlpasimError
 
-# Order here is the order in --help: scene -> env -> policy -> model -> scorer -> serve -> train -> report.
+# Order here is the order in --help: scene -> eval -> cache -> score -> serve -> train -> report; then bench.
 _COMMAND_MODULES = (
-    "alpasim_policy.scenes.cli",
-    "alpasim_policy.evaluate",
-    "alpasim_policy.ray_backend",
-    "alpasim_policy.sim.cli",
-    "alpasim_policy.policies.cli",
-    "alpasim_policy.model.cli",
-    "alpasim_policy.caching",
-    "alpasim_policy.scoring.cli",
-    "alpasim_policy.serve.cli",
-    "alpasim_policy.training.cli",
-    "alpasim_policy.report.cli",
+    "alpasim_policy.cli.scenes",
+    "alpasim_policy.cli.eval",
+    "alpasim_policy.cli.cache",
+    "alpasim_policy.cli.score",
+    "alpasim_policy.cli.serve",
+    "alpasim_policy.cli.train",
+    "alpasim_policy.cli.report",
+    "alpasim_policy.cli.bench",
 )
 
 
@@ -37,12 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks; rows go to BENCHMARKS.md, last line is JSON")
     bench_sub = bench.add_subparsers(dest="bench_target", required=True)
     for name in _COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # stage not built in this checkout
-                continue
-            raise
+        mod = importlib.import_module(name)
         if hasattr(mod, "register"):
             mod.register(sub)
         if hasattr(mod, "register_bench"):

@@ -1,4 +1,4 @@
-"""CLI of the scenes stage: ``import``, ``scenarios {list,plot,rebuild-bundled}`` and ``bench scenes``.
+"""``alpasim-policy import`` and ``alpasim-policy scenarios {list,plot,rebuild-bundled}``: scene files from logs, and the bundled scenes.
 
 Heavy imports (pyarrow, scipy, matplotlib) happen inside the handlers so ``--help`` stays fast.
 """
@@ -8,14 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from alpasim_policy.bench import add_output_arguments
-
-#: source format -> (module, importer function, whether it takes the ego choice options)
-IMPORTERS: dict[str, tuple[str, str, bool]] = {
-    "av2-sensor": ("alpasim_policy.scenes.importers.av2", "import_av2_sensor", False),
-    "av2-forecasting": ("alpasim_policy.scenes.importers.av2", "import_av2_forecasting", False),
-    "commonroad": ("alpasim_policy.scenes.importers.commonroad", "import_commonroad", True),
-}
+from alpasim_policy.scenes.importers import IMPORTERS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,45 +52,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     rb.set_defaults(func=_cmd_rebuild)
 
 
-def register_bench(bench_sub: argparse._SubParsersAction) -> None:
-    p = bench_sub.add_parser("scenes", help="median load time per bundled scene (goal < 50 ms)")
-    p.add_argument("--suite", default="bundled")
-    p.add_argument("--repeats", type=int, default=5)
-    add_output_arguments(p)
-    p.set_defaults(func=_cmd_bench)
-
-
 # ----------------------------------------------------------------------------- handlers
-
-
-def import_sources(source: str, srcs: list[Path], t0_index: int = 16, max_egos: int | None = None,
-                   egos: list[str] | None = None, rejected: list[str] | None = None,
-                   min_steps: int | None = None) -> list:  # fmt: skip
-    """Run one importer over several sources; returns the scenes in order.
-
-    Why a candidate or a source gave no scene is appended to ``rejected``; ``min_steps``
-    (default: warm-up + one scoring window, :func:`~alpasim_policy.scenes.importers.common.min_scene_steps`)
-    is the shortest scene kept.
-    """
-    import importlib
-
-    from alpasim_policy.errors import ConfigError
-
-    if source not in IMPORTERS:
-        raise ConfigError(f"unknown source format {source!r}; choose from {list(IMPORTERS)}")
-    module, name, takes_egos = IMPORTERS[source]
-    importer = getattr(importlib.import_module(module), name)
-    options = {"egos": egos, "max_egos": max_egos} if takes_egos else {}
-    scenes = []
-    for src in srcs:
-        scenes += importer(src, t0_index=t0_index, min_steps=min_steps, rejected=rejected, **options)
-    return scenes
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
     import sys
 
     from alpasim_policy.scenes.format import save_scene
+    from alpasim_policy.scenes.importers import import_sources
     from alpasim_policy.scenes.importers.common import min_scene_steps
 
     egos = [e.strip() for e in args.egos.split(",") if e.strip()] if args.egos else None
@@ -178,53 +140,4 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
     for p in paths:
         print(p)
     print(f"rebuilt {len(paths)} bundled scenes under {root}")
-    return 0
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    import time
-
-    import numpy as np
-
-    from alpasim_policy.bench import print_summary, write_rows
-    from alpasim_policy.scenes.format import load_scene
-    from alpasim_policy.scenes.geometry import MapIndex
-    from alpasim_policy.scenes.suite import load_suite
-
-    paths = load_suite(args.suite)
-    load_ms, index_ms = [], []
-    for p in paths:
-        load_scene(p)  # warm the page cache: we time parsing, not the disk
-        t_load, t_idx = [], []
-        for _ in range(max(1, args.repeats)):
-            t = time.perf_counter()
-            s = load_scene(p)
-            t_load.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            MapIndex(s)
-            t_idx.append(time.perf_counter() - t)
-        load_ms.append(1e3 * float(np.median(t_load)))
-        index_ms.append(1e3 * float(np.median(t_idx)))
-    med, worst = float(np.median(load_ms)), float(np.max(load_ms))
-    summary = {
-        "benchmark": "scenes",
-        "suite": args.suite,
-        "scenes": len(paths),
-        "median_load_ms": round(med, 2),
-        "max_load_ms": round(worst, 2),
-        "median_map_index_ms": round(float(np.median(index_ms)), 2),
-        "goal_ms": 50.0,
-    }
-    write_rows(
-        [
-            {
-                "benchmark": f"scene load ({args.suite}, {len(paths)} scenes)",
-                "result": f"median {med:.1f} ms, max {worst:.1f} ms per scene "
-                f"(+ MapIndex median {np.median(index_ms):.1f} ms)",
-                "ratio": f"{med / 50.0:.2f} of the 50 ms goal",
-            }
-        ],
-        args,
-    )
-    print_summary(summary)
     return 0

@@ -90,7 +90,7 @@ class _Driver:
         self.stub.close_session(egodriver_pb2.DriveSessionCloseRequest(session_uuid=self.sid), timeout=60)
 
 
-def run_bench(args: Any) -> int:
+def run(args: Any) -> int:
     import grpc
 
     from alpasim_policy.bench import print_summary, write_rows

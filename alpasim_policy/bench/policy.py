@@ -38,36 +38,6 @@ SUMMARY_KEYS = (
 STAGES = ("preprocess", "vision", "prefill", "decode", "diffusion", "post", "frames", "selection")
 
 
-def register_bench(bench_sub: argparse._SubParsersAction) -> None:
-    p = bench_sub.add_parser(
-        "policy",
-        help="Alpamayo policy in closed loop: ticks/s, latency breakdown, single/multi x first/scored",
-    )
-    p.add_argument("--suite", default="bundled", help="suite name or YAML path")
-    p.add_argument("--max-scenes", type=int, default=4, help="evenly spaced scenes of the suite (0 = all)")
-    p.add_argument("--preset", default="tiny", help="tiny | small | alpamayo-r1-10b")
-    p.add_argument("--weights", default=None, help="local weights directory (default: random weights)")
-    p.add_argument("--samples", type=int, default=6, help="trajectory samples K per tick")
-    p.add_argument("--cot-tokens", type=int, default=40, help="forced CoC length (0 = free)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--reasoning", default="single,multi", help="reasoning modes to compare")
-    p.add_argument("--select", default="first,scored", help="selection methods to compare")
-    p.add_argument(
-        "--deadline-ms",
-        type=float,
-        default=100.0,
-        help="budget of the deadline variants (select=first under each --latency-modes)",
-    )
-    p.add_argument("--latency-modes", default="ignore,delay",
-                   help="deadline variants to add (ignore | delay; empty = none)")  # fmt: skip
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run-dir", default=None, help="keep the rollouts here (default: a temporary dir)")
-    p.add_argument("--out", default="BENCHMARKS.md", help="markdown file the rows are appended to")
-    p.add_argument("--no-write", action="store_true", help="print only, do not append rows")
-    p.set_defaults(func=_cmd_bench)
-
-
 class _Recorder:
     """Passes a policy through and keeps every tick's ``extra`` (the model's stage timings)."""
 
@@ -306,14 +276,13 @@ def bench_rows(results: list[dict], args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from alpasim_policy.bench import append_rows, print_summary
+def run(args: argparse.Namespace) -> int:
+    from alpasim_policy.bench import print_summary, write_rows
 
     results, summary = run_bench(args)
     rows = bench_rows(results, args)
     for r in rows:
         print(f"{r['benchmark']}: {r['result']} [{r['ratio']}]")
-    if not args.no_write:
-        append_rows(rows, args.out)
+    write_rows(rows, args)
     print_summary(summary)
     return 0
