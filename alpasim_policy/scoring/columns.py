@@ -41,6 +41,8 @@ COLUMN_HELP: dict[str, str] = {
     "progress_ratio": "distance driven along the logged path / its length",
     "offroad_rate": "fraction of scenes where the ego left the drivable area",
     "policy_failure_rate": "fraction of ticks where the policy raised or returned an invalid plan",
+    "reasoning_consistency": "fraction of ticks whose plan does the meta-action its chain of causation states "
+    "(nan: the policy never states one in the CoC vocabulary)",
     "failure_rate": "fraction of ticks where the policy raised or returned an invalid plan",
     "windows": "4 s scoring windows in the rollout",
     "collision_front": "front-bumper collisions (AlpaSim split)",
