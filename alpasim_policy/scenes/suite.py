@@ -54,14 +54,18 @@ def suite_path(suite: str | Path) -> Path:
 
 def load_suite(suite: str | Path) -> list[Path]:
     """Resolve a suite name or YAML path into the ordered list of scene files."""
-    path = suite_path(suite)
+    return [find_scene(str(s)) for s in _suite_scenes(suite_path(suite), "scene ids")]
+
+
+def _suite_scenes(path: Path, what: str) -> list:
+    """The ``scenes`` list of a suite YAML; ConfigError naming the file for bad YAML or a bad field."""
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(doc, dict) or not isinstance(doc.get("scenes"), list) or not doc["scenes"]:
-        raise ConfigError(f"{path}: field 'scenes' must be a non-empty list of scene ids")
-    return [find_scene(str(s)) for s in doc["scenes"]]
+        raise ConfigError(f"{path}: field 'scenes' must be a non-empty list of {what}")
+    return doc["scenes"]
 
 
 def _suite_entries(suite: str | Path) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -73,15 +77,10 @@ def _suite_entries(suite: str | Path) -> tuple[list[Path], list[tuple[str, str]]
         files = sorted(p.rglob("*.npz"))
         return files, ([] if files else [(str(p), "folder holds no .npz scene files")])
     path = suite_path(suite)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(doc, dict) or not isinstance(doc.get("scenes"), list) or not doc["scenes"]:
-        raise ConfigError(f"{path}: field 'scenes' must be a non-empty list of scene ids or paths")
+    entries = _suite_scenes(path, "scene ids or paths")
     files: list[Path] = []
     problems: list[tuple[str, str]] = []
-    for i, entry in enumerate(doc["scenes"]):
+    for i, entry in enumerate(entries):
         e = Path(str(entry))
         where = f"{path}: scenes[{i}] {str(entry)!r}"
         rel = e if e.is_absolute() else path.parent / e
