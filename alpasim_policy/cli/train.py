@@ -11,6 +11,11 @@ a re-run skips the shards already written (resume).
 (teacher-forced CoC + flow matching, :mod:`alpasim_policy.training.imitation`): ``DIR/checkpoint``
 (``save_pretrained`` layout + optimizer state), ``DIR/log.csv``, ``DIR/loss.png``; ``--resume``
 continues from the checkpoint exactly as an uninterrupted run would.
+
+``train --stage rl --init CKPT --out DIR`` post-trains a checkpoint with group-relative policy
+optimisation on the open-loop EPDMS of its own sampled plans (:mod:`alpasim_policy.training.rl`):
+ticks and metric caches of the training scenes in ``DIR``, then ``DIR/checkpoint``, ``DIR/log.csv``,
+``DIR/reward.png``, ``DIR/summary.json``.
 """
 
 from __future__ import annotations
@@ -19,29 +24,53 @@ import argparse
 import json
 from pathlib import Path
 
-STAGES = ("data", "imitation")
+STAGES = ("data", "imitation", "rl")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="build training data (--stage data) or train the model (--stage imitation)")
+    p = sub.add_parser(
+        "train",
+        help="build training data (--stage data), train the model (--stage imitation), post-train it (--stage rl)",
+    )
     p.add_argument("--stage", choices=STAGES, default="data", help="which stage to run")
     p.add_argument("--out", type=Path, required=True, help="training folder (data/ goes inside)")
     p.add_argument("--raw", type=Path, default=None, help="raw recordings (default: <scenarios root>/raw)")
     p.add_argument("--exclude-suite", default="bundled", help="evaluation suite never trained on")
     p.add_argument("--preset", default="tiny", help="model preset: camera size and frame count")
-    p.add_argument("--perturbations", type=int, default=2, help="off-log drives per scene")
+    p.add_argument("--perturbations", type=int, default=None, help="off-log drives per scene (data 2, rl 1)")
     p.add_argument("--max-lateral", type=float, default=1.5, help="largest perturbation (m)")
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("imitation stage")
     g.add_argument("--data", type=Path, default=None, help="shards of the data stage (default: <out>/data)")
-    g.add_argument("--steps", type=int, default=200, help="optimizer steps")
+    g.add_argument("--steps", type=int, default=None, help="optimizer steps (imitation 200, rl 60)")
     g.add_argument("--batch", type=int, default=4, help="samples per step")
-    g.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (warm-up, cosine to 10 %%)")
-    g.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (and at the end)")
+    g.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="imitation: peak learning rate, warm-up then cosine to 10 %% (3e-4); rl: constant (3e-5)",
+    )
+    g.add_argument(
+        "--save-every",
+        type=int,
+        default=None,
+        help="checkpoint every N steps and at the end (imitation 50, rl 20)",
+    )
     g.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     g.add_argument("--lm-weight", type=float, default=1.0, help="weight of the CoC language-model loss")
     g.add_argument("--flow-weight", type=float, default=1.0, help="weight of the flow-matching loss")
     g.add_argument("--flow-samples", type=int, default=4, help="(noise, t) pairs per sample and step")
+    r = p.add_argument_group("rl stage (also: --steps --lr --save-every --resume --seed --perturbations)")
+    r.add_argument("--init", type=Path, default=None, help="checkpoint to post-train (and the KL reference)")
+    r.add_argument("--samples", type=int, default=8, help="K trajectory samples per tick (the group)")
+    r.add_argument("--ticks", type=int, default=2, help="ticks per optimizer step")
+    r.add_argument("--sigma", type=float, default=0.7, help="noise scale of the stochastic flow sampler")
+    r.add_argument("--clip", type=float, default=0.2, help="ratio clip epsilon")
+    r.add_argument("--kl-weight", type=float, default=0.05, help="weight of the KL anchor to --init")
+    r.add_argument("--epochs", type=int, default=1, help="updates per batch of rollouts")
+    r.add_argument("--stride", type=int, default=3, help="ticks: every N-th step of a training drive")
+    r.add_argument("--time-limit", type=float, default=1800.0, help="seconds; checkpoint and stop after")
+    r.add_argument("--profile", default="project", help="scoring profile of the reward")
     p.set_defaults(func=_cmd_train)
 
 
@@ -50,11 +79,11 @@ def _cmd_imitation(args: argparse.Namespace) -> int:
 
     cfg = ImitationConfig(
         preset=args.preset,
-        steps=args.steps,
+        steps=200 if args.steps is None else args.steps,
         batch=args.batch,
-        lr=args.lr,
+        lr=3e-4 if args.lr is None else args.lr,
         seed=args.seed,
-        save_every=args.save_every,
+        save_every=50 if args.save_every is None else args.save_every,
         lm_weight=args.lm_weight,
         flow_weight=args.flow_weight,
         flow_samples=args.flow_samples,
@@ -69,13 +98,51 @@ def _cmd_imitation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rl(args: argparse.Namespace) -> int:
+    from alpasim_policy.scenes.suite import scenarios_root
+    from alpasim_policy.training.rl import RLConfig, train_rl, training_scenes
+
+    d = RLConfig()
+    cfg = RLConfig(
+        init=str(args.init or ""),
+        steps=d.steps if args.steps is None else args.steps,
+        ticks=args.ticks,
+        samples=args.samples,
+        lr=d.lr if args.lr is None else args.lr,
+        sigma=args.sigma,
+        clip=args.clip,
+        kl_weight=args.kl_weight,
+        epochs=args.epochs,
+        seed=args.seed,
+        save_every=d.save_every if args.save_every is None else args.save_every,
+        time_limit_s=args.time_limit,
+        profile=args.profile,
+        stride=args.stride,
+        perturbations=d.perturbations if args.perturbations is None else args.perturbations,
+        max_lateral=args.max_lateral,
+    )
+    cfg.validate()
+    scenes = training_scenes(args.raw or scenarios_root() / "raw", args.exclude_suite)
+    s = train_rl(args.out, cfg, scenes, resume=args.resume)
+    print(
+        f"{s['steps']} RL step(s) on {s['ticks']} tick(s) of {len(s['scenes'])} scene(s) in {s['seconds']:.0f} s; "
+        f"checkpoint {s['checkpoint']}; deterministic-sampler EPDMS on {s['eval_ticks']} ticks: "
+        f"{s['eval_reward_before']} -> {s['eval_reward_after']:.4f}"
+    )
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from alpasim_policy.errors import ConfigError
     from alpasim_policy.scenes.suite import scenarios_root
 
     if args.stage == "imitation":
         return _cmd_imitation(args)
+    if args.stage == "rl":
+        return _cmd_rl(args)
 
+    if args.perturbations is None:
+        args.perturbations = 2
     if args.perturbations < 0:
         raise ConfigError(f"--perturbations must be >= 0, got {args.perturbations}")
     if args.max_lateral < 0.5:
