@@ -452,7 +452,7 @@ def rl_step(
             loss = (surr + cfg.kl_weight * kl).mean() / len(batch)
             loss.backward()
             loss_v += float(loss.detach()) / cfg.epochs
-            kl_v += float(kl.mean()) / (len(batch) * cfg.epochs)
+            kl_v += float(kl.detach().mean()) / (len(batch) * cfg.epochs)
             clip_v += float(clipped) / (len(batch) * cfg.epochs)
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()

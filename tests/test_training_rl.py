@@ -1,0 +1,247 @@
+"""RL stage: the stochastic flow step is a correct Gaussian with the flow's marginals, sigma -> 0 is
+the deterministic sampler, updates move log-probability towards better plans and raise the reward
+on a fixed tick set, resume equals an uninterrupted run, and bad arguments are named."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from alpasim_policy.errors import ConfigError
+from alpasim_policy.scenes.format import load_scene
+from alpasim_policy.scenes.suite import load_suite
+
+SCENE = "av2s-7fab2350-w00"  # a real AV2 log (the imitation tests' scene): 81 steps, 3 ticks at stride 10
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------- the SDE step
+
+
+def test_sde_step_log_prob_is_the_gaussian_log_density():
+    from alpasim_policy.training.rl import gaussian_log_prob, sde_step
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 64, 2, generator=g)
+    v = torch.randn(5, 64, 2, generator=g)
+    t = torch.tensor([0.0, 0.1, 0.5, 0.8, 0.9])
+    mean, std = sde_step(x, v, t, 0.1, 0.7)
+    np.testing.assert_allclose(std[:, 0, 0].numpy(), 0.7 * np.sqrt((1 - t.numpy()) * 0.1), rtol=1e-6)
+    x_next = mean + std * torch.randn(5, 64, 2, generator=g)
+    want = torch.distributions.Normal(mean, std).log_prob(x_next).sum(dim=(-2, -1))
+    torch.testing.assert_close(gaussian_log_prob(x_next, mean, std), want, rtol=1e-5, atol=1e-4)
+    # sigma = 0: the Euler step of the ODE sampler, no noise
+    mean0, std0 = sde_step(x, v, t, 0.1, 0.0)
+    torch.testing.assert_close(mean0, x + 0.1 * v)
+    assert float(std0.abs().max()) == 0.0
+
+
+def test_sde_has_the_flow_marginals_on_a_gaussian_target():
+    """1-D data N(mu, s^2): the exact flow velocity is linear in x; integrating the SDE with it from
+    N(0, 1) must end at N(mu, s^2) (a wrong sign or factor in the score term would not)."""
+    from alpasim_policy.training.rl import sde_step
+
+    mu, s, n, steps = 1.5, 0.4, 40000, 400
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 1, 1, generator=g, dtype=torch.float64)
+    grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    for i in range(steps):
+        t = float(grid[i])
+        var = (1 - t) ** 2 + t**2 * s**2
+        v = mu + (t * s**2 - (1 - t)) / var * (x - t * mu)
+        mean, std = sde_step(x, v, torch.full((n,), t, dtype=torch.float64), 1.0 / steps, 1.0)
+        x = mean + std * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    assert abs(float(x.mean()) - mu) < 0.02
+    assert abs(float(x.std()) - s) < 0.02
+
+
+# ----------------------------------------------------------------------------- with the model
+
+
+def _tiny_model(seed: int = 0):
+    from alpasim_policy.model.config import AlpamayoConfig
+    from alpasim_policy.model.modeling_alpamayo import AlpamayoR1
+
+    torch.manual_seed(seed)
+    return AlpamayoR1.create(AlpamayoConfig.from_preset("tiny"))
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return load_scene(next(p for p in load_suite("bundled") if SCENE in str(p)))
+
+
+@pytest.fixture(scope="module")
+def prepared_run(tmp_path_factory, scene):
+    """A tiny random checkpoint, and a run folder holding the ticks and metric cache (built once)."""
+    from alpasim_policy.policies.alpamayo import DEFAULT_CAMERA_SIZE
+    from alpasim_policy.training.rl import RLConfig, prepare_run
+
+    root = tmp_path_factory.mktemp("rl")
+    model = _tiny_model()
+    model.save_pretrained(root / "init")
+    cfg = RLConfig(init=str(root / "init"), stride=10, perturbations=0)
+    base = root / "base"
+    base.mkdir()
+    ticks, worlds = prepare_run(base, cfg, [scene], DEFAULT_CAMERA_SIZE["tiny"], model.config.frames, False)
+    assert len(ticks) == 3 and set(worlds) == {scene.scene_id}
+    return root, ticks, worlds
+
+
+def _run_dir(prepared_run, name):
+    root = prepared_run[0]
+    d = root / name
+    shutil.copytree(root / "base", d)
+    return d
+
+
+def test_sigma_zero_is_the_deterministic_sampler(prepared_run):
+    from alpasim_policy.model.flow import DynamicCacheSampler
+    from alpasim_policy.training.rl import TickContext, sde_sample
+
+    _, ticks, worlds = prepared_run
+    model = _tiny_model()
+    ctx = TickContext(model, ticks, worlds)
+    _, prefix, _ = ctx.get(0)
+    noise = torch.randn(4, model.config.n_waypoints, 2, generator=torch.Generator().manual_seed(3))
+    ode = DynamicCacheSampler(
+        model.expert, model.action_in_proj, model.action_out_proj, model.config.flow_steps
+    )
+    want = ode.sample(prefix, noise)
+    torch.testing.assert_close(sde_sample(model, prefix, noise, 0.0).xs[-1], want, atol=1e-5, rtol=1e-5)
+    # sigma -> 0: each transition tends to the Euler step. (Compared per step: a random expert's flow
+    # is chaotic in x through its 100-cycle Fourier features, so whole chains diverge from 1e-8.)
+    trace: list = []
+    ode.sample(prefix, noise, trace)
+    for sigma in (1e-2, 1e-4):
+        roll = sde_sample(model, prefix, noise, sigma, torch.Generator().manual_seed(1))
+        first = roll.xs[1] - (trace[0][0] + 0.1 * trace[0][1])
+        assert float(first.abs().max()) < 5 * sigma
+    big = sde_sample(model, prefix, noise, 0.7, torch.Generator().manual_seed(1)).xs[-1]
+    assert float((big - want).abs().max()) > 0.05  # the noise does explore
+
+
+def test_one_update_moves_log_probability_towards_better_plans(prepared_run):
+    """After one step on a fixed rollout, sum_i A_i log p(plan_i) rises (the policy gradient's
+    direction) and the recomputed log-probs of the untouched policy equal the rollout's."""
+    from alpasim_policy.training.rl import (
+        TickContext,
+        actions_to_trajectories,
+        clipped_objective,
+        freeze_for_rl,
+        group_advantages,
+        plan_rewards,
+        sde_sample,
+        step_terms,
+    )
+
+    _, ticks, worlds = prepared_run
+    model = _tiny_model()
+    params = freeze_for_rl(model)
+    assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith("vlm."))
+    ctx = TickContext(model, ticks, worlds)
+    prepared, prefix, _ = ctx.get(1)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(8, model.config.n_waypoints, 2, generator=gen)
+    roll = sde_sample(model, prefix, noise, 0.7, gen)
+    r = plan_rewards(
+        worlds[ticks[1].scene_id], ticks[1], actions_to_trajectories(model, roll.xs[-1], prepared.v0)
+    )
+    assert r.shape == (8,) and np.all((r >= 0) & (r <= 1)) and r.std() > 0
+    adv = torch.as_tensor(group_advantages(r), dtype=torch.float32)
+    assert abs(float(adv.mean())) < 1e-6 and abs(float(adv.std(unbiased=False)) - 1) < 1e-5
+    lp, _ = step_terms(model, None, prefix, roll.xs, 0.7)
+    torch.testing.assert_close(lp.detach(), roll.log_prob, atol=1e-4, rtol=1e-4)
+    before = float((adv * roll.log_prob.sum(0)).sum())
+    opt = torch.optim.SGD(params, lr=1e-2)
+    loss, clipped = clipped_objective(lp, roll.log_prob, adv, 0.2)
+    assert float(clipped) == 0.0
+    loss.mean().backward()
+    opt.step()
+    with torch.no_grad():
+        lp2, _ = step_terms(model, None, prefix, roll.xs, 0.7)
+    assert float((adv * lp2.sum(0)).sum()) > before
+
+
+def test_rl_steps_raise_the_reward_and_write_the_run(prepared_run, scene):
+    """A few steps on the fixed tick set: the deterministic sampler's mean EPDMS on the ticks
+    rises; checkpoint (NVlabs layout), log, plot and summary are written."""
+    import json
+
+    from alpasim_policy.model.modeling_alpamayo import AlpamayoR1
+    from alpasim_policy.training.rl import CSV_FIELDS, RLConfig, train_rl
+
+    root, _, _ = prepared_run
+    out = _run_dir(prepared_run, "raise")
+    cfg = RLConfig(init=str(root / "init"), steps=6, ticks=2, samples=8, lr=1e-3, stride=10,
+                   perturbations=0, save_every=3)  # fmt: skip
+    s = train_rl(out, cfg, [scene], progress=False, eval_ticks=3)
+    assert s["steps"] == 6 and s["ticks"] == 3
+    assert s["eval_reward_after"] > s["eval_reward_before"] + 0.02, s
+    rows = (out / "log.csv").read_text().splitlines()
+    assert rows[0] == ",".join(CSV_FIELDS) and len(rows) == 7
+    assert (out / "reward.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    state = json.loads((out / "checkpoint/training_state.json").read_text())
+    assert state["stage"] == "rl" and state["step"] == 6
+    index = json.loads((out / "checkpoint/model.safetensors.index.json").read_text())
+    assert any(k.startswith("expert.") for k in index["weight_map"])
+    trained = AlpamayoR1.from_pretrained(out / "checkpoint")
+    init = AlpamayoR1.from_pretrained(root / "init")
+    sd_t, sd_i = trained.state_dict(), init.state_dict()
+    assert all(torch.equal(sd_t[k], sd_i[k]) for k in sd_t if k.startswith("vlm."))  # reasoning frozen
+    assert any(not torch.equal(sd_t[k], sd_i[k]) for k in sd_t if k.startswith("expert."))
+
+
+def test_resume_equals_an_uninterrupted_run(prepared_run, scene):
+    from safetensors.torch import load_file
+
+    from alpasim_policy.training.rl import RLConfig, train_rl
+
+    root, _, _ = prepared_run
+    cfg = RLConfig(init=str(root / "init"), steps=4, ticks=1, samples=4, lr=1e-3, stride=10,
+                   perturbations=0, save_every=2, kl_weight=0.1, epochs=2)  # fmt: skip
+    full = _run_dir(prepared_run, "full")
+    train_rl(full, cfg, [scene], progress=False, eval_ticks=1)
+    part = _run_dir(prepared_run, "part")
+    train_rl(part, cfg, [scene], progress=False, stop_after=2, eval_ticks=1)
+    train_rl(part, cfg, [scene], resume=True, progress=False, eval_ticks=1)
+    a = load_file(str(next((full / "checkpoint").glob("model-*.safetensors"))))
+    b = load_file(str(next((part / "checkpoint").glob("model-*.safetensors"))))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def strip(path):
+        return [",".join(r.split(",")[:-1]) for r in path.read_text().splitlines()]  # all but seconds
+
+    assert strip(full / "log.csv") == strip(part / "log.csv")
+
+
+def test_bad_arguments_are_named(tmp_path, prepared_run):
+    from alpasim_policy.cli import main
+    from alpasim_policy.training.rl import RLConfig
+
+    init = str(prepared_run[0] / "init")
+    with pytest.raises(ConfigError, match="--init"):
+        RLConfig().validate()
+    with pytest.raises(ConfigError, match="not a checkpoint folder"):
+        RLConfig(init=str(tmp_path / "nope")).validate()
+    with pytest.raises(ConfigError, match="--samples"):
+        RLConfig(init=init, samples=1).validate()
+    with pytest.raises(ConfigError, match="--sigma"):
+        RLConfig(init=init, sigma=0.0).validate()
+    with pytest.raises(ConfigError, match="--clip"):
+        RLConfig(init=init, clip=1.5).validate()
+    with pytest.raises(ConfigError, match="--steps"):
+        RLConfig(init=init, steps=0).validate()
+    with pytest.raises(ValueError, match="profile"):
+        RLConfig(init=init, profile="nope").validate()
+    assert main(["train", "--stage", "rl", "--out", str(tmp_path / "x")]) != 0
