@@ -13,9 +13,10 @@ a re-run skips the shards already written (resume).
 continues from the checkpoint exactly as an uninterrupted run would.
 
 ``train --stage rl --init CKPT --out DIR`` post-trains a checkpoint with group-relative policy
-optimisation on the open-loop EPDMS of its own sampled plans (:mod:`alpasim_policy.training.rl`):
-ticks and metric caches of the training scenes in ``DIR``, then ``DIR/checkpoint``, ``DIR/log.csv``,
-``DIR/reward.png``, ``DIR/summary.json``.
+optimisation on the open-loop EPDMS of its own sampled plans (:mod:`alpasim_policy.training.rl`;
+``--steps``, ``--lr``, ``--save-every``, ``--perturbations``, ``--seed``, ``--resume`` as above):
+ticks and metric caches of the training scenes in ``DIR``, then ``DIR/checkpoint``,
+``DIR/log.csv``, ``DIR/reward.png``, ``DIR/summary.json``.
 """
 
 from __future__ import annotations
@@ -29,38 +30,27 @@ STAGES = ("data", "imitation", "rl")
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train",
-        help="build training data (--stage data), train the model (--stage imitation), post-train it (--stage rl)",
+        "train", help="build training data (--stage data), train (--stage imitation), post-train (--stage rl)"
     )
     p.add_argument("--stage", choices=STAGES, default="data", help="which stage to run")
     p.add_argument("--out", type=Path, required=True, help="training folder (data/ goes inside)")
     p.add_argument("--raw", type=Path, default=None, help="raw recordings (default: <scenarios root>/raw)")
     p.add_argument("--exclude-suite", default="bundled", help="evaluation suite never trained on")
     p.add_argument("--preset", default="tiny", help="model preset: camera size and frame count")
-    p.add_argument("--perturbations", type=int, default=None, help="off-log drives per scene (data 2, rl 1)")
+    p.add_argument("--perturbations", type=int, default=2, help="off-log drives per scene")
     p.add_argument("--max-lateral", type=float, default=1.5, help="largest perturbation (m)")
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("imitation stage")
     g.add_argument("--data", type=Path, default=None, help="shards of the data stage (default: <out>/data)")
-    g.add_argument("--steps", type=int, default=None, help="optimizer steps (imitation 200, rl 60)")
+    g.add_argument("--steps", type=int, default=200, help="optimizer steps")
     g.add_argument("--batch", type=int, default=4, help="samples per step")
-    g.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help="imitation: peak learning rate, warm-up then cosine to 10 %% (3e-4); rl: constant (3e-5)",
-    )
-    g.add_argument(
-        "--save-every",
-        type=int,
-        default=None,
-        help="checkpoint every N steps and at the end (imitation 50, rl 20)",
-    )
+    g.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (warm-up, cosine to 10 %%)")
+    g.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (and at the end)")
     g.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     g.add_argument("--lm-weight", type=float, default=1.0, help="weight of the CoC language-model loss")
     g.add_argument("--flow-weight", type=float, default=1.0, help="weight of the flow-matching loss")
     g.add_argument("--flow-samples", type=int, default=4, help="(noise, t) pairs per sample and step")
-    r = p.add_argument_group("rl stage (also: --steps --lr --save-every --resume --seed --perturbations)")
+    r = p.add_argument_group("rl stage (with --steps --lr --save-every --resume --seed --perturbations)")
     r.add_argument("--init", type=Path, default=None, help="checkpoint to post-train (and the KL reference)")
     r.add_argument("--samples", type=int, default=8, help="K trajectory samples per tick (the group)")
     r.add_argument("--ticks", type=int, default=2, help="ticks per optimizer step")
@@ -79,11 +69,11 @@ def _cmd_imitation(args: argparse.Namespace) -> int:
 
     cfg = ImitationConfig(
         preset=args.preset,
-        steps=200 if args.steps is None else args.steps,
+        steps=args.steps,
         batch=args.batch,
-        lr=3e-4 if args.lr is None else args.lr,
+        lr=args.lr,
         seed=args.seed,
-        save_every=50 if args.save_every is None else args.save_every,
+        save_every=args.save_every,
         lm_weight=args.lm_weight,
         flow_weight=args.flow_weight,
         flow_samples=args.flow_samples,
@@ -102,23 +92,22 @@ def _cmd_rl(args: argparse.Namespace) -> int:
     from alpasim_policy.scenes.suite import scenarios_root
     from alpasim_policy.training.rl import RLConfig, train_rl, training_scenes
 
-    d = RLConfig()
     cfg = RLConfig(
         init=str(args.init or ""),
-        steps=d.steps if args.steps is None else args.steps,
+        steps=args.steps,
         ticks=args.ticks,
         samples=args.samples,
-        lr=d.lr if args.lr is None else args.lr,
+        lr=args.lr,
         sigma=args.sigma,
         clip=args.clip,
         kl_weight=args.kl_weight,
         epochs=args.epochs,
         seed=args.seed,
-        save_every=d.save_every if args.save_every is None else args.save_every,
+        save_every=args.save_every,
         time_limit_s=args.time_limit,
         profile=args.profile,
         stride=args.stride,
-        perturbations=d.perturbations if args.perturbations is None else args.perturbations,
+        perturbations=args.perturbations,
         max_lateral=args.max_lateral,
     )
     cfg.validate()
@@ -141,8 +130,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.stage == "rl":
         return _cmd_rl(args)
 
-    if args.perturbations is None:
-        args.perturbations = 2
     if args.perturbations < 0:
         raise ConfigError(f"--perturbations must be >= 0, got {args.perturbations}")
     if args.max_lateral < 0.5:

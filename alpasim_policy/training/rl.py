@@ -55,21 +55,21 @@ class RLConfig:
     """Options of the RL stage (stored in ``out/checkpoint/training_state.json``)."""
 
     init: str = ""  # the imitation checkpoint (policy start and frozen KL reference)
-    steps: int = 60
+    steps: int = 200
     ticks: int = 2  # ticks per optimizer step
     samples: int = 8  # K trajectories per tick (the group)
-    lr: float = 3e-5
+    lr: float = 3e-4
     sigma: float = 0.7  # SDE noise scale a: per-step std a * sqrt((1 - t) dt)
     clip: float = 0.2  # ratio clip epsilon
     kl_weight: float = 0.05  # beta of the KL anchor (per action dimension)
     epochs: int = 1  # updates per batch of rollouts (1: on-policy, ratio = 1 at the update)
     grad_clip: float = 1.0
     seed: int = 0
-    save_every: int = 20
+    save_every: int = 50
     time_limit_s: float = 1800.0  # stop (and checkpoint) after the step that passes it
     profile: str = "project"  # scoring profile of the reward
     stride: int = 3  # ticks: every stride-th step of a drive
-    perturbations: int = 1  # off-log drives per scene (plus the one on the log)
+    perturbations: int = 2  # off-log drives per scene (plus the one on the log), as the data stage
     max_lateral: float = 1.5
 
     def validate(self) -> None:
