@@ -236,7 +236,7 @@ class Tick:
     history: np.ndarray  # (16, 4) rig frame, as the policy receives it
     command: int
     ego_state: np.ndarray  # (7,) EGO_COLUMNS, the env's ego now
-    ego_past: np.ndarray  # (H, 7) the env's executed states before now (comfort history)
+    ego_past: np.ndarray  # (H <= 15, 7) the env's states before now (history comfort reads them)
 
 
 def collect_ticks(
@@ -259,6 +259,7 @@ def collect_ticks(
     import alpasim_policy.sim  # noqa: F401  (registers the env)
     from alpasim_policy.policies.alpamayo import FrameBuffer
     from alpasim_policy.scenes.geometry import scene_to_rig_poses
+    from alpasim_policy.scoring.metrics.comfort import HISTORY_STEPS
     from alpasim_policy.training.build import _perturbations
     from alpasim_policy.training.data import TARGET_STEPS, _drift_plan, recovery_target
 
@@ -288,7 +289,7 @@ def collect_ticks(
                         np.asarray(obs["ego_history"], np.float32).copy(),
                         int(obs["command"]),
                         np.asarray(info["ego_state"], np.float64).copy(),
-                        np.asarray(past[:-1][-10:], np.float64).copy(),
+                        np.asarray(past[:-1][-HISTORY_STEPS:], np.float64).copy(),
                     )
                 )
             if k >= last:
