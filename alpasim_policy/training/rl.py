@@ -329,22 +329,25 @@ def save_ticks(ticks: list[Tick], path: Path) -> None:
 
 
 def load_ticks(path: Path) -> list[Tick]:
+    """The ticks of :func:`save_ticks` (each array decompressed once: an ``NpzFile`` lookup
+    decompresses the whole array again every time)."""
     with np.load(path) as z:
-        out = []
-        for i in range(len(z["step"])):
-            n = int(z["ego_past_n"][i])
-            past = z["ego_past"][i][len(z["ego_past"][i]) - n :] if n else np.zeros((0, 7))
-            out.append(
-                Tick(
-                    str(z["scene_id"][i]),
-                    int(z["step"][i]),
-                    z["images"][i],
-                    z["history"][i],
-                    int(z["command"][i]),
-                    z["ego_state"][i],
-                    past,
-                )  # fmt: skip
-            )
+        a = {k: z[k] for k in z.files}
+    out = []
+    for i in range(len(a["step"])):
+        n = int(a["ego_past_n"][i])
+        past = a["ego_past"][i][a["ego_past"].shape[1] - n :] if n else np.zeros((0, 7))
+        out.append(
+            Tick(
+                str(a["scene_id"][i]),
+                int(a["step"][i]),
+                a["images"][i],
+                a["history"][i],
+                int(a["command"][i]),
+                a["ego_state"][i],
+                past,
+            )  # fmt: skip
+        )
     return out
 
 
