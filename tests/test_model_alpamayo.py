@@ -27,16 +27,17 @@ def real_inputs(model):
 
 
 class PrefillCounter:
-    """Counts VLM text-decoder forwards by (batch, sequence length) with a forward pre-hook."""
+    """Counts VLM text-decoder forwards by (batch, sequence length) with a pre-hook on the final norm
+    (every forward ends there: transformers' prefill and the static-cache decode steps alike)."""
 
     def __init__(self, model):
         self.calls: list[tuple[int, int]] = []
         lm = model.vlm.model.language_model
-        self.handle = lm.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self.handle = lm.norm.register_forward_pre_hook(self._hook)
 
-    def _hook(self, module, args, kwargs):
-        emb = kwargs["inputs_embeds"]
-        self.calls.append((emb.shape[0], emb.shape[1]))
+    def _hook(self, module, args):
+        h = args[0]
+        self.calls.append((h.shape[0], h.shape[1]))
 
     @property
     def prefills(self):
