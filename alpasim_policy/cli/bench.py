@@ -90,6 +90,10 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
         "of both trees is timed in alternating subprocesses and a before/after row written",
     )
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds for --baseline-src")
+    p.add_argument("--speculative", default=None, metavar="G1,G2,...",
+                   help="time the decode stage alone: transformers loop vs static-KV loop vs speculative "
+                        "decoding at each gamma (greedy, token-identical; acceptance rates)")  # fmt: skip
+    p.add_argument("--draft", default=None, help="draft-model folder for --speculative (default: prompt lookup)")
     add_output_arguments(p)
 
     p = _add(bench_sub, "scorer", "scorer",
