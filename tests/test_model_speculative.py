@@ -97,6 +97,34 @@ def test_static_decode_equals_transformers_loop(model, rows, limits):
         assert torch.equal(a, b) and torch.equal(c, d)
 
 
+def test_unfused_static_decode_and_weight_changes(model):
+    """The per-module projections (what a real-size model uses) give the same logits too, and the
+    fused weight copies follow an in-place weight update."""
+    from alpasim_policy.model.static_decode import StaticKVDecoder
+
+    m = copy.deepcopy(model)
+    prep, vision = _inputs(m, *INPUTS[0])
+    ref_trace, trace = {}, {}
+    m._lean = StaticKVDecoder(m.vlm, fuse=False)
+    m.reason(prep, vision, 1, cot_tokens=8, decode="dynamic", trace=ref_trace)
+    m.reason(prep, vision, 1, cot_tokens=8, decode="static", trace=trace)
+    assert not m._lean.fuse
+    assert torch.equal(torch.stack(trace["logits"]), torch.stack(ref_trace["logits"]))
+
+    m._lean = None
+    m.reason(prep, vision, 1, cot_tokens=2)
+    fused = m._lean
+    assert fused.fuse and StaticKVDecoder.for_model(m.vlm, fused) is fused
+    with torch.no_grad():
+        m.vlm.model.language_model.layers[1].mlp.up_proj.weight.mul_(1.5)
+    assert StaticKVDecoder.for_model(m.vlm, fused) is not fused
+    ref_trace, trace = {}, {}
+    m.reason(prep, vision, 1, cot_tokens=8, decode="dynamic", trace=ref_trace)
+    m.reason(prep, vision, 1, cot_tokens=8, decode="static", trace=trace)
+    assert m._lean is not fused
+    assert torch.equal(torch.stack(trace["logits"]), torch.stack(ref_trace["logits"]))
+
+
 def test_static_decode_sampling_equals_transformers_loop(model):
     prep, vision = _inputs(model, *INPUTS[1])
     kw = dict(max_cot_tokens=12, temperature=0.8, top_p=0.9)

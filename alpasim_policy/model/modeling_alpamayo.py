@@ -119,6 +119,7 @@ class AlpamayoR1(nn.Module):
         self._static: dict[tuple, StaticFlowSampler] = {}
         #: the speculative drafter used when ``drive(speculative=...)`` gets none (None: prompt lookup)
         self.drafter: Drafter | None = None
+        self._lean: StaticKVDecoder | None = None  # the static-KV decoder (fused weights of small models)
         self.eval()
 
     @classmethod
@@ -328,7 +329,7 @@ class AlpamayoR1(nn.Module):
             )
         static = None
         if decode == "static":
-            static = StaticKVDecoder(self.vlm)
+            static = self._lean = StaticKVDecoder.for_model(self.vlm, self._lean)
             static.start(cache, length, int(delta_row.reshape(-1)[0]), length + limit + speculative + 1)
         if speculative:
             res = speculative_decode(

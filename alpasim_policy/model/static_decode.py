@@ -24,7 +24,52 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
+
+#: fuse q/k/v and gate/up weights (one matmul each) when the text layers' weights take less than
+#: this many bytes: the fused copies then cost little memory, and small models are bound by per-op
+#: overhead, not by weight reads (a real-size model keeps its separate projections).
+FUSE_MAX_BYTES = 2 * 1024**3
+
+
+class _LayerWeights:
+    """Per-layer references (and fused copies) one static decode step needs."""
+
+    def __init__(self, layer: nn.Module, fuse: bool):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.attn = attn
+        self.mlp = mlp
+        self.in_norm = layer.input_layernorm
+        self.post_norm = layer.post_attention_layernorm
+        self.head_dim = attn.head_dim
+        self.q_width = attn.q_proj.out_features
+        self.k_width = attn.k_proj.out_features
+        self.n_q = self.q_width // self.head_dim
+        self.n_kv = self.k_width // self.head_dim
+        self.fused = fuse and all(m.bias is None for m in (attn.q_proj, attn.k_proj, attn.v_proj))
+        self.qkv = self.gate_up = self.qk_norm = None
+        if self.fused:
+            with torch.no_grad():
+                self.qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+                self.gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+                self.qk_norm = torch.cat(
+                    [attn.q_norm.weight.expand(self.n_q, -1), attn.k_norm.weight.expand(self.n_kv, -1)]
+                )
+        self.inter = mlp.gate_proj.out_features
+
+    def sources(self) -> list[torch.Tensor]:
+        a, m = self.attn, self.mlp
+        return [a.q_proj.weight, a.k_proj.weight, a.v_proj.weight, a.q_norm.weight, a.k_norm.weight,
+                m.gate_proj.weight, m.up_proj.weight]  # fmt: skip
+
+
+def _rms(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """transformers' Qwen3-VL RMSNorm (float32 statistics, weight applied in the input dtype) in
+    two ops instead of seven; bit-identical to the module."""
+    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
+
+
+def _signature(weights: list[_LayerWeights]) -> tuple:
+    return tuple((t.data_ptr(), t._version) for w in weights for t in w.sources())
 
 
 class StaticKVDecoder:
@@ -34,25 +79,43 @@ class StaticKVDecoder:
     :meth:`step` for each group of tokens to feed; :meth:`keys` / :meth:`values` give views of the
     first ``n`` cache positions (what the action expert attends to). Rows are independent sequences
     of equal length (single reasoning: 1 row; multi: K rows of the same prompt).
+
+    Build it once per model (:meth:`for_model`): the fused weight copies of a small model are made
+    once and rebuilt only when a weight changes (a new ``data_ptr`` or an in-place update).
     """
 
-    def __init__(self, vlm: nn.Module):
+    def __init__(self, vlm: nn.Module, fuse: bool | None = None):
         lm = vlm.model.language_model
+        self.vlm = vlm
         self.embed = lm.embed_tokens
-        self.layers = list(lm.layers)
         self.norm = lm.norm
         self.rotary = lm.rotary_emb
         self.lm_head = vlm.lm_head
+        if fuse is None:
+            size = sum(p.numel() * p.element_size() for p in lm.layers.parameters())
+            fuse = size < FUSE_MAX_BYTES
+        self.fuse = fuse
+        self.layers = [_LayerWeights(layer, fuse) for layer in lm.layers]
+        self._sig = _signature(self.layers)
+        self.act = lm.layers[0].mlp.act_fn
         self.k_bufs: list[torch.Tensor] = []
         self.v_bufs: list[torch.Tensor] = []
         self.capacity = 0
         self.length = 0  # prompt length (first decode position)
 
+    @classmethod
+    def for_model(cls, vlm: nn.Module, cached: StaticKVDecoder | None) -> StaticKVDecoder:
+        """``cached`` if it still matches ``vlm``'s current weights, else a new decoder."""
+        if cached is not None and cached.vlm is vlm and _signature(cached.layers) == cached._sig:
+            return cached
+        return cls(vlm)
+
     def start(self, cache, length: int, rope_delta: int, capacity: int) -> None:  # noqa: ANN001
         """Allocate buffers for ``capacity`` positions and copy the prefill ``cache`` (``length`` tokens).
 
         ``cache``: transformers' ``DynamicCache`` after the prefill; ``rope_delta``: M-RoPE position
-        minus sequence index for text after the images (``get_rope_index``'s delta).
+        minus sequence index for text after the images (``get_rope_index``'s delta). The buffers are
+        new each tick (the returned prefix views stay valid after the next tick starts).
         """
         if capacity <= length:
             raise ValueError(f"static KV capacity {capacity} must exceed the prompt length {length}")
@@ -75,7 +138,11 @@ class StaticKVDecoder:
         pos = torch.arange(length, capacity, device=dev) + int(rope_delta)
         dummy = torch.empty(0, dtype=dtype, device=dev)
         cos, sin = self.rotary(dummy, pos[None, None].expand(3, 1, -1))
-        self.cos, self.sin = cos, sin  # (1, capacity - length, head_dim)
+        half = cos.shape[-1] // 2
+        # rotate_half(x) * sin == roll(x, half) * [-sin_1, sin_2] exactly (a sign flip is exact)
+        self.cos = cos[:, None]  # (1, 1, positions, head_dim): broadcast over rows and heads
+        self.sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, None]
+        self.half = half
         # causal mask of multi-token steps: row i (sequence index length + i) sees columns <= its index
         rows = torch.arange(length, capacity, device=dev)[:, None]
         self.causal = torch.arange(capacity, device=dev)[None, :] <= rows  # (capacity - length, capacity)
@@ -87,26 +154,36 @@ class StaticKVDecoder:
 
         Positions ``>= start + n`` of the buffers are neither read nor cleared: rolling back rejected
         speculative tokens is just feeding the next tokens at a smaller ``start``."""
-        rows, n = ids.shape
+        n = ids.shape[1]
         end = start + n
         if start < self.length or end > self.capacity:
             raise ValueError(
                 f"decode step at [{start}, {end}) outside the static cache [{self.length}, {self.capacity})"
             )
         off = start - self.length
-        cos = self.cos[:, off : off + n]
-        sin = self.sin[:, off : off + n]
+        cos = self.cos[:, :, off : off + n]
+        sin = self.sin[:, :, off : off + n]
         mask = None if n == 1 else self.causal[off : off + n, :end]
         h = self.embed(ids)
-        for i, layer in enumerate(self.layers):
-            h = h + self._attention(layer.self_attn, layer.input_layernorm(h), cos, sin, i, start, end, mask)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
-        h = self.norm(h)
+        for i, w in enumerate(self.layers):
+            h = h + self._attention(w, _rms(w.in_norm, h), cos, sin, i, start, end, mask)
+            h = h + self._mlp(w, _rms(w.post_norm, h))
+        h = _rms(self.norm, h)
         return self.lm_head(h if all_logits else h[:, -1:])
+
+    def _mlp(self, w: _LayerWeights, x: torch.Tensor) -> torch.Tensor:
+        m = w.mlp
+        if not w.fused:
+            return m.down_proj(self.act(m.gate_proj(x)) * m.up_proj(x))
+        gate, up = F.linear(x, w.gate_up).split(w.inter, dim=-1)
+        return m.down_proj(self.act(gate) * up)
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return x * cos + x.roll(self.half, dims=-1) * sin
 
     def _attention(
         self,
-        attn: nn.Module,
+        w: _LayerWeights,
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
@@ -115,12 +192,21 @@ class StaticKVDecoder:
         end: int,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
+        attn = w.attn
         rows, n, _ = x.shape
-        shape = (rows, n, -1, attn.head_dim)
-        q = attn.q_norm(attn.q_proj(x).view(shape)).transpose(1, 2)
-        k = attn.k_norm(attn.k_proj(x).view(shape)).transpose(1, 2)
-        v = attn.v_proj(x).view(shape).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        d = w.head_dim
+        if w.fused:
+            qkv = F.linear(x, w.qkv)
+            qk = qkv[..., : w.q_width + w.k_width].view(rows, n, w.n_q + w.n_kv, d)
+            qk = w.qk_norm * F.rms_norm(qk.float(), (d,), eps=attn.q_norm.variance_epsilon).to(x.dtype)
+            qk = self._rope(qk.transpose(1, 2), cos, sin)
+            q, k = qk[:, : w.n_q], qk[:, w.n_q :]
+            v = qkv[..., w.q_width + w.k_width :].view(rows, n, w.n_kv, d).transpose(1, 2)
+        else:
+            q = _rms(attn.q_norm, attn.q_proj(x).view(rows, n, -1, d)).transpose(1, 2)
+            k = _rms(attn.k_norm, attn.k_proj(x).view(rows, n, -1, d)).transpose(1, 2)
+            v = attn.v_proj(x).view(rows, n, -1, d).transpose(1, 2)
+            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
         kb, vb = self.k_bufs[layer], self.v_bufs[layer]
         kb[:, :, start:end].copy_(k)
         vb[:, :, start:end].copy_(v)
