@@ -105,15 +105,15 @@ def test_unfused_static_decode_and_weight_changes(model):
     m = copy.deepcopy(model)
     prep, vision = _inputs(m, *INPUTS[0])
     ref_trace, trace = {}, {}
-    m._lean = StaticKVDecoder(m.vlm, fuse=False)
+    m._decoder = StaticKVDecoder(m.vlm, fuse=False)
     m.reason(prep, vision, 1, cot_tokens=8, decode="dynamic", trace=ref_trace)
     m.reason(prep, vision, 1, cot_tokens=8, decode="static", trace=trace)
-    assert not m._lean.fuse
+    assert not m._decoder.fuse
     assert torch.equal(torch.stack(trace["logits"]), torch.stack(ref_trace["logits"]))
 
-    m._lean = None
+    m._decoder = None
     m.reason(prep, vision, 1, cot_tokens=2)
-    fused = m._lean
+    fused = m._decoder
     assert fused.fuse and StaticKVDecoder.for_model(m.vlm, fused) is fused
     with torch.no_grad():
         m.vlm.model.language_model.layers[1].mlp.up_proj.weight.mul_(1.5)
@@ -121,7 +121,7 @@ def test_unfused_static_decode_and_weight_changes(model):
     ref_trace, trace = {}, {}
     m.reason(prep, vision, 1, cot_tokens=8, decode="dynamic", trace=ref_trace)
     m.reason(prep, vision, 1, cot_tokens=8, decode="static", trace=trace)
-    assert m._lean is not fused
+    assert m._decoder is not fused
     assert torch.equal(torch.stack(trace["logits"]), torch.stack(ref_trace["logits"]))
 
 
@@ -366,3 +366,22 @@ def test_exact_enumeration_matches_plain_sampling():
         counts[tuple(res.tokens)] += 1
     assert _chi_square_p(counts, exact) > 1e-3
     assert all(len(k) <= LIMIT for k in itertools.chain(exact, counts))
+
+
+def test_bench_model_speculative_rows(tmp_path, capsys):
+    import json
+
+    from alpasim_policy.cli import main
+
+    out = tmp_path / "BENCH.md"
+    argv = ["bench", "model", "--preset", "tiny", "--speculative", "2,4", "--cot-tokens", "12",
+            "--repeats", "1", "--warmup", "0", "--threads", "1", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["benchmark"] == "model-decode" and summary["cot_tokens"] == 12
+    assert set(summary["decode_ms"]) == {"dynamic", "static", "spec-2", "spec-4"}
+    assert 0 <= summary["spec4_acceptance"] <= 1 and 1 <= summary["spec4_forwards"] <= 11
+    text = out.read_text()
+    assert text.count("decode tiny CoC=12 cpu, greedy") == 3 and "speculative gamma=4" in text
+    assert main(["bench", "model", "--speculative", "0,2", "--no-write"]) == 2
+    assert "every gamma must be >= 1" in capsys.readouterr().err

@@ -81,6 +81,11 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--cot-tokens", type=int, default=40, help="forced chain-of-causation length (tokens)")
     p.add_argument("--repeats", type=int, default=5, help="timed ticks per configuration (median reported)")
+    p.add_argument("--speculative", default=None, metavar="G1,G2,...",
+                   help="time the decode stage alone: transformers loop vs static-KV loop vs speculative "
+                        "decoding at each gamma (greedy, token-identical; acceptance rates)")  # fmt: skip
+    p.add_argument("--draft", default=None,
+                   help="draft-model folder for --speculative (default: prompt lookup)")  # fmt: skip
     p.add_argument("--warmup", type=int, default=2, help="untimed ticks first (graph capture, allocator)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
@@ -90,10 +95,6 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
         "of both trees is timed in alternating subprocesses and a before/after row written",
     )
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds for --baseline-src")
-    p.add_argument("--speculative", default=None, metavar="G1,G2,...",
-                   help="time the decode stage alone: transformers loop vs static-KV loop vs speculative "
-                        "decoding at each gamma (greedy, token-identical; acceptance rates)")  # fmt: skip
-    p.add_argument("--draft", default=None, help="draft-model folder for --speculative (default: prompt lookup)")
     add_output_arguments(p)
 
     p = _add(bench_sub, "scorer", "scorer",

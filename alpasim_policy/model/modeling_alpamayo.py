@@ -108,6 +108,9 @@ class AlpamayoR1(nn.Module):
         )
         self.action_out_proj = nn.Linear(config.expert_hidden, 2)
         self.processor = AlpamayoProcessor(config, self.tokenizer)
+        #: the speculative drafter used when ``drive(speculative=...)`` gets none (None: prompt lookup)
+        self.drafter: Drafter | None = None
+        self._decoder: StaticKVDecoder | None = None  # the static-KV decoder (fused weights of small models)
         # parameters in the model dtype; buffers (RoPE inverse frequencies, Fourier frequencies,
         # action statistics) stay float32 because bf16 would round them.
         dtype = config.torch_dtype
@@ -117,9 +120,6 @@ class AlpamayoR1(nn.Module):
         self._float32_buffers()
         self.counters: Counter[str] = Counter()
         self._static: dict[tuple, StaticFlowSampler] = {}
-        #: the speculative drafter used when ``drive(speculative=...)`` gets none (None: prompt lookup)
-        self.drafter: Drafter | None = None
-        self._lean: StaticKVDecoder | None = None  # the static-KV decoder (fused weights of small models)
         self.eval()
 
     @classmethod
@@ -329,7 +329,7 @@ class AlpamayoR1(nn.Module):
             )
         static = None
         if decode == "static":
-            static = self._lean = StaticKVDecoder.for_model(self.vlm, self._lean)
+            static = self._decoder = StaticKVDecoder.for_model(self.vlm, self._decoder)
             static.start(cache, length, int(delta_row.reshape(-1)[0]), length + limit + speculative + 1)
         if speculative:
             res = speculative_decode(
