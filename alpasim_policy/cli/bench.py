@@ -74,8 +74,15 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", default=None, help="keep the rollouts here (default: a temporary dir)")
     add_output_arguments(p)
 
-    p = _add(bench_sub, "model", "model", help="Alpamayo model tick latency: stages, single vs multi, graph vs eager")
-    p.add_argument("--preset", default="tiny", help="tiny | bench3m | small | alpamayo-r1-10b (random weights)")
+    p = _add(
+        bench_sub,
+        "model",
+        "model",
+        help="Alpamayo model tick latency: stages, single vs multi, graph vs eager",
+    )
+    p.add_argument(
+        "--preset", default="tiny", help="tiny | bench3m | small | alpamayo-r1-10b (random weights)"
+    )
     p.add_argument("--weights", default=None, help="local weights directory instead of random weights")
     p.add_argument("--samples", type=int, default=6, help="trajectory samples K per tick")
     p.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -53,12 +53,11 @@ from alpasim_policy.model.flow import (
 from alpasim_policy.model.generation_alpamayo import cot_logits_processors, next_tokens
 from alpasim_policy.model.processing_alpamayo import AlpamayoProcessor, PreparedInputs
 from alpasim_policy.model.speculative import Drafter, NGramDrafter, as_drafter, speculative_decode
-from alpasim_policy.model.static_decode import StaticKVDecoder
+from alpasim_policy.model.static_decode import DecodeMode, StaticKVDecoder
 from alpasim_policy.model.tokenizer import AlpamayoTokenizer, DeltaTrajectoryTokenizer
 
 ReasoningMode = Literal["single", "multi"]
 DiffusionMode = Literal["graph", "eager", "dynamic"]
-DecodeMode = Literal["static", "dynamic"]
 
 
 @dataclass

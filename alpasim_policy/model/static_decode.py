@@ -21,9 +21,14 @@ are bit-identical to the reference loop (tested); multi-token steps use a boolea
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+#: ``static``: :class:`StaticKVDecoder`; ``dynamic``: transformers' forward + ``DynamicCache`` (reference)
+DecodeMode = Literal["static", "dynamic"]
 
 #: fuse q/k/v and gate/up weights (one matmul each) when the text layers' weights take less than
 #: this many bytes: the fused copies then cost little memory, and small models are bound by per-op
@@ -223,4 +228,4 @@ class StaticKVDecoder:
         return [vb[:, :, :n] for vb in self.v_bufs]
 
 
-__all__ = ["StaticKVDecoder"]
+__all__ = ["DecodeMode", "StaticKVDecoder"]
