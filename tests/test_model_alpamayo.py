@@ -27,17 +27,17 @@ def real_inputs(model):
 
 
 class PrefillCounter:
-    """Counts VLM text-decoder forwards by (batch, sequence length) with a pre-hook on the final norm
-    (every forward ends there: transformers' prefill and the static-cache decode steps alike)."""
+    """Counts VLM text-decoder forwards by (batch, sequence length) with a pre-hook on the token
+    embedding (every forward starts there: transformers' prefill and the static-cache decode steps)."""
 
     def __init__(self, model):
         self.calls: list[tuple[int, int]] = []
-        lm = model.vlm.model.language_model
-        self.handle = lm.norm.register_forward_pre_hook(self._hook)
+        emb = model.vlm.model.language_model.embed_tokens
+        self.handle = emb.register_forward_pre_hook(self._hook)
 
     def _hook(self, module, args):
-        h = args[0]
-        self.calls.append((h.shape[0], h.shape[1]))
+        ids = args[0]
+        self.calls.append((ids.shape[0], ids.shape[1]))
 
     @property
     def prefills(self):
