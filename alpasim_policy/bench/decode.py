@@ -59,6 +59,35 @@ def _drafter(args: argparse.Namespace, device: Any) -> tuple[Any, str]:
     return NGramDrafter(), "prompt-lookup drafter (no draft model)"
 
 
+def training_inputs(path: str, count: int) -> list[tuple[Any, Any, float | None, int]]:
+    """Up to ``count`` ticks from training shards (``.npz`` written by ``save_samples``: images,
+    history, command), a shard or a folder of them, in sorted order: (images, history, None, command)
+    with the speed estimated from the history, as the policy's default."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from alpasim_policy.errors import ConfigError
+
+    root = Path(path)
+    files = sorted(root.glob("*.npz")) if root.is_dir() else [root]
+    if not files or not files[0].exists():
+        raise ConfigError(f"--inputs {path}: no training shards (.npz) there")
+    out: list[tuple[Any, Any, float | None, int]] = []
+    for f in files:
+        with np.load(f) as z:
+            missing = {"images", "history", "command"} - set(z.files)
+            if missing:
+                raise ConfigError(
+                    f"--inputs {f}: not a training shard (missing {', '.join(sorted(missing))})"
+                )
+            for i in range(z["images"].shape[0]):
+                out.append((z["images"][i], z["history"][i], None, int(z["command"][i])))
+                if len(out) >= count:
+                    return out
+    return out
+
+
 def run_decode_bench(args: argparse.Namespace) -> dict:
     import torch
 
@@ -74,9 +103,16 @@ def run_decode_bench(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model = _load_model(args, device)
     drafter, drafter_name = _drafter(args, device)
-    images, history = synthetic_inputs(model.config)
-    prepared = model.prepare(images, history, None, 1)
-    vision = model.encode_images(prepared.pixel_values, prepared.image_grid_thw)
+    if getattr(args, "inputs", None):
+        samples = training_inputs(args.inputs, args.input_count)
+        source = f"{len(samples)} recorded inputs"
+    else:
+        samples = [(*synthetic_inputs(model.config), None, 1)]
+        source = "synthetic input"
+    cases = []
+    for images, history, speed, command in samples:
+        prepared = model.prepare(images, history, speed, command)
+        cases.append((prepared, model.encode_images(prepared.pixel_values, prepared.image_grid_thw)))
     limit = {"cot_tokens": args.cot_tokens} if args.cot_tokens else {"max_cot_tokens": None}
 
     variants: dict[str, dict[str, Any]] = {"dynamic": {"decode": "dynamic"}, "static": {"decode": "static"}}
@@ -84,15 +120,17 @@ def run_decode_bench(args: argparse.Namespace) -> dict:
         variants[f"spec-{g}"] = {"decode": "static", "speculative": g, "drafter": drafter}
     times: dict[str, list[float]] = {k: [] for k in variants}
     last: dict[str, dict[str, float]] = {}
-    tokens: dict[str, list[int]] = {}
+    tokens: dict[str, list[list[int]]] = {}
     for i in range(args.warmup + args.repeats):
-        for name, kw in variants.items():
+        for name, kw in variants.items():  # interleaved: one pass over all inputs per variant
             timings: dict[str, float] = {}
-            _, (ids,) = model.reason(prepared, vision, 1, timings=timings, **limit, **kw)
+            tokens[name] = []
+            for prepared, vision in cases:
+                _, (ids,) = model.reason(prepared, vision, 1, timings=timings, **limit, **kw)
+                tokens[name].append(ids)
             if i >= args.warmup:
                 times[name].append(timings["decode"])
             last[name] = timings
-            tokens[name] = ids
     ref = tokens["dynamic"]
     for name, ids in tokens.items():
         if ids != ref:
@@ -101,11 +139,11 @@ def run_decode_bench(args: argparse.Namespace) -> dict:
     med = {k: statistics.median(v) for k, v in times.items()}
     n_tok = last["dynamic"]["decode_steps"]
     cot = f"CoC={args.cot_tokens}" if args.cot_tokens else "free CoC"
-    name = f"decode {args.preset if not args.weights else 'weights'} {cot} {device.type}, greedy"
+    name = f"decode {args.preset if not args.weights else 'weights'} {cot} {device.type}, greedy, {source}"
     rows = [
         {
             "benchmark": f"{name}: transformers loop (DynamicCache) vs static-KV lean loop",
-            "result": f"{n_tok} tokens: dynamic {med['dynamic'] * 1e3:.1f} ms, static {med['static'] * 1e3:.1f} ms "
+            "result": f"{n_tok} CoC tokens: dynamic {med['dynamic'] * 1e3:.1f} ms, static {med['static'] * 1e3:.1f} ms "
             f"({med['static'] / n_tok * 1e3:.2f} ms/token); same tokens",
             "ratio": f"static {med['dynamic'] / med['static']:.2f}x faster",
         }
@@ -116,6 +154,7 @@ def run_decode_bench(args: argparse.Namespace) -> dict:
         "weights": args.weights,
         "device": str(device),
         "cot_tokens": n_tok,
+        "inputs": source,
         "drafter": drafter_name,
         "decode_ms": {k: v * 1e3 for k, v in med.items()},
         "ratio_static_vs_dynamic": med["dynamic"] / med["static"],

@@ -93,6 +93,9 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
                         "decoding at each gamma (greedy, token-identical; acceptance rates)")  # fmt: skip
     p.add_argument("--draft", default=None,
                    help="draft-model folder for --speculative (default: prompt lookup)")  # fmt: skip
+    p.add_argument("--inputs", default=None,
+                   help="with --speculative: training shards (.npz file or folder) as inputs, not synthetic")  # fmt: skip
+    p.add_argument("--input-count", type=int, default=16, help="ticks read from --inputs")
     p.add_argument("--warmup", type=int, default=2, help="untimed ticks first (graph capture, allocator)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
