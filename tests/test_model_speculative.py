@@ -194,6 +194,23 @@ def test_greedy_speculative_stops_like_plain_decoding(model, gamma):
         assert torch.equal(out.rope_offset, ref.rope_offset)
 
 
+def test_recall_drafter_drafts_the_previous_coc(model):
+    prep, vision = _inputs(model, *INPUTS[1])
+    _, (ref,) = model.reason(prep, vision, 1, max_cot_tokens=30)
+    drafter = NGramDrafter(memory=2)
+    first, second = {}, {}
+    _, (ids,) = model.reason(
+        prep, vision, 1, max_cot_tokens=30, speculative=4, drafter=drafter, timings=first
+    )
+    assert ids == ref and drafter.past[0][1 : len(ids) + 1] == ids  # remembered after the prompt's last token
+    _, (ids,) = model.reason(
+        prep, vision, 1, max_cot_tokens=30, speculative=4, drafter=drafter, timings=second
+    )
+    assert ids == ref
+    assert second["spec_accepted"] == second["spec_proposed"] > first["spec_accepted"]
+    assert second["decode_forwards"] <= -(-(len(ref) - 1) // 5) + 1 < first["decode_forwards"]
+
+
 def test_drive_speculative_same_plan_and_stats(model):
     hist, speed = rig_history(*INPUTS[0][:1], t=40)
     images = frames(model.config)

@@ -50,13 +50,19 @@ def _load_model(args: argparse.Namespace, device: Any) -> Any:
 
 
 def _drafter(args: argparse.Namespace, device: Any) -> tuple[Any, str]:
+    """A factory of fresh drafters (one per pass over the inputs, so no pass learns from another)
+    and its name for the rows."""
     from alpasim_policy.model.speculative import NGramDrafter
 
     if getattr(args, "draft", None):
         from alpasim_policy.policies.alpamayo import _load_drafter
 
-        return _load_drafter(args.draft, str(device)), f"draft model {args.draft}"
-    return NGramDrafter(), "prompt-lookup drafter (no draft model)"
+        drafter = _load_drafter(args.draft, str(device))
+        return (lambda: drafter), f"draft model {args.draft}"
+    recall = int(getattr(args, "recall", 0) or 0)
+    if recall:
+        return (lambda: NGramDrafter(memory=recall)), f"prompt lookup + recall of the last {recall} CoCs"
+    return NGramDrafter, "prompt-lookup drafter (no draft model)"
 
 
 def training_inputs(path: str, count: int) -> list[tuple[Any, Any, float | None, int]]:
@@ -102,7 +108,7 @@ def run_decode_bench(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = _load_model(args, device)
-    drafter, drafter_name = _drafter(args, device)
+    new_drafter, drafter_name = _drafter(args, device)
     if getattr(args, "inputs", None):
         samples = training_inputs(args.inputs, args.input_count)
         source = f"{len(samples)} recorded inputs"
@@ -117,7 +123,7 @@ def run_decode_bench(args: argparse.Namespace) -> dict:
 
     variants: dict[str, dict[str, Any]] = {"dynamic": {"decode": "dynamic"}, "static": {"decode": "static"}}
     for g in gammas:
-        variants[f"spec-{g}"] = {"decode": "static", "speculative": g, "drafter": drafter}
+        variants[f"spec-{g}"] = {"decode": "static", "speculative": g}
     times: dict[str, list[float]] = {k: [] for k in variants}
     last: dict[str, dict[str, float]] = {}
     tokens: dict[str, list[list[int]]] = {}
@@ -125,6 +131,8 @@ def run_decode_bench(args: argparse.Namespace) -> dict:
         for name, kw in variants.items():  # interleaved: one pass over all inputs per variant
             timings: dict[str, float] = {}
             tokens[name] = []
+            if "speculative" in kw:
+                kw = {**kw, "drafter": new_drafter()}
             for prepared, vision in cases:
                 _, (ids,) = model.reason(prepared, vision, 1, timings=timings, **limit, **kw)
                 tokens[name].append(ids)

@@ -96,6 +96,9 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inputs", default=None,
                    help="with --speculative: training shards (.npz file or folder) as inputs, not synthetic")  # fmt: skip
     p.add_argument("--input-count", type=int, default=16, help="ticks read from --inputs")
+    p.add_argument("--recall", type=int, default=0,
+                   help="without --draft: prompt-lookup drafts also recall the last N CoCs of the pass "
+                        "(consecutive --inputs ticks, as the policy does within an episode)")  # fmt: skip
     p.add_argument("--warmup", type=int, default=2, help="untimed ticks first (graph capture, allocator)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument(

@@ -63,21 +63,40 @@ class Drafter(Protocol):
 
 class NGramDrafter:
     """Prompt-lookup drafter: find the latest earlier occurrence of the context's last ``n`` tokens
-    (``n`` from ``max_n`` down to ``min_n``) in prompt + CoC and propose what followed it.
+    (``n`` from ``max_n`` down to ``min_n``) and propose what followed it.
 
-    Deterministic (``probs`` is ``None``: a point mass), no weights; good at the repetitive parts of
-    a CoC and harmless elsewhere (an empty proposal turns the round into a plain target step).
+    With ``memory`` > 0 it also recalls the last ``memory`` CoCs it decoded (told by
+    :meth:`observe` at the end of each decode), most recent first, before looking in the prompt:
+    at 10 Hz consecutive ticks mostly reason alike, so the previous tick's CoC is a strong draft.
+    Deterministic (``probs`` is ``None``: a point mass), no weights; an empty proposal turns the round
+    into a plain target step.
     """
 
-    def __init__(self, max_n: int = 3, min_n: int = 1):
+    def __init__(self, max_n: int = 3, min_n: int = 1, memory: int = 0):
         if not 1 <= min_n <= max_n:
             raise ValueError(f"NGramDrafter: need 1 <= min_n <= max_n, got {min_n}, {max_n}")
+        if memory < 0:
+            raise ValueError(f"NGramDrafter: memory must be >= 0, got {memory}")
         self.max_n = max_n
         self.min_n = min_n
+        self.memory = memory
         self.prompt: list[int] = []
+        self.past: list[list[int]] = []  # recalled CoCs, most recent first, each after the prompt's last token
 
     def reset(self, prompt_ids: torch.Tensor) -> None:
         self.prompt = [int(t) for t in prompt_ids.reshape(-1).tolist()]
+
+    def observe(self, tokens: list[int]) -> None:
+        """The CoC just decoded (optional Drafter hook, called once per decode)."""
+        if self.memory:
+            self.past = [self.prompt[-1:] + list(tokens), *self.past][: self.memory]
+
+    def _lookup(self, seq: list[int], tail: list[int], gamma: int, stop_before: int) -> list[int] | None:
+        n = len(tail)
+        for i in range(stop_before - n, -1, -1):  # latest occurrence first
+            if seq[i : i + n] == tail and i + n < len(seq):
+                return seq[i + n : i + n + gamma]
+        return None
 
     def propose(
         self,
@@ -88,13 +107,18 @@ class NGramDrafter:
         top_p: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        seq = self.prompt + [int(t) for t in cot_ids.reshape(-1).tolist()]
-        for n in range(min(self.max_n, len(seq) - 1), self.min_n - 1, -1):
-            tail = seq[-n:]
-            for i in range(len(seq) - n - 1, -1, -1):  # latest occurrence first
-                if seq[i : i + n] == tail:
-                    cont = seq[i + n : i + n + gamma]
+        cot = [int(t) for t in cot_ids.reshape(-1).tolist()]
+        ctx = self.prompt[-1:] + cot
+        seq = self.prompt + cot
+        for n in range(min(self.max_n, len(ctx)), self.min_n - 1, -1):
+            tail = ctx[-n:]
+            for past in self.past:
+                cont = self._lookup(past, tail, gamma, len(past))
+                if cont:
                     return torch.tensor(cont, dtype=torch.long), None
+            cont = self._lookup(seq, tail, gamma, len(seq) - 1)  # not the tail itself
+            if cont:
+                return torch.tensor(cont, dtype=torch.long), None
         return torch.zeros(0, dtype=torch.long), None
 
     def advance(self, accepted: int) -> None:
@@ -289,6 +313,9 @@ def speculative_decode(
             res.tokens += acc[: acc.index(stop) + 1]
             break
         res.tokens += acc + [nxt]
+    observe = getattr(drafter, "observe", None)
+    if callable(observe):  # optional hook: drafters that learn from what was decoded
+        observe(list(res.tokens))
     n = len(res.tokens)
     cached = min(cached, n)  # drafts after an accepted stop are not part of the CoC
     want = n - 1 if n >= limit else n
