@@ -231,6 +231,16 @@ def test_drive_speculative_same_plan_and_stats(model):
         model.drive(images, hist, num_samples=K, reasoning="multi", cot_tokens=4, speculative=2)
 
 
+def test_out_of_vocabulary_drafts_are_a_clear_error():
+    table, _ = _toy_tables()
+    bad = OracleDrafter([0, 99, 1, 2])
+    with pytest.raises(ValueError, match="OracleDrafter proposed token ids outside"):
+        speculative_decode(
+            ToyTarget(table, PROMPT).step, table[1, 2], _toy_processors(), bad, gamma=2, limit=LIMIT,
+            stop=STOP, prompt_ids=torch.tensor(PROMPT), sample=False,
+        )  # fmt: skip
+
+
 def test_accept_rule_greedy_cases():
     scores = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0], [0.0, 0.0, 5.0]])
     assert accept_standard(scores, torch.tensor([1, 0]), None, False) == (2, 2)  # all right + bonus

@@ -81,7 +81,8 @@ class NGramDrafter:
         self.min_n = min_n
         self.memory = memory
         self.prompt: list[int] = []
-        self.past: list[list[int]] = []  # recalled CoCs, most recent first, each after the prompt's last token
+        # recalled CoCs, most recent first, each after the prompt's last token
+        self.past: list[list[int]] = []
 
     def reset(self, prompt_ids: torch.Tensor) -> None:
         self.prompt = [int(t) for t in prompt_ids.reshape(-1).tolist()]
@@ -274,6 +275,7 @@ def speculative_decode(
     plen = int(prompt_ids.shape[-1])
     drafter.reset(prompt_ids.reshape(-1))
     dev = first_logits.device
+    vocab = int(first_logits.shape[-1])
     scores = processors(None, first_logits.float().clone()[None])
     if sample:
         first = int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator))
@@ -295,6 +297,11 @@ def speculative_decode(
                 generator=generator,
             )
             drafts = drafts.reshape(-1)[:g_max].to(torch.long)
+            if drafts.numel() and not 0 <= int(drafts.min()) <= int(drafts.max()) < vocab:
+                raise ValueError(
+                    f"{type(drafter).__name__} proposed token ids outside the vocabulary [0, {vocab}): "
+                    f"{drafts.tolist()}"
+                )
             probs = None if probs is None else probs[: drafts.shape[0]]
         g = int(drafts.shape[0])
         feed = torch.cat([torch.tensor([res.tokens[-1]], dtype=torch.long), drafts.cpu()]).to(dev)
