@@ -65,9 +65,10 @@ def _drafter(args: argparse.Namespace, device: Any) -> tuple[Any, str]:
     return NGramDrafter, "prompt-lookup drafter (no draft model)"
 
 
-def training_inputs(path: str, count: int) -> list[tuple[Any, Any, float | None, int]]:
+def training_inputs(path: str, count: int, start: int = 0) -> list[tuple[Any, Any, float | None, int]]:
     """Up to ``count`` ticks from training shards (``.npz`` written by ``save_samples``: images,
-    history, command), a shard or a folder of them, in sorted order: (images, history, None, command)
+    history, command), a shard or a folder of them, in sorted order (as training reads them),
+    skipping the first ``start`` (e.g. to keep to a held-out tail): (images, history, None, command)
     with the speed estimated from the history, as the policy's default."""
     from pathlib import Path
 
@@ -88,6 +89,9 @@ def training_inputs(path: str, count: int) -> list[tuple[Any, Any, float | None,
                     f"--inputs {f}: not a training shard (missing {', '.join(sorted(missing))})"
                 )
             for i in range(z["images"].shape[0]):
+                if start > 0:
+                    start -= 1
+                    continue
                 out.append((z["images"][i], z["history"][i], None, int(z["command"][i])))
                 if len(out) >= count:
                     return out
@@ -110,8 +114,11 @@ def run_decode_bench(args: argparse.Namespace) -> dict:
     model = _load_model(args, device)
     new_drafter, drafter_name = _drafter(args, device)
     if getattr(args, "inputs", None):
-        samples = training_inputs(args.inputs, args.input_count)
-        source = f"{len(samples)} recorded inputs"
+        start = int(getattr(args, "input_start", 0) or 0)
+        samples = training_inputs(args.inputs, args.input_count, start)
+        if not samples:
+            raise ConfigError(f"--inputs {args.inputs}: no ticks after --input-start {start}")
+        source = f"{len(samples)} recorded inputs" + (f" (from #{start})" if start else "")
     else:
         samples = [(*synthetic_inputs(model.config), None, 1)]
         source = "synthetic input"
