@@ -197,4 +197,16 @@ def run_decode_bench(args: argparse.Namespace) -> dict:
     return summary
 
 
-__all__ = ["parse_gammas", "run_decode_bench"]
+def run(args: argparse.Namespace) -> int:
+    from alpasim_policy.bench import print_summary, write_rows
+
+    summary = run_decode_bench(args)
+    rows = summary.pop("_rows")
+    for r in rows:
+        print(f"{r['benchmark']}: {r['result']} | {r['ratio']}")
+    write_rows(rows, args)
+    print_summary(summary)
+    return 0
+
+
+__all__ = ["parse_gammas", "run", "run_decode_bench", "training_inputs"]

@@ -239,14 +239,13 @@ def run_baseline_comparison(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "speculative", None):  # the decode stage alone: plain vs lean vs speculative
+        from alpasim_policy.bench import decode
+
+        return decode.run(args)
     from alpasim_policy.bench import print_summary, write_rows
 
-    if getattr(args, "speculative", None):  # the decode stage alone: plain vs lean vs speculative
-        from alpasim_policy.bench.decode import run_decode_bench
-
-        summary = run_decode_bench(args)
-    else:
-        summary = run_baseline_comparison(args) if args.baseline_src else run_bench(args)
+    summary = run_baseline_comparison(args) if args.baseline_src else run_bench(args)
     rows = summary.pop("_rows")
     for r in rows:
         print(f"{r['benchmark']}: {r['result']} | {r['ratio']}")

@@ -96,7 +96,8 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inputs", default=None,
                    help="with --speculative: training shards (.npz file or folder) as inputs, not synthetic")  # fmt: skip
     p.add_argument("--input-count", type=int, default=16, help="ticks read from --inputs")
-    p.add_argument("--input-start", type=int, default=0, help="ticks of --inputs skipped first (held-out tail)")
+    p.add_argument("--input-start", type=int, default=0,
+                   help="ticks of --inputs skipped first (held-out tail)")  # fmt: skip
     p.add_argument("--recall", type=int, default=0,
                    help="without --draft: prompt-lookup drafts also recall the last N CoCs of the pass "
                         "(consecutive --inputs ticks, as the policy does within an episode)")  # fmt: skip
