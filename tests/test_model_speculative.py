@@ -31,6 +31,7 @@ from alpasim_policy.errors import ConfigError
 from alpasim_policy.model.config import AlpamayoConfig
 from alpasim_policy.model.modeling_alpamayo import AlpamayoR1
 from alpasim_policy.model.speculative import (
+    FallbackDrafter,
     LogitsDrafter,
     NGramDrafter,
     accept_standard,
@@ -157,6 +158,9 @@ def test_greedy_speculative_is_token_identical(model, gamma, inputs):
             "every other wrong": OracleDrafter(full, wrong=lambda i: i % 2 == 1),
             "ngram": NGramDrafter(),
             "random lm": LogitsDrafter(_random_lm),
+            "recall, then wrong": FallbackDrafter(
+                NGramDrafter(memory=2, prompt=False), OracleDrafter(full, wrong=lambda i: i % 3 == 0)
+            ),
         }
         for name, drafter in drafters.items():
             timings: dict = {}
@@ -306,10 +310,12 @@ def _exact_distribution(table: torch.Tensor) -> dict[tuple[int, ...], float]:
     return dist
 
 
-def _sample_counts(accept, n: int, seed: int = 0) -> Counter:
+def _sample_counts(accept, n: int, seed: int = 0, recall: bool = False) -> Counter:
     table, draft_table = _toy_tables()
     gen = torch.Generator().manual_seed(seed)
     drafter = LogitsDrafter(lambda ids: draft_table[ids[0]][None], temperature=1.0)
+    if recall:  # deterministic recall of the last two sequences first, the sampled draft otherwise
+        drafter = FallbackDrafter(NGramDrafter(memory=2, prompt=False), drafter)
     counts: Counter = Counter()
     for _ in range(n):
         target = ToyTarget(table, PROMPT)
@@ -346,10 +352,11 @@ def _chi_square_p(counts: Counter, exact: dict) -> float:
 N_SAMPLES = 3000
 
 
-def test_sampled_speculative_matches_target_distribution():
+@pytest.mark.parametrize("recall", [False, True])
+def test_sampled_speculative_matches_target_distribution(recall):
     exact = _exact_distribution(_toy_tables()[0])
     assert abs(sum(exact.values()) - 1) < 1e-5 and len(exact) > 20
-    counts = _sample_counts(accept_standard, N_SAMPLES)
+    counts = _sample_counts(accept_standard, N_SAMPLES, recall=recall)
     assert set(counts) <= set(exact)  # never a sequence outside the target's (top-p) support
     assert _chi_square_p(counts, exact) > 1e-3  # measured 0.94 with these seeds
 

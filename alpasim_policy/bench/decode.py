@@ -52,14 +52,18 @@ def _load_model(args: argparse.Namespace, device: Any) -> Any:
 def _drafter(args: argparse.Namespace, device: Any) -> tuple[Any, str]:
     """A factory of fresh drafters (one per pass over the inputs, so no pass learns from another)
     and its name for the rows."""
-    from alpasim_policy.model.speculative import NGramDrafter
+    from alpasim_policy.model.speculative import FallbackDrafter, NGramDrafter
 
+    recall = int(getattr(args, "recall", 0) or 0)
     if getattr(args, "draft", None):
         from alpasim_policy.policies.alpamayo import _load_drafter
 
         drafter = _load_drafter(args.draft, str(device))
+        if recall:
+            return (
+                lambda: FallbackDrafter(NGramDrafter(memory=recall, prompt=False), drafter)
+            ), f"recall of the last {recall} CoCs, then draft model {args.draft}"
         return (lambda: drafter), f"draft model {args.draft}"
-    recall = int(getattr(args, "recall", 0) or 0)
     if recall:
         return (lambda: NGramDrafter(memory=recall)), f"prompt lookup + recall of the last {recall} CoCs"
     return NGramDrafter, "prompt-lookup drafter (no draft model)"

@@ -72,7 +72,7 @@ class NGramDrafter:
     into a plain target step.
     """
 
-    def __init__(self, max_n: int = 3, min_n: int = 1, memory: int = 0):
+    def __init__(self, max_n: int = 3, min_n: int = 1, memory: int = 0, prompt: bool = True):
         if not 1 <= min_n <= max_n:
             raise ValueError(f"NGramDrafter: need 1 <= min_n <= max_n, got {min_n}, {max_n}")
         if memory < 0:
@@ -80,12 +80,17 @@ class NGramDrafter:
         self.max_n = max_n
         self.min_n = min_n
         self.memory = memory
+        self.use_prompt = prompt  # False: recall only (e.g. in front of a draft model)
         self.prompt: list[int] = []
         # recalled CoCs, most recent first, each after the prompt's last token
         self.past: list[list[int]] = []
 
     def reset(self, prompt_ids: torch.Tensor) -> None:
         self.prompt = [int(t) for t in prompt_ids.reshape(-1).tolist()]
+
+    def forget(self) -> None:
+        """Drop the recalled CoCs (a new episode)."""
+        self.past = []
 
     def observe(self, tokens: list[int]) -> None:
         """The CoC just decoded (optional Drafter hook, called once per decode)."""
@@ -117,13 +122,65 @@ class NGramDrafter:
                 cont = self._lookup(past, tail, gamma, len(past))
                 if cont:
                     return torch.tensor(cont, dtype=torch.long), None
-            cont = self._lookup(seq, tail, gamma, len(seq) - 1)  # not the tail itself
-            if cont:
+            cont = self._lookup(seq, tail, gamma, len(seq) - 1) if self.use_prompt else None
+            if cont:  # (the search excludes the tail itself)
                 return torch.tensor(cont, dtype=torch.long), None
         return torch.zeros(0, dtype=torch.long), None
 
     def advance(self, accepted: int) -> None:
         pass
+
+
+class FallbackDrafter:
+    """Asks its drafters in order and uses the first non-empty proposal (e.g. free recall of the
+    previous CoC first, a draft model where recall has nothing). Every drafter sees every decode
+    (``reset`` / ``observe``); ``advance`` goes to the one whose proposal was verified. The returned
+    ``probs`` are that drafter's, so the sampling rule stays exact."""
+
+    def __init__(self, *drafters: Drafter):
+        if not drafters:
+            raise ValueError("FallbackDrafter needs at least one drafter")
+        self.drafters = drafters
+        self.last: Drafter | None = None
+
+    def reset(self, prompt_ids: torch.Tensor) -> None:
+        for d in self.drafters:
+            d.reset(prompt_ids)
+
+    def propose(
+        self,
+        cot_ids: torch.Tensor,
+        gamma: int,
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        tokens, probs = torch.zeros(0, dtype=torch.long), None
+        for d in self.drafters:
+            self.last = d
+            tokens, probs = d.propose(
+                cot_ids, gamma, temperature=temperature, top_p=top_p, generator=generator
+            )
+            if tokens.numel():
+                break
+        return tokens, probs
+
+    def advance(self, accepted: int) -> None:
+        if self.last is not None:
+            self.last.advance(accepted)
+
+    def observe(self, tokens: list[int]) -> None:
+        for d in self.drafters:
+            observe = getattr(d, "observe", None)
+            if callable(observe):
+                observe(tokens)
+
+    def forget(self) -> None:
+        for d in self.drafters:
+            forget = getattr(d, "forget", None)
+            if callable(forget):
+                forget()
 
 
 class LogitsDrafter:
@@ -344,6 +401,7 @@ def as_drafter(obj: object) -> Drafter:
 __all__ = [
     "AcceptRule",
     "Drafter",
+    "FallbackDrafter",
     "LogitsDrafter",
     "NGramDrafter",
     "SpeculativeResult",

@@ -29,8 +29,8 @@ cache), ``dtype`` float32 | bfloat16 | float16 (default: the checkpoint's / the 
 scored, ``device`` cpu | cuda, ``seed`` (0), ``cot_tokens`` (force the CoC length),
 ``max_cot_tokens``, ``temperature``, ``speculative`` gamma (0 = off; > 0 drafts up to gamma CoC
 tokens per target forward, single reasoning only: greedy output identical, sampled output the same
-distribution), ``draft`` a draft-model folder for it (default: prompt lookup that also recalls the
-episode's previous CoCs), ``threads`` (torch CPU threads, process-wide; default: torch's
+distribution), ``draft`` a draft-model folder for it (drafts: recall of the episode's previous
+CoCs first, then the draft model, or lookup in the prompt without one), ``threads`` (torch CPU threads, process-wide; default: torch's
 choice), ``camera_width`` / ``camera_height`` (the resolution this policy asks the env to render,
 ``camera_size``; other sizes are area-resampled to it), and the real-time budget ``deadline_ms`` +
 ``latency_mode`` ignore | delay + ``assumed_latency_ms`` (see :mod:`alpasim_policy.policies.deadline`).
@@ -174,13 +174,16 @@ class AlpamayoCore:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("option 'device': 'cuda' requested but no CUDA device is available")
         self.model = self._build_model()
-        if self.draft is not None:
-            self.model.drafter = _load_drafter(self.draft, self.device)
-        elif self.speculative:
-            from alpasim_policy.model.speculative import NGramDrafter
+        if self.speculative or self.draft is not None:
+            from alpasim_policy.model.speculative import FallbackDrafter, NGramDrafter
 
-            # recalls this episode's previous CoCs (forgotten at reset: runs stay order-independent)
-            self.model.drafter = NGramDrafter(memory=4)
+            # recall of this episode's previous CoCs first (free; forgotten at reset so runs stay
+            # independent of scene order), then the draft model, else lookup in the prompt
+            if self.draft is not None:
+                recall = NGramDrafter(memory=4, prompt=False)
+                self.model.drafter = FallbackDrafter(recall, _load_drafter(self.draft, self.device))
+            else:
+                self.model.drafter = NGramDrafter(memory=4)
         self.frames = FrameBuffer(self.model.config.frames)
         self.selector = SampleSelector(self.select)
         self._camera_order: list[str] | None = None
@@ -221,8 +224,9 @@ class AlpamayoCore:
             self.selector.reset(scene)
         if not self._warm:
             self._warmup()
-        if hasattr(self.model.drafter, "past"):  # recalled CoCs of the last episode (and the warm-up)
-            self.model.drafter.past = []
+        forget = getattr(self.model.drafter, "forget", None)
+        if callable(forget):  # recalled CoCs of the last episode (and the warm-up)
+            forget()
 
     def _warmup(self) -> None:
         """One throw-away tick so one-time costs (allocation, static buffers) are not in tick 1's latency."""
