@@ -49,6 +49,7 @@ from alpasim_policy.errors import ConfigError
 from alpasim_policy.sim.contract import MIN_PLAN_STEPS
 
 if TYPE_CHECKING:
+    from alpasim_policy.scenes.format import Scene
     from alpasim_policy.sim.config import EnvConfig
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def effective_env_config(env_config: Any, policy: Any) -> EnvConfig:
 
 def run_rollout(
     policy_spec: str,
-    scene_path: str | Path,
+    scene_path: str | Path | Scene,
     *,
     seed: int = 0,
     env_config: str | dict | None = None,
@@ -90,6 +91,9 @@ def run_rollout(
 ):
     """Drive one scene with one policy; returns the :class:`Rollout` (not saved).
 
+    ``scene_path`` may also be a loaded :class:`~alpasim_policy.scenes.format.Scene`: a Ray task
+    that drives one scene with several policies loads it (and builds its map index) once.
+
     ``deadline`` (``{"deadline_ms": ..., "latency_mode": ...}``) wraps the policy in
     :class:`~alpasim_policy.policies.deadline.DeadlinePolicy`; a given ``policy`` instance is reused
     (reset for this scene) instead of being built from ``policy_spec``.
@@ -97,7 +101,7 @@ def run_rollout(
     from alpasim_policy.policies.base import validate_plan
     from alpasim_policy.policies.deadline import shifted_plan
     from alpasim_policy.policies.registry import make_policy
-    from alpasim_policy.scenes.format import load_scene
+    from alpasim_policy.scenes.format import Scene, load_scene
     from alpasim_policy.scenes.geometry import rig_to_scene_poses
     from alpasim_policy.sim.env import LogReplayEnv
     from alpasim_policy.sim.rollout import Rollout
@@ -109,7 +113,7 @@ def run_rollout(
         from alpasim_policy.policies.deadline import with_deadline
 
         policy = with_deadline(policy, deadline["deadline_ms"], deadline.get("latency_mode", "ignore"))
-    scene = load_scene(scene_path)
+    scene = scene_path if isinstance(scene_path, Scene) else load_scene(scene_path)
     cfg = effective_env_config(env_config, policy)
     env = LogReplayEnv(scene=scene, config=cfg)
     obs, info = env.reset(seed=seed)
@@ -257,8 +261,9 @@ def _task(
     return _summary(r, path)
 
 
-def _summary(r, path: Path) -> dict:
-    return {
+def _summary(r, path: Path | None) -> dict:
+    """What ``run.json`` records of one rollout (``path`` left out when not known yet: Ray workers)."""
+    out = {
         "policy": r.policy,
         "scene_id": r.scene_id,
         "path": str(path),
@@ -266,6 +271,9 @@ def _summary(r, path: Path) -> dict:
         "collisions": len(r.extra.get("collisions", [])),
         "at_fault": sum(bool(c["at_fault"]) for c in r.extra.get("collisions", [])),
     }
+    if path is None:
+        del out["path"]
+    return out
 
 
 # --------------------------------------------------------------------------- command
@@ -434,7 +442,8 @@ def evaluate(
             bar.update(ticks[s])
 
         results += run_eval_tasks(todo, out=out, seed=seed, env_config=env_config, per_policy=per_policy,
-                                  deadline=deadline, workers=workers, address=ray_address, on_done=_done)  # fmt: skip
+                                  deadline=deadline, workers=workers, address=ray_address, on_done=_done,
+                                  ticks=ticks)  # fmt: skip
     else:
         if backend == "serial" and workers > 1:
             log.warning("--workers applies to --backend ray; running serially")
