@@ -39,6 +39,7 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -373,6 +374,7 @@ def evaluate(
     show_progress: bool = True,
     deadline: dict[str, Any] | None = None,
     ray_address: str | None = None,
+    on_rollout: Callable[[str, str], None] | None = None,
 ) -> EvalResults:
     """Run (or resume) every (policy, scene) rollout; returns one summary per rollout.
 
@@ -380,6 +382,8 @@ def evaluate(
     :func:`check_scenes` before anything runs; rejected ones are reported on stderr and listed
     in the result's ``skipped_scenes``. The serial backend builds each policy once and resets it
     per scene (a real checkpoint is loaded once, not once per scene); Ray tasks build their own.
+    ``on_rollout(rollout_file, scene_file)`` is called in this process as each new rollout file
+    is written (``eval --videos`` starts its video then).
     """
     from alpasim_policy.policies.registry import make_policy, split_options
     from alpasim_policy.scenes.suite import collect_scene_files
@@ -437,9 +441,11 @@ def evaluate(
         # scenes go out through Ray's object store, rollouts come back; only this process writes `out`
         from alpasim_policy.ray_backend import run_eval_tasks
 
-        def _done(p: str, s: str) -> None:
+        def _done(p: str, s: str, result: dict) -> None:
             bar.start(p, Path(s).stem)
             bar.update(ticks[s])
+            if on_rollout is not None and "path" in result:
+                on_rollout(result["path"], s)
 
         results += run_eval_tasks(todo, out=out, seed=seed, env_config=env_config, per_policy=per_policy,
                                   deadline=deadline, workers=workers, address=ray_address, on_done=_done,
@@ -467,6 +473,9 @@ def evaluate(
             except Exception as e:  # env / scene fault outside the policy: report, go on
                 traceback.print_exc()
                 results.append({"policy": p, "scene_id": Path(s).stem, "error": f"{type(e).__name__}: {e}"})
+            else:
+                if on_rollout is not None:
+                    on_rollout(results[-1]["path"], s)
             bar.update(max(0, before + ticks[s] - bar.n))  # truncated episodes: count the rest
     bar.close()
     res = EvalResults(done + results)

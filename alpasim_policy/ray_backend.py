@@ -150,14 +150,15 @@ def run_eval_tasks(
     deadline: dict | None,
     workers: int,
     address: str | None,
-    on_done: Callable[[str, str], None] | None = None,
+    on_done: Callable[[str, str, dict], None] | None = None,
     ticks: dict[str, int] | None = None,
 ) -> list[dict]:
     """Run the (policy, scene path) pairs on Ray; the driver writes every rollout into ``out``.
 
     Returns one summary per pair (as the serial backend does, plus ``node``); a rollout that
     failed, or a task that crashed, gives ``{"policy", "scene_id", "error"}``. ``on_done(policy,
-    scene_path)`` is called as each finishes (progress). ``ticks`` (scene path -> ticks to drive)
+    scene_path, result)`` is called as each finishes (progress; the result is the summary, its
+    ``path`` the file just written). ``ticks`` (scene path -> ticks to drive)
     orders the tasks longest first (:func:`plan_tasks`).
     """
     import ray
@@ -192,7 +193,7 @@ def run_eval_tasks(
                         atomic_write_bytes(path, r["archive"])  # the driver alone writes the run folder
                         results.append({**r["summary"], "path": str(path), "node": node})
                     if on_done is not None:
-                        on_done(p, s)
+                        on_done(p, s, results[-1])
         return results
     finally:
         ray.shutdown()

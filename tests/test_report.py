@@ -238,3 +238,28 @@ def test_video_map_is_drawn_once_and_matches_the_direct_render(run):
         diff = np.abs(direct - warped.astype(int)).max(axis=2)
         # the same picture: small mean difference, almost no pixel far off, and the map is there
         assert diff.mean() < 2.0 and (diff > 60).mean() < 0.005 and (direct > 0).any(axis=2).mean() > 0.2
+
+
+def test_background_videos_are_written_by_a_second_process_and_not_again(run, tmp_path):
+    """eval --videos: each rollout's video is drawn in a spawned process while eval goes on; the
+    report stage then writes only the missing ones."""
+    from alpasim_policy.report.video import BackgroundVideos, write_videos
+    from alpasim_policy.scenes.suite import find_scene
+
+    out, _ = run
+    r = tmp_path / "r"
+    shutil.copytree(out / "rollouts", r / "rollouts")
+    bg = BackgroundVideos(r)
+    for p in POLICIES:
+        bg.submit(rollout_path(r, p, SCENE), find_scene(SCENE))
+    written = bg.finish()
+    assert written == {video_path(r, p, SCENE) for p in POLICIES}
+    for v in written:
+        cap = cv2.VideoCapture(str(v))
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        cap.release()
+        assert n == len(Rollout.load(rollout_path(r, v.parent.name, SCENE)).times)
+    assert write_videos(r, skip=written) == []
+    assert [p.parent.name for p in write_videos(r, skip={video_path(r, "log_replay", SCENE)})] == [
+        "constant_velocity"
+    ]

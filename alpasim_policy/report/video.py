@@ -477,8 +477,10 @@ def write_videos(
     policies: list[str] | None = None,
     cameras: bool = True,
     progress: bool = False,
+    skip: set[Path] | None = None,
 ) -> list[Path]:
-    """Write ``RUN/videos/<policy>/<scene>.mp4`` for the chosen rollouts (default: every rollout)."""
+    """Write ``RUN/videos/<policy>/<scene>.mp4`` for the chosen rollouts (default: every rollout),
+    except the videos in ``skip`` (those :class:`BackgroundVideos` wrote during eval)."""
     from tqdm import tqdm
 
     from alpasim_policy.scenes.format import load_scene
@@ -487,6 +489,8 @@ def write_videos(
 
     run_dir = Path(run_dir)
     files = sorted(_rollout_files(run_dir, scenes, policies), key=lambda f: (f.stem, f.parent.name))
+    skip = {Path(v) for v in skip or ()}
+    files = [f for f in files if run_dir / "videos" / f.parent.name / f"{f.stem}.mp4" not in skip]
     out, memo = [], {}
     for f in tqdm(files, desc="videos", unit="video", disable=not progress):
         try:
@@ -503,6 +507,71 @@ def write_videos(
             write_video(ro, sc, video_path(run_dir, ro.policy, ro.scene_id), cameras=cameras, world=world)
         )
     return out
+
+
+_JOB_SCENES: dict[str, tuple[Any, Any]] = {}  # the background process's last few (scene, world)
+
+
+def _video_job(rollout_file: str, scene_file: str, video_file: str) -> str:
+    """The background process's work: one rollout's video, from the files eval wrote."""
+    from alpasim_policy.scenes.format import load_scene
+    from alpasim_policy.sim.rollout import Rollout
+
+    if scene_file not in _JOB_SCENES:
+        if len(_JOB_SCENES) >= 8:  # eval visits scenes once per policy: keep a few, not the suite
+            _JOB_SCENES.pop(next(iter(_JOB_SCENES)))
+        sc = load_scene(scene_file)
+        _JOB_SCENES[scene_file] = (sc, _scoring_world(sc))
+    sc, world = _JOB_SCENES[scene_file]
+    write_video(Rollout.load(rollout_file), sc, video_file, world=world)
+    return video_file
+
+
+class BackgroundVideos:
+    """``eval --videos``: each rollout's video is written by a second process while eval drives
+    the next rollouts, instead of all of them after the run.
+
+    Why: drawing and encoding a video costs about as much CPU as a fast baseline's rollout
+    (OpenCV's MPEG-4 encoder alone is about 1.4 ms per 672 x 448 frame), so done afterwards it
+    adds that much to the run's wall time. In a second process it uses a CPU the serial backend
+    leaves idle; with every CPU busy (Ray with one worker per core) it only moves the cost.
+    ``submit`` is given each rollout file as eval writes it; ``finish`` waits and returns the
+    videos written, so the report stage writes only the missing ones (resumed rollouts, or any
+    the background process could not write: it notes them on stderr). The process is started
+    with ``spawn`` (never ``fork``: the driver may hold Ray's or torch's threads).
+    """
+
+    def __init__(self, run_dir: str | Path):
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        self.run_dir = Path(run_dir)
+        self._pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+        self._jobs: list[tuple[Any, Path]] = []
+
+    def submit(self, rollout_file: str | Path, scene_file: str | Path) -> None:
+        """Queue the video of the rollout in ``rollout_file`` (``RUN/rollouts/<policy>/<scene_id>.npz``)."""
+        f = Path(rollout_file)
+        video = self.run_dir / "videos" / f.parent.name / f"{f.stem}.mp4"
+        self._jobs.append((self._pool.submit(_video_job, str(f), str(scene_file), str(video)), video))
+
+    def finish(self) -> set[Path]:
+        """Wait for the queued videos; returns those written (failures are noted on stderr)."""
+        done: set[Path] = set()
+        try:
+            for job, video in self._jobs:
+                try:
+                    job.result()
+                    done.add(video)
+                except Exception as e:  # the report stage writes it again, in this process
+                    print(f"note: background video {video} failed ({type(e).__name__}: {e})", file=sys.stderr)
+        finally:
+            self.close()
+        return done
+
+    def close(self) -> None:
+        """Stop the process (queued videos that have not started are dropped)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 VIOLATION_COLUMNS = ("policy", "scene_id", "kind", "first_step", "ticks", "video", "still")
