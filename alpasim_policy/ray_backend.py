@@ -33,12 +33,20 @@ from pathlib import Path
 from typing import Any
 
 
-def init_ray(address: str | None, workers: int) -> None:
+def init_ray(address: str | None, workers: int) -> bool:
     """Join the cluster at ``address`` (``auto`` or ``HOST:PORT``) or start a local Ray with
-    ``workers`` CPUs. Driver logs stay off the terminal (progress bars)."""
+    ``workers`` CPUs. Driver logs stay off the terminal (progress bars).
+
+    Returns True when this call connected (the caller then shuts Ray down when done), False when
+    this process was already connected (a caller above owns the connection: a benchmark, a
+    notebook), which is then reused as it is.
+    """
     import ray
 
     from alpasim_policy.errors import ConfigError
+
+    if ray.is_initialized():
+        return False
 
     kw: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, "configure_logging": False}
     if address:
@@ -52,6 +60,7 @@ def init_ray(address: str | None, workers: int) -> None:
             ) from e
     else:
         ray.init(num_cpus=max(1, workers), include_dashboard=False, **kw)
+    return True
 
 
 def check_reachable(address: str) -> None:
@@ -166,7 +175,7 @@ def run_eval_tasks(
     from alpasim_policy.evaluate import rollout_path
     from alpasim_policy.io import atomic_write_bytes
 
-    init_ray(address, workers)
+    owned = init_ray(address, workers)
     try:
         cpus = int(ray.cluster_resources().get("CPU", workers))
         task = ray.remote(num_cpus=1, max_retries=1)(remote_rollouts)
@@ -196,7 +205,8 @@ def run_eval_tasks(
                         on_done(p, s, results[-1])
         return results
     finally:
-        ray.shutdown()
+        if owned:  # a connection made here is closed here; a caller's stays open
+            ray.shutdown()
 
 
 def remote_cache(scene_bytes: bytes, scene_name: str, reference: str) -> tuple[str, bytes]:
@@ -226,7 +236,7 @@ def build_caches(
     from alpasim_policy.io import atomic_write_bytes
     from alpasim_policy.scoring.cache import cache_path
 
-    init_ray(address, workers)
+    owned = init_ray(address, workers)
     try:
         task = ray.remote(num_cpus=1, max_retries=1)(remote_cache)
         t0 = time.perf_counter()
@@ -245,4 +255,5 @@ def build_caches(
                 print(f"{path}  <- {p}", file=sys.stderr)
         return done
     finally:
-        ray.shutdown()
+        if owned:  # a connection made here is closed here; a caller's stays open
+            ray.shutdown()
