@@ -520,6 +520,16 @@ def write_videos(
 _JOB_SCENES: dict[str, tuple[Any, Any]] = {}  # the background process's last few (scene, world)
 
 
+def _warm_job() -> int:
+    """The background process's first job: the imports a video needs, while eval checks its scenes."""
+    from alpasim_policy.render.bev import BevRenderer  # noqa: F401
+    from alpasim_policy.scenes.format import load_scene  # noqa: F401
+    from alpasim_policy.scoring.world import ScoringWorld  # noqa: F401
+    from alpasim_policy.sim.rollout import Rollout  # noqa: F401
+
+    return os.getpid()
+
+
 def _video_job(rollout_file: str, scene_file: str, video_file: str) -> str:
     """The background process's work: one rollout's video, from the files eval wrote."""
     from alpasim_policy.scenes.format import load_scene
@@ -555,6 +565,7 @@ class BackgroundVideos:
 
         self.run_dir = Path(run_dir)
         self._pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+        self._pool.submit(_warm_job)  # start the process and its imports now, not at the first video
         self._jobs: list[tuple[Any, Path]] = []
 
     def submit(self, rollout_file: str | Path, scene_file: str | Path) -> None:
