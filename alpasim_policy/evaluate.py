@@ -25,9 +25,10 @@ is not free: the scorer gives 0 to every closed-loop window that starts at a fai
 next to ``deadline_miss_rate`` (a late plan replaced by the previous one is a miss, not a
 failure).
 
-``--backend ray --workers N`` runs one Ray task per (policy, scene) on a local Ray with N CPUs,
-``--ray-address auto|HOST:PORT`` on an existing cluster (:mod:`alpasim_policy.ray_backend`: scenes
-and rollouts travel through Ray, only the driver writes the run folder); the env is
+``--backend ray --workers N`` runs Ray tasks (one per scene, or one per (policy, scene) for small
+suites; longest first) on a local Ray with N CPUs, ``--ray-address auto|HOST:PORT`` on an existing
+cluster (:mod:`alpasim_policy.ray_backend`: scenes and rollouts travel through Ray, only the driver
+writes the run folder); the env is
 deterministic, so the rollouts are identical to the serial ones (only wall-time latencies differ).
 """
 
