@@ -572,7 +572,10 @@ class BackgroundVideos:
         """Queue the video of the rollout in ``rollout_file`` (``RUN/rollouts/<policy>/<scene_id>.npz``)."""
         f = Path(rollout_file)
         video = self.run_dir / "videos" / f.parent.name / f"{f.stem}.mp4"
-        self._jobs.append((self._pool.submit(_video_job, str(f), str(scene_file), str(video)), video))
+        try:
+            self._jobs.append((self._pool.submit(_video_job, str(f), str(scene_file), str(video)), video))
+        except Exception as e:  # the process is gone (killed, cannot start): the report stage writes it
+            print(f"note: background video {video} not started ({type(e).__name__}: {e})", file=sys.stderr)
 
     def finish(self) -> set[Path]:
         """Wait for the queued videos; returns those written (failures are noted on stderr)."""
