@@ -141,6 +141,7 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--suite", default="bundled")
     p.add_argument("--policies", default="log_replay,idm,constant_velocity")
     p.add_argument("--video-scenes", type=int, default=3, help="rollouts to time video writing on")
+    p.add_argument("--repeats", type=int, default=3, help="eval with / without background videos rounds")
     p.add_argument("--run-dir", default=None, help="scored run folder to reuse (default: a temp folder)")
     add_output_arguments(p)
 
@@ -150,4 +151,6 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policies", default="log_replay,idm,constant_velocity")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--ray-address", default=None, help="measure on this cluster instead of a local Ray")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="serial / plain processes / Ray rounds, one after the other (median reported)")  # fmt: skip
     add_output_arguments(p)
