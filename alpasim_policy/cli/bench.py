@@ -75,7 +75,7 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     add_output_arguments(p)
 
     p = _add(bench_sub, "model", "model", help="Alpamayo model tick latency: stages, single vs multi, graph vs eager")
-    p.add_argument("--preset", default="tiny", help="tiny | small | alpamayo-r1-10b (random weights)")
+    p.add_argument("--preset", default="tiny", help="tiny | bench3m | small | alpamayo-r1-10b (random weights)")
     p.add_argument("--weights", default=None, help="local weights directory instead of random weights")
     p.add_argument("--samples", type=int, default=6, help="trajectory samples K per tick")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
