@@ -167,7 +167,7 @@ def test_distillation_steps_reduce_the_loss_and_are_deterministic(target):
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         draft.eval()
         return losses, evaluate_draft(draft, teach, pad)
 

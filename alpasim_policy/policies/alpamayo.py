@@ -61,7 +61,7 @@ from alpasim_policy.policies.selection import SampleSelector, parse_select
 
 PRESETS = ("tiny", "small", "alpamayo-r1-10b")
 REASONING_MODES = ("single", "multi")
-DIFFUSION_MODES = ("graph", "eager", "dynamic")
+DIFFUSION_MODES = ("graph", "eager", "lean", "dynamic")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_DEADLINE_S = 0.1  # one 10 Hz tick

@@ -213,14 +213,14 @@ def train_draft(
         rows.append(
             {
                 "step": step + 1,
-                "loss": float(loss),
+                "loss": float(loss.detach()),
                 "kl": kl,
                 "ce": ce,
                 "lr": cfg.lr_at(step),
                 "seconds": time.perf_counter() - t0,
             }
         )
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     draft.eval()
     after = {"train": evaluate_draft(draft, train_set, pad), "held_out": evaluate_draft(draft, val_set, pad)}
     draft.save_pretrained(out / "draft")
