@@ -42,7 +42,9 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5)
     add_output_arguments(p)
 
-    p = _add(bench_sub, "env", "env", help="env ticks/s without rendering (goal >= 2,000), with BEV, per camera")
+    p = _add(
+        bench_sub, "env", "env", help="env ticks/s without rendering (goal >= 2,000), with BEV, per camera"
+    )
     p.add_argument("--suite", default="bundled")
     p.add_argument("--render-ticks", type=int, default=60, help="ticks timed with BEV / cameras")
     p.add_argument("--camera-preset", default="alpamayo4")
@@ -74,8 +76,15 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", default=None, help="keep the rollouts here (default: a temporary dir)")
     add_output_arguments(p)
 
-    p = _add(bench_sub, "model", "model", help="Alpamayo model tick latency: stages, single vs multi, graph vs eager")
-    p.add_argument("--preset", default="tiny", help="tiny | bench3m | small | alpamayo-r1-10b (random weights)")
+    p = _add(
+        bench_sub,
+        "model",
+        "model",
+        help="Alpamayo model tick latency: stages, single vs multi, graph vs eager",
+    )
+    p.add_argument(
+        "--preset", default="tiny", help="tiny | bench3m | small | alpamayo-r1-10b (random weights)"
+    )
     p.add_argument("--weights", default=None, help="local weights directory instead of random weights")
     p.add_argument("--samples", type=int, default=6, help="trajectory samples K per tick")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -90,6 +99,16 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
         "of both trees is timed in alternating subprocesses and a before/after row written",
     )
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds for --baseline-src")
+    p.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16 (random weights; default: the preset's)")
+    p.add_argument(
+        "--modes",
+        default="multi,eager,dynamic",
+        help="comparisons beside the single-reasoning tick: multi (NVlabs' K CoCs), eager (static loop, "
+        "no graph), dynamic (HF cache); empty = none",
+    )
+    p.add_argument(
+        "--no-flops", dest="flops", action="store_false", help="skip FLOPs per stage and the bound"
+    )
     add_output_arguments(p)
 
     p = _add(bench_sub, "scorer", "scorer",
@@ -107,7 +126,9 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--navsim-only", action="store_true", help="only the side-by-side run against NAVSIM")
 
-    p = _add(bench_sub, "serve", "serve", help="egodriver drive round-trip overhead and 32 concurrent sessions")
+    p = _add(
+        bench_sub, "serve", "serve", help="egodriver drive round-trip overhead and 32 concurrent sessions"
+    )
     p.add_argument("--ticks", type=int, default=100, help="drive calls per measurement / per session")
     p.add_argument("--sessions", type=int, default=32, help="concurrent sessions")
     p.add_argument("--width", type=int, default=1920)
