@@ -62,3 +62,26 @@ def test_bench_model_against_a_baseline_tree(tmp_path, capsys):
     assert summary["benchmark"] == "model-baseline" and summary["ratio_min"] > 0
     text = out.read_text()
     assert "single-reasoning tick, baseline" in text and "single-reasoning tick, this tree" in text
+
+
+def test_bench_gpu_script_runs_every_section_on_cpu(tmp_path, capsys):
+    """The GPU script's code paths on a tiny config: every section runs, the JSON and rows are written."""
+    out, js = tmp_path / "BENCH.md", tmp_path / "gpu.json"
+    argv = ["bench", "gpu", "--device", "cpu", "--preset", "tiny", "--dtype", "fp32", "--quick", "--samples", "2",
+            "--cot-tokens", "3", "--gammas", "2", "--json", str(js), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    res = json.loads(js.read_text())
+    for name in ("tick", "diffusion", "speculative", "flops"):
+        sec = res["sections"][name]
+        assert "error" not in sec and "skipped" not in sec, (name, sec)
+    tick = res["sections"]["tick"]
+    assert tick["total_p95_ms"] >= tick["total_p50_ms"] > 0 and tick["decode_steps"] == 3
+    assert res["sections"]["diffusion"]["graph_vs_eager"] > 0
+    assert res["sections"]["flops"]["diffusion_gflop"] > 0
+    text = out.read_text()
+    assert "gpu tick tiny" in text and "graph vs eager" in text
+    # a spent time budget skips sections but still leaves the file
+    assert main(argv[:-4] + ["--budget-s", "0", "--json", str(js), "--no-write"]) == 0
+    res = json.loads(js.read_text())
+    assert all("skipped" in s for s in res["sections"].values())
+    capsys.readouterr()

@@ -48,6 +48,7 @@ def _median_timings(model: Any, images: Any, history: Any, repeats: int, warmup:
     for k in STAGES:
         med[f"{k}_p95"] = _p95([r.timings.get(k, 0.0) for r in runs])
     med["decode_steps"] = runs[0].stats["decode_steps"]
+    med["_totals"] = [r.timings["total"] for r in runs]
     med["prefix_len"] = runs[0].stats["prefix_len"]
     return med
 
@@ -313,10 +314,102 @@ def run_baseline_comparison(args: argparse.Namespace) -> dict:
     }
 
 
+def run_nvlabs_comparison(args: argparse.Namespace) -> dict:
+    """The whole tick of this project vs NVlabs' own code on the same checkpoint and inputs, side by side.
+
+    ``--weights`` must be a checkpoint folder NVlabs' code wrote (``save_pretrained``); ``--nvlabs-cmd``
+    is a command that runs NVlabs' code *in its own scratch environment* (never a dependency of this
+    project) with ``--weights DIR --inputs NPZ --samples K --cot-tokens N --repeats R --warmup W
+    --threads T`` appended, times R ticks (images + history -> trajectories, its processor
+    included) and prints a JSON line ``{"total": [seconds, ...]}`` last. This side runs
+    :meth:`AlpamayoR1.drive` (single reasoning, the device's fastest diffusion) on the same images and
+    history in this process. The two alternate in rounds on the same machine and load; the ratio is
+    NVlabs' median tick over ours (minima also reported).
+    """
+    import json
+    import os
+    import shlex
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from alpasim_policy.errors import ConfigError
+    from alpasim_policy.model.modeling_alpamayo import AlpamayoR1
+
+    if not args.weights:
+        raise ConfigError(
+            "bench model --nvlabs-cmd needs --weights DIR (a checkpoint written by NVlabs' code)"
+        )
+    threads = args.threads or 1
+    torch.set_num_threads(threads)
+    over = {}
+    if getattr(args, "image_hw", None):
+        over["image_hw"] = tuple(int(v) for v in args.image_hw.split(","))
+    model = AlpamayoR1.from_pretrained(args.weights, device=args.device, **over)
+    images, history = synthetic_inputs(model.config)
+    ks = [int(v) for v in str(args.nvlabs_samples).split(",") if v.strip()]
+    times: dict[tuple[str, int], list[float]] = {}
+    loads: list[float] = []
+    meta: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = Path(tmp) / "inputs.npz"
+        np.savez(inputs, images=images, history=history)
+        for _ in range(args.rounds):
+            for k in ks:
+                loads.append(os.getloadavg()[0])
+                cmd = shlex.split(args.nvlabs_cmd) + [
+                    "--weights", str(Path(args.weights).resolve()), "--inputs", str(inputs),
+                    "--samples", str(k), "--cot-tokens", str(args.cot_tokens), "--repeats", str(args.repeats),
+                    "--warmup", str(args.warmup), "--threads", str(threads),
+                ]  # fmt: skip
+                env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+                res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if res.returncode != 0:
+                    raise RuntimeError(f"--nvlabs-cmd failed ({res.returncode}): {res.stderr[-2000:]}")
+                out = json.loads(res.stdout.strip().splitlines()[-1])
+                meta = {k2: v for k2, v in out.items() if k2 != "total"}
+                times.setdefault(("nvlabs", k), []).extend(float(t) for t in out["total"])
+                ours = _median_timings(
+                    model, images, history, args.repeats, args.warmup,
+                    num_samples=k, reasoning="single", diffusion="graph", cot_tokens=args.cot_tokens,
+                )  # fmt: skip
+                times.setdefault(("ours", k), []).extend(ours["_totals"])
+    rows = []
+    summary: dict = {"benchmark": "model-nvlabs", "nvlabs": meta, "load_avg": [min(loads), max(loads)]}
+    name = f"model {Path(args.weights).name} ({model.num_parameters() / 1e6:.1f} M) CoC={args.cot_tokens} {args.device} {threads} thread"
+    for k in ks:
+        nv, us = times[("nvlabs", k)], times[("ours", k)]
+        r_med = statistics.median(nv) / statistics.median(us)
+        r_min = min(nv) / min(us)
+        goal = {6: 8.0, 1: 2.0}.get(k)
+        summary[f"k{k}_nvlabs_ms"] = statistics.median(nv) * 1e3
+        summary[f"k{k}_ours_ms"] = statistics.median(us) * 1e3
+        summary[f"k{k}_ratio_median"] = r_med
+        summary[f"k{k}_ratio_min"] = r_min
+        rows.append(
+            {
+                "benchmark": f"{name} K={k}: whole tick vs NVlabs' own code (same checkpoint and inputs, alternating)",
+                "result": f"NVlabs median {statistics.median(nv) * 1e3:.0f} ms (min {min(nv) * 1e3:.0f}), this project "
+                f"median {statistics.median(us) * 1e3:.0f} ms (min {min(us) * 1e3:.0f}) over {len(us)} ticks each; "
+                f"load avg {min(loads):.1f}-{max(loads):.1f}",
+                "ratio": f"{r_med:.2f}x (median) / {r_min:.2f}x (min) faster"
+                + (f" (target >= {goal:g}x)" if goal else ""),
+            }
+        )
+    summary["_rows"] = rows
+    return summary
+
+
 def run(args: argparse.Namespace) -> int:
     from alpasim_policy.bench import print_summary, write_rows
 
-    summary = run_baseline_comparison(args) if args.baseline_src else run_bench(args)
+    if getattr(args, "nvlabs_cmd", None):
+        summary = run_nvlabs_comparison(args)
+    else:
+        summary = run_baseline_comparison(args) if args.baseline_src else run_bench(args)
     rows = summary.pop("_rows")
     for r in rows:
         print(f"{r['benchmark']}: {r['result']} | {r['ratio']}")

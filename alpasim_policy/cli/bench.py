@@ -109,6 +109,30 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-flops", dest="flops", action="store_false", help="skip FLOPs per stage and the bound"
     )
+    p.add_argument(
+        "--nvlabs-cmd",
+        default=None,
+        help="side by side with NVlabs' own code: a command running it in a scratch env (see bench/model.py "
+        "run_nvlabs_comparison and BENCHMARKS.md); needs --weights (an NVlabs-written checkpoint)",
+    )
+    p.add_argument("--nvlabs-samples", default="6,1", help="K values for --nvlabs-cmd")
+    p.add_argument("--image-hw", default=None, help="H,W model input size override for --weights (e.g. 224,224)")
+    add_output_arguments(p)
+
+    p = _add(bench_sub, "gpu", "gpu",
+             help="issue 15's GPU tick in one time-boxed run: stages p50/p95, graph vs eager, speculative vs plain")  # fmt: skip
+    p.add_argument("--preset", default="alpamayo-r1-10b", help="model preset (random weights)")
+    p.add_argument("--device", default="cuda", help="cuda (or cpu for the CI check)")
+    p.add_argument("--dtype", default="bf16", help="fp32 | bf16 | fp16")
+    p.add_argument("--samples", type=int, default=6, help="trajectory samples K")
+    p.add_argument("--cot-tokens", type=int, default=40, help="forced CoC length")
+    p.add_argument("--repeats", type=int, default=20, help="timed ticks per configuration")
+    p.add_argument("--warmup", type=int, default=3, help="untimed ticks first (graph capture)")
+    p.add_argument("--gammas", default="2,4,8", help="speculative draft lengths (when the tree has them)")
+    p.add_argument("--budget-s", type=float, default=420.0, help="skip sections once this many seconds passed")
+    p.add_argument("--json", default="gpu_tick.json", help="result file (written after every section)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (cpu device)")
+    p.add_argument("--quick", action="store_true", help="2 repeats, 1 warm-up (CI / smoke)")
     add_output_arguments(p)
 
     p = _add(bench_sub, "scorer", "scorer",
