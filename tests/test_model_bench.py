@@ -85,3 +85,37 @@ def test_bench_gpu_script_runs_every_section_on_cpu(tmp_path, capsys):
     res = json.loads(js.read_text())
     assert all("skipped" in s for s in res["sections"].values())
     capsys.readouterr()
+
+
+def test_bench_model_side_by_side_with_an_external_command(tmp_path, capsys):
+    """The --nvlabs-cmd plumbing: the command gets the checkpoint, the inputs and K, its JSON is read,
+    ratios are NVlabs' ticks over ours. (The real NVlabs run needs its scratch env; a stand-in here
+    checks it received the same images the model ticked on.)"""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    ckpt = Path(__file__).resolve().parent / "fixtures" / "nvlabs_parity" / "checkpoint"
+    fake = tmp_path / "fake_nvlabs.py"
+    fake.write_text(
+        "import argparse, json, numpy as np\n"
+        "ap = argparse.ArgumentParser()\n"
+        "for a in ('--weights', '--inputs', '--samples', '--cot-tokens', '--repeats', '--warmup', '--threads'):\n"
+        "    ap.add_argument(a)\n"
+        "a = ap.parse_args()\n"
+        "z = np.load(a.inputs)\n"
+        "assert z['images'].ndim == 4 and z['history'].shape == (16, 3)\n"
+        "print(json.dumps({'total': [10.0] * int(a.repeats), 'k': int(a.samples), 'n_images': len(z['images'])}))\n"
+    )
+    out = tmp_path / "BENCH.md"
+    argv = ["bench", "model", "--weights", str(ckpt), "--nvlabs-cmd", f"{sys.executable} {fake}",
+            "--nvlabs-samples", "2,1", "--cot-tokens", "3", "--repeats", "1", "--warmup", "0", "--rounds", "1",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["benchmark"] == "model-nvlabs" and summary["nvlabs"]["n_images"] == 16
+    for k in (2, 1):
+        assert summary[f"k{k}_nvlabs_ms"] == 10_000.0
+        assert np.isclose(summary[f"k{k}_ratio_median"], 10_000.0 / summary[f"k{k}_ours_ms"])
+    assert out.read_text().count("whole tick vs NVlabs' own code") == 2
