@@ -25,7 +25,7 @@ NVlabs' format (as ``save_pretrained`` of NVlabs' code writes it, any size) or t
 size; ``base_vlm_dir`` the base Qwen3-VL folder when the checkpoint names a Hub id not in the local
 cache), ``dtype`` float32 | bfloat16 | float16 (default: the checkpoint's / the preset's),
 ``v0`` history | measured, ``samples`` K (6),
-``reasoning`` single | multi, ``diffusion`` graph | eager | dynamic, ``select`` first | medoid |
+``reasoning`` single | multi, ``diffusion`` graph | eager | lean | dynamic, ``select`` first | medoid |
 scored, ``device`` cpu | cuda, ``seed`` (0), ``cot_tokens`` (force the CoC length),
 ``max_cot_tokens``, ``temperature``, ``threads`` (torch CPU threads, process-wide; default: torch's
 choice), ``camera_width`` / ``camera_height`` (the resolution this policy asks the env to render,
