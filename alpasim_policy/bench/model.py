@@ -53,6 +53,48 @@ def _median_timings(model: Any, images: Any, history: Any, repeats: int, warmup:
     return med
 
 
+def _compile_vs_eager(
+    model: Any, images: Any, history: Any, k: int, cot: int, repeats: int
+) -> dict[str, float]:
+    """The lean diffusion loop with its velocity under ``torch.compile`` vs eager, on one prefix,
+    alternating (so both see the same load); the first compiled run (compilation) is timed apart."""
+    import time
+
+    import torch
+
+    from alpasim_policy.model.flow import LeanFlowSampler, prefix_capacity
+
+    prepared = model.prepare(images, history)
+    vision = model.encode_images(prepared.pixel_values, prepared.image_grid_thw)
+    prefix, _ = model.reason(prepared, vision, 1, cot_tokens=cot)
+    noise = torch.randn((k, model.config.n_waypoints, 2), generator=torch.Generator().manual_seed(0))
+    samplers = {}
+    for label, compiled in (("eager", False), ("compiled", True)):
+        samplers[label] = LeanFlowSampler(
+            model.expert, model.action_in_proj, model.action_out_proj,
+            steps=model.config.flow_steps, samples=k, capacity=prefix_capacity(prefix.length),
+            n_waypoints=model.config.n_waypoints, device=model.device, compiled=compiled,
+        )  # fmt: skip
+    t0 = time.perf_counter()
+    samplers["compiled"].load(prefix, noise)
+    samplers["compiled"].run()
+    compile_s = time.perf_counter() - t0
+    times: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for _ in range(max(2, repeats)):
+        for label, smp in samplers.items():
+            model._sync()
+            t1 = time.perf_counter()
+            smp.load(prefix, noise)
+            smp.run()
+            model._sync()
+            times[label].append(time.perf_counter() - t1)
+    return {
+        "compile_s": compile_s,
+        "eager_ms": statistics.median(times["eager"]) * 1e3,
+        "compiled_ms": statistics.median(times["compiled"]) * 1e3,
+    }
+
+
 def _p95(values: list[float]) -> float:
     """95th percentile (linear interpolation; the maximum for fewer than 20 runs)."""
     import numpy as np
@@ -161,6 +203,17 @@ def run_bench(args: argparse.Namespace) -> dict:
                 "ratio": target,
             }
         )
+    compile_summary: dict[str, float] = {}
+    if "compile" in modes:
+        compile_summary = _compile_vs_eager(model, images, history, k, args.cot_tokens, args.repeats)
+        rows.append(
+            {
+                "benchmark": f"{name}: lean diffusion loop, torch.compile vs eager (same prefix, alternating)",
+                "result": f"compiled {compile_summary['compiled_ms']:.1f} ms vs eager {compile_summary['eager_ms']:.1f} ms "
+                f"(medians); first compiled run {compile_summary['compile_s']:.1f} s",
+                "ratio": f"compiled {compile_summary['eager_ms'] / compile_summary['compiled_ms']:.2f}x the eager speed",
+            }
+        )
     flops_summary: dict[str, float] = {}
     if getattr(args, "flops", True):
         from alpasim_policy.bench.flops import diffusion_bound, stage_flops
@@ -202,6 +255,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         "ratio_single_vs_multi": ratio_sm,
         "ratio_graph_vs_eager_diffusion": ratio_ge,
         **flops_summary,
+        **{f"compile_{k2}": v for k2, v in compile_summary.items()},
     }
     for mode, m in res.items():
         for s in STAGES:

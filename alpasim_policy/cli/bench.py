@@ -104,7 +104,7 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
         "--modes",
         default="multi,eager,dynamic",
         help="comparisons beside the single-reasoning tick: multi (NVlabs' K CoCs), eager (static loop, "
-        "no graph), dynamic (HF cache); empty = none",
+        "no graph), dynamic (HF cache), compile (the lean loop under torch.compile); empty = none",
     )
     p.add_argument(
         "--no-flops", dest="flops", action="store_false", help="skip FLOPs per stage and the bound"
@@ -116,7 +116,9 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
         "run_nvlabs_comparison and BENCHMARKS.md); needs --weights (an NVlabs-written checkpoint)",
     )
     p.add_argument("--nvlabs-samples", default="6,1", help="K values for --nvlabs-cmd")
-    p.add_argument("--image-hw", default=None, help="H,W model input size override for --weights (e.g. 224,224)")
+    p.add_argument(
+        "--image-hw", default=None, help="H,W model input size override for --weights (e.g. 224,224)"
+    )
     add_output_arguments(p)
 
     p = _add(bench_sub, "gpu", "gpu",
@@ -129,7 +131,9 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=20, help="timed ticks per configuration")
     p.add_argument("--warmup", type=int, default=3, help="untimed ticks first (graph capture)")
     p.add_argument("--gammas", default="2,4,8", help="speculative draft lengths (when the tree has them)")
-    p.add_argument("--budget-s", type=float, default=420.0, help="skip sections once this many seconds passed")
+    p.add_argument(
+        "--budget-s", type=float, default=420.0, help="skip sections once this many seconds passed"
+    )
     p.add_argument("--json", default="gpu_tick.json", help="result file (written after every section)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (cpu device)")
     p.add_argument("--quick", action="store_true", help="2 repeats, 1 warm-up (CI / smoke)")
