@@ -181,7 +181,7 @@ def run_gpu_bench(args: argparse.Namespace) -> dict[str, Any]:
                 "speedup_decode": res["plain_decode_p50_ms"] / dec if dec > 0 else None,
                 "same_cot_as_plain": outs[0].reasoning == plain[0].reasoning,
             }
-            for key in ("acceptance", "acceptance_rate", "accepted", "proposed"):
+            for key in ("acceptance", "draft_proposed", "draft_accepted"):
                 if key in outs[0].stats:
                     row[key] = outs[0].stats[key]
             res[f"gamma_{g}"] = row
