@@ -206,3 +206,38 @@ def test_the_draft_drives_speculative_decoding_token_identically(target):
     # (actions are not compared: the prefix KV is computed in chunks of gamma + 1 tokens instead of
     # one by one, equal up to float rounding that the random 100 Hz Fourier flow amplifies)
     assert np.isfinite(spec.actions).all() and spec.actions.shape == plain.actions.shape
+
+
+def test_cli_train_stage_draft_writes_a_loadable_draft(target, tmp_path):
+    import json
+
+    from alpasim_policy.cli import main
+
+    ckpt = tmp_path / "target"
+    target.save_pretrained(ckpt)
+    data = tmp_path / "data"
+    data.mkdir()
+    cfg = target.config
+    images = np.stack([_inputs(cfg, i)[0] for i in range(3)])
+    history = np.stack([np.concatenate([_inputs(cfg, i)[1], np.full((16, 1), 8.0)], 1) for i in range(3)])
+    np.savez(
+        data / "shard.npz",
+        images=images,
+        history=history.astype(np.float32),
+        command=np.array([0, 1, 2]),
+        target=np.zeros((3, 64, 3)),
+        target_valid=np.ones((3, 64), bool),
+        coc=np.array(["keep lane", "slow down", "turn left"]),
+    )
+    out = tmp_path / "run"
+    args = ["train", "--stage", "draft", "--target", str(ckpt), "--data", str(data), "--out", str(out),
+            "--steps", "3", "--batch", "2"]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["samples"] == 3 and summary["held_out_samples"] == 0
+    assert summary["final_loss"] < summary["first_loss"]
+    drafter = load_drafter(out / "draft")
+    assert drafter.model.config.vocab_size == target.vocab_size
+    assert (out / "log.csv").read_text().count("\n") == 4  # header + 3 steps
+    # a missing --target is a clear error (exit 2), not a traceback
+    assert main(["train", "--stage", "draft", "--data", str(data), "--out", str(tmp_path / "x")]) == 2
