@@ -373,7 +373,6 @@ class DraftDrafter:
         self.model.extend(ctx[None].to(self.model.device), self.cache)
         self.ctx_len = self.cache.length
         self.seen = []
-        self._last_logits: torch.Tensor | None = None
 
     @torch.no_grad()
     def propose(
