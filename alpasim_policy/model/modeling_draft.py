@@ -214,6 +214,7 @@ class DraftModel(nn.Module):
                 nn.init.normal_(mod.weight, std=0.02)
         self.to(c.torch_dtype)
         self.rope.inv_freq = self.rope.inv_freq.float()
+        self._mask_bias: torch.Tensor | None = None
         self.eval()
 
     # ----------------------------------------------------------------- construction
@@ -296,14 +297,18 @@ class DraftModel(nn.Module):
         return self.lm_head(self.norm(h[:, -1])).float()
 
     def mask_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """The target's reasoning mask: trajectory vocabulary and rows past the tokenizer to -inf."""
-        c = self.config
-        out = logits.clone()
-        if c.mask_size:
-            out[..., c.mask_start : c.mask_start + c.mask_size] = float("-inf")
-        if c.vocab_len and out.shape[-1] > c.vocab_len:
-            out[..., c.vocab_len :] = float("-inf")
-        return out
+        """The target's reasoning mask: trajectory vocabulary and rows past the tokenizer to -inf
+        (one add of a precomputed 0 / -inf row: this runs once per drafted token)."""
+        bias = self._mask_bias
+        if bias is None or bias.device != logits.device:
+            c = self.config
+            bias = torch.zeros(c.vocab_size, dtype=torch.float32, device=logits.device)
+            if c.mask_size:
+                bias[c.mask_start : c.mask_start + c.mask_size] = float("-inf")
+            if c.vocab_len and c.vocab_size > c.vocab_len:
+                bias[c.vocab_len :] = float("-inf")
+            self._mask_bias = bias
+        return logits + bias
 
     # ----------------------------------------------------------------- weights
     def save_pretrained(self, directory: str | Path) -> None:
