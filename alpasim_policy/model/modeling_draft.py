@@ -215,6 +215,7 @@ class DraftModel(nn.Module):
         self.to(c.torch_dtype)
         self.rope.inv_freq = self.rope.inv_freq.float()
         self._mask_bias: torch.Tensor | None = None
+        self._rope_table: tuple[torch.Tensor, torch.Tensor] | None = None
         self.eval()
 
     # ----------------------------------------------------------------- construction
@@ -285,7 +286,10 @@ class DraftModel(nn.Module):
         start = cache.length
         if start + n > cache.capacity:
             raise ConfigError(f"draft: sequence of {start + n} tokens exceeds max_positions={cache.capacity}")
-        cos, sin = self.rope(FlatRoPE.positions(start, n, ids.device), self.dtype)
+        if self._rope_table is None or self._rope_table[0].device != ids.device:
+            # every position's rotation once (a draft step then only slices it)
+            self._rope_table = self.rope(FlatRoPE.positions(0, cache.capacity, ids.device), self.dtype)
+        cos, sin = self._rope_table[0][start : start + n], self._rope_table[1][start : start + n]
         mask = None
         if n > 1 and start > 0:  # chunk after a cached part: row i sees columns <= start + i
             cols = torch.arange(start + n, device=ids.device)
