@@ -42,7 +42,9 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5)
     add_output_arguments(p)
 
-    p = _add(bench_sub, "env", "env", help="env ticks/s without rendering (goal >= 2,000), with BEV, per camera")
+    p = _add(
+        bench_sub, "env", "env", help="env ticks/s without rendering (goal >= 2,000), with BEV, per camera"
+    )
     p.add_argument("--suite", default="bundled")
     p.add_argument("--render-ticks", type=int, default=60, help="ticks timed with BEV / cameras")
     p.add_argument("--camera-preset", default="alpamayo4")
@@ -110,6 +112,44 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
         "of both trees is timed in alternating subprocesses and a before/after row written",
     )
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds for --baseline-src")
+    p.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16 (random weights; default: the preset's)")
+    p.add_argument(
+        "--modes",
+        default="multi,eager,dynamic",
+        help="comparisons beside the single-reasoning tick: multi (NVlabs' K CoCs), eager (static loop, "
+        "no graph), dynamic (HF cache), compile (the lean loop under torch.compile); empty = none",
+    )
+    p.add_argument(
+        "--no-flops", dest="flops", action="store_false", help="skip FLOPs per stage and the bound"
+    )
+    p.add_argument(
+        "--nvlabs-cmd",
+        default=None,
+        help="side by side with NVlabs' own code: a command running it in a scratch env (see bench/model.py "
+        "run_nvlabs_comparison and BENCHMARKS.md); needs --weights (an NVlabs-written checkpoint)",
+    )
+    p.add_argument("--nvlabs-samples", default="6,1", help="K values for --nvlabs-cmd")
+    p.add_argument(
+        "--image-hw", default=None, help="H,W model input size override for --weights (e.g. 224,224)"
+    )
+    add_output_arguments(p)
+
+    p = _add(bench_sub, "gpu", "gpu",
+             help="issue 15's GPU tick in one time-boxed run: stages p50/p95, graph vs eager, speculative vs plain")  # fmt: skip
+    p.add_argument("--preset", default="alpamayo-r1-10b", help="model preset (random weights)")
+    p.add_argument("--device", default="cuda", help="cuda (or cpu for the CI check)")
+    p.add_argument("--dtype", default="bf16", help="fp32 | bf16 | fp16")
+    p.add_argument("--samples", type=int, default=6, help="trajectory samples K")
+    p.add_argument("--cot-tokens", type=int, default=40, help="forced CoC length")
+    p.add_argument("--repeats", type=int, default=20, help="timed ticks per configuration")
+    p.add_argument("--warmup", type=int, default=3, help="untimed ticks first (graph capture)")
+    p.add_argument("--gammas", default="2,4,8", help="speculative draft lengths (when the tree has them)")
+    p.add_argument(
+        "--budget-s", type=float, default=420.0, help="skip sections once this many seconds passed"
+    )
+    p.add_argument("--json", default="gpu_tick.json", help="result file (written after every section)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (cpu device)")
+    p.add_argument("--quick", action="store_true", help="2 repeats, 1 warm-up (CI / smoke)")
     add_output_arguments(p)
 
     p = _add(bench_sub, "scorer", "scorer",
@@ -127,7 +167,9 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--navsim-only", action="store_true", help="only the side-by-side run against NAVSIM")
 
-    p = _add(bench_sub, "serve", "serve", help="egodriver drive round-trip overhead and 32 concurrent sessions")
+    p = _add(
+        bench_sub, "serve", "serve", help="egodriver drive round-trip overhead and 32 concurrent sessions"
+    )
     p.add_argument("--ticks", type=int, default=100, help="drive calls per measurement / per session")
     p.add_argument("--sessions", type=int, default=32, help="concurrent sessions")
     p.add_argument("--width", type=int, default=1920)

@@ -11,6 +11,11 @@ a re-run skips the shards already written (resume).
 (teacher-forced CoC + flow matching, :mod:`alpasim_policy.training.imitation`): ``DIR/checkpoint``
 (``save_pretrained`` layout + optimizer state), ``DIR/log.csv``, ``DIR/loss.png``; ``--resume``
 continues from the checkpoint exactly as an uninterrupted run would.
+
+``train --stage draft --target CKPT --data DIR/data --out DIR`` distils the routine reasoner (the
+speculative decoder's draft, :mod:`alpasim_policy.training.draft`) from the trained target's own
+greedy CoC on those shards: ``DIR/draft`` (the draft model), ``DIR/log.csv``, ``DIR/summary.json``
+(agreement with the target and the greedy acceptance at gamma = 2, 4, 8).
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ import argparse
 import json
 from pathlib import Path
 
-STAGES = ("data", "imitation")
+STAGES = ("data", "imitation", "draft")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="build training data (--stage data) or train the model (--stage imitation)")
+    p = sub.add_parser(
+        "train",
+        help="build training data (--stage data), train the model (--stage imitation) or its draft (--stage draft)",
+    )
     p.add_argument("--stage", choices=STAGES, default="data", help="which stage to run")
     p.add_argument("--out", type=Path, required=True, help="training folder (data/ goes inside)")
     p.add_argument("--raw", type=Path, default=None, help="raw recordings (default: <scenarios root>/raw)")
@@ -36,13 +44,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--data", type=Path, default=None, help="shards of the data stage (default: <out>/data)")
     g.add_argument("--steps", type=int, default=200, help="optimizer steps")
     g.add_argument("--batch", type=int, default=4, help="samples per step")
-    g.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (warm-up, cosine to 10 %%)")
+    g.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate, warm-up then cosine to 10 %% (default 3e-4; draft 2e-3)",
+    )
     g.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (and at the end)")
     g.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     g.add_argument("--lm-weight", type=float, default=1.0, help="weight of the CoC language-model loss")
     g.add_argument("--flow-weight", type=float, default=1.0, help="weight of the flow-matching loss")
     g.add_argument("--flow-samples", type=int, default=4, help="(noise, t) pairs per sample and step")
+    g = p.add_argument_group("draft stage (also uses --data, --steps, --batch, --lr, --seed)")
+    g.add_argument("--target", type=Path, default=None, help="trained target checkpoint to distil from")
+    g.add_argument("--draft-layers", type=int, default=1, help="transformer layers of the draft")
     p.set_defaults(func=_cmd_train)
+
+
+def _cmd_draft(args: argparse.Namespace) -> int:
+    from alpasim_policy.errors import ConfigError
+    from alpasim_policy.training.draft import DraftTrainConfig, train_draft
+
+    if args.target is None:
+        raise ConfigError("train --stage draft needs --target CKPT (the trained model to distil from)")
+    cfg = DraftTrainConfig(
+        steps=args.steps,
+        batch=args.batch,
+        lr=2e-3 if args.lr is None else args.lr,
+        seed=args.seed,
+        layers=args.draft_layers,
+    )
+    s = train_draft(args.target, args.data or args.out / "data", args.out, cfg)
+    a = s["after"].get("held_out") or s["after"]["train"]
+    print(
+        f"draft {s['draft']} ({s['draft_params'] / 1e6:.2f} M params) from {s['samples']} sample(s) in "
+        f"{s['seconds']:.0f} s; loss {s['first_loss']:.3f} -> {s['final_loss']:.3f}; agreement with the "
+        f"target {a['agreement']:.3f}, greedy acceptance gamma=4 {a['acceptance_g4']:.3f}"
+    )
+    return 0
 
 
 def _cmd_imitation(args: argparse.Namespace) -> int:
@@ -52,7 +91,7 @@ def _cmd_imitation(args: argparse.Namespace) -> int:
         preset=args.preset,
         steps=args.steps,
         batch=args.batch,
-        lr=args.lr,
+        lr=3e-4 if args.lr is None else args.lr,
         seed=args.seed,
         save_every=args.save_every,
         lm_weight=args.lm_weight,
@@ -75,6 +114,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.stage == "imitation":
         return _cmd_imitation(args)
+    if args.stage == "draft":
+        return _cmd_draft(args)
 
     if args.perturbations < 0:
         raise ConfigError(f"--perturbations must be >= 0, got {args.perturbations}")

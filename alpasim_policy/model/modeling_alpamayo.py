@@ -16,7 +16,9 @@ One tick of driving (:meth:`AlpamayoR1.drive`):
    condition on that one KV prefix, shared without copies. ``reasoning="multi"``: NVlabs'
    behaviour, K CoCs (the prompt is prefilled and decoded as K sequences).
 4. **Diffusion** — the action expert integrates flow matching over 10 Euler steps for K noise
-   samples against the prefix (static buffers + one CUDA graph, or eager, or HF's dynamic cache).
+   samples against the prefix: ``graph`` = the fastest loop of the device (CUDA: static buffers
+   + one CUDA graph; CPU: the lean loop, step-independent work done once per tick), or ``eager``
+   (the static-buffer loop without the graph), ``lean``, or HF's dynamic cache (``dynamic``).
 5. **Kinematics** — (acceleration, curvature) x 64 -> rig-frame poses at 0.1 s by NVlabs'
    trapezoidal ``action_to_traj`` (exact arcs as an option), v0 estimated from the history as
    NVlabs' ``estimate_t0_states`` (or the measured speed), z carried from the history.
@@ -46,6 +48,7 @@ from alpasim_policy.model.config import AlpamayoConfig
 from alpasim_policy.model.expert import ActionInProjection, build_expert, cache_kwarg
 from alpasim_policy.model.flow import (
     DynamicCacheSampler,
+    LeanFlowSampler,
     Prefix,
     StaticFlowSampler,
     prefix_capacity,
@@ -57,7 +60,7 @@ from alpasim_policy.model.static_decode import DecodeMode, StaticKVDecoder
 from alpasim_policy.model.tokenizer import AlpamayoTokenizer, DeltaTrajectoryTokenizer
 
 ReasoningMode = Literal["single", "multi"]
-DiffusionMode = Literal["graph", "eager", "dynamic"]
+DiffusionMode = Literal["graph", "eager", "lean", "dynamic"]
 
 
 @dataclass
@@ -119,6 +122,7 @@ class AlpamayoR1(nn.Module):
         self._float32_buffers()
         self.counters: Counter[str] = Counter()
         self._static: dict[tuple, StaticFlowSampler] = {}
+        self._lean: dict[tuple, LeanFlowSampler] = {}
         self.eval()
 
     @classmethod
@@ -455,6 +459,24 @@ class AlpamayoR1(nn.Module):
             self._static[key] = sampler
         return sampler
 
+    def _lean_sampler(self, samples: int, prefix: Prefix) -> LeanFlowSampler:
+        """The live lean sampler for ``samples``; grown only when a prefix no longer fits."""
+        key = (samples, str(self.device), self.dtype)
+        sampler = self._lean.get(key)
+        if sampler is None or not sampler.fits(prefix, samples):
+            sampler = LeanFlowSampler(
+                self.expert,
+                self.action_in_proj,
+                self.action_out_proj,
+                steps=self.config.flow_steps,
+                samples=samples,
+                capacity=prefix_capacity(int(prefix.valid_len.max())),
+                n_waypoints=self.config.n_waypoints,
+                device=self.device,
+            )
+            self._lean[key] = sampler
+        return sampler
+
     @torch.no_grad()
     def sample_actions(
         self, prefix: Prefix, noise: torch.Tensor, mode: DiffusionMode = "graph"
@@ -467,8 +489,13 @@ class AlpamayoR1(nn.Module):
                 self.expert, self.action_in_proj, self.action_out_proj, self.config.flow_steps
             )
             return sampler.sample(prefix, noise)
-        if mode not in ("graph", "eager"):
-            raise ConfigError(f"diffusion mode {mode!r}: choose graph, eager or dynamic")
+        if mode not in ("graph", "eager", "lean"):
+            raise ConfigError(f"diffusion mode {mode!r}: choose graph, eager, lean or dynamic")
+        if mode == "lean" or (mode == "graph" and self.device.type != "cuda"):
+            # no CUDA graphs off CUDA: the fastest loop there is the lean one
+            lean = self._lean_sampler(noise.shape[0], prefix)
+            lean.load(prefix, noise)
+            return lean.run()
         sampler = self._static_sampler(noise.shape[0], prefix)
         sampler.load(prefix, noise)
         return sampler.run(use_graph=(mode == "graph")).clone()

@@ -25,7 +25,7 @@ NVlabs' format (as ``save_pretrained`` of NVlabs' code writes it, any size) or t
 size; ``base_vlm_dir`` the base Qwen3-VL folder when the checkpoint names a Hub id not in the local
 cache), ``dtype`` float32 | bfloat16 | float16 (default: the checkpoint's / the preset's),
 ``v0`` history | measured, ``samples`` K (6),
-``reasoning`` single | multi, ``diffusion`` graph | eager | dynamic, ``select`` first | medoid |
+``reasoning`` single | multi, ``diffusion`` graph | eager | lean | dynamic, ``select`` first | medoid |
 scored, ``device`` cpu | cuda, ``seed`` (0), ``cot_tokens`` (force the CoC length),
 ``max_cot_tokens``, ``temperature``, ``speculative`` gamma (0 = off; > 0 drafts up to gamma CoC
 tokens per target forward, single reasoning only: greedy output identical, sampled output the same
@@ -64,7 +64,7 @@ from alpasim_policy.policies.selection import SampleSelector, parse_select
 
 PRESETS = ("tiny", "small", "alpamayo-r1-10b")
 REASONING_MODES = ("single", "multi")
-DIFFUSION_MODES = ("graph", "eager", "dynamic")
+DIFFUSION_MODES = ("graph", "eager", "lean", "dynamic")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_DEADLINE_S = 0.1  # one 10 Hz tick
