@@ -25,9 +25,10 @@ is not free: the scorer gives 0 to every closed-loop window that starts at a fai
 next to ``deadline_miss_rate`` (a late plan replaced by the previous one is a miss, not a
 failure).
 
-``--backend ray --workers N`` runs one Ray task per (policy, scene) on a local Ray with N CPUs,
-``--ray-address auto|HOST:PORT`` on an existing cluster (:mod:`alpasim_policy.ray_backend`: scenes
-and rollouts travel through Ray, only the driver writes the run folder); the env is
+``--backend ray --workers N`` runs Ray tasks (one per scene, or one per (policy, scene) for small
+suites; longest first) on a local Ray with N CPUs, ``--ray-address auto|HOST:PORT`` on an existing
+cluster (:mod:`alpasim_policy.ray_backend`: scenes and rollouts travel through Ray, only the driver
+writes the run folder); the env is
 deterministic, so the rollouts are identical to the serial ones (only wall-time latencies differ).
 """
 
@@ -39,6 +40,7 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -49,6 +51,7 @@ from alpasim_policy.errors import ConfigError
 from alpasim_policy.sim.contract import MIN_PLAN_STEPS
 
 if TYPE_CHECKING:
+    from alpasim_policy.scenes.format import Scene
     from alpasim_policy.sim.config import EnvConfig
 
 log = logging.getLogger(__name__)
@@ -79,7 +82,7 @@ def effective_env_config(env_config: Any, policy: Any) -> EnvConfig:
 
 def run_rollout(
     policy_spec: str,
-    scene_path: str | Path,
+    scene_path: str | Path | Scene,
     *,
     seed: int = 0,
     env_config: str | dict | None = None,
@@ -90,6 +93,9 @@ def run_rollout(
 ):
     """Drive one scene with one policy; returns the :class:`Rollout` (not saved).
 
+    ``scene_path`` may also be a loaded :class:`~alpasim_policy.scenes.format.Scene`: a Ray task
+    that drives one scene with several policies loads it (and builds its map index) once.
+
     ``deadline`` (``{"deadline_ms": ..., "latency_mode": ...}``) wraps the policy in
     :class:`~alpasim_policy.policies.deadline.DeadlinePolicy`; a given ``policy`` instance is reused
     (reset for this scene) instead of being built from ``policy_spec``.
@@ -97,7 +103,7 @@ def run_rollout(
     from alpasim_policy.policies.base import validate_plan
     from alpasim_policy.policies.deadline import shifted_plan
     from alpasim_policy.policies.registry import make_policy
-    from alpasim_policy.scenes.format import load_scene
+    from alpasim_policy.scenes.format import Scene, load_scene
     from alpasim_policy.scenes.geometry import rig_to_scene_poses
     from alpasim_policy.sim.env import LogReplayEnv
     from alpasim_policy.sim.rollout import Rollout
@@ -109,7 +115,7 @@ def run_rollout(
         from alpasim_policy.policies.deadline import with_deadline
 
         policy = with_deadline(policy, deadline["deadline_ms"], deadline.get("latency_mode", "ignore"))
-    scene = load_scene(scene_path)
+    scene = scene_path if isinstance(scene_path, Scene) else load_scene(scene_path)
     cfg = effective_env_config(env_config, policy)
     env = LogReplayEnv(scene=scene, config=cfg)
     obs, info = env.reset(seed=seed)
@@ -257,8 +263,9 @@ def _task(
     return _summary(r, path)
 
 
-def _summary(r, path: Path) -> dict:
-    return {
+def _summary(r, path: Path | None) -> dict:
+    """What ``run.json`` records of one rollout (``path`` left out when not known yet: Ray workers)."""
+    out = {
         "policy": r.policy,
         "scene_id": r.scene_id,
         "path": str(path),
@@ -266,6 +273,9 @@ def _summary(r, path: Path) -> dict:
         "collisions": len(r.extra.get("collisions", [])),
         "at_fault": sum(bool(c["at_fault"]) for c in r.extra.get("collisions", [])),
     }
+    if path is None:
+        del out["path"]
+    return out
 
 
 # --------------------------------------------------------------------------- command
@@ -365,6 +375,7 @@ def evaluate(
     show_progress: bool = True,
     deadline: dict[str, Any] | None = None,
     ray_address: str | None = None,
+    on_rollout: Callable[[str, str], None] | None = None,
 ) -> EvalResults:
     """Run (or resume) every (policy, scene) rollout; returns one summary per rollout.
 
@@ -372,6 +383,8 @@ def evaluate(
     :func:`check_scenes` before anything runs; rejected ones are reported on stderr and listed
     in the result's ``skipped_scenes``. The serial backend builds each policy once and resets it
     per scene (a real checkpoint is loaded once, not once per scene); Ray tasks build their own.
+    ``on_rollout(rollout_file, scene_file)`` is called in this process as each new rollout file
+    is written (``eval --videos`` starts its video then).
     """
     from alpasim_policy.policies.registry import make_policy, split_options
     from alpasim_policy.scenes.suite import collect_scene_files
@@ -429,12 +442,15 @@ def evaluate(
         # scenes go out through Ray's object store, rollouts come back; only this process writes `out`
         from alpasim_policy.ray_backend import run_eval_tasks
 
-        def _done(p: str, s: str) -> None:
+        def _done(p: str, s: str, result: dict) -> None:
             bar.start(p, Path(s).stem)
             bar.update(ticks[s])
+            if on_rollout is not None and "path" in result:
+                on_rollout(result["path"], s)
 
         results += run_eval_tasks(todo, out=out, seed=seed, env_config=env_config, per_policy=per_policy,
-                                  deadline=deadline, workers=workers, address=ray_address, on_done=_done)  # fmt: skip
+                                  deadline=deadline, workers=workers, address=ray_address, on_done=_done,
+                                  ticks=ticks)  # fmt: skip
     else:
         if backend == "serial" and workers > 1:
             log.warning("--workers applies to --backend ray; running serially")
@@ -458,6 +474,9 @@ def evaluate(
             except Exception as e:  # env / scene fault outside the policy: report, go on
                 traceback.print_exc()
                 results.append({"policy": p, "scene_id": Path(s).stem, "error": f"{type(e).__name__}: {e}"})
+            else:
+                if on_rollout is not None:
+                    on_rollout(results[-1]["path"], s)
             bar.update(max(0, before + ticks[s] - bar.n))  # truncated episodes: count the rest
     bar.close()
     res = EvalResults(done + results)

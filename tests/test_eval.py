@@ -98,6 +98,46 @@ def test_ray_backend_matches_serial(tmp_path, suite):
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
 
 
+def test_ray_task_drives_one_scene_with_every_policy_like_serial(tmp_path, suite):
+    """The Ray task body, run here: one scene loaded once for two policies (one of them broken)
+    gives the serial rollouts, packed as the file the driver writes, and the broken one an error."""
+    from alpasim_policy.io import atomic_write_bytes
+    from alpasim_policy.ray_backend import drive_scene
+    from alpasim_policy.scenes.suite import find_scene
+
+    evaluate(str(suite), ["idm", "constant_velocity"], tmp_path / "serial", show_progress=False)
+    path = find_scene(SCENES[0])
+    pols = ["idm", "no_such_policy", "constant_velocity"]
+    opts = {p: {} for p in pols}
+    done = drive_scene(pols, path.read_bytes(), path.stem, 0, {}, opts, None)
+    assert [p for p, _ in done] == pols and "error" in done[1][1] and "no_such_policy" in done[1][1]["error"]
+    for p, r in (done[0], done[2]):
+        assert r["summary"]["policy"] == p and r["summary"]["scene_id"] == SCENES[0]
+        atomic_write_bytes(tmp_path / "t.npz", r["archive"])
+        a = Rollout.load(rollout_path(tmp_path / "serial", p, SCENES[0]))
+        b = Rollout.load(tmp_path / "t.npz")
+        for field in ("steps", "ego_state", "plans", "agent_state", "agent_valid", "controlled"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=f"{p} {field}")
+        assert a.env_config == b.env_config and a.extra["collisions"] == b.extra["collisions"]
+
+
+def test_ray_tasks_group_by_scene_only_when_there_are_enough_and_run_longest_first():
+    from alpasim_policy.ray_backend import plan_tasks
+
+    todo = [(p, s) for p in ("a", "b") for s in ("s1", "s2", "s3")]
+    ticks = {"s1": 10, "s2": 30, "s3": 20}
+    # 3 scenes for 2 CPUs: one task per rollout, longest scene first
+    assert plan_tasks(todo, ticks, cpus=2) == [
+        (["a"], "s2"), (["b"], "s2"), (["a"], "s3"), (["b"], "s3"), (["a"], "s1"), (["b"], "s1")
+    ]  # fmt: skip
+    # grouping needs 4 scenes per CPU: 3 scenes on 1 CPU stay one task per rollout
+    assert len(plan_tasks(todo, ticks, cpus=1)) == 6
+    many = [(p, f"s{k}") for p in ("a", "b") for k in range(8)] + [("a", "s8")]
+    t = plan_tasks(many, {f"s{k}": k + 1 for k in range(9)}, cpus=2)
+    assert len(t) == 9 and t[0] == (["a", "b"], "s7") and t[-1] == (["a", "b"], "s0")
+    assert sorted(p for ps, _ in t for p in ps) == sorted(p for p, _ in many)
+
+
 def test_cli_eval_writes_rollouts_run_json_and_leaderboard(tmp_path, suite, capsys):
     out = tmp_path / "run"
     rc = cli_main(["eval", "--suite", str(suite), "--policy", "log_replay,constant_velocity", "--out", str(out),

@@ -92,12 +92,14 @@ def test_shorthand_flags_go_to_the_policy_that_takes_them():
             "tiny",
             "--samples",
             "3",
+            "--speculative",
+            "4",
         ]
     )
     opts = shorthand_options(args)
-    assert opts == {"preset": "tiny", "samples": 3}
+    assert opts == {"preset": "tiny", "samples": 3, "speculative": 4}
     per = split_options(["idm", "alpamayo"], opts)
-    assert per == {"idm": {}, "alpamayo": {"preset": "tiny", "samples": 3}}
+    assert per == {"idm": {}, "alpamayo": {"preset": "tiny", "samples": 3, "speculative": 4}}
 
 
 def test_shorthand_no_policy_takes_it_is_a_clear_error(tmp_path, suite, capsys):

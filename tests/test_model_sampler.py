@@ -219,3 +219,55 @@ def test_real_size_tick_on_cuda():
     out = model.drive(frames(model.config), hist, num_samples=6, cot_tokens=40, diffusion="graph")
     assert out.trajectories.shape == (6, 64, 3) and np.isfinite(out.trajectories).all()
     assert out.stats["graph"] == 1 and out.stats["prefix_len"] > 2000
+
+
+@pytest.mark.parametrize("rows", [1, K])
+def test_lean_loop_equals_the_static_loop(smooth, rows):
+    """The lean CPU loop (time terms once per tick, per-sample unmasked windows) = the static loop
+    and the HF reference, for a shared prefix and for ragged per-sample prefixes."""
+    model, prep, vision = smooth
+    prefix, _ = model.reason(prep, vision, rows, cot_tokens=5)
+    if rows > 1:
+        prefix = _ragged(prefix)
+    noise = torch.randn(K, 64, 2, generator=torch.Generator().manual_seed(20 + rows))
+    lean = model.sample_actions(prefix, noise, "lean")
+    static = model.sample_actions(prefix, noise, "eager")
+    ref = model.sample_actions(prefix, noise, "dynamic")
+    assert (lean - static).abs().max().item() < 1e-5
+    assert (lean - ref).abs().max().item() < TOL
+    # on CPU "graph" is the lean loop
+    torch.testing.assert_close(model.sample_actions(prefix, noise, "graph"), lean, rtol=0, atol=0)
+    (sampler,) = [s for key, s in model._lean.items() if key[0] == K]
+    assert (sampler.mask is None) == (rows == 1)
+
+
+def test_lean_velocity_matches_per_step_at_default_config():
+    from alpasim_policy.model.flow import LeanFlowSampler
+
+    model, prep, vision = _setup(100.0)
+    for rows in (1, K):
+        prefix, _ = model.reason(prep, vision, rows, cot_tokens=4)
+        if rows > 1:
+            prefix = _ragged(prefix)
+        noise = torch.randn(K, 64, 2, generator=torch.Generator().manual_seed(12))
+        dyn, _ = _samplers(model, prefix)
+        lean = LeanFlowSampler(
+            model.expert,
+            model.action_in_proj,
+            model.action_out_proj,
+            steps=model.config.flow_steps,
+            samples=K,
+            capacity=prefix_capacity(prefix.length),
+            n_waypoints=64,
+        )
+        trace: list = []
+        dyn.sample(prefix, noise, trace=trace)
+        lean.load(prefix, noise)
+        for i, (x, v_ref) in enumerate(trace):
+            assert (lean.velocity(x, i) - v_ref).abs().max().item() < TOL, f"step {i}, rows {rows}"
+        # the time term is the flow time's share of the projection: same embedding as the plain forward
+        t = torch.full((K,), 0.3)
+        x = noise
+        a = model.action_in_proj(x, t)
+        b = model.action_in_proj.forward_with_time_term(x, model.action_in_proj.time_term(t))
+        assert (a - b).abs().max().item() < 1e-5

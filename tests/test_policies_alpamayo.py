@@ -92,7 +92,8 @@ def test_frame_buffer_rejects_a_changing_image_size():
     ("option", "value"),
     [("preset", "huge"), ("select", "best"), ("reasoning", "double"), ("diffusion", "magic"),
      ("samples", 0), ("samples", "six"), ("device", "tpu"), ("weights", "/nonexistent/dir"),
-     ("deadline_ms", "-5"), ("latency_mode", "later"), ("seed", "1.5"), ("threads", "0")],
+     ("deadline_ms", "-5"), ("latency_mode", "later"), ("seed", "1.5"), ("threads", "0"),
+     ("speculative", "-1"), ("speculative", "two"), ("draft", "/nonexistent/dir")],
 )  # fmt: skip
 def test_bad_options_raise_config_error_naming_the_option(option, value):
     with pytest.raises(ConfigError, match=option):
@@ -155,6 +156,19 @@ def test_same_seed_same_rollout_different_seed_different_samples(first_run):
         assert a.reasoning == b.reasoning
     other, _, _ = drive(make_policy("alpamayo", **FAST), ticks=1, seed=1)
     assert not np.array_equal(other[0].samples, outs[0].samples)
+
+
+def test_speculative_option_keeps_the_greedy_reasoning():
+    spec, _, _ = drive(make_policy("alpamayo", **{**FAST, "cot_tokens": None, "max_cot_tokens": 12,
+                                                  "speculative": "3"}), ticks=2)  # fmt: skip
+    plain, _, _ = drive(
+        make_policy("alpamayo", **{**FAST, "cot_tokens": None, "max_cot_tokens": 12}), ticks=2
+    )
+    for a, b in zip(spec, plain, strict=True):
+        assert a.reasoning == b.reasoning  # greedy speculative decoding is token-identical
+        assert a.extra["draft_proposed"] >= a.extra["draft_accepted"] >= 0
+    with pytest.raises(ConfigError, match="speculative"):
+        make_policy("alpamayo", **{**FAST, "reasoning": "multi", "speculative": 2})
 
 
 def test_multi_reasoning_gives_the_chosen_sample_its_own_text():

@@ -205,3 +205,61 @@ def test_eval_writes_report_violations_and_videos(tmp_path):
     assert (out / "violations" / "index.csv").is_file()
     html = (out / "report.html").read_text()
     assert f"videos/constant_velocity/{SCENE}.mp4" in html and 'id="leaderboard"' in html
+
+
+def test_video_map_is_drawn_once_and_matches_the_direct_render(run):
+    """The pre-drawn, rotated map equals the BEV drawn from scratch at that pose (up to the bilinear
+    resampling of anti-aliased lines), and pixel_map is the renderer's own scene -> pixel map."""
+    from dataclasses import replace
+
+    from alpasim_policy.render.bev import BevRenderer
+    from alpasim_policy.report.video import pixel_map
+    from alpasim_policy.scenes.geometry import scene_to_rig_xy
+
+    out, _ = run
+    ro = Rollout.load(rollout_path(out, "log_replay", SCENE))
+    scene = load_scene(find_scene(SCENE))
+    fr = RolloutFrames(ro, scene)
+    assert fr.map.ok and not fr.bev.config.draw_drivable  # the frames draw only what moves
+    full = BevRenderer(scene, replace(fr.bev.config, draw_drivable=True, draw_crosswalks=True,
+                                      draw_lane_boundaries=True, draw_centerlines=True, draw_route=True))  # fmt: skip
+    for i in (0, fr.n // 2, fr.n - 1):
+        pose = fr.ego[i, :3]
+        xy = scene.ego.state[::7, :2]
+        np.testing.assert_allclose(
+            (xy @ pixel_map(pose, fr.bev.config)[:2, :2].T) + pixel_map(pose, fr.bev.config)[:2, 2],
+            full.rig_to_pixel(scene_to_rig_xy(xy, pose)),
+            atol=1e-6,
+        )
+        direct = full.render(ego_state=fr.ego[i]).astype(int)
+        warped = np.zeros_like(direct, dtype=np.uint8)
+        fr.map.draw(warped, pixel_map(pose, fr.bev.config))
+        fr.bev.render(ego_state=fr.ego[i], out=warped)
+        diff = np.abs(direct - warped.astype(int)).max(axis=2)
+        # the same picture: small mean difference, almost no pixel far off, and the map is there
+        assert diff.mean() < 2.0 and (diff > 60).mean() < 0.005 and (direct > 0).any(axis=2).mean() > 0.2
+
+
+def test_background_videos_are_written_by_a_second_process_and_not_again(run, tmp_path):
+    """eval --videos: each rollout's video is drawn in a spawned process while eval goes on; the
+    report stage then writes only the missing ones."""
+    from alpasim_policy.report.video import BackgroundVideos, write_videos
+    from alpasim_policy.scenes.suite import find_scene
+
+    out, _ = run
+    r = tmp_path / "r"
+    shutil.copytree(out / "rollouts", r / "rollouts")
+    bg = BackgroundVideos(r)
+    for p in POLICIES:
+        bg.submit(rollout_path(r, p, SCENE), find_scene(SCENE))
+    written = bg.finish()
+    assert written == {video_path(r, p, SCENE) for p in POLICIES}
+    for v in written:
+        cap = cv2.VideoCapture(str(v))
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        cap.release()
+        assert n == len(Rollout.load(rollout_path(r, v.parent.name, SCENE)).times)
+    assert write_videos(r, skip=written) == []
+    assert [p.parent.name for p in write_videos(r, skip={video_path(r, "log_replay", SCENE)})] == [
+        "constant_velocity"
+    ]

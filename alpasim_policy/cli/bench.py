@@ -42,7 +42,9 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5)
     add_output_arguments(p)
 
-    p = _add(bench_sub, "env", "env", help="env ticks/s without rendering (goal >= 2,000), with BEV, per camera")
+    p = _add(
+        bench_sub, "env", "env", help="env ticks/s without rendering (goal >= 2,000), with BEV, per camera"
+    )
     p.add_argument("--suite", default="bundled")
     p.add_argument("--render-ticks", type=int, default=60, help="ticks timed with BEV / cameras")
     p.add_argument("--camera-preset", default="alpamayo4")
@@ -74,13 +76,33 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", default=None, help="keep the rollouts here (default: a temporary dir)")
     add_output_arguments(p)
 
-    p = _add(bench_sub, "model", "model", help="Alpamayo model tick latency: stages, single vs multi, graph vs eager")
-    p.add_argument("--preset", default="tiny", help="tiny | small | alpamayo-r1-10b (random weights)")
+    p = _add(
+        bench_sub,
+        "model",
+        "model",
+        help="Alpamayo model tick latency: stages, single vs multi, graph vs eager",
+    )
+    p.add_argument(
+        "--preset", default="tiny", help="tiny | bench3m | small | alpamayo-r1-10b (random weights)"
+    )
     p.add_argument("--weights", default=None, help="local weights directory instead of random weights")
     p.add_argument("--samples", type=int, default=6, help="trajectory samples K per tick")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--cot-tokens", type=int, default=40, help="forced chain-of-causation length (tokens)")
     p.add_argument("--repeats", type=int, default=5, help="timed ticks per configuration (median reported)")
+    p.add_argument("--speculative", default=None, metavar="G1,G2,...",
+                   help="time the decode stage alone: transformers loop vs static-KV loop vs speculative "
+                        "decoding at each gamma (greedy, token-identical; acceptance rates)")  # fmt: skip
+    p.add_argument("--draft", default=None,
+                   help="draft-model folder for --speculative (default: prompt lookup)")  # fmt: skip
+    p.add_argument("--inputs", default=None,
+                   help="with --speculative: training shards (.npz file or folder) as inputs, not synthetic")  # fmt: skip
+    p.add_argument("--input-count", type=int, default=16, help="ticks read from --inputs")
+    p.add_argument("--input-start", type=int, default=0,
+                   help="ticks of --inputs skipped first (held-out tail)")  # fmt: skip
+    p.add_argument("--recall", type=int, default=0,
+                   help="without --draft: prompt-lookup drafts also recall the last N CoCs of the pass "
+                        "(consecutive --inputs ticks, as the policy does within an episode)")  # fmt: skip
     p.add_argument("--warmup", type=int, default=2, help="untimed ticks first (graph capture, allocator)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
@@ -90,6 +112,44 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
         "of both trees is timed in alternating subprocesses and a before/after row written",
     )
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds for --baseline-src")
+    p.add_argument("--dtype", default=None, help="fp32 | bf16 | fp16 (random weights; default: the preset's)")
+    p.add_argument(
+        "--modes",
+        default="multi,eager,dynamic",
+        help="comparisons beside the single-reasoning tick: multi (NVlabs' K CoCs), eager (static loop, "
+        "no graph), dynamic (HF cache), compile (the lean loop under torch.compile); empty = none",
+    )
+    p.add_argument(
+        "--no-flops", dest="flops", action="store_false", help="skip FLOPs per stage and the bound"
+    )
+    p.add_argument(
+        "--nvlabs-cmd",
+        default=None,
+        help="side by side with NVlabs' own code: a command running it in a scratch env (see bench/model.py "
+        "run_nvlabs_comparison and BENCHMARKS.md); needs --weights (an NVlabs-written checkpoint)",
+    )
+    p.add_argument("--nvlabs-samples", default="6,1", help="K values for --nvlabs-cmd")
+    p.add_argument(
+        "--image-hw", default=None, help="H,W model input size override for --weights (e.g. 224,224)"
+    )
+    add_output_arguments(p)
+
+    p = _add(bench_sub, "gpu", "gpu",
+             help="issue 15's GPU tick in one time-boxed run: stages p50/p95, graph vs eager, speculative vs plain")  # fmt: skip
+    p.add_argument("--preset", default="alpamayo-r1-10b", help="model preset (random weights)")
+    p.add_argument("--device", default="cuda", help="cuda (or cpu for the CI check)")
+    p.add_argument("--dtype", default="bf16", help="fp32 | bf16 | fp16")
+    p.add_argument("--samples", type=int, default=6, help="trajectory samples K")
+    p.add_argument("--cot-tokens", type=int, default=40, help="forced CoC length")
+    p.add_argument("--repeats", type=int, default=20, help="timed ticks per configuration")
+    p.add_argument("--warmup", type=int, default=3, help="untimed ticks first (graph capture)")
+    p.add_argument("--gammas", default="2,4,8", help="speculative draft lengths (when the tree has them)")
+    p.add_argument(
+        "--budget-s", type=float, default=420.0, help="skip sections once this many seconds passed"
+    )
+    p.add_argument("--json", default="gpu_tick.json", help="result file (written after every section)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (cpu device)")
+    p.add_argument("--quick", action="store_true", help="2 repeats, 1 warm-up (CI / smoke)")
     add_output_arguments(p)
 
     p = _add(bench_sub, "scorer", "scorer",
@@ -107,7 +167,9 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--navsim-only", action="store_true", help="only the side-by-side run against NAVSIM")
 
-    p = _add(bench_sub, "serve", "serve", help="egodriver drive round-trip overhead and 32 concurrent sessions")
+    p = _add(
+        bench_sub, "serve", "serve", help="egodriver drive round-trip overhead and 32 concurrent sessions"
+    )
     p.add_argument("--ticks", type=int, default=100, help="drive calls per measurement / per session")
     p.add_argument("--sessions", type=int, default=32, help="concurrent sessions")
     p.add_argument("--width", type=int, default=1920)
@@ -121,6 +183,7 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--suite", default="bundled")
     p.add_argument("--policies", default="log_replay,idm,constant_velocity")
     p.add_argument("--video-scenes", type=int, default=3, help="rollouts to time video writing on")
+    p.add_argument("--repeats", type=int, default=3, help="eval with / without background videos rounds")
     p.add_argument("--run-dir", default=None, help="scored run folder to reuse (default: a temp folder)")
     add_output_arguments(p)
 
@@ -130,4 +193,6 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policies", default="log_replay,idm,constant_velocity")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--ray-address", default=None, help="measure on this cluster instead of a local Ray")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="serial / plain processes / Ray rounds, one after the other (median reported)")  # fmt: skip
     add_output_arguments(p)

@@ -47,6 +47,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    videos = None
+    if args.videos and not args.no_score:  # each video drawn by a second process as its rollout lands
+        from alpasim_policy.report.video import BackgroundVideos
+
+        videos = BackgroundVideos(Path(args.out))
+    try:
+        return _eval(args, videos)
+    finally:
+        if videos is not None:
+            videos.close()
+
+
+def _eval(args: argparse.Namespace, videos) -> int:
+    """The eval command; ``videos``: a :class:`~alpasim_policy.report.video.BackgroundVideos` or None."""
     from alpasim_policy.evaluate import _jsonable, _versions, evaluate
     from alpasim_policy.io import atomic_write_json
     from alpasim_policy.policies.registry import parse_options, shorthand_options
@@ -68,6 +82,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         env_config=args.env_config, workers=args.workers,
         backend="ray" if args.ray_address else args.backend, policy_options=options,
         deadline=deadline, ray_address=args.ray_address,
+        on_rollout=videos.submit if videos is not None else None,
     )  # fmt: skip
     errors = [r for r in results if "error" in r]
     for r in errors:
@@ -103,7 +118,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         # report stage: videos if asked, violations index, RUN/report.html
         from alpasim_policy.report import after_eval
 
-        after_eval(out, videos=args.videos)
+        # the videos drawn during the run are done (scoring overlapped the last ones); the rest now
+        written = videos.finish() if videos is not None else set()
+        after_eval(out, videos=args.videos, written=written)
     if results.skipped_scenes:
         print(
             f"error: {len(results.skipped_scenes)} scene(s) skipped (listed in {out / 'run.json'}, "

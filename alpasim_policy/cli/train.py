@@ -17,6 +17,11 @@ optimisation on the open-loop EPDMS of its own sampled plans (:mod:`alpasim_poli
 ``--steps``, ``--lr``, ``--save-every``, ``--perturbations``, ``--seed``, ``--resume`` as above):
 ticks and metric caches of the training scenes in ``DIR``, then ``DIR/checkpoint``,
 ``DIR/log.csv``, ``DIR/reward.png``, ``DIR/summary.json``.
+
+``train --stage draft --target CKPT --data DIR/data --out DIR`` distils the routine reasoner (the
+speculative decoder's draft, :mod:`alpasim_policy.training.draft`) from the trained target's own
+greedy CoC on those shards: ``DIR/draft`` (the draft model), ``DIR/log.csv``, ``DIR/summary.json``
+(agreement with the target and the greedy acceptance at gamma = 2, 4, 8).
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ import argparse
 import json
 from pathlib import Path
 
-STAGES = ("data", "imitation", "rl")
+STAGES = ("data", "imitation", "rl", "draft")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="build training data (--stage data), train (--stage imitation), post-train (--stage rl)"
+        "train",
+        help="build training data (--stage data), train the model (--stage imitation), post-train it "
+        "(--stage rl) or train its draft (--stage draft)",
     )
     p.add_argument("--stage", choices=STAGES, default="data", help="which stage to run")
     p.add_argument("--out", type=Path, required=True, help="training folder (data/ goes inside)")
@@ -44,7 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--data", type=Path, default=None, help="shards of the data stage (default: <out>/data)")
     g.add_argument("--steps", type=int, default=200, help="optimizer steps")
     g.add_argument("--batch", type=int, default=4, help="samples per step")
-    g.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (warm-up, cosine to 10 %%)")
+    g.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate, warm-up then cosine to 10 %% (default 3e-4; draft 2e-3)",
+    )
     g.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (and at the end)")
     g.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     g.add_argument("--lm-weight", type=float, default=1.0, help="weight of the CoC language-model loss")
@@ -61,7 +73,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--stride", type=int, default=3, help="ticks: every N-th step of a training drive")
     r.add_argument("--time-limit", type=float, default=1800.0, help="seconds; checkpoint and stop after")
     r.add_argument("--profile", default="project", help="scoring profile of the reward")
+    g = p.add_argument_group("draft stage (also uses --data, --steps, --batch, --lr, --seed)")
+    g.add_argument("--target", type=Path, default=None, help="trained target checkpoint to distil from")
+    g.add_argument("--draft-layers", type=int, default=1, help="transformer layers of the draft")
     p.set_defaults(func=_cmd_train)
+
+
+def _cmd_draft(args: argparse.Namespace) -> int:
+    from alpasim_policy.errors import ConfigError
+    from alpasim_policy.training.draft import DraftTrainConfig, train_draft
+
+    if args.target is None:
+        raise ConfigError("train --stage draft needs --target CKPT (the trained model to distil from)")
+    cfg = DraftTrainConfig(
+        steps=args.steps,
+        batch=args.batch,
+        lr=2e-3 if args.lr is None else args.lr,
+        seed=args.seed,
+        layers=args.draft_layers,
+    )
+    s = train_draft(args.target, args.data or args.out / "data", args.out, cfg)
+    a = s["after"].get("held_out") or s["after"]["train"]
+    print(
+        f"draft {s['draft']} ({s['draft_params'] / 1e6:.2f} M params) from {s['samples']} sample(s) in "
+        f"{s['seconds']:.0f} s; loss {s['first_loss']:.3f} -> {s['final_loss']:.3f}; agreement with the "
+        f"target {a['agreement']:.3f}, greedy acceptance gamma=4 {a['acceptance_g4']:.3f}"
+    )
+    return 0
 
 
 def _cmd_imitation(args: argparse.Namespace) -> int:
@@ -71,7 +109,7 @@ def _cmd_imitation(args: argparse.Namespace) -> int:
         preset=args.preset,
         steps=args.steps,
         batch=args.batch,
-        lr=args.lr,
+        lr=3e-4 if args.lr is None else args.lr,
         seed=args.seed,
         save_every=args.save_every,
         lm_weight=args.lm_weight,
@@ -97,7 +135,7 @@ def _cmd_rl(args: argparse.Namespace) -> int:
         steps=args.steps,
         ticks=args.ticks,
         samples=args.samples,
-        lr=args.lr,
+        lr=RLConfig().lr if args.lr is None else args.lr,
         sigma=args.sigma,
         clip=args.clip,
         kl_weight=args.kl_weight,
@@ -129,6 +167,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return _cmd_imitation(args)
     if args.stage == "rl":
         return _cmd_rl(args)
+    if args.stage == "draft":
+        return _cmd_draft(args)
 
     if args.perturbations < 0:
         raise ConfigError(f"--perturbations must be >= 0, got {args.perturbations}")

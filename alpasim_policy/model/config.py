@@ -50,6 +50,30 @@ PRESET_FIELDS: dict[str, dict[str, Any]] = {
         "action_proj_layers": 3,
         "image_hw": (128, 192),
     },
+    # ~3 M parameters at the real input layout (4 cameras x 4 frames at 224^2, 49 tokens per image,
+    # a ~950-token prompt): the CPU benchmark config of issue 15, small enough to run side by side
+    # with NVlabs' own code on a 2-core machine yet with the real prompt length, so per-step
+    # overhead vs arithmetic is measured at the real sequence shapes.
+    "bench3m": {
+        "text_layers": 4,
+        "text_hidden": 128,
+        "text_heads": 4,
+        "kv_heads": 2,
+        "head_dim": 32,
+        "text_intermediate": 384,
+        "mrope_section": (6, 5, 5),
+        "vision_depth": 2,
+        "vision_hidden": 64,
+        "vision_heads": 2,
+        "vision_intermediate": 192,
+        "deepstack_indexes": (0,),
+        "expert_hidden": 64,
+        "expert_heads": 4,
+        "expert_intermediate": 192,
+        "action_proj_hidden": 64,
+        "action_proj_layers": 2,
+        "image_hw": (224, 224),
+    },
     # Qwen3-VL-8B text + ViT; expert sizes per the Alpamayo-R1 release.
     "alpamayo-r1-10b": {
         "text_layers": 36,
@@ -162,7 +186,8 @@ class AlpamayoConfig:
     # ------------------------------------------------------------------ presets
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> AlpamayoConfig:
-        """``tiny`` (0.85 M params, CPU / CI), ``small`` (39 M), ``alpamayo-r1-10b`` (real sizes, 10.9 B)."""
+        """``tiny`` (0.85 M params, CPU / CI), ``bench3m`` (~3 M, real 224^2 input layout, CPU benchmarks),
+        ``small`` (39 M), ``alpamayo-r1-10b`` (real sizes, 10.9 B)."""
         if name not in PRESET_FIELDS:
             raise ConfigError(f"model preset {name!r} unknown; choose one of {', '.join(PRESETS)}")
         base = {**PRESET_FIELDS[name], **overrides}

@@ -94,6 +94,30 @@ class ActionInProjection(nn.Module):
         dtype = self.norm.weight.dtype
         return self.norm(self.encoder(h.to(dtype)))
 
+    def time_term(self, t: torch.Tensor) -> torch.Tensor:
+        """The flow time's share of the first linear layer, ``W_t fourier(t) + b`` ``(B, 1, hidden)``.
+
+        Why: the first layer is linear in the concatenation [action features, time features], so
+        its time columns plus the bias can be computed once per Euler step and per tick instead of
+        inside every velocity evaluation (:meth:`forward_with_time_term`); equal to :meth:`forward`
+        up to float rounding (the sum is split in two)."""
+        first = self.encoder.trunk[0]
+        dtype = self.norm.weight.dtype
+        tf = self.timestep_fourier_encoder(t.float().reshape(-1)).to(dtype)
+        n_x = first.in_features - tf.shape[-1]
+        return F.linear(tf, first.weight[:, n_x:], first.bias)[:, None, :]
+
+    def forward_with_time_term(self, x: torch.Tensor, time_term: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with the time part precomputed by :meth:`time_term`."""
+        x = x.float()
+        feats = torch.cat([enc(x[:, :, i]) for i, enc in enumerate(self.sinus)], dim=-1)
+        first = self.encoder.trunk[0]
+        dtype = self.norm.weight.dtype
+        h = F.linear(feats.to(dtype), first.weight[:, : feats.shape[-1]]) + time_term
+        for layer in self.encoder.trunk[1:]:
+            h = layer(h)
+        return self.norm(h)
+
 
 def build_expert(expert_config) -> nn.Module:  # noqa: ANN001
     """A ``Qwen3VLTextModel`` without token embeddings (the expert only ever sees action embeddings)."""
@@ -182,6 +206,65 @@ def expert_forward_static(
     for i, layer in enumerate(expert.layers):
         h = h + static_attention(
             layer.self_attn, layer.input_layernorm(h), cos, sin, k_bufs[i], v_bufs[i], mask, capacity
+        )
+        h = _mlp_block(layer, h)
+    return expert.norm(h)
+
+
+def lean_attention(
+    attn: nn.Module,
+    h: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_buf: torch.Tensor,
+    v_buf: torch.Tensor,
+    start: int,
+    capacity: int,
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """Attention of ``B`` x ``T`` action tokens, one problem per sample, with no padded columns.
+
+    ``k_buf`` / ``v_buf``: ``(B, kvh, capacity + T, d)``; the prefix is *right-aligned* so that it
+    ends at ``capacity`` (written once per tick, one copy per sample) and the sample's own T action
+    slots follow it: the columns ``[start, capacity + T)`` are exactly (valid prefix, own tokens), so
+    the kernel runs unmasked over ``valid + T`` columns — no padding, no other samples' slots (which
+    the shared-prefix layout of :func:`static_attention` computes and masks away). ``mask`` only when
+    the rows' prefixes differ in length ((B, 1, 1, cols) additive). KV groups folded into query rows.
+    """
+    b, t, _ = h.shape
+    d = attn.head_dim
+    q = attn.q_norm(attn.q_proj(h).view(b, t, -1, d)).transpose(1, 2)
+    k = attn.k_norm(attn.k_proj(h).view(b, t, -1, d)).transpose(1, 2)
+    v = attn.v_proj(h).view(b, t, -1, d).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    kvh = k.shape[1]
+    g = q.shape[1] // kvh
+    k_buf[:, :, capacity:].copy_(k)
+    v_buf[:, :, capacity:].copy_(v)
+    rows = q.reshape(b, kvh, g * t, d)
+    o = F.scaled_dot_product_attention(
+        rows, k_buf[:, :, start:], v_buf[:, :, start:], attn_mask=mask, scale=attn.scaling
+    )
+    o = o.view(b, kvh, g, t, d).permute(0, 3, 1, 2, 4)
+    return attn.o_proj(o.reshape(b, t, kvh * g * d))
+
+
+def expert_forward_lean(
+    expert: nn.Module,
+    embeds: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_bufs: list[torch.Tensor],
+    v_bufs: list[torch.Tensor],
+    start: int,
+    capacity: int,
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """The expert's layers with :func:`lean_attention`; returns the final-norm hidden states."""
+    h = embeds
+    for i, layer in enumerate(expert.layers):
+        h = h + lean_attention(
+            layer.self_attn, layer.input_layernorm(h), cos, sin, k_bufs[i], v_bufs[i], start, capacity, mask
         )
         h = _mlp_block(layer, h)
     return expert.norm(h)

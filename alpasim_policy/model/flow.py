@@ -26,6 +26,7 @@ from torch import nn
 from alpasim_policy.model.expert import (
     action_rope,
     expert_forward_dynamic,
+    expert_forward_lean,
     expert_forward_static,
     static_mask,
 )
@@ -237,6 +238,122 @@ class StaticFlowSampler:
         with torch.cuda.graph(graph):
             self._loop()
         self.graph = graph
+
+
+class LeanFlowSampler:
+    """The CPU Euler loop with every step-independent quantity computed once per tick.
+
+    Per tick (:meth:`load`): the prefix K/V are written once, right-aligned and *expanded to one
+    copy per sample* (so each sample's attention is one unmasked problem over exactly its valid
+    prefix and its own action tokens, :func:`~alpasim_policy.model.expert.lean_attention`: the
+    shared-prefix layout of :class:`StaticFlowSampler` instead computes ``K - 1`` other samples'
+    action columns and the capacity padding and masks them away, ~30 % of the attention work at
+    K = 6 on a 1,000-token prefix); the RoPE tables; the mask (only when rows differ in length); and
+    per Euler step the flow time's share of the action projection
+    (:meth:`~alpasim_policy.model.expert.ActionInProjection.time_term`). Per step only what depends
+    on the current actions runs. ``compiled=True`` wraps the velocity in ``torch.compile``
+    (measured by ``bench model``: whether it pays depends on the machine; eager is the default).
+
+    The window start moves with the prefix length, so this loop is not CUDA-graph capturable; on
+    CUDA the model uses :class:`StaticFlowSampler`'s graph.
+    """
+
+    def __init__(
+        self,
+        expert: nn.Module,
+        action_in_proj: nn.Module,
+        action_out_proj: nn.Module,
+        *,
+        steps: int,
+        samples: int,
+        capacity: int,
+        n_waypoints: int,
+        action_channels: int = 2,
+        device: torch.device | str = "cpu",
+        compiled: bool = False,
+    ):
+        self.m = _Heads(expert, action_in_proj, action_out_proj)
+        self.steps = steps
+        self.samples = samples
+        self.capacity = capacity
+        self.n = n_waypoints
+        self.device = torch.device(device)
+        cfg = expert.config
+        dtype = next(expert.parameters()).dtype
+        self.dtype = dtype
+        kvh, d = cfg.num_key_value_heads, cfg.head_dim
+        shape = (samples, kvh, capacity + n_waypoints, d)
+        self.k = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.num_hidden_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.num_hidden_layers)]
+        self.start = capacity
+        self.mask: torch.Tensor | None = None
+        self.cos = torch.zeros((samples, n_waypoints, d), dtype=dtype, device=self.device)
+        self.sin = torch.zeros_like(self.cos)
+        self.noise = torch.zeros(
+            (samples, n_waypoints, action_channels), dtype=torch.float32, device=self.device
+        )
+        grid = flow_time_grid(steps, self.device)
+        self.dt = [float(grid[i + 1] - grid[i]) for i in range(steps)]
+        with torch.no_grad():
+            # the time terms depend only on the weights and the grid: computed once here
+            self.time_terms = [action_in_proj.time_term(grid[i].expand(samples)) for i in range(steps)]
+        # compiled: one graph for all steps (the time term is an input, not an index to specialise on)
+        self._step = torch.compile(self._velocity_at, dynamic=False) if compiled else self._velocity_at
+
+    def fits(self, prefix: Prefix, samples: int) -> bool:
+        return samples == self.samples and int(prefix.valid_len.max()) <= self.capacity
+
+    @torch.no_grad()
+    def load(self, prefix: Prefix, noise: torch.Tensor) -> None:
+        """Write the valid prefix (one copy per sample, right-aligned), RoPE tables, mask and noise."""
+        if not self.fits(prefix, noise.shape[0]):
+            raise ValueError("prefix / noise do not fit this lean sampler")
+        valid = prefix.valid_len.to(self.device)
+        window = int(valid.max())
+        start = self.capacity - window
+        rep = self.samples // prefix.batch
+        for i in range(len(self.k)):
+            src_k = prefix.keys[i][:, :, :window]
+            src_v = prefix.values[i][:, :, :window]
+            if prefix.batch == 1:
+                self.k[i][:, :, start : self.capacity].copy_(src_k.expand(self.samples, -1, -1, -1))
+                self.v[i][:, :, start : self.capacity].copy_(src_v.expand(self.samples, -1, -1, -1))
+            else:
+                self.k[i][:, :, start : self.capacity].copy_(src_k.repeat_interleave(rep, dim=0))
+                self.v[i][:, :, start : self.capacity].copy_(src_v.repeat_interleave(rep, dim=0))
+        self.start = start
+        rows_valid = valid.repeat_interleave(rep)
+        if bool((rows_valid == window).all()):
+            self.mask = None
+        else:  # rows shorter than the window: their tail columns are padding
+            cols = torch.arange(window + self.n, device=self.device)
+            blocked = (cols[None, :] >= rows_valid[:, None]) & (cols[None, :] < window)
+            neg = torch.tensor(float("-inf"), dtype=self.dtype, device=self.device)
+            zero = torch.tensor(0.0, dtype=self.dtype, device=self.device)
+            self.mask = torch.where(blocked, neg, zero)[:, None, None, :]
+        offsets = prefix.rope_offset.to(self.device).repeat_interleave(rep)
+        cos, sin = action_rope(self.m.expert, offsets, self.n, self.dtype)
+        self.cos.copy_(cos)
+        self.sin.copy_(sin)
+        self.noise.copy_(noise)
+
+    def _velocity_at(self, x: torch.Tensor, time_term: torch.Tensor) -> torch.Tensor:
+        emb = self.m.action_in_proj.forward_with_time_term(x, time_term)
+        h = expert_forward_lean(
+            self.m.expert, emb, self.cos, self.sin, self.k, self.v, self.start, self.capacity, self.mask
+        )
+        return self.m.action_out_proj(h).float()
+
+    def velocity(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Flow velocity at Euler step ``i`` for actions ``x``."""
+        return self._step(x, self.time_terms[i])
+
+    @torch.no_grad()
+    def run(self) -> torch.Tensor:
+        x = self.noise
+        for i in range(self.steps):
+            x = x + self.dt[i] * self._step(x, self.time_terms[i])
+        return x
 
 
 def prefix_capacity(length: int) -> int:

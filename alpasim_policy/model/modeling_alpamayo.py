@@ -16,7 +16,9 @@ One tick of driving (:meth:`AlpamayoR1.drive`):
    condition on that one KV prefix, shared without copies. ``reasoning="multi"``: NVlabs'
    behaviour, K CoCs (the prompt is prefilled and decoded as K sequences).
 4. **Diffusion** — the action expert integrates flow matching over 10 Euler steps for K noise
-   samples against the prefix (static buffers + one CUDA graph, or eager, or HF's dynamic cache).
+   samples against the prefix: ``graph`` = the fastest loop of the device (CUDA: static buffers
+   + one CUDA graph; CPU: the lean loop, step-independent work done once per tick), or ``eager``
+   (the static-buffer loop without the graph), ``lean``, or HF's dynamic cache (``dynamic``).
 5. **Kinematics** — (acceleration, curvature) x 64 -> rig-frame poses at 0.1 s by NVlabs'
    trapezoidal ``action_to_traj`` (exact arcs as an option), v0 estimated from the history as
    NVlabs' ``estimate_t0_states`` (or the measured speed), z carried from the history.
@@ -46,16 +48,19 @@ from alpasim_policy.model.config import AlpamayoConfig
 from alpasim_policy.model.expert import ActionInProjection, build_expert, cache_kwarg
 from alpasim_policy.model.flow import (
     DynamicCacheSampler,
+    LeanFlowSampler,
     Prefix,
     StaticFlowSampler,
     prefix_capacity,
 )
 from alpasim_policy.model.generation_alpamayo import cot_logits_processors, next_tokens
 from alpasim_policy.model.processing_alpamayo import AlpamayoProcessor, PreparedInputs
+from alpasim_policy.model.speculative import Drafter, NGramDrafter, as_drafter, speculative_decode
+from alpasim_policy.model.static_decode import DecodeMode, StaticKVDecoder
 from alpasim_policy.model.tokenizer import AlpamayoTokenizer, DeltaTrajectoryTokenizer
 
 ReasoningMode = Literal["single", "multi"]
-DiffusionMode = Literal["graph", "eager", "dynamic"]
+DiffusionMode = Literal["graph", "eager", "lean", "dynamic"]
 
 
 @dataclass
@@ -105,6 +110,9 @@ class AlpamayoR1(nn.Module):
         )
         self.action_out_proj = nn.Linear(config.expert_hidden, 2)
         self.processor = AlpamayoProcessor(config, self.tokenizer)
+        #: the speculative drafter used when ``drive(speculative=...)`` gets none (None: prompt lookup)
+        self.drafter: Drafter | None = None
+        self._decoder: StaticKVDecoder | None = None  # the static-KV decoder (fused weights of small models)
         # parameters in the model dtype; buffers (RoPE inverse frequencies, Fourier frequencies,
         # action statistics) stay float32 because bf16 would round them.
         dtype = config.torch_dtype
@@ -114,6 +122,7 @@ class AlpamayoR1(nn.Module):
         self._float32_buffers()
         self.counters: Counter[str] = Counter()
         self._static: dict[tuple, StaticFlowSampler] = {}
+        self._lean: dict[tuple, LeanFlowSampler] = {}
         self.eval()
 
     @classmethod
@@ -244,11 +253,21 @@ class AlpamayoR1(nn.Module):
         generator: torch.Generator | None = None,
         timings: dict[str, float] | None = None,
         trace: dict[str, list[torch.Tensor]] | None = None,
+        decode: DecodeMode = "static",
+        speculative: int = 0,
+        drafter: Drafter | None = None,
     ) -> tuple[Prefix, list[list[int]]]:
         """Prefill ``rows`` copies of the prompt and decode until ``<|traj_future_start|>`` is in the cache.
 
         ``trace`` (optional) receives the raw ``logits`` ``(rows, V)`` and the ``tokens`` ``(rows,)``
-        of every decoding step (for parity checks against the reference)."""
+        of every decoding step (for parity checks against the reference).
+
+        ``decode``: ``"static"`` (default) runs the steps over a preallocated KV cache
+        (:class:`~alpasim_policy.model.static_decode.StaticKVDecoder`); ``"dynamic"`` is the
+        reference loop through transformers' forward and ``DynamicCache`` (same tokens, same logits).
+        ``speculative`` = gamma > 0 drafts up to gamma tokens per target forward with ``drafter``
+        (default: ``self.drafter``, else prompt lookup) and verifies them on the static cache
+        (:mod:`~alpasim_policy.model.speculative`; one row only, i.e. single reasoning)."""
         from transformers import DynamicCache
 
         timings = timings if timings is not None else {}
@@ -302,6 +321,89 @@ class AlpamayoR1(nn.Module):
         procs = cot_logits_processors(
             self.tokenizer, forced_length=cot_tokens is not None, temperature=temperature, top_p=top_p
         )
+        if decode not in ("static", "dynamic"):
+            raise ConfigError(f"decode mode {decode!r}: choose static or dynamic")
+        if speculative < 0:
+            raise ConfigError(f"speculative: gamma must be >= 0, got {speculative}")
+        if speculative and (rows != 1 or decode != "static" or trace is not None):
+            raise ConfigError(
+                "speculative decoding needs one reasoning row (reasoning='single'), the static "
+                f"decode and no trace (got rows={rows}, decode={decode!r})"
+            )
+        static = None
+        if decode == "static":
+            static = self._decoder = StaticKVDecoder.for_model(self.vlm, self._decoder)
+            static.start(cache, length, int(delta_row.reshape(-1)[0]), length + limit + speculative + 1)
+        if speculative:
+            res = speculative_decode(
+                lambda feed, start: static.step(feed[None], start, all_logits=True)[0],
+                logits[0],
+                procs,
+                as_drafter(drafter if drafter is not None else self.drafter or NGramDrafter()),
+                gamma=speculative,
+                limit=limit,
+                stop=stop,
+                prompt_ids=prepared.input_ids[0],
+                sample=temperature > 0,
+                temperature=temperature,
+                top_p=top_p,
+                generator=generator,
+            )
+            steps, fed = len(res.tokens), res.fed
+            gen = torch.tensor([res.tokens])
+            stop_at = torch.tensor([length + steps - 1 if res.tokens[-1] == stop else -1])
+            for key, value in (
+                ("decode_forwards", res.forwards),
+                ("spec_proposed", res.proposed),
+                ("spec_accepted", res.accepted),
+            ):
+                timings[key] = timings.get(key, 0) + value
+            self.counters["decode_forwards"] += res.forwards
+        else:
+            gen, stop_at, steps, fed = self._decode_plain(
+                logits, rows, length, limit, stop, pad, procs, temperature, generator, trace,
+                static if static is not None else (cache, rope_delta),
+            )  # fmt: skip
+            timings["decode_forwards"] = timings.get("decode_forwards", 0) + fed
+        self._sync()
+        t2 = time.perf_counter()
+        timings["decode"] = timings.get("decode", 0.0) + t2 - t1
+        timings["decode_steps"] = timings.get("decode_steps", 0) + steps
+        self.counters["decode_steps"] += steps
+
+        total = length + steps  # prompt + generated
+        stop_at = stop_at.to(dev)
+        offset = torch.where(stop_at >= 0, stop_at + 1, torch.full_like(stop_at, total))
+        texts_ids = []
+        for r, s_at in enumerate(stop_at.cpu().tolist()):
+            texts_ids.append(gen[r, : (s_at - length if s_at >= 0 else steps)].tolist())
+        kv_len = length + fed
+        if static is not None:
+            keys, values = static.keys(kv_len), static.values(kv_len)
+        else:
+            keys = [layer.keys for layer in cache.layers]
+            values = [layer.values for layer in cache.layers]
+        valid = offset.clamp(max=kv_len)
+        prefix = Prefix(keys, values, valid, offset + rope_delta[:, 0])
+        return prefix, texts_ids
+
+    def _decode_plain(
+        self,
+        logits: torch.Tensor,
+        rows: int,
+        length: int,
+        limit: int,
+        stop: int,
+        pad: int,
+        procs,  # noqa: ANN001 - LogitsProcessorList
+        temperature: float,
+        generator: torch.Generator | None,
+        trace: dict[str, list[torch.Tensor]] | None,
+        target,  # noqa: ANN001 - a StaticKVDecoder, or (DynamicCache, rope_delta) for the reference loop
+    ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """One token per step for all rows. Returns (generated ``(rows, steps)`` on the CPU, sequence
+        index of each row's stop or -1, steps, tokens fed back)."""
+        dev = self.device
         finished = torch.zeros(rows, dtype=torch.bool, device=dev)
         stop_at = torch.full((rows,), -1, dtype=torch.long, device=dev)  # sequence index of the stop
         generated: list[torch.Tensor] = []
@@ -323,29 +425,18 @@ class AlpamayoR1(nn.Module):
             finished |= newly
             if steps >= limit:
                 break  # the last generated token is never fed
-            out = self._vlm_step(tok[:, None], torch.full((rows, 1), cur - 1, device=dev), rope_delta, cache)
+            if isinstance(target, StaticKVDecoder):
+                out_logits = target.step(tok[:, None], cur - 1)
+            else:
+                cache, rope_delta = target
+                out_logits = self._vlm_step(
+                    tok[:, None], torch.full((rows, 1), cur - 1, device=dev), rope_delta, cache
+                ).logits
             fed += 1
             if bool(finished.all()):
                 break  # the stop token is in the cache; NVlabs' one extra token is not needed
-            logits = out.logits[:, -1]
-        self._sync()
-        t2 = time.perf_counter()
-        timings["decode"] = timings.get("decode", 0.0) + t2 - t1
-        timings["decode_steps"] = timings.get("decode_steps", 0) + steps
-        self.counters["decode_steps"] += steps
-
-        gen = torch.stack(generated, dim=1).cpu()
-        total = length + steps  # prompt + generated
-        offset = torch.where(stop_at >= 0, stop_at + 1, torch.full_like(stop_at, total))
-        texts_ids = []
-        for r, s_at in enumerate(stop_at.cpu().tolist()):
-            texts_ids.append(gen[r, : (s_at - length if s_at >= 0 else steps)].tolist())
-        keys = [layer.keys for layer in cache.layers]
-        values = [layer.values for layer in cache.layers]
-        kv_len = length + fed
-        valid = offset.clamp(max=kv_len)
-        prefix = Prefix(keys, values, valid, offset + rope_delta[:, 0])
-        return prefix, texts_ids
+            logits = out_logits[:, -1]
+        return torch.stack(generated, dim=1).cpu(), stop_at, steps, fed
 
     # ================================================================== diffusion
     def _static_sampler(self, samples: int, prefix: Prefix) -> StaticFlowSampler:
@@ -368,6 +459,24 @@ class AlpamayoR1(nn.Module):
             self._static[key] = sampler
         return sampler
 
+    def _lean_sampler(self, samples: int, prefix: Prefix) -> LeanFlowSampler:
+        """The live lean sampler for ``samples``; grown only when a prefix no longer fits."""
+        key = (samples, str(self.device), self.dtype)
+        sampler = self._lean.get(key)
+        if sampler is None or not sampler.fits(prefix, samples):
+            sampler = LeanFlowSampler(
+                self.expert,
+                self.action_in_proj,
+                self.action_out_proj,
+                steps=self.config.flow_steps,
+                samples=samples,
+                capacity=prefix_capacity(int(prefix.valid_len.max())),
+                n_waypoints=self.config.n_waypoints,
+                device=self.device,
+            )
+            self._lean[key] = sampler
+        return sampler
+
     @torch.no_grad()
     def sample_actions(
         self, prefix: Prefix, noise: torch.Tensor, mode: DiffusionMode = "graph"
@@ -380,8 +489,13 @@ class AlpamayoR1(nn.Module):
                 self.expert, self.action_in_proj, self.action_out_proj, self.config.flow_steps
             )
             return sampler.sample(prefix, noise)
-        if mode not in ("graph", "eager"):
-            raise ConfigError(f"diffusion mode {mode!r}: choose graph, eager or dynamic")
+        if mode not in ("graph", "eager", "lean"):
+            raise ConfigError(f"diffusion mode {mode!r}: choose graph, eager, lean or dynamic")
+        if mode == "lean" or (mode == "graph" and self.device.type != "cuda"):
+            # no CUDA graphs off CUDA: the fastest loop there is the lean one
+            lean = self._lean_sampler(noise.shape[0], prefix)
+            lean.load(prefix, noise)
+            return lean.run()
         sampler = self._static_sampler(noise.shape[0], prefix)
         sampler.load(prefix, noise)
         return sampler.run(use_graph=(mode == "graph")).clone()
@@ -406,6 +520,9 @@ class AlpamayoR1(nn.Module):
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
         history_z: Any = None,
+        decode: DecodeMode = "static",
+        speculative: int = 0,
+        drafter: Drafter | None = None,
     ) -> DriveOutput:
         """One planning tick: images + ego history -> CoC text(s) and K trajectories (see module doc).
 
@@ -422,6 +539,10 @@ class AlpamayoR1(nn.Module):
         * ``temperature``: 0 = greedy (default for ``single``; ``multi`` samples with the config's
           temperature / top-p so the K reasonings differ). ``cot_tokens`` forces the CoC length.
         * ``noise`` (K, 64, 2) fixes the flow's starting point (else drawn from ``generator``).
+        * ``decode``: ``static`` (preallocated KV, default) or ``dynamic`` (transformers' loop);
+          ``speculative`` = gamma > 0: speculative CoC decoding with ``drafter`` (or
+          ``self.drafter``, else prompt lookup); single reasoning only. Greedy output is identical
+          to plain decoding, sampled output has the same distribution (see :meth:`reason`).
         """
         if reasoning not in ("single", "multi"):
             raise ConfigError(f"reasoning mode {reasoning!r}: choose single or multi")
@@ -454,6 +575,9 @@ class AlpamayoR1(nn.Module):
             top_p=top_p,
             generator=dev_gen,
             timings=timings,
+            decode=decode,
+            speculative=speculative,
+            drafter=drafter,
         )
         texts = [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in cot_ids]
 
@@ -478,6 +602,9 @@ class AlpamayoR1(nn.Module):
         timings["post"] = t_end - t_d1
         timings["total"] = t_end - t_start
         steps = int(timings.pop("decode_steps", 0))
+        forwards = int(timings.pop("decode_forwards", 0))
+        proposed = int(timings.pop("spec_proposed", 0))
+        accepted = int(timings.pop("spec_accepted", 0))
         timings["decode_tok_per_s"] = steps / timings["decode"] if timings.get("decode") else 0.0
         stats = {
             "prefill_sequences": rows,
@@ -487,6 +614,12 @@ class AlpamayoR1(nn.Module):
             "kv_len": prefix.length,
             "expert_position_start": [int(p) for p in prefix.rope_offset.tolist()],
             "graph": int(diffusion == "graph" and self.device.type == "cuda"),
+            "decode": decode,
+            "decode_forwards": forwards,  # target forwards after the prefill (incl. verification)
+            "speculative": speculative,
+            "draft_proposed": proposed,
+            "draft_accepted": accepted,
+            "acceptance": accepted / proposed if proposed else None,
         }
         return DriveOutput(
             trajectories=traj.numpy(),

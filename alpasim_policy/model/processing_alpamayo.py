@@ -110,7 +110,11 @@ class AlpamayoProcessor:
         """(N, 3, H, W) in [0, 1] -> Qwen3-VL ``pixel_values`` (patches, 3 * tp * ps * ps) and ``grid_thw``."""
         cfg = self.config
         if self.image_processor is not None:
-            arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            u8 = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+            fast = self._qwen_pixels_without_resize(u8)
+            if fast is not None:
+                return fast
+            arr = u8.permute(0, 2, 3, 1).cpu().numpy()
             out = self.image_processor(images=list(arr), return_tensors="pt")
             return out["pixel_values"], out["image_grid_thw"]
         h, w = cfg.image_hw
@@ -122,6 +126,69 @@ class AlpamayoProcessor:
         x = x[:, None].expand(n, tp, c, h, w)  # a still image fills the temporal patch
         x = x.reshape(n, tp, c, gh // m, m, ps, gw // m, m, ps)
         x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # n, gh/m, gw/m, m, m, c, tp, ps, ps
+        pixel_values = x.reshape(n * gh * gw, c * tp * ps * ps)
+        grid = torch.tensor([[1, gh, gw]] * n, dtype=torch.long)
+        return pixel_values, grid
+
+    def _qwen_pixels_without_resize(self, u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The Qwen2-VL image processor's output computed in one batched tensor pass, when its resize
+        would leave the images as they are (their size already satisfies its pixel budget and patch
+        grid); ``None`` otherwise (then the processor runs).
+
+        Why: the processor works image by image through PIL / numpy; without a resize the rest is
+        a rescale (float64, then float32, as its numpy backend does), a per-channel normalisation in
+        float32 and a patch reshuffle — the same arithmetic in the same order here, on the whole
+        batch at once, so the values are identical (tested). 16 images of 224^2 on one core: 13 ms
+        CPU instead of the processor's 38 ms."""
+        ip = self.image_processor
+        if "Qwen2VLImageProcessor" not in type(ip).__name__:
+            return None
+        need = (
+            "patch_size",
+            "merge_size",
+            "temporal_patch_size",
+            "rescale_factor",
+            "image_mean",
+            "image_std",
+        )
+        if not all(getattr(ip, k, None) is not None for k in need):
+            return None
+        if not (getattr(ip, "do_rescale", True) and getattr(ip, "do_normalize", True)):
+            return None
+        ps, m, tp = int(ip.patch_size), int(ip.merge_size), int(ip.temporal_patch_size)
+        n, c, h, w = u8.shape
+        if c != 3:
+            return None
+        if getattr(ip, "do_resize", True):
+            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+            size = ip.size
+            lo = (
+                getattr(size, "shortest_edge", None)
+                if not isinstance(size, dict)
+                else size.get("shortest_edge")
+            )
+            hi = (
+                getattr(size, "longest_edge", None)
+                if not isinstance(size, dict)
+                else size.get("longest_edge")
+            )
+            lo = getattr(ip, "min_pixels", None) or lo
+            hi = getattr(ip, "max_pixels", None) or hi
+            if lo is None or hi is None:
+                return None
+            if smart_resize(h, w, factor=ps * m, min_pixels=int(lo), max_pixels=int(hi)) != (h, w):
+                return None
+        elif h % (ps * m) or w % (ps * m):
+            return None
+        mean = torch.tensor(ip.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(ip.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+        x = (u8.double() * float(ip.rescale_factor)).float()
+        x = (x - mean) / std
+        gh, gw = h // ps, w // ps
+        x = x[:, None].expand(n, tp, c, h, w)  # a still image fills the temporal patch
+        x = x.reshape(n, tp, c, gh // m, m, ps, gw // m, m, ps)
+        x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
         pixel_values = x.reshape(n * gh * gw, c * tp * ps * ps)
         grid = torch.tensor([[1, gh, gw]] * n, dtype=torch.long)
         return pixel_values, grid

@@ -25,9 +25,12 @@ NVlabs' format (as ``save_pretrained`` of NVlabs' code writes it, any size) or t
 size; ``base_vlm_dir`` the base Qwen3-VL folder when the checkpoint names a Hub id not in the local
 cache), ``dtype`` float32 | bfloat16 | float16 (default: the checkpoint's / the preset's),
 ``v0`` history | measured, ``samples`` K (6),
-``reasoning`` single | multi, ``diffusion`` graph | eager | dynamic, ``select`` first | medoid |
+``reasoning`` single | multi, ``diffusion`` graph | eager | lean | dynamic, ``select`` first | medoid |
 scored, ``device`` cpu | cuda, ``seed`` (0), ``cot_tokens`` (force the CoC length),
-``max_cot_tokens``, ``temperature``, ``threads`` (torch CPU threads, process-wide; default: torch's
+``max_cot_tokens``, ``temperature``, ``speculative`` gamma (0 = off; > 0 drafts up to gamma CoC
+tokens per target forward, single reasoning only: greedy output identical, sampled output the same
+distribution), ``draft`` a draft-model folder for it (drafts: recall of the episode's previous
+CoCs first, then the draft model, or lookup in the prompt without one), ``threads`` (torch CPU threads, process-wide; default: torch's
 choice), ``camera_width`` / ``camera_height`` (the resolution this policy asks the env to render,
 ``camera_size``; other sizes are area-resampled to it), and the real-time budget ``deadline_ms`` +
 ``latency_mode`` ignore | delay + ``assumed_latency_ms`` (see :mod:`alpasim_policy.policies.deadline`).
@@ -61,7 +64,7 @@ from alpasim_policy.policies.selection import SampleSelector, parse_select
 
 PRESETS = ("tiny", "small", "alpamayo-r1-10b")
 REASONING_MODES = ("single", "multi")
-DIFFUSION_MODES = ("graph", "eager", "dynamic")
+DIFFUSION_MODES = ("graph", "eager", "lean", "dynamic")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_DEADLINE_S = 0.1  # one 10 Hz tick
@@ -131,6 +134,8 @@ class AlpamayoCore:
         camera_width: int | str | None = None,
         camera_height: int | str | None = None,
         threads: int | str | None = None,
+        speculative: int | str = 0,
+        draft: str | None = None,
     ):
         self.preset = parse_choice("preset", preset, PRESETS)
         self.samples = parse_int("samples", samples, minimum=1)
@@ -142,6 +147,12 @@ class AlpamayoCore:
         self.cot_tokens = parse_int("cot_tokens", cot_tokens, minimum=1, allow_none=True)
         self.max_cot_tokens = parse_int("max_cot_tokens", max_cot_tokens, minimum=1, allow_none=True)
         self.temperature = parse_number("temperature", temperature, allow_none=True)
+        self.speculative = parse_int("speculative", speculative, minimum=0)
+        if self.speculative and self.reasoning != "single":
+            raise ConfigError("option 'speculative': needs reasoning=single (one CoC per tick)")
+        self.draft = None if draft in (None, "", "none", "null") else Path(str(draft))
+        if self.draft is not None and not self.draft.is_dir():
+            raise ConfigError(f"option 'draft': {self.draft} is not a directory")
         w, h = DEFAULT_CAMERA_SIZE[self.preset]
         self.camera_size = (
             parse_int("camera_width", camera_width if camera_width is not None else w, minimum=16),
@@ -163,6 +174,16 @@ class AlpamayoCore:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("option 'device': 'cuda' requested but no CUDA device is available")
         self.model = self._build_model()
+        if self.speculative or self.draft is not None:
+            from alpasim_policy.model.speculative import FallbackDrafter, NGramDrafter
+
+            # recall of this episode's previous CoCs first (free; forgotten at reset so runs stay
+            # independent of scene order), then the draft model, else lookup in the prompt
+            if self.draft is not None:
+                recall = NGramDrafter(memory=4, prompt=False)
+                self.model.drafter = FallbackDrafter(recall, _load_drafter(self.draft, self.device))
+            else:
+                self.model.drafter = NGramDrafter(memory=4)
         self.frames = FrameBuffer(self.model.config.frames)
         self.selector = SampleSelector(self.select)
         self._camera_order: list[str] | None = None
@@ -203,6 +224,9 @@ class AlpamayoCore:
             self.selector.reset(scene)
         if not self._warm:
             self._warmup()
+        forget = getattr(self.model.drafter, "forget", None)
+        if callable(forget):  # recalled CoCs of the last episode (and the warm-up)
+            forget()
 
     def _warmup(self) -> None:
         """One throw-away tick so one-time costs (allocation, static buffers) are not in tick 1's latency."""
@@ -214,7 +238,7 @@ class AlpamayoCore:
         history = np.zeros((cfg.history_steps, 4))
         self.model.drive(images, history, 0.0, 1, num_samples=self.samples, reasoning=self.reasoning,
                          diffusion=self.diffusion, cot_tokens=self.cot_tokens or 4,
-                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+                         generator=torch.Generator().manual_seed(0), speculative=self.speculative)  # fmt: skip
         self._warm = True
 
     def _images(self, observation: dict[str, Any]) -> np.ndarray:
@@ -261,6 +285,7 @@ class AlpamayoCore:
             max_cot_tokens=self.max_cot_tokens,
             temperature=self.temperature,
             generator=self._generator,
+            speculative=self.speculative,
         )
         t1 = time.perf_counter()
         samples = np.asarray(out.trajectories, dtype=np.float64)
@@ -281,6 +306,9 @@ class AlpamayoCore:
             "cot_tokens": out.stats.get("cot_tokens"),
             "v0": out.v0,
         }
+        if self.speculative:  # drafts proposed / accepted this tick
+            extra["draft_proposed"] = out.stats.get("draft_proposed")
+            extra["draft_accepted"] = out.stats.get("draft_accepted")
         return PolicyOutput(
             trajectory=samples[chosen.index], reasoning=reasoning, samples=samples, extra=extra
         )
@@ -342,6 +370,15 @@ class AlpamayoPolicy:
             deadline_enforced=False,
         )
         return out
+
+
+def _load_drafter(path: Path, device: str):  # noqa: ANN202 - a Drafter
+    """The draft model in ``path`` as a speculative drafter (``modeling_draft.load_drafter``)."""
+    try:
+        from alpasim_policy.model.modeling_draft import load_drafter
+    except ImportError as e:
+        raise ConfigError(f"option 'draft': this build has no draft model ({e})") from e
+    return load_drafter(path, device)
 
 
 def _policy_signature() -> inspect.Signature:

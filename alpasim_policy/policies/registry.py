@@ -131,11 +131,14 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
 
 #: Shorthand command-line flags for the Alpamayo policy's main options (issue: ``--preset`` etc.);
 #: each maps to the constructor option of the same name.
-SHORTHAND_OPTIONS = ("preset", "weights", "samples", "reasoning", "diffusion", "select", "device")
+SHORTHAND_OPTIONS = (
+    "preset", "weights", "samples", "reasoning", "diffusion", "select", "device", "speculative", "draft",
+)  # fmt: skip
 
 
 def add_shorthand_arguments(parser: Any) -> None:
-    """Add ``--preset --weights --samples --reasoning --diffusion --select --device`` to a CLI parser.
+    """Add ``--preset --weights --samples --reasoning --diffusion --select --device --speculative
+    --draft`` to a CLI parser.
 
     They are plain ``--policy-option KEY=VALUE`` under another name: each goes to every policy
     whose constructor takes it (today: ``alpamayo``), so ``eval --policy idm,alpamayo --samples 6``
@@ -146,9 +149,12 @@ def add_shorthand_arguments(parser: Any) -> None:
     g.add_argument("--weights", help="local directory with real weights (safetensors shards)")
     g.add_argument("--samples", type=int, help="K trajectory samples per tick")
     g.add_argument("--reasoning", help="single (one CoC shared by all samples) | multi (one per sample)")
-    g.add_argument("--diffusion", help="graph (CUDA graph on GPU) | eager")
+    g.add_argument("--diffusion", help="graph (CUDA graph on GPU, lean loop on CPU) | eager | lean | dynamic")
     g.add_argument("--select", help="first | medoid | scored")
     g.add_argument("--device", help="cpu | cuda")
+    g.add_argument("--speculative", type=int, metavar="GAMMA",
+                   help="speculative CoC decoding: up to GAMMA draft tokens per target forward (0 = off)")  # fmt: skip
+    g.add_argument("--draft", help="draft-model folder for --speculative (default: prompt-lookup drafts)")
 
 
 def shorthand_options(args: Any) -> dict[str, Any]:

@@ -218,6 +218,7 @@ class BevRenderer:
         step: int = 0,
         plan_world: np.ndarray | None = None,
         plan_rig: np.ndarray | None = None,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         """Draw the scene around ``ego_state`` (an EGO_COLUMNS row: rear axle, scene frame).
 
@@ -225,11 +226,23 @@ class BevRenderer:
         scene's N agents; rows where ``agent_valid`` is False are skipped. ``step`` picks the
         traffic-light states. The plan may be given in the scene frame (``plan_world``) or the
         rig frame (``plan_rig``), (T, >=2) either way. Returns (H, W, 3) uint8 RGB.
+
+        ``out``: draw over this (H, W, 3) uint8 image (a view is fine) instead of a fresh
+        background, and return it. With the map layers switched off in the config this draws
+        only what moves over a map drawn beforehand (the rollout videos pre-draw the map once
+        per rollout and rotate it into place each frame).
         """
         c = self.config
         g = self.geometry
         pose = np.asarray(ego_state, dtype=np.float64)[:3]
-        img = self._bg.copy()
+        if out is not None:
+            if out.shape != self._bg.shape or out.dtype != np.uint8:
+                raise ValueError(
+                    f"render_bev: out is {out.shape} {out.dtype}, expected {self._bg.shape} uint8"
+                )
+            img = out
+        else:
+            img = self._bg.copy()
         if c.draw_drivable:
             self._road(img, pose, c.colors["drivable"])
         if c.draw_crosswalks:

@@ -94,7 +94,9 @@ def _profile(run: dict, board: list[dict], run_dir: Path) -> str:
         for line in md.read_text().splitlines():
             low = line.lower()
             if "profile" in low and not line.lstrip().startswith("|"):
-                text = line.split(":", 1)[1] if ":" in line and low.index("profile") < low.index(":") else line
+                text = (
+                    line.split(":", 1)[1] if ":" in line and low.index("profile") < low.index(":") else line
+                )
                 return text.replace("**", "").replace("`", "").strip("#_ .").strip()
     return "default (the project's NAVSIM-style closed-loop scorer, alpasim_policy/scoring/README.md)"
 

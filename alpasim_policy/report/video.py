@@ -24,6 +24,14 @@ DAC and TLC use), so what the video marks is what the leaderboard scored.
 off-road state (policy, scene, kind, first step, count, video), with a BEV still of the first one
 (``<policy>__<scene>.jpg``), as AlpaSim's violations folder does.
 
+Speed: the map layers are drawn once per rollout into a north-up canvas (:class:`StaticMap`) that
+each frame rotates into place with one ``cv2.warpAffine``; only lights, agents, ego, paths, plan and
+samples are drawn per frame, through one scene -> pixel matrix (:func:`pixel_map`). Encoding is
+then the larger part of a frame (about 1.4 ms of MPEG-4 for 672 x 448 on one core; ``mp4v`` was the
+cheapest of the encoders in OpenCV's wheel we timed: FLV1, MP42, WMV2, DIVX, MJPG, VP8, FFV1).
+``eval --videos`` draws each video in a second process while the run goes on
+(:class:`BackgroundVideos`).
+
 Codec: OpenCV's bundled FFmpeg writes MPEG-4 Part 2 (``mp4v``) in an mp4 container; H.264 is not
 in the wheel. Desktop players (VLC, mpv, QuickTime, Windows' player) play it; browsers may not,
 so the report shows the still and links the file.
@@ -142,17 +150,87 @@ def _scoring_world(scene):
 # --------------------------------------------------------------------------- drawing
 
 
-def _poly(img: np.ndarray, px: np.ndarray, color, thickness: int = 1) -> None:
-    ok = np.all(np.isfinite(px), axis=-1)
-    px = px[ok]
-    if len(px) >= 2:
-        cv2.polylines(img, [np.rint(px * 16).astype(np.int32)], False, color, thickness, cv2.LINE_AA, 4)
+_SHIFT = 4  # sub-pixel bits of the cv2 drawing calls
+_MAX_MAP_PIXELS = 16_000_000  # a larger pre-drawn map (a very long drive) falls back to drawing per frame
+
+
+def pixel_map(pose: np.ndarray, config) -> np.ndarray:
+    """The 3 x 3 affine map from scene-frame (x, y, 1) to (column, row, 1) pixels of the
+    ego-centred, heading-up BEV of ``config`` (a :class:`~alpasim_policy.render.bev.BevConfig`)
+    at ``pose`` = (x, y, heading): the same as ``rig_to_pixel(scene_to_rig_xy(xy, pose))``,
+    as one matrix, so that whole polylines (and the pre-drawn map) move with one product."""
+    c, s = float(np.cos(pose[2])), float(np.sin(pose[2]))
+    m = float(config.meters_per_pixel)
+    bx, by = config.ego_pixel()
+    ex, ey = float(pose[0]), float(pose[1])
+    return np.array(
+        [
+            [s / m, -c / m, bx - (s * ex - c * ey) / m],
+            [-c / m, -s / m, by + (c * ex + s * ey) / m],
+            [0.0, 0.0, 1.0],
+        ]
+    )
+
+
+def _fixed(P: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Scene-frame points (..., 2) -> int32 sub-pixel coordinates (``_SHIFT`` bits) under ``P``."""
+    q = (xy @ P[:2, :2].T + P[:2, 2]) * (1 << _SHIFT)
+    np.clip(q, -(2**28), 2**28, out=q)
+    return np.rint(q).astype(np.int32)
+
+
+class StaticMap:
+    """The map layers around one rollout (drivable area, crosswalks, lane lines, route), drawn
+    once, north-up, into a canvas covering every ego pose of the rollout plus the view radius.
+
+    Why: the map is the costly part of a BEV frame (every layer transformed and filled), and it
+    does not change during a rollout; each frame rotates the canvas into the ego-centred,
+    heading-up view with one ``cv2.warpAffine`` (bilinear) and draws only what moves over it.
+    ``ok`` is False when the canvas would be larger than ``_MAX_MAP_PIXELS`` (then the frames
+    draw the map themselves). The canvas has 4 channels: OpenCV's warp is about twice as fast
+    on 4-channel images as on 3-channel ones.
+    """
+
+    def __init__(self, scene, config, poses: np.ndarray):
+        from dataclasses import replace
+
+        from alpasim_policy.render.bev import BevRenderer
+
+        m = config.meters_per_pixel
+        xy = np.asarray(poses, np.float64)[:, :2]
+        xy = xy[np.all(np.isfinite(xy), axis=1)]
+        r = config.view_radius() + 4 * m
+        lo, hi = xy.min(axis=0) - r, xy.max(axis=0) + r
+        w, h = (int(np.ceil(v / m)) + 2 for v in hi - lo)
+        self.ok = len(xy) > 0 and w * h <= _MAX_MAP_PIXELS
+        if not self.ok:
+            return
+        mid = (lo + hi) / 2
+        cfg = replace(config, width=w, height=h, ego_position=(0.5, 0.5), draw_lights=False, draw_agents=False,
+                      draw_ego=False, draw_plan=False)  # fmt: skip
+        # heading +y: the rig's forward axis (image up) is the scene's +y, so the canvas is north-up
+        pose = np.array([mid[0], mid[1], np.pi / 2])
+        self.canvas = cv2.cvtColor(BevRenderer(scene, cfg).render(ego_state=pose), cv2.COLOR_BGR2BGRA)
+        self._from_canvas = np.linalg.inv(pixel_map(pose, cfg))  # canvas pixel -> scene
+        self._background = (*(int(v) for v in config.colors["background"]), 255)
+        self._tmp = np.empty((config.height, config.width, 4), np.uint8)
+
+    def draw(self, out: np.ndarray, P: np.ndarray) -> None:
+        """Rotate the canvas into ``out`` (H, W, 3), the view whose scene -> pixel map is ``P``."""
+        M = (P @ self._from_canvas)[:2]
+        cv2.warpAffine(self.canvas, M, (out.shape[1], out.shape[0]), dst=self._tmp, flags=cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=self._background)  # fmt: skip
+        r = cv2.cvtColor(self._tmp, cv2.COLOR_BGRA2BGR, dst=out)
+        if r is not out and not np.shares_memory(r, out):  # OpenCV wrote a new array instead of the view
+            out[:] = r
 
 
 class RolloutFrames:
-    """Draws the frames of one rollout; construct once (precomputes the timeline and events)."""
+    """Draws the frames of one rollout; construct once (precomputes the map, timeline and events)."""
 
     def __init__(self, ro, scene, *, style: VideoStyle | None = None, cameras: bool = True, world=None):
+        from dataclasses import replace
+
         from alpasim_policy.render.bev import BevConfig, BevRenderer
 
         self.ro, self.scene = ro, scene
@@ -163,12 +241,22 @@ class RolloutFrames:
         cfg = BevConfig(width=s.bev, height=s.bev, meters_per_pixel=s.meters_per_pixel, ego_position=(0.5, 0.62),
                         draw_plan=False, colors={k: v[::-1] for k, v in base.colors.items()},
                         agent_colors={k: v[::-1] for k, v in base.agent_colors.items()})  # fmt: skip
+        self.ego = np.asarray(ro.ego_state, np.float64)
+        self.map = StaticMap(scene, cfg, self.ego)
+        if self.map.ok:  # the map comes pre-drawn: the per-frame renderer draws lights, agents, ego
+            cfg = replace(cfg, draw_drivable=False, draw_crosswalks=False, draw_lane_boundaries=False,
+                          draw_centerlines=False, draw_route=False)  # fmt: skip
         self.bev = BevRenderer(scene, cfg)
         self.world = world if world is not None else _scoring_world(scene)
         self.events = rollout_events(ro, self.world)
+        # events seen up to each tick (the "so far" line of the panel)
+        self._so_far = {k: np.logical_or.accumulate(v) if len(v) else v for k, v in self.events.items()}
         self.n = len(ro.times)
-        self.ego = np.asarray(ro.ego_state, np.float64)
         self.log_xy = np.asarray(scene.ego.state, np.float64)[:, :2]
+        self._agent_state = np.asarray(ro.agent_state)
+        self._agent_valid = np.asarray(ro.agent_valid)
+        self._plans = np.asarray(ro.plans, np.float64)
+        self._samples = None if ro.samples is None else np.asarray(ro.samples, np.float64)
         self.rig = None
         cam = (ro.env_config or {}).get("cameras") or {}
         if cameras and cam.get("enabled"):
@@ -178,6 +266,7 @@ class RolloutFrames:
         self._timeline = self._draw_timeline()
         self._panel_base = self._draw_panel_base()
         self._first_control = int(np.argmax(np.asarray(ro.controlled, bool))) if np.any(ro.controlled) else 0
+        self._buf = np.empty((s.size[1], s.size[0], 3), np.uint8)
 
     # -- static parts
 
@@ -203,29 +292,38 @@ class RolloutFrames:
     # -- one frame
 
     def frame(self, i: int) -> np.ndarray:
-        """Frame ``i`` (record index), (H, W, 3) uint8 BGR."""
-        from alpasim_policy.scenes.geometry import scene_to_rig_xy
+        """Frame ``i`` (record index), (H, W, 3) uint8 BGR (a new array)."""
+        return self._draw(i).copy()
 
+    def _draw(self, i: int) -> np.ndarray:
+        """Frame ``i`` drawn into the reused frame buffer (valid until the next call)."""
         ro, s = self.ro, self.s
+        out = self._buf
+        img = out[: s.bev, : s.bev]
         pose = self.ego[i, :3]
-        plan = np.asarray(ro.plans[i], np.float64)
-        plan = plan[np.all(np.isfinite(plan[:, :2]), axis=1)] if plan.ndim == 2 else np.zeros((0, 3))
-        img = self.bev.render(
-            ego_state=self.ego[i],
-            agent_states=np.asarray(ro.agent_state)[:, i],
-            agent_valid=np.asarray(ro.agent_valid)[:, i],
-            step=int(ro.steps[i]),
-        )
-        px = self.bev.rig_to_pixel
-        _poly(img, px(scene_to_rig_xy(self.log_xy, pose)), _LOG_BGR, 1)
-        _poly(img, px(scene_to_rig_xy(self.ego[: i + 1, :2], pose)), (80, 220, 80), 2)
+        P = pixel_map(pose, self.bev.config)
+        if self.map.ok:
+            self.map.draw(img, P)
+        else:
+            img[:] = self.bev.config.colors["background"]
+        self.bev.render(ego_state=self.ego[i], agent_states=self._agent_state[:, i],
+                        agent_valid=self._agent_valid[:, i], step=int(ro.steps[i]), out=img)  # fmt: skip
+        aa = cv2.LINE_AA
+        cv2.polylines(img, [_fixed(P, self.log_xy)], False, _LOG_BGR, 1, aa, _SHIFT)
+        cv2.polylines(img, [_fixed(P, self.ego[: i + 1, :2])], False, (80, 220, 80), 2, aa, _SHIFT)
+        plan = self._plans[i] if self._plans.ndim == 3 and i < len(self._plans) else np.zeros((0, 3))
+        plan = plan[np.all(np.isfinite(plan[:, :2]), axis=1)]
         if len(plan):
-            pts = np.vstack([[0.0, 0.0], scene_to_rig_xy(plan[:, :2], pose)])
-            _poly(img, px(pts), (0, 220, 255), 3)
-        if ro.samples is not None and i < len(ro.samples):  # thin, over the thick plan: both stay visible
-            for smp in np.asarray(ro.samples[i], np.float64):
-                if np.isfinite(smp[:, :2]).any():
-                    _poly(img, px(scene_to_rig_xy(smp[:, :2], pose)), _SAMPLE_BGR, 1)
+            pts = np.vstack([pose[None, :2], plan[:, :2]])  # from the rear axle
+            cv2.polylines(img, [_fixed(P, pts)], False, (0, 220, 255), 3, aa, _SHIFT)
+        # the K samples thin, over the thick plan: both stay visible
+        if self._samples is not None and i < len(self._samples):
+            smp = self._samples[i, :, :, :2]
+            fx = _fixed(P, np.where(np.isfinite(smp), smp, 0.0))
+            ok = np.all(np.isfinite(smp), axis=-1)
+            lines = [fx[k][ok[k]] for k in range(len(smp)) if ok[k].sum() >= 2]
+            if lines:
+                cv2.polylines(img, lines, False, _SAMPLE_BGR, 1, aa, _SHIFT)
         hits = [(label, color) for key, label, color in EVENTS[:4] if self.events[key][i]]
         if hits:  # ring the ego and name what happens at this tick
             cx, cy = (int(round(v)) for v in self.bev.config.ego_pixel())
@@ -234,13 +332,11 @@ class RolloutFrames:
                         hits[0][1], 1, cv2.LINE_AA)  # fmt: skip
         kh, kw = self._key.shape[:2]
         img[s.bev - kh :, :kw] = self._key
-        out = np.zeros((s.size[1], s.size[0], 3), np.uint8)
-        out[: s.bev, : s.bev] = img
         self._panel(out[: s.bev, s.bev :], i)
-        tl = self._timeline.copy()
+        tl = out[s.bev :]
+        tl[:] = self._timeline
         x = self._tx(i)
         cv2.line(tl, (x, 0), (x, tl.shape[0] - 1), (255, 255, 255), 1)
-        out[s.bev :] = tl
         return out
 
     def _draw_panel_base(self) -> np.ndarray:
@@ -277,9 +373,8 @@ class RolloutFrames:
         if self.rig is not None:
             from alpasim_policy.render.cameras import render_cameras
 
-            ims = render_cameras(self.scene, self.rig, ego_state=self.ego[i],
-                                 agent_states=np.asarray(ro.agent_state)[:, i],
-                                 agent_valid=np.asarray(ro.agent_valid)[:, i], step=int(ro.steps[i]))  # fmt: skip
+            ims = render_cameras(self.scene, self.rig, ego_state=self.ego[i], agent_states=self._agent_state[:, i],
+                                 agent_valid=self._agent_valid[:, i], step=int(ro.steps[i]))  # fmt: skip
             self._mosaic(p, [im[..., ::-1] for im in ims.values()])
         y = self._text_top
         t = float(ro.times[i] - ro.times[0])
@@ -290,7 +385,7 @@ class RolloutFrames:
         lat = ro.latency_s[i] if ro.latency_s is not None and i < len(ro.latency_s) else np.nan
         if np.isfinite(lat):
             lines.append((f"policy call {lat * 1e3:.1f} ms", (220, 220, 220), 0.4))
-        now = [label for key, label, _ in EVENTS if self.events[key][: i + 1].any()]
+        now = [label for key, label, _ in EVENTS if len(self._so_far[key]) and self._so_far[key][i]]
         if now:
             lines.append(("so far: " + ", ".join(now), (120, 160, 255), 0.4))
         for text, color, scale in lines:
@@ -355,10 +450,10 @@ def write_video(ro, scene, path: str | Path, *, cameras: bool = True, style: Vid
     still = None
     try:
         for i in range(fr.n):
-            f = fr.frame(i)
+            f = fr._draw(i)
             writer.write(f)
             if i == key:
-                still = f
+                still = f.copy()
     finally:
         writer.release()
     os.replace(tmp, path)
@@ -390,8 +485,10 @@ def write_videos(
     policies: list[str] | None = None,
     cameras: bool = True,
     progress: bool = False,
+    skip: set[Path] | None = None,
 ) -> list[Path]:
-    """Write ``RUN/videos/<policy>/<scene>.mp4`` for the chosen rollouts (default: every rollout)."""
+    """Write ``RUN/videos/<policy>/<scene>.mp4`` for the chosen rollouts (default: every rollout),
+    except the videos in ``skip`` (those :class:`BackgroundVideos` wrote during eval)."""
     from tqdm import tqdm
 
     from alpasim_policy.scenes.format import load_scene
@@ -400,6 +497,8 @@ def write_videos(
 
     run_dir = Path(run_dir)
     files = sorted(_rollout_files(run_dir, scenes, policies), key=lambda f: (f.stem, f.parent.name))
+    skip = {Path(v) for v in skip or ()}
+    files = [f for f in files if run_dir / "videos" / f.parent.name / f"{f.stem}.mp4" not in skip]
     out, memo = [], {}
     for f in tqdm(files, desc="videos", unit="video", disable=not progress):
         try:
@@ -416,6 +515,85 @@ def write_videos(
             write_video(ro, sc, video_path(run_dir, ro.policy, ro.scene_id), cameras=cameras, world=world)
         )
     return out
+
+
+_JOB_SCENES: dict[str, tuple[Any, Any]] = {}  # the background process's last few (scene, world)
+
+
+def _warm_job() -> int:
+    """The background process's first job: the imports a video needs, while eval checks its scenes."""
+    from alpasim_policy.render.bev import BevRenderer  # noqa: F401
+    from alpasim_policy.scenes.format import load_scene  # noqa: F401
+    from alpasim_policy.scoring.world import ScoringWorld  # noqa: F401
+    from alpasim_policy.sim.rollout import Rollout  # noqa: F401
+
+    return os.getpid()
+
+
+def _video_job(rollout_file: str, scene_file: str, video_file: str) -> str:
+    """The background process's work: one rollout's video, from the files eval wrote."""
+    from alpasim_policy.scenes.format import load_scene
+    from alpasim_policy.sim.rollout import Rollout
+
+    if scene_file not in _JOB_SCENES:
+        if len(_JOB_SCENES) >= 8:  # eval visits scenes once per policy: keep a few, not the suite
+            _JOB_SCENES.pop(next(iter(_JOB_SCENES)))
+        sc = load_scene(scene_file)
+        _JOB_SCENES[scene_file] = (sc, _scoring_world(sc))
+    sc, world = _JOB_SCENES[scene_file]
+    write_video(Rollout.load(rollout_file), sc, video_file, world=world)
+    return video_file
+
+
+class BackgroundVideos:
+    """``eval --videos``: each rollout's video is written by a second process while eval drives
+    the next rollouts, instead of all of them after the run.
+
+    Why: drawing and encoding a video costs about as much CPU as a fast baseline's rollout
+    (OpenCV's MPEG-4 encoder alone is about 1.4 ms per 672 x 448 frame), so done afterwards it
+    adds that much to the run's wall time. In a second process it uses a CPU the serial backend
+    leaves idle; with every CPU busy (Ray with one worker per core) it only moves the cost.
+    ``submit`` is given each rollout file as eval writes it; ``finish`` waits and returns the
+    videos written, so the report stage writes only the missing ones (resumed rollouts, or any
+    the background process could not write: it notes them on stderr). The process is started
+    with ``spawn`` (never ``fork``: the driver may hold Ray's or torch's threads).
+    """
+
+    def __init__(self, run_dir: str | Path):
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        self.run_dir = Path(run_dir)
+        self._pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+        self._pool.submit(_warm_job)  # start the process and its imports now, not at the first video
+        self._jobs: list[tuple[Any, Path]] = []
+
+    def submit(self, rollout_file: str | Path, scene_file: str | Path) -> None:
+        """Queue the video of the rollout in ``rollout_file`` (``RUN/rollouts/<policy>/<scene_id>.npz``)."""
+        f = Path(rollout_file)
+        video = self.run_dir / "videos" / f.parent.name / f"{f.stem}.mp4"
+        try:
+            self._jobs.append((self._pool.submit(_video_job, str(f), str(scene_file), str(video)), video))
+        except Exception as e:  # the process is gone (killed, cannot start): the report stage writes it
+            print(f"note: background video {video} not started ({type(e).__name__}: {e})", file=sys.stderr)
+
+    def finish(self) -> set[Path]:
+        """Wait for the queued videos; returns those written (failures are noted on stderr)."""
+        done: set[Path] = set()
+        try:
+            for job, video in self._jobs:
+                try:
+                    job.result()
+                    done.add(video)
+                except Exception as e:  # the report stage writes it again, in this process
+                    print(f"note: background video {video} failed ({type(e).__name__}: {e})", file=sys.stderr)
+        finally:
+            self.close()
+        return done
+
+    def close(self) -> None:
+        """Stop the process (queued videos that have not started are dropped)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 VIOLATION_COLUMNS = ("policy", "scene_id", "kind", "first_step", "ticks", "video", "still")

@@ -43,6 +43,12 @@ class Rollout:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        atomic_write_bytes(path, self.to_bytes())
+        return path
+
+    def to_bytes(self) -> bytes:
+        """The file :meth:`save` writes, as bytes (Ray workers pack it, the driver writes it)."""
         n = len(self.times)
         arrays = {
             "times": self.times, "steps": self.steps, "ego_state": self.ego_state,
@@ -60,9 +66,7 @@ class Rollout:
             "reasoning": list(self.reasoning), "failure_messages": list(self.failure_messages),
             "extra": self.extra,
         }  # fmt: skip
-        path = Path(path)
-        atomic_write_bytes(path, pack_archive(arrays, meta))
-        return path
+        return pack_archive(arrays, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> Rollout:

@@ -1,0 +1,137 @@
+"""FLOPs per tick stage and the diffusion stage's arithmetic bound on this machine (used by ``bench model``).
+
+Why count and bound: a stage's latency alone does not say whether it is limited by arithmetic or by
+per-step overhead. FLOPs are counted with ``torch.utils.flop_counter`` (matmuls and attention; on
+the CPU the flash-attention kernel is registered here because the counter does not know it; causal
+attention is counted in full, as the counter does). The diffusion stage's *arithmetic bound* is the
+time its matmuls and attention would take at the best rate this machine reaches *on the very same
+shapes*: each linear layer's GEMM and the attention problem are timed alone in a tight loop (best of
+several runs), and the bound is the sum over the loop of FLOPs / rate. ``time / bound`` is then the
+overhead factor (1.0 = nothing but arithmetic). A square 1024^3 GEMM gives the machine's headline
+peak for reference.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def _flop_counter():  # noqa: ANN202
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def sdpa_cpu(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001, ANN003, ARG001
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    mapping = {}
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is not None:
+        mapping[op] = sdpa_cpu
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+def count_flops(fn: Any) -> tuple[int, Any]:
+    """FLOPs of ``fn()`` (matmuls + attention) and its result."""
+    with _flop_counter() as fc:
+        out = fn()
+    return int(fc.get_total_flops()), out
+
+
+@torch.no_grad()
+def stage_flops(
+    model: Any, images: Any, history: Any, samples: int, cot_tokens: int, diffusion: str
+) -> dict[str, int]:
+    """FLOPs of vision, prefill, decode (``cot_tokens`` forced, single reasoning) and diffusion.
+
+    Prefill is a decode limited to one token (no token is fed back), decode = the full reasoning
+    minus that. A CUDA graph replay is invisible to the counter, so ``graph`` on CUDA is counted on
+    the same loop run eagerly."""
+    prepared = model.prepare(images, history)
+    f_vis, vision = count_flops(lambda: model.encode_images(prepared.pixel_values, prepared.image_grid_thw))
+    f_pre, _ = count_flops(lambda: model.reason(prepared, vision, 1, cot_tokens=1))
+    f_rsn, (prefix, _) = count_flops(lambda: model.reason(prepared, vision, 1, cot_tokens=cot_tokens))
+    noise = torch.randn((samples, model.config.n_waypoints, 2), generator=torch.Generator().manual_seed(0))
+    mode = "eager" if (diffusion == "graph" and model.device.type == "cuda") else diffusion
+    f_dif, _ = count_flops(lambda: model.sample_actions(prefix, noise, mode))
+    return {
+        "vision": f_vis,
+        "prefill": f_pre,
+        "decode": f_rsn - f_pre,
+        "diffusion": f_dif,
+        "prefix_len": int(prefix.valid_len.max()),
+    }
+
+
+def _best_seconds(fn: Any, repeats: int, sync: Any) -> float:
+    fn()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@torch.no_grad()
+def diffusion_bound(model: Any, samples: int, prefix_len: int, repeats: int = 7) -> dict[str, Any]:
+    """The diffusion loop's arithmetic bound at ``samples`` and ``prefix_len`` on this machine.
+
+    The loop's arithmetic per Euler step: the action projection's MLP and the expert's linear
+    layers on ``samples * 64`` rows (the time term is precomputed once per tick, so not counted),
+    the head, and per layer one attention problem of ``samples`` x (q heads x 64) queries over
+    ``prefix_len + 64`` keys. Each shape is timed alone; returns FLOPs, bound seconds, the rates.
+    """
+    dev, dtype = model.device, model.dtype
+    cfg = model.expert.config
+    rows = samples * model.config.n_waypoints
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    linears: list[torch.nn.Linear] = []
+    mlp = [m for m in model.action_in_proj.encoder.modules() if isinstance(m, torch.nn.Linear)]
+    linears += mlp
+    for layer in model.expert.layers:
+        a, m = layer.self_attn, layer.mlp
+        linears += [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
+    linears.append(model.action_out_proj)
+    rates: dict[tuple[int, int], float] = {}
+    flops_lin = 0
+    t_lin = 0.0
+    for lin in linears:
+        shape = (lin.in_features, lin.out_features)
+        if shape == (mlp[0].in_features, mlp[0].out_features) and lin is mlp[0]:
+            n_in = lin.in_features - model.action_in_proj.timestep_fourier_encoder.out_dim
+            shape = (n_in, lin.out_features)  # the time columns are precomputed
+        f = 2 * rows * shape[0] * shape[1]
+        if shape not in rates:
+            x = torch.randn(rows, shape[0], device=dev, dtype=dtype)
+            w = torch.randn(shape[1], shape[0], device=dev, dtype=dtype)
+            rates[shape] = f / _best_seconds(lambda x=x, w=w: F.linear(x, w), repeats, sync)
+        flops_lin += f
+        t_lin += f / rates[shape]
+    kvh, d, heads = cfg.num_key_value_heads, cfg.head_dim, cfg.num_attention_heads
+    t = model.config.n_waypoints
+    q = torch.randn(samples, kvh, heads // kvh * t, d, device=dev, dtype=dtype)
+    k = torch.randn(samples, kvh, prefix_len + t, d, device=dev, dtype=dtype)
+    f_att = 4 * samples * heads * t * (prefix_len + t) * d
+    r_att = f_att / _best_seconds(lambda: F.scaled_dot_product_attention(q, k, k), repeats, sync)
+    steps = model.config.flow_steps
+    n_layers = len(model.expert.layers)
+    flops = steps * (flops_lin + n_layers * f_att)
+    bound = steps * (t_lin + n_layers * f_att / r_att)
+    a = torch.randn(1024, 1024, device=dev, dtype=dtype)
+    peak = 2 * 1024**3 / _best_seconds(lambda: a @ a, repeats, sync)
+    return {
+        "flops": flops,
+        "bound_s": bound,
+        "attention_gflops": r_att / 1e9,
+        "linear_gflops_min": min(rates.values()) / 1e9,
+        "linear_gflops_max": max(rates.values()) / 1e9,
+        "square_gemm_gflops": peak / 1e9,
+    }
+
+
+__all__ = ["count_flops", "diffusion_bound", "stage_flops"]
