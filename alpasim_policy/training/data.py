@@ -198,7 +198,7 @@ def drive_samples(
 # ----------------------------------------------------------------------------- held-out scenes
 
 
-def _ego_key(scene: Scene) -> str:
+def ego_key(scene: Scene) -> str:
     """Which road user is the ego: CommonRoad's obstacle id, else the recording's own ego."""
     extra = scene.metadata.extra
     return str(extra.get("ego_obstacle_id", extra.get("focal_track_id", "ego")))
@@ -213,7 +213,7 @@ def overlaps(candidate: Scene, held_out: Scene) -> bool:
     """True when ``candidate`` shares recording, ego and at least one logged step with ``held_out``."""
     if candidate.metadata.source_id != held_out.metadata.source_id:
         return False
-    if _ego_key(candidate) != _ego_key(held_out):
+    if ego_key(candidate) != ego_key(held_out):
         return False
     a0, a1 = _span(candidate)
     b0, b1 = _span(held_out)
