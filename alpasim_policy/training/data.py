@@ -33,6 +33,9 @@ from alpasim_policy.training.labeler import causal_factors, choose_factor
 
 #: Alpamayo-R1 plans 64 steps (6.4 s); the targets have that many rows, masked past the log's end.
 TARGET_STEPS = 64
+#: The meta-action of a label describes the first 4 s (``scoring.reasoning.HORIZON_S``), as the
+#: leaderboard's consistency classifies a plan.
+LABEL_STEPS = 40
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,8 @@ def drive_samples(
                 command=int(obs["command"]),
                 target=target,
                 target_valid=valid,
-                coc=label_target(scene, k, target[:min_future_steps], v0),
+                # labelled over the scorer's 4 s where logged, else over what is logged
+                coc=label_target(scene, k, target[: max(min_future_steps, min(LABEL_STEPS, int(valid.sum())))], v0),
                 offset_m=float(np.hypot(*(pose[:2] - scene.ego.state[k, :2]))),
             )
         if k >= last:
