@@ -108,8 +108,13 @@ def load_shards(data: Path) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def prepare_samples(model: Any, arrays: dict[str, np.ndarray], fit_smooth: float = 0.05) -> list[Sample]:
-    """Run the model's processor on each sample and turn its expert target into normalised actions."""
+def prepare_samples(
+    model: Any, arrays: dict[str, np.ndarray], fit_smooth: float = 0.05, fit_stats: bool = False
+) -> list[Sample]:
+    """Run the model's processor on each sample and turn its expert target into normalised actions.
+
+    ``fit_stats``: first set the model's action normalisation from these actions
+    (:func:`set_action_stats`; a run's first step does, a resumed run keeps its checkpoint's)."""
     from alpasim_policy.model.action_space import fit_controls
 
     tk = model.tokenizer
@@ -123,6 +128,8 @@ def prepare_samples(model: Any, arrays: dict[str, np.ndarray], fit_smooth: float
     controls = fit_controls(
         torch.as_tensor(arrays["target"]), v0, model.config.dt, model.action_space.method, valid, fit_smooth
     )
+    if fit_stats:
+        set_action_stats(model, controls, valid)
     actions = model.action_space.normalize(controls).float()
     out = []
     for i, p in enumerate(prepared):
@@ -131,8 +138,8 @@ def prepare_samples(model: Any, arrays: dict[str, np.ndarray], fit_smooth: float
     return out
 
 
-def fit_action_stats(model: Any, samples: list[Sample]) -> list[Sample]:
-    """Set the model's action normalisation to the spread of the training actions; re-normalise.
+def set_action_stats(model: Any, controls: torch.Tensor, valid: torch.Tensor) -> None:
+    """Set the model's action normalisation to the spread of the training actions ``controls``.
 
     Why: the flow is learnt and sampled in normalised units, and its residual error is of the order
     of those units. The tiny preset's curvature scale (0.02 1/m) is four times the spread of real
@@ -143,18 +150,13 @@ def fit_action_stats(model: Any, samples: list[Sample]) -> list[Sample]:
     values go to ``config.json`` with the checkpoint, so inference denormalises the same way.
     """
     sp = model.action_space
-    actions = torch.stack([s.actions for s in samples]).double()
-    valid = torch.stack([s.valid for s in samples])
-    full = sp.denormalize(actions)
-    controls = full[valid]
-    accel_std = float(f"{float(controls[:, 0].std()):.3g}")
-    curvature_std = float(f"{float(controls[:, 1].std()):.3g}")
+    rows = controls[valid]
+    accel_std = float(f"{float(rows[:, 0].std()):.3g}")
+    curvature_std = float(f"{float(rows[:, 1].std()):.3g}")
     model.config.accel_std = accel_std
     model.config.curvature_std = curvature_std
     sp.accel_std.fill_(accel_std)
     sp.curvature_std.fill_(curvature_std)
-    renorm = sp.normalize(full).float()
-    return [Sample(s.prepared, s.target_ids, renorm[i], s.valid, s.coc) for i, s in enumerate(samples)]
 
 
 def teacher_forced_prefix(model: Any, prepared: Any, target_ids: list[int]) -> tuple[Any, torch.Tensor]:
@@ -357,9 +359,9 @@ def train_imitation(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if start:
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-    samples = prepare_samples(model, load_shards(data), cfg.fit_smooth)
-    if start == 0 and cfg.action_stats == "data":  # a resumed run keeps its checkpoint's statistics
-        samples = fit_action_stats(model, samples)
+    # a resumed run keeps its checkpoint's action statistics
+    fit = start == 0 and cfg.action_stats == "data"
+    samples = prepare_samples(model, load_shards(data), cfg.fit_smooth, fit_stats=fit)
     rows = _read_log(out, start)
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="imitation", disable=not progress)
