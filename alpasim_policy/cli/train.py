@@ -42,6 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (warm-up, cosine to 10 %%)")
     g.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (and at the end)")
     g.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    g.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="end after N steps of this call (the schedule still spans --steps; checkpoints at --save-every)",
+    )
     g.add_argument("--lm-weight", type=float, default=1.0, help="weight of the CoC language-model loss")
     g.add_argument("--flow-weight", type=float, default=1.0, help="weight of the flow-matching loss")
     g.add_argument(
@@ -69,7 +75,9 @@ def _cmd_imitation(args: argparse.Namespace) -> int:
         flow_samples=args.flow_samples,
         action_stats=args.action_stats,
     )
-    s = train_imitation(args.data or args.out / "data", args.out, cfg, resume=args.resume)
+    s = train_imitation(
+        args.data or args.out / "data", args.out, cfg, resume=args.resume, stop_after=args.stop_after
+    )
     final = s["final"] or {}
     print(
         f"{s['steps']} step(s) on {s['samples']} sample(s) in {s['seconds']:.0f} s; "
