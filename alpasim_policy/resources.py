@@ -1,6 +1,7 @@
 """Locate the data shipped with the package (env configs, bundled scenes and suites, metric caches).
 
-The data stays in the repository's top-level folders (``envs/``, ``scenarios/``, ``metric_cache/``);
+The data stays in the repository's top-level folders (``envs/``, ``scenarios/``, ``metric_cache/``,
+``weights/``);
 ``alpasim_policy/_data/`` holds relative symlinks to them, so one lookup,
 ``importlib.resources.files("alpasim_policy") / "_data" / ...``, finds them in a source checkout,
 an editable install and an installed wheel alike: building the wheel follows the links and copies
@@ -22,11 +23,12 @@ _DATA = {
     "suites": "scenarios/suites",
     "scenarios": "scenarios",
     "metric_cache": "metric_cache",
+    "weights": "weights",
 }
 
 
 def data_dir(name: str) -> Path:
-    """The folder of shipped data ``name`` (one of ``envs, scenes, suites, scenarios, metric_cache``)."""
+    """The folder of shipped data ``name`` (one of ``envs, scenes, suites, scenarios, metric_cache, weights``)."""
     if name not in _DATA:
         raise ConfigError(f"packaged data {name!r}: unknown, expected one of {sorted(_DATA)}")
     root = files("alpasim_policy") / "_data" / _DATA[name]

@@ -438,7 +438,7 @@ def test_route_may_arrive_before_egomotion_and_is_moved_to_the_current_rig(harne
 
 
 def test_fakeloop_drives_our_alpamayo_policy_served_over_grpc():
-    """The real policy behind the server: AlpamayoPolicy (tiny preset, seeded random weights) fed by
+    """The real policy behind the server: AlpamayoPolicy (tiny preset, its default shipped weights) fed by
     FakeLoop's four rendered cameras under the alpamayo4 names."""
     from carla_driver_interface.testing import FakeCamera, FakeLoop
 

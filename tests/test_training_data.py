@@ -143,3 +143,29 @@ def test_train_data_stage_excludes_the_suite_and_resumes(tmp_path):
     assert main([*args, "--perturbations", "1"]) == 0  # resume: nothing rewritten
     assert {p.name: p.stat().st_mtime_ns for p in data.glob("*.npz")} == stamps
     assert main([*args, "--raw", str(tmp_path / "nowhere")]) == 2  # a clear error, not a traceback
+
+
+def test_train_data_stage_draws_every_non_suite_ego_of_a_recording(tmp_path):
+    """Lankershim-1_1: 16 eligible egos, 9 of them bundled; the other 7 all become drives (its 4 s
+    scenes are shorter than the scorer's horizon, so samples need only ``--min-future`` logged steps)."""
+    import json
+    import shutil
+
+    from alpasim_policy.cli import main
+
+    raw = tmp_path / "raw"
+    (raw / "commonroad").mkdir(parents=True)
+    shutil.copy(scenarios_root() / "raw/commonroad/USA_Lanker-1_1_T-1.xml", raw / "commonroad")
+    out = tmp_path / "run"
+    assert main(["train", "--stage", "data", "--out", str(out), "--raw", str(raw), "--perturbations", "0"]) == 0
+    manifest = json.loads((out / "data/manifest.json").read_text())
+    bundled = {
+        load_scene(p).metadata.extra.get("ego_obstacle_id")
+        for p in load_suite("bundled")
+        if "Lanker-1_1" in p.name
+    }
+    egos = manifest["recordings"]["USA_Lanker-1_1_T-1"]
+    assert len(egos) == 7 and not set(egos) & bundled
+    assert manifest["held_out_dropped"] == len(bundled) == 9
+    # 41 steps, warm-up 16, 20 future steps needed: steps 16..20 of each drive
+    assert manifest["samples"] == 7 * 5 and manifest["min_future_steps"] == 20

@@ -174,12 +174,16 @@ def test_training_steps_reduce_the_loss_and_the_checkpoint_loads(data_dir, tmp_p
 
     cfg = ImitationConfig(steps=12, batch=3, lr=3e-3, warmup=2, save_every=6, flow_samples=2)
     before = _tiny_model(cfg.seed)  # the run's initial weights (same seed)
-    samples = prepare_samples(before, load_shards(data_dir))
+    # and its action normalisation (the run's first act: action_stats="data"), so both models
+    # are scored on the same normalised targets
+    samples = prepare_samples(before, load_shards(data_dir), fit_stats=True)
     lm0, flow0 = evaluate_losses(before, samples)
     out = tmp_path / "run"
     summary = train_imitation(data_dir, out, cfg, progress=False)
     assert summary["steps"] == 12 and summary["samples"] == 6
     after = AlpamayoR1.from_pretrained(out / "checkpoint")
+    assert float(after.action_space.curvature_std) == pytest.approx(float(before.action_space.curvature_std))
+    assert after.config.curvature_std != 0.02  # the data's spread, saved with the checkpoint
     lm1, flow1 = evaluate_losses(after, samples)
     assert lm1 < 0.7 * lm0, (lm0, lm1)
     assert flow1 < flow0, (flow0, flow1)

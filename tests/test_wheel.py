@@ -63,13 +63,16 @@ def test_wheel_eval_and_readme_example_run_outside_the_repo(installed, tmp_path)
         "from alpasim_policy.sim.config import find_env_config\n"
         "sc = load_scene(find_scene('av2s-7fab2350-w00'))\n"
         "read_world(DEFAULT_CACHE_DIR / f'{sc.scene_id}.npz', sc.content_hash, IDM_REFERENCE)\n"
-        "print(len(load_suite('bundled')), find_scene(sc.scene_id), DEFAULT_CACHE_DIR, find_env_config('reactive'))\n"
+        "from alpasim_policy.policies.alpamayo import shipped_weights\n"
+        "print(len(load_suite('bundled')), find_scene(sc.scene_id), DEFAULT_CACHE_DIR, find_env_config('reactive'),\n"
+        "      shipped_weights('tiny') / 'model-00001-of-00001.safetensors')\n"
     )
     out = _run([str(py), "-c", check], tmp_path, env).split()
     from alpasim_policy.scenes.suite import load_suite
 
     assert out[0] == str(len(load_suite("bundled")))  # every bundled scene shipped
     assert all(Path(p).is_relative_to(venv) for p in out[1:]), out
+    assert Path(out[-1]).is_file()  # the alpamayo policy's default (trained) weights are in the wheel
     # eval on one bundled scene, from a directory that has no scenarios/ or envs/
     (tmp_path / "one.yaml").write_text("name: one\nscenes: [av2s-7fab2350-w00]\n")
     _run([str(venv / "bin" / "alpasim-policy"), "eval", "--suite", "one.yaml", "--policy", "idm",

@@ -76,6 +76,16 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", default=None, help="keep the rollouts here (default: a temporary dir)")
     add_output_arguments(p)
 
+    p = _add(bench_sub, "coc", "coc",
+             help="CoC vs the auto-labeler on never-trained scenes: causal-factor and meta-action match, consistency")  # fmt: skip
+    p.add_argument("--suite", default="bundled", help="suite name or YAML path (never trained on)")
+    p.add_argument("--scenes", default=None, help="comma-separated scene ids of the suite (default: all)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--weights", default=None, help="checkpoint folder (default: the shipped one; 'random')")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_output_arguments(p)
+
     p = _add(
         bench_sub,
         "model",

@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="tiny", help="model preset: camera size and frame count")
     p.add_argument("--perturbations", type=int, default=2, help="off-log drives per scene")
     p.add_argument("--max-lateral", type=float, default=1.5, help="largest perturbation (m)")
+    p.add_argument(
+        "--min-future", type=int, default=20, help="logged future steps a sample needs (the rest is masked)"
+    )
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("imitation stage")
     g.add_argument("--data", type=Path, default=None, help="shards of the data stage (default: <out>/data)")
@@ -59,8 +62,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (and at the end)")
     g.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    g.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="end after N steps of this call (the schedule still spans --steps; checkpoints at --save-every)",
+    )
     g.add_argument("--lm-weight", type=float, default=1.0, help="weight of the CoC language-model loss")
     g.add_argument("--flow-weight", type=float, default=1.0, help="weight of the flow-matching loss")
+    g.add_argument(
+        "--action-stats",
+        choices=("data", "preset"),
+        default="data",
+        help="action normalisation: the training actions' spread (data) or the preset's",
+    )
     g.add_argument("--flow-samples", type=int, default=4, help="(noise, t) pairs per sample and step")
     r = p.add_argument_group("rl stage (with --steps --lr --save-every --resume --seed --perturbations)")
     r.add_argument("--init", type=Path, default=None, help="checkpoint to post-train (and the KL reference)")
@@ -115,8 +130,11 @@ def _cmd_imitation(args: argparse.Namespace) -> int:
         lm_weight=args.lm_weight,
         flow_weight=args.flow_weight,
         flow_samples=args.flow_samples,
+        action_stats=args.action_stats,
     )
-    s = train_imitation(args.data or args.out / "data", args.out, cfg, resume=args.resume)
+    s = train_imitation(
+        args.data or args.out / "data", args.out, cfg, resume=args.resume, stop_after=args.stop_after
+    )
     final = s["final"] or {}
     print(
         f"{s['steps']} step(s) on {s['samples']} sample(s) in {s['seconds']:.0f} s; "
@@ -172,18 +190,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.perturbations < 0:
         raise ConfigError(f"--perturbations must be >= 0, got {args.perturbations}")
+    if not 1 <= args.min_future <= 64:
+        raise ConfigError(f"--min-future must be in 1..64 steps, got {args.min_future}")
     if args.max_lateral < 0.5:
         raise ConfigError(f"--max-lateral must be >= 0.5 m, got {args.max_lateral}")
     from alpasim_policy.training.build import build_data
 
     raw = args.raw or scenarios_root() / "raw"
     m = build_data(
-        args.out, raw, args.exclude_suite, args.preset, args.perturbations, args.max_lateral, args.seed
+        args.out,
+        raw,
+        args.exclude_suite,
+        args.preset,
+        args.perturbations,
+        args.max_lateral,
+        args.seed,
+        min_future_steps=args.min_future,
     )
     print(
         f"{len(m['shards'])} shard(s) from {len(m['scenes'])} scene(s) in {args.out / 'data'} "
         f"({m['held_out_dropped']} of {m['candidate_scenes']} imported scenes overlap suite "
         f"{m['excluded_suite']!r} and were left out)"
     )
-    print(json.dumps({"shards": len(m["shards"]), "scenes": len(m["scenes"])}))
+    print(json.dumps({"shards": len(m["shards"]), "scenes": len(m["scenes"]), "samples": m["samples"]}))
     return 0

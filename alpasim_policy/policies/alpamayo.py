@@ -21,8 +21,10 @@ What this adapter does each tick (``act``):
 Options (keyword arguments; strings accepted, since ``--policy-option key=value`` passes them):
 ``preset`` tiny | small | alpamayo-r1-10b (default tiny), ``weights`` a local checkpoint folder,
 NVlabs' format (as ``save_pretrained`` of NVlabs' code writes it, any size) or this package's
-(:meth:`AlpamayoR1.from_pretrained`; without it the weights are random, seeded, of the preset's
-size; ``base_vlm_dir`` the base Qwen3-VL folder when the checkpoint names a Hub id not in the local
+(:meth:`AlpamayoR1.from_pretrained`); by default the checkpoint shipped for the preset (the
+``tiny`` one, trained by ``alpasim-policy train``, see ``weights/README.md``) and random weights for
+presets without one; ``weights=random`` gives random weights, seeded, of the preset's size;
+``base_vlm_dir`` the base Qwen3-VL folder when the checkpoint names a Hub id not in the local
 cache), ``dtype`` float32 | bfloat16 | float16 (default: the checkpoint's / the preset's),
 ``v0`` history | measured, ``samples`` K (6),
 ``reasoning`` single | multi, ``diffusion`` graph | eager | lean | dynamic, ``select`` first | medoid |
@@ -70,6 +72,39 @@ DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_DEADLINE_S = 0.1  # one 10 Hz tick
 #: camera resolution asked of the env per preset (width, height); the model resizes to its input
 DEFAULT_CAMERA_SIZE = {"tiny": (128, 72), "small": (384, 216), "alpamayo-r1-10b": (1920, 1080)}
+
+
+#: Random-initialisation spellings of the ``weights`` option (``none`` / ``null`` / empty: the
+#: behaviour before a checkpoint was shipped).
+RANDOM_WEIGHTS = ("random", "none", "null", "")
+
+
+def shipped_weights(preset: str) -> Path | None:
+    """The checkpoint shipped with the package for ``preset`` (only ``tiny`` has one), else None.
+
+    It lives in the package data (``weights/alpamayo-<preset>/``, see ``alpasim_policy.resources``)
+    and was trained by the package's own ``alpasim-policy train``; ``weights/README.md`` says how.
+    """
+    from alpasim_policy.resources import data_dir
+
+    folder = data_dir("weights") / f"alpamayo-{preset}"
+    return folder if (folder / "config.json").is_file() else None
+
+
+def resolve_weights(preset: str, weights: str | Path | None) -> Path | None:
+    """The ``weights`` option -> a checkpoint folder, or None for seeded random weights.
+
+    Default (None): the shipped checkpoint of the preset when there is one (``tiny``), else random;
+    ``random`` (or ``none``): random weights of the preset's size, seeded by ``seed``.
+    """
+    if weights is None:
+        return shipped_weights(preset)
+    if str(weights).strip().lower() in RANDOM_WEIGHTS:
+        return None
+    path = Path(str(weights))
+    if not path.is_dir():
+        raise ConfigError(f"option 'weights': {path} is not a directory (or 'random' for random weights)")
+    return path
 
 
 class FrameBuffer:
@@ -158,9 +193,7 @@ class AlpamayoCore:
             parse_int("camera_width", camera_width if camera_width is not None else w, minimum=16),
             parse_int("camera_height", camera_height if camera_height is not None else h, minimum=16),
         )
-        self.weights = None if weights in (None, "", "none", "null") else Path(str(weights))
-        if self.weights is not None and not self.weights.is_dir():
-            raise ConfigError(f"option 'weights': {self.weights} is not a directory")
+        self.weights = resolve_weights(self.preset, weights)
         self.base_vlm_dir = None if base_vlm_dir in (None, "", "none", "null") else Path(str(base_vlm_dir))
         self.dtype = None if dtype in (None, "", "none", "null") else parse_choice("dtype", dtype, DTYPES)
         self.v0 = parse_choice("v0", v0, ("history", "measured"))

@@ -11,7 +11,13 @@ from typing import Any
 
 
 def raw_scenes(raw: Path) -> list[Any]:
-    """Every scene the importers make of the recordings under ``raw`` (sorted, deterministic)."""
+    """Every scene the importers make of the recordings under ``raw`` (sorted, deterministic).
+
+    CommonRoad recordings give one scene per eligible ego (every candidate, not the bundle's
+    thinned choice) and per 8 s window, and short recordings (Lankershim's 4 s) are kept too
+    (``min_steps=0``): for training every (ego, window) is a drive, and :func:`build_data`
+    decides from the logged future how many of its steps make samples.
+    """
     from alpasim_policy.errors import ConfigError
     from alpasim_policy.scenes.importers.av2 import import_av2_forecasting, import_av2_sensor
     from alpasim_policy.scenes.importers.commonroad import import_commonroad
@@ -20,7 +26,7 @@ def raw_scenes(raw: Path) -> list[Any]:
         raise ConfigError(f"--raw {raw}: not a folder of raw recordings")
     scenes: list[Any] = []
     for xml in sorted(raw.glob("commonroad/*.xml")):
-        scenes += import_commonroad(xml)
+        scenes += import_commonroad(xml, min_steps=0)
     for log in sorted(p for p in raw.glob("av2/sensor/*") if p.is_dir()):
         scenes += import_av2_sensor(log)
     for sc in sorted(p for p in raw.glob("av2/forecasting/*") if p.is_dir()):
@@ -57,8 +63,15 @@ def build_data(
     max_lateral: float,
     seed: int,
     progress: bool = True,
+    min_future_steps: int = 20,
 ) -> dict[str, Any]:
-    """The ``data`` stage; returns the manifest (also written to ``out/data/manifest.json``)."""
+    """The ``data`` stage; returns the manifest (also written to ``out/data/manifest.json``).
+
+    A step makes a sample when at least ``min_future_steps`` of its 64 target steps are logged
+    (the rest are masked out of the loss): 20 (2 s) lets the short recordings and the last
+    seconds of each window contribute, where the scorer's 4 s would keep 5 steps of a 6 s scene.
+    """
+    import numpy as np
     from tqdm import tqdm
 
     import alpasim_policy.sim  # noqa: F401  (registers the env)
@@ -67,7 +80,7 @@ def build_data(
     from alpasim_policy.policies.alpamayo import DEFAULT_CAMERA_SIZE
     from alpasim_policy.scenes.format import load_scene
     from alpasim_policy.scenes.suite import load_suite
-    from alpasim_policy.training.data import drive_samples, held_out_filter, save_samples
+    from alpasim_policy.training.data import drive_samples, ego_key, held_out_filter, save_samples
 
     frames = AlpamayoConfig.from_preset(preset).frames
     camera_size = DEFAULT_CAMERA_SIZE.get(preset)
@@ -85,6 +98,7 @@ def build_data(
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     shards = []
+    n_samples = 0
     bar = tqdm(jobs, desc="train data", unit="drive", disable=not progress)
     for scene, pert in bar:
         name = (
@@ -92,11 +106,24 @@ def build_data(
         )
         path = data / name
         if not path.is_file():  # resume: shards are written atomically, so one that exists is whole
-            samples = list(drive_samples(scene, camera_size=camera_size, frames=frames, perturbation=pert))
+            samples = list(
+                drive_samples(
+                    scene,
+                    camera_size=camera_size,
+                    frames=frames,
+                    perturbation=pert,
+                    min_future_steps=min_future_steps,
+                )
+            )
             if not samples:
                 continue
             save_samples(samples, path)
         shards.append(name)
+        with np.load(path) as z:
+            n_samples += len(z["step"])
+    recordings: dict[str, list[str]] = {}
+    for sc in scenes:
+        recordings.setdefault(sc.metadata.source_id, []).append(ego_key(sc))
     manifest = {
         "stage": "data",
         "preset": preset,
@@ -108,8 +135,11 @@ def build_data(
         "excluded_suite": exclude_suite,
         "candidate_scenes": len(candidates),
         "held_out_dropped": len(candidates) - len(scenes),
+        "min_future_steps": min_future_steps,
+        "recordings": {rec: sorted(set(egos), key=lambda e: (len(e), e)) for rec, egos in sorted(recordings.items())},
         "scenes": [sc.scene_id for sc in scenes],
         "shards": shards,
+        "samples": n_samples,
     }
     atomic_write_json(data / "manifest.json", manifest)
     return manifest

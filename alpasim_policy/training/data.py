@@ -33,6 +33,9 @@ from alpasim_policy.training.labeler import causal_factors, choose_factor
 
 #: Alpamayo-R1 plans 64 steps (6.4 s); the targets have that many rows, masked past the log's end.
 TARGET_STEPS = 64
+#: The meta-action of a label describes the first 4 s (``scoring.reasoning.HORIZON_S``), as the
+#: leaderboard's consistency classifies a plan.
+LABEL_STEPS = 40
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,8 @@ def drive_samples(
                 command=int(obs["command"]),
                 target=target,
                 target_valid=valid,
-                coc=label_target(scene, k, target[:min_future_steps], v0),
+                # labelled over the scorer's 4 s where logged, else over what is logged
+                coc=label_target(scene, k, target[: max(min_future_steps, min(LABEL_STEPS, int(valid.sum())))], v0),
                 offset_m=float(np.hypot(*(pose[:2] - scene.ego.state[k, :2]))),
             )
         if k >= last:
@@ -198,7 +202,7 @@ def drive_samples(
 # ----------------------------------------------------------------------------- held-out scenes
 
 
-def _ego_key(scene: Scene) -> str:
+def ego_key(scene: Scene) -> str:
     """Which road user is the ego: CommonRoad's obstacle id, else the recording's own ego."""
     extra = scene.metadata.extra
     return str(extra.get("ego_obstacle_id", extra.get("focal_track_id", "ego")))
@@ -213,7 +217,7 @@ def overlaps(candidate: Scene, held_out: Scene) -> bool:
     """True when ``candidate`` shares recording, ego and at least one logged step with ``held_out``."""
     if candidate.metadata.source_id != held_out.metadata.source_id:
         return False
-    if _ego_key(candidate) != _ego_key(held_out):
+    if ego_key(candidate) != ego_key(held_out):
         return False
     a0, a1 = _span(candidate)
     b0, b1 = _span(held_out)

@@ -67,6 +67,8 @@ class ImitationConfig:
     seed: int = 0
     save_every: int = 50
     fit_smooth: float = 0.05  # smoothing of the action fit (see fit_controls)
+    action_stats: str = "data"  # "data": action normalisation from the training actions; "preset": keep the preset's
+
 
     def lr_at(self, step: int) -> float:
         """Learning rate of step ``step`` (0-based): a pure function of the step, so resume is exact."""
@@ -106,8 +108,13 @@ def load_shards(data: Path) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def prepare_samples(model: Any, arrays: dict[str, np.ndarray], fit_smooth: float = 0.05) -> list[Sample]:
-    """Run the model's processor on each sample and turn its expert target into normalised actions."""
+def prepare_samples(
+    model: Any, arrays: dict[str, np.ndarray], fit_smooth: float = 0.05, fit_stats: bool = False
+) -> list[Sample]:
+    """Run the model's processor on each sample and turn its expert target into normalised actions.
+
+    ``fit_stats``: first set the model's action normalisation from these actions
+    (:func:`set_action_stats`; a run's first step does, a resumed run keeps its checkpoint's)."""
     from alpasim_policy.model.action_space import fit_controls
 
     tk = model.tokenizer
@@ -121,12 +128,35 @@ def prepare_samples(model: Any, arrays: dict[str, np.ndarray], fit_smooth: float
     controls = fit_controls(
         torch.as_tensor(arrays["target"]), v0, model.config.dt, model.action_space.method, valid, fit_smooth
     )
+    if fit_stats:
+        set_action_stats(model, controls, valid)
     actions = model.action_space.normalize(controls).float()
     out = []
     for i, p in enumerate(prepared):
         text = str(arrays["coc"][i])
         out.append(Sample(p, tk.encode(text) + tail, actions[i], valid[i], text))
     return out
+
+
+def set_action_stats(model: Any, controls: torch.Tensor, valid: torch.Tensor) -> None:
+    """Set the model's action normalisation to the spread of the training actions ``controls``.
+
+    Why: the flow is learnt and sampled in normalised units, and its residual error is of the order
+    of those units. The tiny preset's curvature scale (0.02 1/m) is four times the spread of real
+    driving (about 0.005 1/m on the training data), so a normalised error of 0.1 was 0.002 1/m:
+    15 m sideways after 4 s at 30 m/s. Normalising by the data's own standard deviation (NVlabs
+    keeps such statistics in the action space too) spends the model's precision where the data is.
+    The means stay 0 (left and right, speeding up and slowing down, are symmetric a priori). The
+    values go to ``config.json`` with the checkpoint, so inference denormalises the same way.
+    """
+    sp = model.action_space
+    rows = controls[valid]
+    accel_std = float(f"{float(rows[:, 0].std()):.3g}")
+    curvature_std = float(f"{float(rows[:, 1].std()):.3g}")
+    model.config.accel_std = accel_std
+    model.config.curvature_std = curvature_std
+    sp.accel_std.fill_(accel_std)
+    sp.curvature_std.fill_(curvature_std)
 
 
 def teacher_forced_prefix(model: Any, prepared: Any, target_ids: list[int]) -> tuple[Any, torch.Tensor]:
@@ -309,6 +339,8 @@ def train_imitation(
 
     if cfg.steps < 1 or cfg.batch < 1 or cfg.save_every < 1 or cfg.flow_samples < 1:
         raise ConfigError("--steps, --batch, --save-every and flow samples must be >= 1")
+    if cfg.action_stats not in ("data", "preset"):
+        raise ConfigError(f"--action-stats {cfg.action_stats!r}: choose 'data' or 'preset'")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint"
@@ -327,7 +359,9 @@ def train_imitation(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if start:
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-    samples = prepare_samples(model, load_shards(data), cfg.fit_smooth)
+    # a resumed run keeps its checkpoint's action statistics
+    fit = start == 0 and cfg.action_stats == "data"
+    samples = prepare_samples(model, load_shards(data), cfg.fit_smooth, fit_stats=fit)
     rows = _read_log(out, start)
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="imitation", disable=not progress)
