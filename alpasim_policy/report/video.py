@@ -500,7 +500,8 @@ def write_videos(
     skip = {Path(v) for v in skip or ()}
     files = [f for f in files if run_dir / "videos" / f.parent.name / f"{f.stem}.mp4" not in skip]
     out, memo = [], {}
-    for f in tqdm(files, desc="videos", unit="video", disable=not progress):
+    # no bar when the background process already wrote them all (a "0video" bar reads as a failure)
+    for f in tqdm(files, desc="videos", unit="video", disable=not progress or not files):
         try:
             ro = Rollout.load(f)
             if ro.scene_id not in memo:
