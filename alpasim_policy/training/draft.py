@@ -26,8 +26,6 @@ seeded by (seed, step); the target's greedy CoC does not depend on any seed.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -39,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from alpasim_policy.errors import ConfigError
-from alpasim_policy.io import atomic_write_json, atomic_write_text
+from alpasim_policy.io import atomic_write_json
+from alpasim_policy.training.run_files import write_csv_log
 
 CSV_FIELDS = ("step", "loss", "kl", "ce", "lr", "seconds")
 GAMMAS = (2, 4, 8)
@@ -224,11 +223,7 @@ def train_draft(
     draft.eval()
     after = {"train": evaluate_draft(draft, train_set, pad), "held_out": evaluate_draft(draft, val_set, pad)}
     draft.save_pretrained(out / "draft")
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out / "log.csv", buf.getvalue())
+    write_csv_log(rows, CSV_FIELDS, out / "log.csv")
     summary = {
         "target": str(target_dir),
         "draft": str(out / "draft"),

@@ -30,11 +30,8 @@ beside the weights).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,7 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from alpasim_policy.errors import ConfigError
-from alpasim_policy.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from alpasim_policy.io import atomic_write_json
+from alpasim_policy.training.run_files import read_csv_log, save_checkpoint, save_figure, write_csv_log
 
 CSV_FIELDS = ("step", "loss", "lm_loss", "flow_loss", "lr", "seconds")
 
@@ -258,35 +256,12 @@ def _step_generators(seed: int, step: int) -> tuple[np.random.Generator, torch.G
 
 
 def _save_checkpoint(model: Any, opt: torch.optim.Optimizer, cfg: ImitationConfig, step: int, out: Path) -> Path:
-    """``out/checkpoint/`` (``save_pretrained`` + ``optimizer.pt`` + ``training_state.json``), swapped
-    in atomically: written to a temporary folder, then renamed over the previous one."""
-    final = out / "checkpoint"
-    tmp = out / "checkpoint.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    buf = io.BytesIO()
-    torch.save(opt.state_dict(), buf)
-    atomic_write_bytes(tmp / "optimizer.pt", buf.getvalue())
-    atomic_write_json(tmp / "training_state.json", {"step": step, "config": asdict(cfg)})
-    old = out / "checkpoint.old"
-    if final.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
-    return final
+    """``out/checkpoint/``, swapped in whole (see :func:`~alpasim_policy.training.run_files.save_checkpoint`)."""
+    return save_checkpoint(model, opt, out, {"step": step, "config": asdict(cfg)})
 
 
 def _write_log(rows: list[dict[str, Any]], out: Path) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: r[k] for k in CSV_FIELDS})
-    atomic_write_text(out / "log.csv", buf.getvalue())
+    write_csv_log(rows, CSV_FIELDS, out / "log.csv")
     if not rows:
         return
     import matplotlib
@@ -304,19 +279,11 @@ def _write_log(rows: list[dict[str, Any]], out: Path) -> None:
     ax.legend()
     ax.set_title("imitation training")
     fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(out / "loss.png", png.getvalue())
+    save_figure(fig, out / "loss.png")
 
 
 def _read_log(out: Path, upto: int) -> list[dict[str, Any]]:
-    path = out / "log.csv"
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        rows = [{k: int(v) if k == "step" else float(v) for k, v in r.items()} for r in csv.DictReader(f)]
-    return [r for r in rows if r["step"] <= upto]
+    return read_csv_log(out / "log.csv", upto)
 
 
 def train_imitation(

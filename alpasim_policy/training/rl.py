@@ -28,11 +28,9 @@ continues bit-identically.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,7 +40,8 @@ import numpy as np
 import torch
 
 from alpasim_policy.errors import ConfigError
-from alpasim_policy.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from alpasim_policy.io import atomic_write_bytes, atomic_write_json
+from alpasim_policy.training.run_files import read_csv_log, save_checkpoint, save_figure, write_csv_log
 
 CSV_FIELDS = ("step", "loss", "reward_mean", "reward_std", "kl", "clip_frac", "lr", "seconds")
 
@@ -473,34 +472,12 @@ def rl_step(
 
 def _save_checkpoint(model: Any, opt: torch.optim.Optimizer, cfg: RLConfig, step: int, out: Path,
                      extra: dict[str, Any]) -> Path:  # fmt: skip
-    """``out/checkpoint/`` (save_pretrained + optimizer + state), swapped in whole."""
-    final, tmp, old = out / "checkpoint", out / "checkpoint.tmp", out / "checkpoint.old"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    buf = io.BytesIO()
-    torch.save(opt.state_dict(), buf)
-    atomic_write_bytes(tmp / "optimizer.pt", buf.getvalue())
-    atomic_write_json(
-        tmp / "training_state.json", {"stage": "rl", "step": step, "config": asdict(cfg), **extra}
-    )
-    if final.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
-    return final
+    """``out/checkpoint/``, swapped in whole (see :func:`~alpasim_policy.training.run_files.save_checkpoint`)."""
+    return save_checkpoint(model, opt, out, {"stage": "rl", "step": step, "config": asdict(cfg), **extra})
 
 
 def _write_log(rows: list[dict[str, Any]], out: Path) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: r[k] for k in CSV_FIELDS})
-    atomic_write_text(out / "log.csv", buf.getvalue())
+    write_csv_log(rows, CSV_FIELDS, out / "log.csv")
     if not rows:
         return
     import matplotlib
@@ -523,19 +500,11 @@ def _write_log(rows: list[dict[str, Any]], out: Path) -> None:
     b.legend(fontsize=8)
     fig.suptitle("RL post-training")
     fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(out / "reward.png", png.getvalue())
+    save_figure(fig, out / "reward.png")
 
 
 def _read_log(out: Path, upto: int) -> list[dict[str, Any]]:
-    path = out / "log.csv"
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        rows = [{k: int(v) if k == "step" else float(v) for k, v in r.items()} for r in csv.DictReader(f)]
-    return [r for r in rows if r["step"] <= upto]
+    return read_csv_log(out / "log.csv", upto)
 
 
 def training_scenes(raw: Path, exclude_suite: str | None) -> list[Any]:
