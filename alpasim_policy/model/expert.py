@@ -144,6 +144,20 @@ def _mlp_block(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return h + layer.mlp(layer.post_attention_layernorm(h))
 
 
+def _action_qkv(
+    attn: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The action tokens' rotated queries ``(B, H, T, d)``, keys and values ``(B, kvh, T, d)``
+    (shared by the static and the lean sampler's attention, which differ only in the KV layout)."""
+    b, t, _ = h.shape
+    d = attn.head_dim
+    q = attn.q_norm(attn.q_proj(h).view(b, t, -1, d)).transpose(1, 2)
+    k = attn.k_norm(attn.k_proj(h).view(b, t, -1, d)).transpose(1, 2)
+    v = attn.v_proj(h).view(b, t, -1, d).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    return q, k, v
+
+
 def static_attention(
     attn: nn.Module,
     h: torch.Tensor,
@@ -170,10 +184,7 @@ def static_attention(
     """
     b, t, _ = h.shape
     d = attn.head_dim
-    q = attn.q_norm(attn.q_proj(h).view(b, t, -1, d)).transpose(1, 2)  # (B, H, T, d)
-    k = attn.k_norm(attn.k_proj(h).view(b, t, -1, d)).transpose(1, 2)  # (B, kvh, T, d)
-    v = attn.v_proj(h).view(b, t, -1, d).transpose(1, 2)
-    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    q, k, v = _action_qkv(attn, h, cos, sin)
     kvh = k.shape[1]
     g = q.shape[1] // kvh
     if k_buf.shape[0] == 1:
@@ -233,10 +244,7 @@ def lean_attention(
     """
     b, t, _ = h.shape
     d = attn.head_dim
-    q = attn.q_norm(attn.q_proj(h).view(b, t, -1, d)).transpose(1, 2)
-    k = attn.k_norm(attn.k_proj(h).view(b, t, -1, d)).transpose(1, 2)
-    v = attn.v_proj(h).view(b, t, -1, d).transpose(1, 2)
-    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    q, k, v = _action_qkv(attn, h, cos, sin)
     kvh = k.shape[1]
     g = q.shape[1] // kvh
     k_buf[:, :, capacity:].copy_(k)
