@@ -103,18 +103,12 @@ def training_inputs(path: str, count: int, start: int = 0) -> list[tuple[Any, An
 
 
 def run_decode_bench(args: argparse.Namespace) -> dict:
-    import torch
 
-    from alpasim_policy.bench.model import synthetic_inputs
+    from alpasim_policy.bench.model import bench_device, synthetic_inputs
     from alpasim_policy.errors import ConfigError
 
     gammas = parse_gammas(args.speculative)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("bench model --device cuda: no CUDA device available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    device = bench_device(args)
     model = _load_model(args, device)
     new_drafter, drafter_name = _drafter(args, device)
     if getattr(args, "inputs", None):

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 STAGES = ("vision", "prefill", "decode", "diffusion", "total")
 _DTYPES = {
@@ -110,20 +113,28 @@ def _fmt(m: dict) -> str:
     )
 
 
-def run_bench(args: argparse.Namespace) -> dict:
+def bench_device(args: argparse.Namespace) -> torch.device:
+    """``--device`` checked (a clear error where CUDA is asked for and absent), ``--threads`` applied,
+    torch seeded: the common start of the model benches."""
     import torch
 
-    from alpasim_policy.model.config import AlpamayoConfig
-    from alpasim_policy.model.modeling_alpamayo import AlpamayoR1
+    from alpasim_policy.errors import ConfigError
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from alpasim_policy.errors import ConfigError
-
         raise ConfigError("bench model --device cuda: no CUDA device available")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    return device
+
+
+def run_bench(args: argparse.Namespace) -> dict:
+
+    from alpasim_policy.model.config import AlpamayoConfig
+    from alpasim_policy.model.modeling_alpamayo import AlpamayoR1
+
+    device = bench_device(args)
     if args.weights:
         from pathlib import Path
 
