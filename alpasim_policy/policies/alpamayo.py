@@ -407,10 +407,8 @@ class AlpamayoPolicy:
 
 def _load_drafter(path: Path, device: str):  # noqa: ANN202 - a Drafter
     """The draft model in ``path`` as a speculative drafter (``modeling_draft.load_drafter``)."""
-    try:
-        from alpasim_policy.model.modeling_draft import load_drafter
-    except ImportError as e:
-        raise ConfigError(f"option 'draft': this build has no draft model ({e})") from e
+    from alpasim_policy.model.modeling_draft import load_drafter
+
     return load_drafter(path, device)
 
 
