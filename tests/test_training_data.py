@@ -84,6 +84,50 @@ def test_perturbation_drifts_and_the_target_recovers(av2):
     assert abs(worst.target[0, 1]) < 0.3
 
 
+def test_idm_expert_labels_the_states_it_drives(av2):
+    """``expert="idm"``: every target is the planner's full 6.4 s plan from the car's own state."""
+    from alpasim_policy.policies.baselines import IDMPolicy
+
+    samples = list(drive_samples(av2, camera_size=(32, 18), frames=1, expert="idm", steps=range(16, 40)))
+    assert [s.step for s in samples] == list(range(16, 40))
+    assert all(s.target_valid.all() and s.target.shape == (TARGET_STEPS, 3) for s in samples)
+    # Replaying the same drive and asking a fresh planner gives the same targets (the car drove them).
+    import gymnasium as gym
+
+    env = gym.make("alpasim_policy/LogReplay-v0", scene=av2).unwrapped
+    obs, _ = env.reset(seed=0)
+    teacher = IDMPolicy()
+    teacher.reset(scene=av2)
+    by_step = {s.step: s for s in samples}
+    while int(obs["step"]) < 40:
+        plan = teacher.act(obs).trajectory
+        if int(obs["step"]) in by_step:
+            np.testing.assert_allclose(by_step[int(obs["step"])].target, plan, atol=1e-9)
+        obs, *_ = env.step(plan)
+    assert all(parse_coc(s.coc).action is not None for s in samples)
+
+
+def test_dagger_driver_reaches_states_the_expert_never_visits(av2):
+    """With a driver (here constant velocity, which ignores the curving road), the car leaves the
+    expert's path, and the samples there still carry the expert's plan back; a driver share of 0
+    is the expert's own drive, sample for sample."""
+    from alpasim_policy.policies.baselines import ConstantVelocityPolicy
+
+    kw = dict(camera_size=(32, 18), frames=1, expert="idm", steps=range(16, 60))
+    expert = list(drive_samples(av2, **kw))
+    none = list(drive_samples(av2, driver=ConstantVelocityPolicy(), driver_share=0.0, **kw))
+    for a, b in zip(expert, none, strict=True):
+        np.testing.assert_array_equal(a.target, b.target)
+        assert a.coc == b.coc
+    driven = list(drive_samples(av2, driver=ConstantVelocityPolicy(), driver_share=1.0, **kw))
+    gap = [d.offset_m - e.offset_m for d, e in zip(driven, expert, strict=True)]
+    assert max(gap) > 1.0  # the learner's own mistakes ...
+    worst = driven[int(np.argmax(gap))]
+    assert worst.target_valid.all() and abs(worst.target[0, 1]) < 0.5  # ... labelled from where it is
+    with pytest.raises(ValueError, match="expert"):
+        next(drive_samples(av2, expert="human"))
+
+
 def test_held_out_filter_drops_only_the_suite_windows():
     from alpasim_policy.scenes.importers.commonroad import import_commonroad
 
@@ -157,7 +201,9 @@ def test_train_data_stage_draws_every_non_suite_ego_of_a_recording(tmp_path):
     (raw / "commonroad").mkdir(parents=True)
     shutil.copy(scenarios_root() / "raw/commonroad/USA_Lanker-1_1_T-1.xml", raw / "commonroad")
     out = tmp_path / "run"
-    assert main(["train", "--stage", "data", "--out", str(out), "--raw", str(raw), "--perturbations", "0"]) == 0
+    assert (
+        main(["train", "--stage", "data", "--out", str(out), "--raw", str(raw), "--perturbations", "0"]) == 0
+    )
     manifest = json.loads((out / "data/manifest.json").read_text())
     bundled = {
         load_scene(p).metadata.extra.get("ego_obstacle_id")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from alpasim_policy.errors import ConfigError
 from alpasim_policy.model.action_space import (
     UnicycleActionSpace,
     fit_controls,
@@ -232,8 +233,25 @@ def test_cli_trains_and_the_checkpoint_drives_as_the_alpamayo_policy(data_dir, t
     from alpasim_policy.policies.registry import make_policy
 
     out = tmp_path / "run"
-    args = ["train", "--stage", "imitation", "--preset", "tiny", "--data", str(data_dir), "--out", str(out),
-            "--steps", "2", "--batch", "1", "--save-every", "1", "--flow-samples", "1"]
+    args = [
+        "train",
+        "--stage",
+        "imitation",
+        "--preset",
+        "tiny",
+        "--data",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--batch",
+        "1",
+        "--save-every",
+        "1",
+        "--flow-samples",
+        "1",
+    ]
     assert main(args) == 0
     pol = make_policy("alpamayo", weights=str(out / "checkpoint"), samples=2, max_cot_tokens=6, threads=1)
     w, h = pol.camera_size
@@ -247,3 +265,17 @@ def test_cli_trains_and_the_checkpoint_drives_as_the_alpamayo_policy(data_dir, t
         obs, *_ = env.step(plan.trajectory)
     bad = ["train", "--stage", "imitation", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]
     assert main(bad) == 2  # a clear error naming --data, not a traceback
+
+
+def test_speed_balanced_weights_share_the_batch_between_speed_bins():
+    from alpasim_policy.training.imitation import speed_balanced_weights
+
+    speeds = [1.0] * 90 + [26.0] * 10  # city drives outnumber the highway 9 to 1
+    assert speed_balanced_weights(speeds, 0.0) is None  # the old uniform draw, bit for bit
+    w = speed_balanced_weights(speeds, 1.0)
+    assert w.sum() == pytest.approx(1.0)
+    assert w[:90].sum() == pytest.approx(0.5) and w[90:].sum() == pytest.approx(0.5)
+    half = speed_balanced_weights(speeds, 0.5)
+    assert half[90:].sum() == pytest.approx(0.5 * 0.1 + 0.5 * 0.5)
+    with pytest.raises(ConfigError, match="speed-balance"):
+        speed_balanced_weights(speeds, 1.5)

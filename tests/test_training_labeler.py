@@ -71,6 +71,27 @@ def test_lead_vehicle_braking_is_the_reason_to_decelerate():
     assert lab.text == "Decelerate and keep lane because the lead vehicle 14 m ahead is slowing."
 
 
+def test_cause_is_measured_from_a_simulated_car_off_the_log():
+    """Closed-loop training states (DAgger) are not where the log was: the lead's gap must be
+    measured from the car that is actually there, at its speed."""
+    from alpasim_policy.training.labeler import causal_factors
+
+    lead = np.zeros((T, 5))
+    lead[:, 0] = 20.0 + 8.0 * DT * np.arange(T)
+    lead[:, 3] = 8.0
+    ego = _ego_from_speed(np.full(T, 8.0))
+    scene = straight_road_scene(
+        ego_states=ego, agents=[AgentSpec(0, 0, states=lead)], num_steps=T, t0_index=T0
+    )
+    logged = causal_factors(scene, T0)[Factor.LEAD_VEHICLE]
+    same = causal_factors(scene, T0, (ego[T0, :3], 8.0))[Factor.LEAD_VEHICLE]
+    assert same == logged and logged.detail == "is keeping its speed"
+    moved = ego[T0, :3] + np.array([6.0, 0.0, 0.0])  # the simulated car is 6 m further on, faster
+    closer = causal_factors(scene, T0, (moved, 11.0))[Factor.LEAD_VEHICLE]
+    assert closer.distance == pytest.approx(logged.distance - 6.0, abs=1e-6)
+    assert closer.detail == "is slower"  # 3 m/s slower than this car, though as fast as the log
+
+
 def test_red_light_is_the_reason_to_stop():
     # Stop line at x = 30: the ego brakes from 8 m/s at 2.5 m/s^2 and stops 12.8 m later, in 3.2 s.
     ego = _ego_from_speed(_braking(8.0, -2.5, T0))

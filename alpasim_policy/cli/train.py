@@ -50,6 +50,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--min-future", type=int, default=20, help="logged future steps a sample needs (the rest is masked)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--expert", choices=("log", "idm"), default="log",
+        help="data stage: targets from the human log (recovery-blended) or the privileged idm planner",
+    )  # fmt: skip
+    p.add_argument(
+        "--driver", type=Path, default=None,
+        help="data stage, DAgger: this alpamayo checkpoint drives (the expert still labels every step)",
+    )  # fmt: skip
+    p.add_argument(
+        "--driver-share",
+        type=float,
+        default=1.0,
+        help="data stage: share of steps the --driver's plan is executed",
+    )
     g = p.add_argument_group("imitation stage")
     g.add_argument("--data", type=Path, default=None, help="shards of the data stage (default: <out>/data)")
     g.add_argument("--steps", type=int, default=200, help="optimizer steps")
@@ -77,6 +91,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="action normalisation: the training actions' spread (data) or the preset's",
     )
     g.add_argument("--flow-samples", type=int, default=4, help="(noise, t) pairs per sample and step")
+    g.add_argument(
+        "--speed-balance", type=float, default=0.0,
+        help="share of each batch drawn evenly over 5 m/s speed bins (rare highway speeds seen more often)",
+    )  # fmt: skip
     r = p.add_argument_group("rl stage (with --steps --lr --save-every --resume --seed --perturbations)")
     r.add_argument("--init", type=Path, default=None, help="checkpoint to post-train (and the KL reference)")
     r.add_argument("--samples", type=int, default=8, help="K trajectory samples per tick (the group)")
@@ -131,6 +149,7 @@ def _cmd_imitation(args: argparse.Namespace) -> int:
         flow_weight=args.flow_weight,
         flow_samples=args.flow_samples,
         action_stats=args.action_stats,
+        speed_balance=args.speed_balance,
     )
     s = train_imitation(
         args.data or args.out / "data", args.out, cfg, resume=args.resume, stop_after=args.stop_after
@@ -194,6 +213,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--min-future must be in 1..64 steps, got {args.min_future}")
     if args.max_lateral < 0.5:
         raise ConfigError(f"--max-lateral must be >= 0.5 m, got {args.max_lateral}")
+    if not 0.0 <= args.driver_share <= 1.0:
+        raise ConfigError(f"--driver-share must be in [0, 1], got {args.driver_share}")
+    if args.driver is not None and not (args.driver / "config.json").is_file():
+        raise ConfigError(f"--driver {args.driver}: not a checkpoint folder (no config.json)")
     from alpasim_policy.training.build import build_data
 
     raw = args.raw or scenarios_root() / "raw"
@@ -206,6 +229,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.max_lateral,
         args.seed,
         min_future_steps=args.min_future,
+        expert=args.expert,
+        driver=args.driver,
+        driver_share=args.driver_share,
     )
     print(
         f"{len(m['shards'])} shard(s) from {len(m['scenes'])} scene(s) in {args.out / 'data'} "

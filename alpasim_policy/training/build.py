@@ -64,12 +64,20 @@ def build_data(
     seed: int,
     progress: bool = True,
     min_future_steps: int = 20,
+    expert: str = "log",
+    driver: str | Path | None = None,
+    driver_share: float = 1.0,
 ) -> dict[str, Any]:
     """The ``data`` stage; returns the manifest (also written to ``out/data/manifest.json``).
 
     A step makes a sample when at least ``min_future_steps`` of its 64 target steps are logged
     (the rest are masked out of the loss): 20 (2 s) lets the short recordings and the last
     seconds of each window contribute, where the scorer's 4 s would keep 5 steps of a 6 s scene.
+
+    ``expert`` names the target source (``log`` or ``idm``, :data:`~alpasim_policy.training.data.EXPERTS`).
+    ``driver`` (a checkpoint folder) makes DAgger data: the ``alpamayo`` policy with those weights
+    (K = 6, ``select=first``, 1 thread: the closed-loop setting) drives ``driver_share`` of the
+    steps and the expert labels every step it reaches.
     """
     import numpy as np
     from tqdm import tqdm
@@ -95,15 +103,19 @@ def build_data(
     scenes = held_out_filter(candidates, suite)
     jobs = [(sc, None) for sc in scenes]
     jobs += [(sc, p) for sc in scenes for p in _perturbations(sc, perturbations, max_lateral, seed)]
+    drive_policy = None
+    if driver is not None:
+        from alpasim_policy.policies.registry import make_policy
+
+        drive_policy = make_policy("alpamayo", preset=preset, weights=str(driver), threads=1, select="first")
+    suffix = ("" if expert == "log" else f"-{expert}") + ("" if driver is None else "-dagger")
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     shards = []
     n_samples = 0
     bar = tqdm(jobs, desc="train data", unit="drive", disable=not progress)
     for scene, pert in bar:
-        name = (
-            f"{scene.scene_id}-{'log' if pert is None else f'p{pert.lateral_m:+.3f}@{pert.start_step}'}.npz"
-        )
+        name = f"{scene.scene_id}-{'log' if pert is None else f'p{pert.lateral_m:+.3f}@{pert.start_step}'}{suffix}.npz"
         path = data / name
         if not path.is_file():  # resume: shards are written atomically, so one that exists is whole
             samples = list(
@@ -113,6 +125,10 @@ def build_data(
                     frames=frames,
                     perturbation=pert,
                     min_future_steps=min_future_steps,
+                    expert=expert,
+                    driver=drive_policy,
+                    driver_share=driver_share,
+                    seed=seed,
                 )
             )
             if not samples:
@@ -136,7 +152,12 @@ def build_data(
         "candidate_scenes": len(candidates),
         "held_out_dropped": len(candidates) - len(scenes),
         "min_future_steps": min_future_steps,
-        "recordings": {rec: sorted(set(egos), key=lambda e: (len(e), e)) for rec, egos in sorted(recordings.items())},
+        "expert": expert,
+        "driver": None if driver is None else str(driver),
+        "driver_share": driver_share if driver is not None else None,
+        "recordings": {
+            rec: sorted(set(egos), key=lambda e: (len(e), e)) for rec, egos in sorted(recordings.items())
+        },
         "scenes": [sc.scene_id for sc in scenes],
         "shards": shards,
         "samples": n_samples,

@@ -19,9 +19,11 @@ shares the source recording, the ego and any logged step with a suite scene is d
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -132,10 +134,19 @@ def _drift_plan(scene: Scene, step: int, pose: np.ndarray, p: Perturbation) -> n
     return plan
 
 
-def label_target(scene: Scene, step: int, target_rig: np.ndarray, v0: float) -> str:
-    """The CoC sentence for a target: meta-action from the target, cause known at ``step``."""
+def label_target(
+    scene: Scene, step: int, target_rig: np.ndarray, v0: float, ego: tuple[np.ndarray, float] | None = None
+) -> str:
+    """The CoC sentence for a target: meta-action from the target, cause known at ``step``
+    (measured from ``ego`` = (scene-frame pose, speed) when given, else from the logged ego)."""
     action = classify_trajectory(target_rig, v0, DT)
-    return coc_text(action, choose_factor(action, causal_factors(scene, step)))
+    return coc_text(action, choose_factor(action, causal_factors(scene, step, ego)))
+
+
+#: Where a sample's target comes from: the human log (with the recovery blend) or the PDM-style
+#: ``idm`` planner (:class:`~alpasim_policy.policies.baselines.IDMPolicy`), a privileged teacher
+#: that plans from the car's actual state, so its label stays right wherever the car has drifted.
+EXPERTS = ("log", "idm")
 
 
 def drive_samples(
@@ -148,13 +159,28 @@ def drive_samples(
     steps: Sequence[int] | None = None,
     recovery_s: float = 2.0,
     min_future_steps: int = 40,
+    expert: str = "log",
+    driver: Any = None,
+    driver_share: float = 1.0,
+    seed: int = 0,
 ) -> Iterator[TrainingSample]:
     """Drive ``scene`` in the env along the expert target (drifting where perturbed); yield samples.
 
     A sample is yielded at each step in ``steps`` (default: every controlled step with at least
     ``min_future_steps`` logged future steps, the scorer's 4 s).
+
+    ``expert`` (:data:`EXPERTS`) gives the targets. With a ``driver`` (a policy, e.g. the model being
+    trained) the car executes the driver's plan on a ``driver_share`` of the steps (seeded draw)
+    and the expert's on the rest, while every sample keeps the expert's target: DAgger (Ross et
+    al., 2011), whose point is to label the states the learner itself reaches, which a drive along
+    the expert never visits. The CoC cause is then measured from the simulated car.
     """
     import gymnasium as gym
+
+    if expert not in EXPERTS:
+        raise ValueError(f"expert {expert!r}: choose from {EXPERTS}")
+    if not 0.0 <= driver_share <= 1.0:
+        raise ValueError(f"driver_share must be in [0, 1], got {driver_share}")
 
     w, h = camera_size
     config = {"cameras": {"enabled": True, "preset": camera_preset, "width": int(w), "height": int(h)}}
@@ -164,15 +190,31 @@ def drive_samples(
     buffer = FrameBuffer(frames)
     wanted = None if steps is None else set(int(s) for s in steps)
     last = scene.num_steps - 1
+    teacher = None
+    if expert == "idm":
+        from alpasim_policy.policies.baselines import IDMPolicy
+
+        teacher = IDMPolicy(steps=TARGET_STEPS)
+        teacher.reset(seed=seed, scene=scene)
+    if driver is not None:
+        driver.reset(seed=seed, scene=scene, camera_rig=env.camera_rig)
+    rng = np.random.default_rng([seed, zlib.crc32(scene.scene_id.encode())])
+    off_log = teacher is not None or driver is not None
     while True:
         k = int(obs["step"])
         pose = np.asarray(obs["pose"], dtype=np.float64)
         images = buffer.push(obs["cameras"], k, order)
-        target_w, valid = recovery_target(scene, k, pose, TARGET_STEPS, recovery_s)
-        target = scene_to_rig_poses(target_w, pose)
+        if teacher is None:
+            target_w, valid = recovery_target(scene, k, pose, TARGET_STEPS, recovery_s)
+            target = scene_to_rig_poses(target_w, pose)
+        else:
+            target = np.asarray(teacher.act(obs).trajectory, np.float64)[:TARGET_STEPS]
+            valid = np.ones(TARGET_STEPS, bool)
+        driven = driver.act(obs).trajectory if driver is not None else None
         emit = (last - k >= min_future_steps) if wanted is None else k in wanted
         if emit:
             v0 = float(obs["speed"])
+            ego = (pose, v0) if off_log else None
             yield TrainingSample(
                 scene_id=scene.scene_id,
                 step=k,
@@ -183,7 +225,9 @@ def drive_samples(
                 target=target,
                 target_valid=valid,
                 # labelled over the scorer's 4 s where logged, else over what is logged
-                coc=label_target(scene, k, target[: max(min_future_steps, min(LABEL_STEPS, int(valid.sum())))], v0),
+                coc=label_target(
+                    scene, k, target[: max(min_future_steps, min(LABEL_STEPS, int(valid.sum())))], v0, ego
+                ),
                 offset_m=float(np.hypot(*(pose[:2] - scene.ego.state[k, :2]))),
             )
         if k >= last:
@@ -191,6 +235,8 @@ def drive_samples(
         p = perturbation
         if p is not None and p.start_step <= k < p.start_step + p.ramp_steps:
             plan = scene_to_rig_poses(_drift_plan(scene, k, pose, p), pose)
+        elif driven is not None and rng.random() < driver_share:
+            plan = np.asarray(driven, np.float64)
         else:
             plan = target
         obs, _, terminated, truncated, _ = env.step(plan)

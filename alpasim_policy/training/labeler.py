@@ -80,13 +80,16 @@ class _Frame:
     speed: float
 
 
-def _frame(scene: Scene, step: int) -> _Frame:
+def _frame(scene: Scene, step: int, ego: tuple[np.ndarray, float] | None = None) -> _Frame:
     route = Polyline(scene.route.polyline)
-    st = scene.ego.state[step]
-    pose = st[:3].copy()
+    if ego is None:
+        st = scene.ego.state[step]
+        pose, speed = st[:3].copy(), float(np.hypot(st[3], st[4]))
+    else:
+        pose, speed = np.asarray(ego[0], np.float64)[:3].copy(), float(ego[1])
     s, _, _ = route.project(pose[None, :2])
     front = scene.ego.rear_axle_to_center + scene.ego.length / 2.0
-    return _Frame(route, float(s[0]) + front, pose, float(np.hypot(st[3], st[4])))
+    return _Frame(route, float(s[0]) + front, pose, speed)
 
 
 def _light_factor(scene: Scene, step: int, fr: _Frame) -> CausalFactor | None:
@@ -191,9 +194,16 @@ def _route_turn_factor(fr: _Frame) -> CausalFactor | None:
     return None
 
 
-def causal_factors(scene: Scene, step: int) -> dict[Factor, CausalFactor]:
-    """Every cause present at ``step``, from data at or before ``step`` only."""
-    fr = _frame(scene, step)
+def causal_factors(
+    scene: Scene, step: int, ego: tuple[np.ndarray, float] | None = None
+) -> dict[Factor, CausalFactor]:
+    """Every cause present at ``step``, from data at or before ``step`` only.
+
+    ``ego`` = (rear-axle pose (x, y, heading) in the scene frame, speed m/s) measures the causes
+    from a simulated car that is not where the log was (closed-loop training states); default:
+    the logged ego at ``step``.
+    """
+    fr = _frame(scene, step, ego)
     found = {
         Factor.RED_LIGHT: None,
         Factor.CROSSING_PEDESTRIAN: _pedestrian_factor(scene, step, fr),
