@@ -65,9 +65,8 @@ class ImitationConfig:
     seed: int = 0
     save_every: int = 50
     fit_smooth: float = 0.05  # smoothing of the action fit (see fit_controls)
-    action_stats: str = (
-        "data"  # "data": action normalisation from the training actions; "preset": keep the preset's
-    )
+    # "data": action normalisation from the training actions; "preset": keep the preset's
+    action_stats: str = "data"
     # share of each batch drawn evenly over 5 m/s speed bins instead of evenly over samples: city
     # drives outnumber highway ones many times, and a model that rarely sees 25 m/s drifts there
     speed_balance: float = 0.0
