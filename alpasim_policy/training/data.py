@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import shapely
 
 from alpasim_policy.policies.alpamayo import FrameBuffer
 from alpasim_policy.scenes.format import DT, Scene
@@ -147,6 +148,20 @@ def label_target(
 #: ``idm`` planner (:class:`~alpasim_policy.policies.baselines.IDMPolicy`), a privileged teacher
 #: that plans from the car's actual state, so its label stays right wherever the car has drifted.
 EXPERTS = ("log", "idm")
+#: An off-log drive (expert or driver) ends once the car is this far (m) from the logged path: the
+#: other road users replay their log, so far from it the scene no longer means anything (AlpaSim
+#: ends a rollout at 4 m).
+MAX_OFF_LOG_M = 5.0
+
+
+def plan_is_sane(plan_rig: np.ndarray, max_turn: float = 0.5) -> bool:
+    """True when a rig-frame plan starts ahead of the car, pointing within ``max_turn`` rad of its
+    heading, and never turns more than ``max_turn`` rad in one 0.1 s step: what a kinematic car can
+    drive. The rule planner's plan breaks this where its route projection jumps (a car pushed
+    across lanes); such a label would teach a swerve, so it is not emitted."""
+    p = np.asarray(plan_rig, np.float64)
+    turn = np.abs(wrap_angle(np.diff(p[:, 2])))
+    return bool(p[0, 0] > -0.05 and abs(wrap_angle(p[0, 2])) < max_turn and (turn < max_turn).all())
 
 
 def drive_samples(
@@ -200,6 +215,8 @@ def drive_samples(
         driver.reset(seed=seed, scene=scene, camera_rig=env.camera_rig)
     rng = np.random.default_rng([seed, zlib.crc32(scene.scene_id.encode())])
     off_log = teacher is not None or driver is not None
+    # distance from the logged *path* (not the time-indexed pose: the planner may drive slower)
+    log_path = shapely.LineString(scene.ego.state[np.asarray(scene.ego.valid, bool), :2])
     while True:
         k = int(obs["step"])
         pose = np.asarray(obs["pose"], dtype=np.float64)
@@ -212,7 +229,10 @@ def drive_samples(
             valid = np.ones(TARGET_STEPS, bool)
         driven = driver.act(obs).trajectory if driver is not None else None
         emit = (last - k >= min_future_steps) if wanted is None else k in wanted
-        if emit:
+        offset = float(np.hypot(*(pose[:2] - scene.ego.state[k, :2])))
+        if off_log and log_path.distance(shapely.Point(pose[:2])) > MAX_OFF_LOG_M:
+            break
+        if emit and (teacher is None or plan_is_sane(target)):
             v0 = float(obs["speed"])
             ego = (pose, v0) if off_log else None
             yield TrainingSample(
@@ -228,7 +248,7 @@ def drive_samples(
                 coc=label_target(
                     scene, k, target[: max(min_future_steps, min(LABEL_STEPS, int(valid.sum())))], v0, ego
                 ),
-                offset_m=float(np.hypot(*(pose[:2] - scene.ego.state[k, :2]))),
+                offset_m=offset,
             )
         if k >= last:
             break
