@@ -92,6 +92,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--flow-samples", type=int, default=4, help="(noise, t) pairs per sample and step")
     g.add_argument(
+        "--model-option", action="append", default=[], metavar="KEY=VALUE",
+        help="change a preset field of the model trained from scratch (e.g. patch_size=8); repeatable",
+    )  # fmt: skip
+    g.add_argument(
         "--speed-balance", type=float, default=0.0,
         help="share of each batch drawn evenly over 5 m/s speed bins (rare highway speeds seen more often)",
     )  # fmt: skip
@@ -135,6 +139,28 @@ def _cmd_draft(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_options(items: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` strings -> model config overrides (YAML values; lists become tuples), checked
+    against :class:`~alpasim_policy.model.config.AlpamayoConfig`'s fields so a typo is an error."""
+    import dataclasses
+
+    from alpasim_policy.errors import ConfigError
+    from alpasim_policy.model.config import AlpamayoConfig
+    from alpasim_policy.policies.registry import parse_options
+
+    try:
+        opts = parse_options(items)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("--policy-option", "--model-option")) from None
+    known = {f.name for f in dataclasses.fields(AlpamayoConfig)} - {"preset"}
+    for key, value in list(opts.items()):
+        if key not in known:
+            raise ConfigError(f"--model-option {key!r}: not a model config field ({', '.join(sorted(known))})")
+        if isinstance(value, list):
+            opts[key] = tuple(value)
+    return opts
+
+
 def _cmd_imitation(args: argparse.Namespace) -> int:
     from alpasim_policy.training.imitation import ImitationConfig, train_imitation
 
@@ -150,6 +176,7 @@ def _cmd_imitation(args: argparse.Namespace) -> int:
         flow_samples=args.flow_samples,
         action_stats=args.action_stats,
         speed_balance=args.speed_balance,
+        model_options=_model_options(args.model_option),
     )
     s = train_imitation(
         args.data or args.out / "data", args.out, cfg, resume=args.resume, stop_after=args.stop_after

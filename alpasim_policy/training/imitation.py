@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,8 @@ class ImitationConfig:
     # share of each batch drawn evenly over 5 m/s speed bins instead of evenly over samples: city
     # drives outnumber highway ones many times, and a model that rarely sees 25 m/s drifts there
     speed_balance: float = 0.0
+    # preset fields changed for this run (e.g. {"patch_size": 8}); saved in the checkpoint's config
+    model_options: dict[str, Any] = field(default_factory=dict)
 
     def lr_at(self, step: int) -> float:
         """Learning rate of step ``step`` (0-based): a pure function of the step, so resume is exact."""
@@ -343,7 +345,7 @@ def train_imitation(
         if resume:
             print(f"--resume: no checkpoint in {ckpt}; starting from step 0")
         torch.manual_seed(cfg.seed)
-        model = AlpamayoR1.create(AlpamayoConfig.from_preset(cfg.preset))
+        model = AlpamayoR1.create(AlpamayoConfig.from_preset(cfg.preset, **cfg.model_options))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
