@@ -251,9 +251,14 @@ def test_cli_trains_and_the_checkpoint_drives_as_the_alpamayo_policy(data_dir, t
         "1",
         "--flow-samples",
         "1",
+        "--speed-balance",
+        "0.5",
+        "--model-option",
+        "patch_size=8",  # a preset field changed for this run travels in the checkpoint
     ]
     assert main(args) == 0
     pol = make_policy("alpamayo", weights=str(out / "checkpoint"), samples=2, max_cot_tokens=6, threads=1)
+    assert pol.model.config.patch_size == 8
     w, h = pol.camera_size
     cfg = {"cameras": {"enabled": True, "preset": pol.camera_preset, "width": w, "height": h}}
     env = gym.make("alpasim_policy/LogReplay-v0", scene=SCENE, config=cfg)
@@ -265,6 +270,8 @@ def test_cli_trains_and_the_checkpoint_drives_as_the_alpamayo_policy(data_dir, t
         obs, *_ = env.step(plan.trajectory)
     bad = ["train", "--stage", "imitation", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]
     assert main(bad) == 2  # a clear error naming --data, not a traceback
+    typo = args[:-2] + ["--model-option", "patchsize=8"]
+    assert main(typo) == 2  # names the unknown field
 
 
 def test_speed_balanced_weights_share_the_batch_between_speed_bins():
