@@ -149,4 +149,4 @@ def test_bench_model_side_by_side_closed_loop_and_speculative(tmp_path, capsys):
     assert summary["closed_loop"] and summary["speculative"] == 2
     assert summary["k2_frames_cached"] == 12
     text = out.read_text()
-    assert "per-frame vision cache" in text and "speculative CoC decode gamma=2" in text
+    assert "per-frame vision cache" in text and "speculative CoC decode gamma=2 (recall of the last 4" in text

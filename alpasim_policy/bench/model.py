@@ -429,7 +429,8 @@ def run_nvlabs_comparison(args: argparse.Namespace) -> dict:
     vision cache on, so a tick preprocesses and encodes only the C new frames; NVlabs' code has no
     such cache and encodes all C x F frames every tick whatever their content (it gets the first
     tick's frames). ``--speculative G`` (one gamma): this side decodes the CoC speculatively (greedy,
-    token-identical to plain greedy; prompt-lookup drafts). The rows name both.
+    token-identical to plain greedy); drafts by prompt lookup, and with ``--closed-loop`` first by
+    recall of the last 4 CoCs as the ``alpamayo`` policy drafts. The rows name both.
     """
     import json
     import os
@@ -462,6 +463,12 @@ def run_nvlabs_comparison(args: argparse.Namespace) -> dict:
         raise ConfigError("bench model --nvlabs-cmd --speculative: one gamma (e.g. 4)")
     gamma = int(spec[0])
     ours_images: Any = images
+    if closed and gamma:
+        from alpasim_policy.model.speculative import NGramDrafter
+
+        # the alpamayo policy's drafter (without a draft model): the episode's last 4 CoCs recalled
+        # first (consecutive ticks mostly reason alike), then lookup in the prompt
+        model.drafter = NGramDrafter(memory=4)
     if closed:
         ticks = args.rounds * len(ks) * (args.warmup + args.repeats)
         ours_images = ClosedLoopFrames(model.config, ticks)
@@ -515,9 +522,8 @@ def run_nvlabs_comparison(args: argparse.Namespace) -> dict:
             f"({model.config.cameras} new of {model.config.num_images} frames encoded per tick)"
         )
     if gamma:
-        how.append(
-            f"this side: speculative CoC decode gamma={gamma} (prompt lookup, greedy, token-identical)"
-        )
+        drafts = "recall of the last 4 CoCs, then prompt lookup, as the policy" if closed else "prompt lookup"
+        how.append(f"this side: speculative CoC decode gamma={gamma} ({drafts}; greedy, token-identical)")
     if how:
         name += " [" + "; ".join(how) + "]"
     for k in ks:
