@@ -6,7 +6,9 @@ One tick of driving (:meth:`AlpamayoR1.drive`):
    first per camera) are resized, normalised and cut into Qwen3-VL patches; 16 steps of ego
    history become 48 delta-tokenizer ids placed in the ``<|traj_history|>`` slots of a chat prompt
    that ends with ``<|cot_start|>``.
-2. **Vision** — the Qwen3-VL ViT encodes the images once.
+2. **Vision** — the Qwen3-VL ViT encodes the images once. With ``vision_cache`` (the closed-loop
+   policy's setting) frames already seen at the previous tick keep their features and only the
+   new ones are preprocessed and encoded (exact: :mod:`~alpasim_policy.model.vision_cache`).
 3. **Reasoning** — the VLM prefills the prompt and decodes a chain of causation (CoC) until it
    emits ``<|traj_future_start|>`` (greedy or top-p / temperature through transformers' logits
    processors, :mod:`~alpasim_policy.model.generation_alpamayo`; a length can be forced for
