@@ -89,3 +89,19 @@ def test_the_cache_is_keyed_by_content_not_by_position(model):
     assert out.stats["vision_frames_cached"] == cfg.num_images
     ref = model.drive(flipped, hist, num_samples=1, cot_tokens=2, vision_cache=False)
     assert out.reasoning == ref.reasoning
+
+
+def test_float_frames_are_cached_by_their_own_bytes(model):
+    """Frames given as float in [0, 1] are keyed by their float values: the same floats hit, and the
+    outputs equal the uncached tick's."""
+    cfg = model.config
+    imgs = (
+        _stream(cfg, 1, (64, 96), seed=3)[:, : cfg.frames].reshape(-1, 3, 64, 96).astype(np.float32) / 255.0
+    )
+    hist, _ = rig_history("cr-DEU_A9-3_1_T-1-ego3603")
+    model.frame_cache.clear()
+    model.drive(imgs, hist, num_samples=1, cot_tokens=2, vision_cache=True)
+    out = model.drive(imgs, hist, num_samples=1, cot_tokens=2, vision_cache=True)
+    assert out.stats["vision_frames_cached"] == cfg.num_images
+    ref = model.drive(imgs, hist, num_samples=1, cot_tokens=2, vision_cache=False)
+    assert out.reasoning == ref.reasoning
