@@ -119,3 +119,34 @@ def test_bench_model_side_by_side_with_an_external_command(tmp_path, capsys):
         assert summary[f"k{k}_nvlabs_ms"] == 10_000.0
         assert np.isclose(summary[f"k{k}_ratio_median"], 10_000.0 / summary[f"k{k}_ours_ms"])
     assert out.read_text().count("whole tick vs NVlabs' own code") == 2
+
+
+def test_bench_model_side_by_side_closed_loop_and_speculative(tmp_path, capsys):
+    """--closed-loop: this side ticks on shifting frames with the vision cache (12 of 16 frames reused
+    per tick), NVlabs' command still gets (C*F, 3, H, W) images; --speculative G decodes this side's
+    CoC speculatively; the rows say both."""
+    import sys
+    from pathlib import Path
+
+    ckpt = Path(__file__).resolve().parent / "fixtures" / "nvlabs_parity" / "checkpoint"
+    fake = tmp_path / "fake_nvlabs.py"
+    fake.write_text(
+        "import argparse, json, numpy as np\n"
+        "ap = argparse.ArgumentParser()\n"
+        "for a in ('--weights', '--inputs', '--samples', '--cot-tokens', '--repeats', '--warmup', '--threads'):\n"
+        "    ap.add_argument(a)\n"
+        "a = ap.parse_args()\n"
+        "z = np.load(a.inputs)\n"
+        "assert z['images'].shape[:2] == (16, 3), z['images'].shape\n"
+        "print(json.dumps({'total': [10.0] * int(a.repeats)}))\n"
+    )
+    out = tmp_path / "BENCH.md"
+    argv = ["bench", "model", "--weights", str(ckpt), "--nvlabs-cmd", f"{sys.executable} {fake}",
+            "--nvlabs-samples", "2", "--cot-tokens", "3", "--repeats", "2", "--warmup", "1", "--rounds", "2",
+            "--closed-loop", "--speculative", "2", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["closed_loop"] and summary["speculative"] == 2
+    assert summary["k2_frames_cached"] == 12
+    text = out.read_text()
+    assert "per-frame vision cache" in text and "speculative CoC decode gamma=2 (recall of the last 4" in text

@@ -271,3 +271,41 @@ def test_lean_velocity_matches_per_step_at_default_config():
         a = model.action_in_proj(x, t)
         b = model.action_in_proj.forward_with_time_term(x, model.action_in_proj.time_term(t))
         assert (a - b).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("rows", [1, K])
+def test_fused_lean_loop_equals_the_plain_lean_loop(smooth, rows):
+    """The lean loop's fused projections (q/k/v and gate/up as one GEMM each, q/k norms and RoPE on
+    the stacked heads) give the plain lean loop's actions (same operations, regrouped), and a weight
+    update after the first tick is picked up (the fused copies are rebuilt, never stale)."""
+    from alpasim_policy.model.flow import LeanFlowSampler
+
+    model, prep, vision = smooth
+    prefix, _ = model.reason(prep, vision, rows, cot_tokens=5)
+    if rows > 1:
+        prefix = _ragged(prefix)
+    noise = torch.randn(K, 64, 2, generator=torch.Generator().manual_seed(30 + rows))
+    kw = dict(
+        steps=model.config.flow_steps, samples=K, capacity=prefix_capacity(prefix.length), n_waypoints=64
+    )
+    heads = (model.expert, model.action_in_proj, model.action_out_proj)
+    fused = LeanFlowSampler(*heads, fused=True, **kw)
+    plain = LeanFlowSampler(*heads, fused=False, **kw)
+    assert fused.fused is not None and plain.fused is None
+
+    def run(sampler):
+        sampler.load(prefix, noise)
+        return sampler.run().clone()
+
+    assert (run(fused) - run(plain)).abs().max().item() < 1e-6
+    weight = model.expert.layers[0].mlp.up_proj.weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.mul_(1.5)  # an in-place update, as an optimiser step does
+        changed = run(plain)
+        assert (run(fused) - changed).abs().max().item() < 1e-6
+        assert (changed - run(LeanFlowSampler(*heads, fused=False, **kw))).abs().max().item() == 0.0
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)

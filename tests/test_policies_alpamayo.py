@@ -158,6 +158,22 @@ def test_same_seed_same_rollout_different_seed_different_samples(first_run):
     assert not np.array_equal(other[0].samples, outs[0].samples)
 
 
+def test_closed_loop_reuses_the_vision_of_frames_seen_last_tick(first_run):
+    """The policy's per-frame vision cache: after the first ticks each tick encodes only the C new
+    frames, and the rollout is the one without the cache (exact)."""
+    pol, outs, _, _ = first_run
+    cfg = pol.model.config
+    reused_per_tick = cfg.cameras * (cfg.frames - 1)
+    assert pol.model.vision_cache and pol.model.frame_cache.hits >= (len(outs) - 4) * reused_per_tick
+    plain = make_policy("alpamayo", **FAST)
+    plain.model.vision_cache = False
+    again, _, _ = drive(plain, ticks=5)
+    assert plain.model.frame_cache.hits == 0
+    for a, b in zip(outs[:5], again, strict=True):
+        np.testing.assert_array_equal(a.samples, b.samples)
+        assert a.reasoning == b.reasoning
+
+
 def test_speculative_option_keeps_the_greedy_reasoning():
     spec, _, _ = drive(make_policy("alpamayo", **{**FAST, "cot_tokens": None, "max_cot_tokens": 12,
                                                   "speculative": "3"}), ticks=2)  # fmt: skip

@@ -78,8 +78,13 @@ def _best_seconds(fn: Any, repeats: int, sync: Any) -> float:
 
 
 @torch.no_grad()
-def diffusion_bound(model: Any, samples: int, prefix_len: int, repeats: int = 7) -> dict[str, Any]:
+def diffusion_bound(
+    model: Any, samples: int, prefix_len: int, repeats: int = 7, fused: bool | None = None
+) -> dict[str, Any]:
     """The diffusion loop's arithmetic bound at ``samples`` and ``prefix_len`` on this machine.
+
+    ``fused`` (default: what the model's CPU lean loop runs): the expert's q/k/v and gate/up GEMMs
+    timed as the fused shapes the loop multiplies (the FLOPs are the same either way).
 
     The loop's arithmetic per Euler step: the action projection's MLP and the expert's linear
     layers on ``samples * 64`` rows (the time term is precomputed once per tick, so not counted),
@@ -88,6 +93,10 @@ def diffusion_bound(model: Any, samples: int, prefix_len: int, repeats: int = 7)
     """
     dev, dtype = model.device, model.dtype
     cfg = model.expert.config
+    if fused is None:
+        from alpasim_policy.model.expert import FusedExpertWeights
+
+        fused = dev.type != "cuda" and FusedExpertWeights(model.expert).usable
     rows = samples * model.config.n_waypoints
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     linears: list[torch.nn.Linear] = []
@@ -97,14 +106,26 @@ def diffusion_bound(model: Any, samples: int, prefix_len: int, repeats: int = 7)
         a, m = layer.self_attn, layer.mlp
         linears += [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
     linears.append(model.action_out_proj)
+    shapes: list[tuple[int, int]] = []
+    for lin in linears:
+        shape = (lin.in_features, lin.out_features)
+        if lin is mlp[0]:
+            n_in = lin.in_features - model.action_in_proj.timestep_fourier_encoder.out_dim
+            shape = (n_in, lin.out_features)  # the time columns are precomputed
+        shapes.append(shape)
+    if fused:  # the lean loop's GEMMs: q/k/v as one, gate/up as one (same FLOPs, fewer GEMMs)
+        shapes = shapes[: len(mlp)]
+        for layer in model.expert.layers:
+            a, m = layer.self_attn, layer.mlp
+            qkv = a.q_proj.out_features + a.k_proj.out_features + a.v_proj.out_features
+            shapes += [(a.q_proj.in_features, qkv), (a.o_proj.in_features, a.o_proj.out_features)]
+            shapes += [(m.gate_proj.in_features, 2 * m.gate_proj.out_features)]
+            shapes += [(m.down_proj.in_features, m.down_proj.out_features)]
+        shapes.append((model.action_out_proj.in_features, model.action_out_proj.out_features))
     rates: dict[tuple[int, int], float] = {}
     flops_lin = 0
     t_lin = 0.0
-    for lin in linears:
-        shape = (lin.in_features, lin.out_features)
-        if shape == (mlp[0].in_features, mlp[0].out_features) and lin is mlp[0]:
-            n_in = lin.in_features - model.action_in_proj.timestep_fourier_encoder.out_dim
-            shape = (n_in, lin.out_features)  # the time columns are precomputed
+    for shape in shapes:
         f = 2 * rows * shape[0] * shape[1]
         if shape not in rates:
             x = torch.randn(rows, shape[0], device=dev, dtype=dtype)
@@ -117,7 +138,8 @@ def diffusion_bound(model: Any, samples: int, prefix_len: int, repeats: int = 7)
     q = torch.randn(samples, kvh, heads // kvh * t, d, device=dev, dtype=dtype)
     k = torch.randn(samples, kvh, prefix_len + t, d, device=dev, dtype=dtype)
     f_att = 4 * samples * heads * t * (prefix_len + t) * d
-    r_att = f_att / _best_seconds(lambda: F.scaled_dot_product_attention(q, k, k), repeats, sync)
+    v = torch.randn_like(k)  # its own values, as the loop has
+    r_att = f_att / _best_seconds(lambda: F.scaled_dot_product_attention(q, k, v), repeats, sync)
     steps = model.config.flow_steps
     n_layers = len(model.expert.layers)
     flops = steps * (flops_lin + n_layers * f_att)

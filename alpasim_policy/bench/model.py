@@ -39,18 +39,51 @@ def synthetic_inputs(config: Any, speed: float = 8.0, seed: int = 0) -> tuple[An
     return images, history
 
 
+def frame_stream(config: Any, ticks: int, seed: int = 0) -> Any:
+    """Closed-loop camera input: ``(C, ticks + F - 1, 3, H, W)`` uint8, one new frame per camera per
+    tick; tick ``i`` sees frames ``i .. i + F - 1`` of every camera (see :class:`ClosedLoopFrames`)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    h, w = config.image_hw
+    shape = (config.cameras, ticks + config.frames - 1, 3, h, w)
+    return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+class ClosedLoopFrames:
+    """Consecutive closed-loop ticks' images, as the ``alpamayo`` policy hands them to the model: each
+    call is the next tick, each camera's frames shift by one (the oldest drops out, one new frame
+    comes in), so ``F - 1`` frames per camera were seen at the previous tick."""
+
+    def __init__(self, config: Any, ticks: int, seed: int = 0):
+        self.frames = config.frames
+        self.stream = frame_stream(config, ticks, seed)
+        self.tick = 0
+
+    def __call__(self) -> Any:
+        if self.tick + self.frames > self.stream.shape[1]:
+            raise RuntimeError("closed-loop frame stream exhausted (size it for every timed tick)")
+        images = self.stream[:, self.tick : self.tick + self.frames]
+        self.tick += 1
+        return images
+
+
 def _median_timings(model: Any, images: Any, history: Any, repeats: int, warmup: int, **kw: Any) -> dict:
+    """Medians per stage over ``repeats`` ticks after ``warmup``; ``images`` an array (the same every
+    tick) or a callable giving each tick's images (:class:`ClosedLoopFrames`)."""
     import torch
 
     runs = []
     for i in range(warmup + repeats):
-        out = model.drive(images, history, generator=torch.Generator().manual_seed(i), **kw)
+        tick_images = images() if callable(images) else images
+        out = model.drive(tick_images, history, generator=torch.Generator().manual_seed(i), **kw)
         if i >= warmup:
             runs.append(out)
     med = {k: statistics.median(r.timings[k] for r in runs) for k in runs[0].timings}
     for k in STAGES:
         med[f"{k}_p95"] = _p95([r.timings.get(k, 0.0) for r in runs])
     med["decode_steps"] = runs[0].stats["decode_steps"]
+    med["vision_frames_cached"] = runs[-1].stats.get("vision_frames_cached", 0)
     med["_totals"] = [r.timings["total"] for r in runs]
     med["prefix_len"] = runs[0].stats["prefix_len"]
     return med
@@ -390,6 +423,14 @@ def run_nvlabs_comparison(args: argparse.Namespace) -> dict:
     :meth:`AlpamayoR1.drive` (single reasoning, the device's fastest diffusion) on the same images and
     history in this process. The two alternate in rounds on the same machine and load; the ratio is
     NVlabs' median tick over ours (minima also reported).
+
+    ``--closed-loop``: this side runs *consecutive closed-loop ticks* (:class:`ClosedLoopFrames`: each
+    camera's frames shift by one per tick, as the ``alpamayo`` policy feeds them) with the per-frame
+    vision cache on, so a tick preprocesses and encodes only the C new frames; NVlabs' code has no
+    such cache and encodes all C x F frames every tick whatever their content (it gets the first
+    tick's frames). ``--speculative G`` (one gamma): this side decodes the CoC speculatively (greedy,
+    token-identical to plain greedy); drafts by prompt lookup, and with ``--closed-loop`` first by
+    recall of the last 4 CoCs as the ``alpamayo`` policy drafts. The rows name both.
     """
     import json
     import os
@@ -416,7 +457,26 @@ def run_nvlabs_comparison(args: argparse.Namespace) -> dict:
     model = AlpamayoR1.from_pretrained(args.weights, device=args.device, **over)
     images, history = synthetic_inputs(model.config)
     ks = [int(v) for v in str(args.nvlabs_samples).split(",") if v.strip()]
+    closed = bool(getattr(args, "closed_loop", False))
+    spec = str(getattr(args, "speculative", None) or "0").split(",")
+    if len(spec) != 1:
+        raise ConfigError("bench model --nvlabs-cmd --speculative: one gamma (e.g. 4)")
+    gamma = int(spec[0])
+    ours_images: Any = images
+    if closed and gamma:
+        from alpasim_policy.model.speculative import NGramDrafter
+
+        # the alpamayo policy's drafter (without a draft model): the episode's last 4 CoCs recalled
+        # first (consecutive ticks mostly reason alike), then lookup in the prompt
+        model.drafter = NGramDrafter(memory=4)
+    if closed:
+        ticks = args.rounds * len(ks) * (args.warmup + args.repeats)
+        ours_images = ClosedLoopFrames(model.config, ticks)
+        first = ours_images.stream[:, : model.config.frames]  # NVlabs' input: the first tick's frames
+        images = np.ascontiguousarray(first.reshape(-1, *first.shape[2:]))
     times: dict[tuple[str, int], list[float]] = {}
+    stages: dict[tuple[int, str], list[float]] = {}
+    cached: dict[int, int] = {}
     loads: list[float] = []
     meta: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -438,13 +498,34 @@ def run_nvlabs_comparison(args: argparse.Namespace) -> dict:
                 meta = {k2: v for k2, v in out.items() if k2 != "total"}
                 times.setdefault(("nvlabs", k), []).extend(float(t) for t in out["total"])
                 ours = _median_timings(
-                    model, images, history, args.repeats, args.warmup,
+                    model, ours_images, history, args.repeats, args.warmup,
                     num_samples=k, reasoning="single", diffusion="graph", cot_tokens=args.cot_tokens,
+                    vision_cache=closed, speculative=gamma,
                 )  # fmt: skip
                 times.setdefault(("ours", k), []).extend(ours["_totals"])
+                cached[k] = ours["vision_frames_cached"]
+                for st in ("preprocess", "vision", "prefill", "decode", "diffusion"):
+                    stages.setdefault((k, st), []).append(ours[st])
     rows = []
-    summary: dict = {"benchmark": "model-nvlabs", "nvlabs": meta, "load_avg": [min(loads), max(loads)]}
+    summary: dict = {
+        "benchmark": "model-nvlabs",
+        "nvlabs": meta,
+        "load_avg": [min(loads), max(loads)],
+        "closed_loop": closed,
+        "speculative": gamma,
+    }
     name = f"model {Path(args.weights).name} ({model.num_parameters() / 1e6:.1f} M) CoC={args.cot_tokens} {args.device} {threads} thread"
+    how = []
+    if closed:
+        how.append(
+            "this side: consecutive closed-loop ticks, per-frame vision cache "
+            f"({model.config.cameras} new of {model.config.num_images} frames encoded per tick)"
+        )
+    if gamma:
+        drafts = "recall of the last 4 CoCs, then prompt lookup, as the policy" if closed else "prompt lookup"
+        how.append(f"this side: speculative CoC decode gamma={gamma} ({drafts}; greedy, token-identical)")
+    if how:
+        name += " [" + "; ".join(how) + "]"
     for k in ks:
         nv, us = times[("nvlabs", k)], times[("ours", k)]
         r_med = statistics.median(nv) / statistics.median(us)
@@ -454,12 +535,18 @@ def run_nvlabs_comparison(args: argparse.Namespace) -> dict:
         summary[f"k{k}_ours_ms"] = statistics.median(us) * 1e3
         summary[f"k{k}_ratio_median"] = r_med
         summary[f"k{k}_ratio_min"] = r_min
+        summary[f"k{k}_frames_cached"] = cached[k]  # at our last timed tick
         rows.append(
             {
                 "benchmark": f"{name} K={k}: whole tick vs NVlabs' own code (same checkpoint and inputs, alternating)",
                 "result": f"NVlabs median {statistics.median(nv) * 1e3:.0f} ms (min {min(nv) * 1e3:.0f}), this project "
-                f"median {statistics.median(us) * 1e3:.0f} ms (min {min(us) * 1e3:.0f}) over {len(us)} ticks each; "
-                f"load avg {min(loads):.1f}-{max(loads):.1f}",
+                f"median {statistics.median(us) * 1e3:.0f} ms (min {min(us) * 1e3:.0f}) over {len(us)} ticks each "
+                f"(our stage medians: "
+                + ", ".join(
+                    f"{st} {statistics.median(stages[(k, st)]) * 1e3:.0f}"
+                    for st in ("preprocess", "vision", "prefill", "decode", "diffusion")
+                )
+                + f" ms); load avg {min(loads):.1f}-{max(loads):.1f}",
                 "ratio": f"{r_med:.2f}x (median) / {r_min:.2f}x (min) faster"
                 + (f" (target >= {goal:g}x)" if goal else ""),
             }
@@ -469,8 +556,8 @@ def run_nvlabs_comparison(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    if getattr(args, "speculative", None):  # the decode stage alone: plain vs lean vs speculative
-        from alpasim_policy.bench import decode
+    if getattr(args, "speculative", None) and not getattr(args, "nvlabs_cmd", None):
+        from alpasim_policy.bench import decode  # the decode stage alone: plain vs lean vs speculative
 
         return decode.run(args)
     from alpasim_policy.bench import print_summary, write_rows

@@ -102,7 +102,8 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed ticks per configuration (median reported)")
     p.add_argument("--speculative", default=None, metavar="G1,G2,...",
                    help="time the decode stage alone: transformers loop vs static-KV loop vs speculative "
-                        "decoding at each gamma (greedy, token-identical; acceptance rates)")  # fmt: skip
+                        "decoding at each gamma (greedy, token-identical; acceptance rates); with "
+                        "--nvlabs-cmd one gamma: this side's tick decodes speculatively")  # fmt: skip
     p.add_argument("--draft", default=None,
                    help="draft-model folder for --speculative (default: prompt lookup)")  # fmt: skip
     p.add_argument("--inputs", default=None,
@@ -139,6 +140,9 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
         "run_nvlabs_comparison and BENCHMARKS.md); needs --weights (an NVlabs-written checkpoint)",
     )
     p.add_argument("--nvlabs-samples", default="6,1", help="K values for --nvlabs-cmd")
+    p.add_argument("--closed-loop", action="store_true",
+                   help="with --nvlabs-cmd: this side runs consecutive closed-loop ticks (each camera's "
+                        "frames shift by one) with the per-frame vision cache on")  # fmt: skip
     p.add_argument(
         "--image-hw", default=None, help="H,W model input size override for --weights (e.g. 224,224)"
     )

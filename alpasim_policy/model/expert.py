@@ -278,6 +278,108 @@ def expert_forward_lean(
     return expert.norm(h)
 
 
+def _weight_signature(expert: nn.Module) -> tuple:
+    return tuple((p.data_ptr(), p._version) for p in expert.layers.parameters())
+
+
+class FusedExpertWeights:
+    """The expert layers' q/k/v and gate/up weights concatenated (one GEMM each instead of three and
+    two) and the q/k norm weights stacked, for :func:`expert_forward_fused`.
+
+    Why: the lean loop runs 10 Euler steps x L layers on only K x 64 rows; at that size each GEMM
+    and each small op costs mostly fixed overhead. Built once per sampler and rebuilt when a weight
+    changes (a new ``data_ptr`` or an in-place update, e.g. a training step), as the static decoder
+    does. ``usable`` is False when a projection has a bias (Qwen3-VL has none): then the plain lean
+    forward runs."""
+
+    def __init__(self, expert: nn.Module):
+        self.expert = expert
+        self.signature = _weight_signature(expert)
+        self.layers: list[dict[str, torch.Tensor | int]] = []
+        self.usable = True
+        with torch.no_grad():
+            for layer in expert.layers:
+                a, m = layer.self_attn, layer.mlp
+                if any(p.bias is not None for p in (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj)):
+                    self.usable = False
+                    self.layers = []
+                    return
+                d = a.head_dim
+                n_q, n_kv = a.q_proj.out_features // d, a.k_proj.out_features // d
+                self.layers.append(
+                    {
+                        "qkv": torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
+                        "gate_up": torch.cat([m.gate_proj.weight, m.up_proj.weight]),
+                        "qk_norm": torch.cat(
+                            [a.q_norm.weight.expand(n_q, -1), a.k_norm.weight.expand(n_kv, -1)]
+                        ),
+                        "n_q": n_q,
+                        "n_kv": n_kv,
+                        "inter": m.gate_proj.out_features,
+                    }
+                )
+
+    @classmethod
+    def for_expert(cls, expert: nn.Module, cached: FusedExpertWeights | None) -> FusedExpertWeights:
+        """``cached`` while it still matches ``expert``'s weights, else a fresh copy."""
+        if cached is not None and cached.expert is expert and _weight_signature(expert) == cached.signature:
+            return cached
+        return cls(expert)
+
+
+def _rms(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """transformers' Qwen3-VL RMSNorm (float32 statistics, weight in the input dtype) in two ops."""
+    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
+
+
+def expert_forward_fused(
+    expert: nn.Module,
+    fused: FusedExpertWeights,
+    embeds: torch.Tensor,
+    cos: torch.Tensor,
+    sin_signed: torch.Tensor,
+    k_bufs: list[torch.Tensor],
+    v_bufs: list[torch.Tensor],
+    start: int,
+    capacity: int,
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """:func:`expert_forward_lean` with fewer, larger ops: fused q/k/v and gate/up GEMMs, the q and k
+    norms as one RMS norm over the stacked heads, RoPE on q and k together as
+    ``x * cos + roll(x, d/2) * sin_signed`` (``sin_signed`` = [-sin_1, sin_2]: the same products as
+    ``rotate_half``, a sign flip being exact), the same SDPA over the same KV layout. Equal to the
+    lean forward up to float rounding (a GEMM's summation order may differ in the last bit).
+    ``cos`` / ``sin_signed``: ``(B, 1, T, d)``."""
+    h = embeds
+    b, t, _ = h.shape
+    half = cos.shape[-1] // 2
+    for i, layer in enumerate(expert.layers):
+        w = fused.layers[i]
+        attn = layer.self_attn
+        d = attn.head_dim
+        n_q, n_kv = int(w["n_q"]), int(w["n_kv"])
+        x = _rms(layer.input_layernorm, h)
+        qkv = F.linear(x, w["qkv"])
+        qk = qkv[..., : (n_q + n_kv) * d].view(b, t, n_q + n_kv, d)
+        qk = w["qk_norm"] * F.rms_norm(qk.float(), (d,), eps=attn.q_norm.variance_epsilon).to(x.dtype)
+        qk = qk.transpose(1, 2)
+        qk = qk * cos + qk.roll(half, dims=-1) * sin_signed
+        k_buf, v_buf = k_bufs[i], v_bufs[i]
+        k_buf[:, :, capacity:].copy_(qk[:, n_q:])
+        v_buf[:, :, capacity:].copy_(qkv[..., (n_q + n_kv) * d :].view(b, t, n_kv, d).transpose(1, 2))
+        g = n_q // n_kv
+        rows = qk[:, :n_q].reshape(b, n_kv, g * t, d)
+        o = F.scaled_dot_product_attention(
+            rows, k_buf[:, :, start:], v_buf[:, :, start:], attn_mask=mask, scale=attn.scaling
+        )
+        o = o.view(b, n_kv, g, t, d).permute(0, 3, 1, 2, 4).reshape(b, t, n_q * d)
+        h = h + attn.o_proj(o)
+        x = _rms(layer.post_attention_layernorm, h)
+        gate, up = F.linear(x, w["gate_up"]).split(int(w["inter"]), dim=-1)
+        h = h + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+    return _rms(expert.norm, h)
+
+
 def static_mask(
     valid_len: torch.Tensor, samples: int, n_tokens: int, groups: int, capacity: int, dtype: torch.dtype
 ) -> torch.Tensor:

@@ -24,8 +24,10 @@ import torch
 from torch import nn
 
 from alpasim_policy.model.expert import (
+    FusedExpertWeights,
     action_rope,
     expert_forward_dynamic,
+    expert_forward_fused,
     expert_forward_lean,
     expert_forward_static,
     static_mask,
@@ -251,7 +253,9 @@ class LeanFlowSampler:
     K = 6 on a 1,000-token prefix); the RoPE tables; the mask (only when rows differ in length); and
     per Euler step the flow time's share of the action projection
     (:meth:`~alpasim_policy.model.expert.ActionInProjection.time_term`). Per step only what depends
-    on the current actions runs. ``compiled=True`` wraps the velocity in ``torch.compile``
+    on the current actions runs, with the expert's q/k/v and gate/up projections fused into one
+    GEMM each (``fused``, default; :func:`~alpasim_policy.model.expert.expert_forward_fused`, the
+    same actions as the plain lean forward, tested). ``compiled=True`` wraps the velocity in ``torch.compile``
     (measured by ``bench model``: whether it pays depends on the machine; eager is the default).
 
     The window start moves with the prefix length, so this loop is not CUDA-graph capturable; on
@@ -271,11 +275,17 @@ class LeanFlowSampler:
         action_channels: int = 2,
         device: torch.device | str = "cpu",
         compiled: bool = False,
+        fused: bool = True,
     ):
         self.m = _Heads(expert, action_in_proj, action_out_proj)
         self.steps = steps
         self.samples = samples
         self.capacity = capacity
+        #: fused projections (:func:`~alpasim_policy.model.expert.expert_forward_fused`); checked
+        #: against the weights at every :meth:`load` so a weight update is never missed
+        self.fused: FusedExpertWeights | None = FusedExpertWeights(expert) if fused else None
+        if self.fused is not None and not self.fused.usable:
+            self.fused = None
         self.n = n_waypoints
         self.device = torch.device(device)
         cfg = expert.config
@@ -335,13 +345,24 @@ class LeanFlowSampler:
         cos, sin = action_rope(self.m.expert, offsets, self.n, self.dtype)
         self.cos.copy_(cos)
         self.sin.copy_(sin)
+        half = sin.shape[-1] // 2
+        self.cos4 = cos[:, None]  # (K, 1, T, d): broadcast over the stacked q and k heads
+        self.sin4 = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, None]
         self.noise.copy_(noise)
+        if self.fused is not None:
+            self.fused = FusedExpertWeights.for_expert(self.m.expert, self.fused)
 
     def _velocity_at(self, x: torch.Tensor, time_term: torch.Tensor) -> torch.Tensor:
         emb = self.m.action_in_proj.forward_with_time_term(x, time_term)
-        h = expert_forward_lean(
-            self.m.expert, emb, self.cos, self.sin, self.k, self.v, self.start, self.capacity, self.mask
-        )
+        if self.fused is not None:
+            h = expert_forward_fused(
+                self.m.expert, self.fused, emb, self.cos4, self.sin4, self.k, self.v,
+                self.start, self.capacity, self.mask,
+            )  # fmt: skip
+        else:
+            h = expert_forward_lean(
+                self.m.expert, emb, self.cos, self.sin, self.k, self.v, self.start, self.capacity, self.mask
+            )
         return self.m.action_out_proj(h).float()
 
     def velocity(self, x: torch.Tensor, i: int) -> torch.Tensor:

@@ -6,7 +6,9 @@ One tick of driving (:meth:`AlpamayoR1.drive`):
    first per camera) are resized, normalised and cut into Qwen3-VL patches; 16 steps of ego
    history become 48 delta-tokenizer ids placed in the ``<|traj_history|>`` slots of a chat prompt
    that ends with ``<|cot_start|>``.
-2. **Vision** — the Qwen3-VL ViT encodes the images once.
+2. **Vision** — the Qwen3-VL ViT encodes the images once. With ``vision_cache`` (the closed-loop
+   policy's setting) frames already seen at the previous tick keep their features and only the
+   new ones are preprocessed and encoded (exact: :mod:`~alpasim_policy.model.vision_cache`).
 3. **Reasoning** — the VLM prefills the prompt and decodes a chain of causation (CoC) until it
    emits ``<|traj_future_start|>`` (greedy or top-p / temperature through transformers' logits
    processors, :mod:`~alpasim_policy.model.generation_alpamayo`; a length can be forced for
@@ -58,6 +60,7 @@ from alpasim_policy.model.processing_alpamayo import AlpamayoProcessor, Prepared
 from alpasim_policy.model.speculative import Drafter, NGramDrafter, as_drafter, speculative_decode
 from alpasim_policy.model.static_decode import DecodeMode, StaticKVDecoder
 from alpasim_policy.model.tokenizer import AlpamayoTokenizer, DeltaTrajectoryTokenizer
+from alpasim_policy.model.vision_cache import FrameFeatureCache
 
 ReasoningMode = Literal["single", "multi"]
 DiffusionMode = Literal["graph", "eager", "lean", "dynamic"]
@@ -123,6 +126,10 @@ class AlpamayoR1(nn.Module):
         self.counters: Counter[str] = Counter()
         self._static: dict[tuple, StaticFlowSampler] = {}
         self._lean: dict[tuple, LeanFlowSampler] = {}
+        #: reuse the vision features of frames seen at the last tick (exact; see vision_cache.py):
+        #: the default of ``drive(vision_cache=None)``; the closed-loop policy turns it on
+        self.vision_cache = False
+        self.frame_cache = FrameFeatureCache()
         self.eval()
 
     @classmethod
@@ -211,6 +218,53 @@ class AlpamayoR1(nn.Module):
     ) -> PreparedInputs:
         """Validate and convert one tick's inputs (:class:`AlpamayoProcessor`)."""
         return self.processor(images, history_xyh, speed, command, route_text, history_z)
+
+    def prepare_with_vision(
+        self,
+        images: Any,
+        history_xyh: Any,
+        speed: float | None = None,
+        command: int | str | None = None,
+        route_text: str | None = None,
+        history_z: Any = None,
+        timings: dict[str, float] | None = None,
+    ):  # noqa: ANN201 - (PreparedInputs, vision output)
+        """:meth:`prepare` + :meth:`encode_images` through the per-frame cache: only the frames not
+        seen at the last tick are preprocessed and encoded, the others' features are reused (exact:
+        the vision tower treats each image on its own, see :mod:`~alpasim_policy.model.vision_cache`).
+        ``timings`` receives ``preprocess`` and ``vision`` seconds. ``PreparedInputs.pixel_values``
+        holds only the newly encoded frames' pixels (``None`` when every frame was cached)."""
+        timings = timings if timings is not None else {}
+        cache = self.frame_cache
+        t0 = time.perf_counter()
+        frames = self.processor.validate_images(images)
+        keys, found = cache.lookup(frames)
+        miss = [i for i, e in enumerate(found) if e is None]
+        pixel_values = grid_new = None
+        if miss:
+            pixel_values, grid_new = self.processor.pixels(frames[miss])
+        t1 = time.perf_counter()
+        if miss:
+            vision = self.encode_images(pixel_values, grid_new)
+            cache.output_type = type(vision)
+            for i, entry in zip(miss, cache.split(vision, frames[miss], grid_new), strict=True):
+                found[i] = entry
+        entries = [e for e in found if e is not None]
+        vision = cache.assemble(entries)
+        cache.retain(keys, entries)
+        cache.hits += len(keys) - len(miss)
+        cache.misses += len(miss)
+        self.counters["vision_frames_cached"] += len(keys) - len(miss)
+        self._sync()
+        t2 = time.perf_counter()
+        grid = torch.stack([e.grid for e in entries])
+        prepared = self.processor.complete(
+            grid, history_xyh, speed, command, route_text, history_z, pixel_values
+        )
+        t3 = time.perf_counter()
+        timings["preprocess"] = (t1 - t0) + (t3 - t2)
+        timings["vision"] = t2 - t1
+        return prepared, vision
 
     # ================================================================== reasoning
     def _sync(self) -> None:
@@ -523,6 +577,7 @@ class AlpamayoR1(nn.Module):
         decode: DecodeMode = "static",
         speculative: int = 0,
         drafter: Drafter | None = None,
+        vision_cache: bool | None = None,
     ) -> DriveOutput:
         """One planning tick: images + ego history -> CoC text(s) and K trajectories (see module doc).
 
@@ -543,6 +598,8 @@ class AlpamayoR1(nn.Module):
           ``speculative`` = gamma > 0: speculative CoC decoding with ``drafter`` (or
           ``self.drafter``, else prompt lookup); single reasoning only. Greedy output is identical
           to plain decoding, sampled output has the same distribution (see :meth:`reason`).
+        * ``vision_cache``: reuse the vision features of frames already seen at the last tick
+          (:meth:`prepare_with_vision`; exact, the same outputs); ``None``: ``self.vision_cache``.
         """
         if reasoning not in ("single", "multi"):
             raise ConfigError(f"reasoning mode {reasoning!r}: choose single or multi")
@@ -551,14 +608,21 @@ class AlpamayoR1(nn.Module):
         cfg = self.config
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
-        prepared = self.prepare(images, history_xyh, speed, command, route_text, history_z)
-        t_prep = time.perf_counter()
-        timings["preprocess"] = t_prep - t_start
-
-        vision = self.encode_images(prepared.pixel_values, prepared.image_grid_thw)
-        self._sync()
-        t_vis = time.perf_counter()
-        timings["vision"] = t_vis - t_prep
+        use_cache = self.vision_cache if vision_cache is None else vision_cache
+        frames_cached = 0
+        if use_cache:
+            hits = self.frame_cache.hits
+            prepared, vision = self.prepare_with_vision(
+                images, history_xyh, speed, command, route_text, history_z, timings
+            )
+            frames_cached = self.frame_cache.hits - hits
+        else:
+            prepared = self.prepare(images, history_xyh, speed, command, route_text, history_z)
+            t_prep = time.perf_counter()
+            timings["preprocess"] = t_prep - t_start
+            vision = self.encode_images(prepared.pixel_values, prepared.image_grid_thw)
+            self._sync()
+            timings["vision"] = time.perf_counter() - t_prep
 
         rows = 1 if reasoning == "single" else num_samples
         if temperature is None:
@@ -620,6 +684,7 @@ class AlpamayoR1(nn.Module):
             "draft_proposed": proposed,
             "draft_accepted": accepted,
             "acceptance": accepted / proposed if proposed else None,
+            "vision_frames_cached": frames_cached,  # frames whose features came from the last tick
         }
         return DriveOutput(
             trajectories=traj.numpy(),

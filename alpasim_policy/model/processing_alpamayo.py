@@ -44,7 +44,7 @@ IMAGE_STD = 0.5
 class PreparedInputs:
     input_ids: torch.Tensor  # (1, L)
     mm_token_type_ids: torch.Tensor  # (1, L)
-    pixel_values: torch.Tensor  # (patches, C * tp * ps * ps)
+    pixel_values: torch.Tensor | None  # (patches, C * tp * ps * ps); None when the vision came from the cache
     image_grid_thw: torch.Tensor  # (N, 3)
     v0: float
     z: float = 0.0  # height carried into the plan (last history z, as NVlabs)
@@ -96,9 +96,7 @@ class AlpamayoProcessor:
             )
         if t.shape[2] < 16 or t.shape[3] < 16:
             raise ModelInputError(f"images: {t.shape[2]}x{t.shape[3]} pixels is too small")
-        if t.dtype == torch.uint8:
-            t = t.float() / 255.0
-        else:
+        if t.dtype != torch.uint8:  # uint8 stays as it is (the pixel paths take it directly)
             t = t.float()
             if not torch.isfinite(t).all():
                 raise ModelInputError("images: contain NaN or inf")
@@ -106,17 +104,33 @@ class AlpamayoProcessor:
                 raise ModelInputError("images: float images must be in [0, 1] (or pass uint8)")
         return t
 
+    def validate_images(self, images: Any) -> torch.Tensor:
+        """The tick's frames as one ``(C*F, 3, H, W)`` tensor, uint8 or float32 in [0, 1], checked
+        (:class:`ModelInputError` naming what is wrong); the input of :meth:`pixels`."""
+        return self._validate_images(images)
+
+    def pixels(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validated frames -> Qwen3-VL ``pixel_values`` and ``image_grid_thw`` (image by image: the
+        rows of one frame do not depend on the other frames)."""
+        return self._pixels(images)
+
     def _pixels(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, 3, H, W) in [0, 1] -> Qwen3-VL ``pixel_values`` (patches, 3 * tp * ps * ps) and ``grid_thw``."""
+        """(N, 3, H, W) uint8 or float in [0, 1] -> Qwen3-VL ``pixel_values`` (patches, 3 * tp * ps * ps)
+        and ``grid_thw``."""
         cfg = self.config
         if self.image_processor is not None:
-            u8 = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+            if images.dtype == torch.uint8:
+                u8 = images  # what the float round trip below gives back for uint8 input
+            else:
+                u8 = (images.clamp(0, 1) * 255).round().to(torch.uint8)
             fast = self._qwen_pixels_without_resize(u8)
             if fast is not None:
                 return fast
             arr = u8.permute(0, 2, 3, 1).cpu().numpy()
             out = self.image_processor(images=list(arr), return_tensors="pt")
             return out["pixel_values"], out["image_grid_thw"]
+        if images.dtype == torch.uint8:
+            images = images.float() / 255.0
         h, w = cfg.image_hw
         x = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
         x = (x - IMAGE_MEAN) / IMAGE_STD
@@ -254,10 +268,26 @@ class AlpamayoProcessor:
         history_z: Any = None,
     ) -> PreparedInputs:
         """Validate and convert one tick's inputs; raises :class:`ModelInputError` naming the bad input."""
-        cfg = self.config
         imgs = self._validate_images(images)
-        hist = self._history(history_xyh)
+        self._history(history_xyh)  # the history's errors before the pixel work, as always
         pixel_values, grid = self._pixels(imgs)
+        return self.complete(grid, history_xyh, speed, command, route_text, history_z, pixel_values)
+
+    def complete(
+        self,
+        grid: torch.Tensor,
+        history_xyh: Any,
+        speed: float | None = None,
+        command: int | str | None = None,
+        route_text: str | None = None,
+        history_z: Any = None,
+        pixel_values: torch.Tensor | None = None,
+    ) -> PreparedInputs:
+        """Everything but the pixels: the prompt (image token counts from ``grid``), the history tokens
+        and v0. ``pixel_values`` ``None``: the caller has the vision features already (per-frame
+        cache of :meth:`AlpamayoR1.drive`)."""
+        cfg = self.config
+        hist = self._history(history_xyh)
         merge = cfg.spatial_merge_size**2
         per_image = (grid.prod(-1) // merge).tolist()
         xyz = np.zeros((hist.shape[0], 3))

@@ -13,7 +13,9 @@ What this adapter does each tick (``act``):
    (``v0=history``, default) or taken from the measured ``speed`` (``v0=measured``); ``command``
    (left / straight / right, from the route) becomes a navigation sentence in the prompt.
 3. *One model call* (:meth:`AlpamayoR1.drive`) -> K trajectories (K, 64, 3) in the rig frame, the
-   chain-of-causation text(s) and per-stage timings.
+   chain-of-causation text(s) and per-stage timings. The model's per-frame vision cache is on:
+   the ``F - 1`` frames per camera already seen at the last tick are not preprocessed or encoded
+   again (exact: the same outputs, :mod:`alpasim_policy.model.vision_cache`).
 4. *Selection* (:mod:`alpasim_policy.policies.selection`): ``first`` (AlpaSim), ``medoid`` or
    ``scored`` (t0-only EPDMS). The chosen trajectory is returned with the reasoning (the chosen
    sample's own text in ``multi`` mode) and all K samples in ``PolicyOutput.samples``.
@@ -207,6 +209,9 @@ class AlpamayoCore:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("option 'device': 'cuda' requested but no CUDA device is available")
         self.model = self._build_model()
+        # F - 1 of each camera's F frames were encoded at the last tick: reuse their vision
+        # features (exact, content-keyed; alpasim_policy/model/vision_cache.py)
+        self.model.vision_cache = True
         if self.speculative or self.draft is not None:
             from alpasim_policy.model.speculative import FallbackDrafter, NGramDrafter
 
