@@ -59,6 +59,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="data stage, DAgger: this alpamayo checkpoint drives (the expert still labels every step)",
     )  # fmt: skip
     p.add_argument(
+        "--closing", type=int, default=0,
+        help="data stage: drives per scene that first close in on the lead (2 s of 1-2.5 m/s^2 extra)",
+    )  # fmt: skip
+    p.add_argument(
+        "--partial-egos", type=float, default=None, metavar="SECONDS",
+        help="data stage: cars present that long (not the whole recording) are egos too",
+    )  # fmt: skip
+    p.add_argument(
         "--driver-share",
         type=float,
         default=1.0,
@@ -240,6 +248,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--min-future must be in 1..64 steps, got {args.min_future}")
     if args.max_lateral < 0.5:
         raise ConfigError(f"--max-lateral must be >= 0.5 m, got {args.max_lateral}")
+    if args.closing < 0:
+        raise ConfigError(f"--closing must be >= 0, got {args.closing}")
+    if args.partial_egos is not None and args.partial_egos < 4.0:
+        raise ConfigError(f"--partial-egos must be >= 4 s (warm-up + 2 s of future), got {args.partial_egos}")
     if not 0.0 <= args.driver_share <= 1.0:
         raise ConfigError(f"--driver-share must be in [0, 1], got {args.driver_share}")
     if args.driver is not None and not (args.driver / "config.json").is_file():
@@ -259,6 +271,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         expert=args.expert,
         driver=args.driver,
         driver_share=args.driver_share,
+        closing=args.closing,
+        partial_egos_s=args.partial_egos,
     )
     print(
         f"{len(m['shards'])} shard(s) from {len(m['scenes'])} scene(s) in {args.out / 'data'} "

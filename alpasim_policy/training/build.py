@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 
-def raw_scenes(raw: Path) -> list[Any]:
+def raw_scenes(raw: Path, partial_egos_s: float | None = None) -> list[Any]:
     """Every scene the importers make of the recordings under ``raw`` (sorted, deterministic).
 
     CommonRoad recordings give one scene per eligible ego (every candidate, not the bundle's
     thinned choice) and per 8 s window, and short recordings (Lankershim's 4 s) are kept too
     (``min_steps=0``): for training every (ego, window) is a drive, and :func:`build_data`
-    decides from the logged future how many of its steps make samples.
+    decides from the logged future how many of its steps make samples. ``partial_egos_s``: a car
+    present for at least that many seconds of a recording (not all of it) is an ego too.
     """
     from alpasim_policy.errors import ConfigError
     from alpasim_policy.scenes.importers.av2 import import_av2_forecasting, import_av2_sensor
@@ -26,7 +27,8 @@ def raw_scenes(raw: Path) -> list[Any]:
         raise ConfigError(f"--raw {raw}: not a folder of raw recordings")
     scenes: list[Any] = []
     for xml in sorted(raw.glob("commonroad/*.xml")):
-        scenes += import_commonroad(xml, min_steps=0)
+        partial = None if partial_egos_s is None else int(round(partial_egos_s * 10))
+        scenes += import_commonroad(xml, min_steps=0, partial_min_steps=partial)
     for log in sorted(p for p in raw.glob("av2/sensor/*") if p.is_dir()):
         scenes += import_av2_sensor(log)
     for sc in sorted(p for p in raw.glob("av2/forecasting/*") if p.is_dir()):
@@ -36,8 +38,12 @@ def raw_scenes(raw: Path) -> list[Any]:
     return scenes
 
 
-def _perturbations(scene: Any, count: int, max_lateral: float, seed: int) -> list[Any]:
-    """``count`` perturbations drawn from a generator seeded by (seed, scene id): reproducible."""
+def _perturbations(
+    scene: Any, count: int, max_lateral: float, seed: int, closing: int = 0, max_accel: float = 2.5
+) -> list[Any]:
+    """``count`` lateral perturbations, then ``closing`` longitudinal ones (extra acceleration
+    1 to ``max_accel`` m/s² for 2 s), drawn from generators seeded by (seed, scene id): reproducible
+    (the lateral draws are the same with or without the longitudinal ones)."""
     import zlib
 
     import numpy as np
@@ -51,6 +57,11 @@ def _perturbations(scene: Any, count: int, max_lateral: float, seed: int) -> lis
         lateral = float(rng.uniform(0.5, max_lateral) * rng.choice([-1.0, 1.0]))
         start = int(rng.integers(t0, max(t0 + 1, min(t0 + 20, scene.num_steps - 45))))
         out.append(Perturbation(lateral_m=round(lateral, 3), start_step=start))
+    rng = np.random.default_rng([seed, zlib.crc32(scene.scene_id.encode()), 1])
+    for _ in range(closing):
+        accel = float(rng.uniform(1.0, max_accel))
+        start = int(rng.integers(t0, max(t0 + 1, min(t0 + 30, scene.num_steps - 45))))
+        out.append(Perturbation(0.0, start_step=start, ramp_steps=20, accel_mps2=round(accel, 2)))
     return out
 
 
@@ -67,6 +78,8 @@ def build_data(
     expert: str = "log",
     driver: str | Path | None = None,
     driver_share: float = 1.0,
+    closing: int = 0,
+    partial_egos_s: float | None = None,
 ) -> dict[str, Any]:
     """The ``data`` stage; returns the manifest (also written to ``out/data/manifest.json``).
 
@@ -98,11 +111,11 @@ def build_data(
         raise ConfigError(
             f"--preset {preset!r}: no camera size known; choose from {sorted(DEFAULT_CAMERA_SIZE)}"
         )
-    candidates = raw_scenes(raw)
+    candidates = raw_scenes(raw, partial_egos_s)
     suite = [load_scene(p) for p in load_suite(exclude_suite)] if exclude_suite else []
     scenes = held_out_filter(candidates, suite)
     jobs = [(sc, None) for sc in scenes]
-    jobs += [(sc, p) for sc in scenes for p in _perturbations(sc, perturbations, max_lateral, seed)]
+    jobs += [(sc, p) for sc in scenes for p in _perturbations(sc, perturbations, max_lateral, seed, closing)]
     drive_policy = None
     if driver is not None:
         from alpasim_policy.policies.registry import make_policy
@@ -115,7 +128,7 @@ def build_data(
     n_samples = 0
     bar = tqdm(jobs, desc="train data", unit="drive", disable=not progress)
     for scene, pert in bar:
-        name = f"{scene.scene_id}-{'log' if pert is None else f'p{pert.lateral_m:+.3f}@{pert.start_step}'}{suffix}.npz"
+        name = f"{scene.scene_id}-{'log' if pert is None else pert.tag}{suffix}.npz"
         path = data / name
         if not path.is_file():  # resume: shards are written atomically, so one that exists is whole
             samples = list(
@@ -148,6 +161,8 @@ def build_data(
         "seed": seed,
         "perturbations_per_scene": perturbations,
         "max_lateral_m": max_lateral,
+        "closing_perturbations_per_scene": closing,
+        "partial_egos_s": partial_egos_s,
         "excluded_suite": exclude_suite,
         "candidate_scenes": len(candidates),
         "held_out_dropped": len(candidates) - len(scenes),

@@ -44,11 +44,43 @@ LABEL_STEPS = 40
 @dataclass(frozen=True)
 class Perturbation:
     """Drift off the log: from ``start_step`` for ``ramp_steps`` the env is steered towards the log
-    shifted by ``lateral_m`` (+ left); afterwards it follows the expert target (the recovery)."""
+    shifted by ``lateral_m`` (+ left); afterwards it follows the expert target (the recovery).
+
+    ``accel_mps2`` > 0 makes it a *longitudinal* drift instead: for ``ramp_steps`` the car drives
+    the expert's path ``accel_mps2`` harder than its speed now (``retime_plan``), so it closes in
+    on whatever is ahead, the way a learner that misjudges a slowing lead does; the expert then
+    has to brake from there. A log drive hardly ever shows a car too close to its lead, so
+    without this the braking labels all come at comfortable gaps."""
 
     lateral_m: float
     start_step: int
     ramp_steps: int = 15
+    accel_mps2: float = 0.0
+
+    @property
+    def tag(self) -> str:
+        """Shard-name part: ``p+0.800@23`` (lateral) or ``a+1.50@23`` (longitudinal)."""
+        if self.accel_mps2:
+            return f"a{self.accel_mps2:+.2f}@{self.start_step}"
+        return f"p{self.lateral_m:+.3f}@{self.start_step}"
+
+
+def retime_plan(plan_rig: np.ndarray, v0: float, accel: float) -> np.ndarray:
+    """The rig-frame ``plan``'s path driven from ``v0`` at constant ``accel`` (m/s², speed floored
+    at 0): rows at +0.1 s, +0.2 s, ... placed by arc length along the path (straight on past its
+    end), headings from the path."""
+    p = np.asarray(plan_rig, np.float64)
+    pts = np.concatenate([np.zeros((1, 2)), p[:, :2]])
+    seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
+    arc = np.concatenate([[0.0], np.cumsum(seg)])
+    t = np.arange(1, len(p) + 1) * DT
+    s = np.maximum(v0 * t + 0.5 * accel * t**2, 0.0) if accel >= 0 else v0 * t
+    # past the path's end: straight on along its last heading
+    end_dir = np.array([np.cos(p[-1, 2]), np.sin(p[-1, 2])])
+    x = np.interp(s, arc, pts[:, 0]) + np.maximum(s - arc[-1], 0.0) * end_dir[0]
+    y = np.interp(s, arc, pts[:, 1]) + np.maximum(s - arc[-1], 0.0) * end_dir[1]
+    head = np.interp(s, arc, np.concatenate([[0.0], np.unwrap(p[:, 2])]))
+    return np.stack([x, y, head], axis=1)
 
 
 @dataclass
@@ -254,7 +286,10 @@ def drive_samples(
             break
         p = perturbation
         if p is not None and p.start_step <= k < p.start_step + p.ramp_steps:
-            plan = scene_to_rig_poses(_drift_plan(scene, k, pose, p), pose)
+            if p.accel_mps2:
+                plan = retime_plan(target, float(obs["speed"]), p.accel_mps2)
+            else:
+                plan = scene_to_rig_poses(_drift_plan(scene, k, pose, p), pose)
         elif driven is not None and rng.random() < driver_share:
             plan = np.asarray(driven, np.float64)
         else:

@@ -636,8 +636,11 @@ def ego_rejections(path: str | Path) -> dict[str, str]:
     return _candidates(_load(Path(path)))[1]
 
 
-def _candidates(sc: _Scenario) -> tuple[list[str], dict[str, str]]:
+def _candidates(sc: _Scenario, partial_min_steps: int | None = None) -> tuple[list[str], dict[str, str]]:
     """Car-like (<= 6 m), present at every step, moving >= 10 m, and a clean log to replay.
+
+    ``partial_min_steps``: also a car present for only part of the scenario, if for at least that
+    many consecutive steps (training data: most cars of a recording enter or leave during it).
 
     Clean: the box stays on the lanes and keeps :data:`MIN_EGO_CLEARANCE_M` from every other
     road user at every step. Why:
@@ -671,7 +674,14 @@ def _candidates(sc: _Scenario) -> tuple[list[str], dict[str, str]]:
         if o["length"] > MAX_EGO_LENGTH_M:
             why[oid] = f"{o['length']:.1f} m long (> {MAX_EGO_LENGTH_M} m)"
             continue
-        if not (s[0, 0] == t_min and s[-1, 0] == t_max and len(s) == t_max - t_min + 1):
+        contiguous = len(s) == s[-1, 0] - s[0, 0] + 1
+        whole = s[0, 0] == t_min and s[-1, 0] == t_max and contiguous
+        if partial_min_steps is not None and not whole:
+            grid = np.flatnonzero(sc.tracks[oid].valid)  # presence on the 10 Hz grid
+            if not (contiguous and len(grid) >= partial_min_steps):
+                why[oid] = f"present {len(grid) * DT:.1f} s, not {partial_min_steps * DT:.1f} s in one stretch"
+                continue
+        elif not whole:
             why[oid] = (
                 f"present {s[0, 0] * dt:.1f}-{s[-1, 0] * dt:.1f} s, not the whole scenario "
                 f"({t_min * dt:.1f}-{t_max * dt:.1f} s)"
@@ -717,8 +727,13 @@ def import_commonroad(
     t0_index: int = 16,
     min_steps: int | None = None,
     rejected: list[str] | None = None,
+    partial_min_steps: int | None = None,
 ) -> list[Scene]:
     """A CommonRoad XML file -> one scene per chosen ego (and per 8 s window of long scenarios).
+
+    ``partial_min_steps`` (training data, not evaluation suites): a car present for only part of
+    the scenario is eligible too when present for that many consecutive steps; its scenes are
+    the windows of its own presence.
 
     ``egos`` names obstacle ids to use; otherwise all candidates, thinned to ``max_egos``
     spread evenly over the candidates ordered by id. A scenario shorter than ``min_steps``
@@ -726,7 +741,7 @@ def import_commonroad(
     was not used (not eligible, or the scenario too short) is appended to ``rejected``.
     """
     sc = _load(Path(path))
-    cands, why = _candidates(sc)
+    cands, why = _candidates(sc, partial_min_steps)
     if egos is None:
         chosen = spread(cands, max_egos)
     else:
@@ -752,11 +767,17 @@ def import_commonroad(
     n_stride = sum(1 for a, _ in wins if a % WINDOW_STRIDE == 0)
     for ego_id in chosen:
         ego_tr = sc.tracks[ego_id]
+        ego_wins, ego_stride = wins, n_stride
+        if not ego_tr.valid.all():  # a partial ego: the windows of its own presence
+            present = np.flatnonzero(ego_tr.valid)
+            s0 = int(present[0])
+            ego_wins = [(s0 + a, s0 + b) for a, b in windows(int(present[-1]) + 1 - s0)]
+            ego_stride = sum(1 for a, _ in ego_wins if (a - s0) % WINDOW_STRIDE == 0)
         d = REAR_AXLE_TO_CENTER_RATIO * ego_tr.length
         spec = EgoSpec(length=ego_tr.length, width=ego_tr.width,
                        wheelbase=WHEELBASE_RATIO * ego_tr.length, rear_axle_to_center=d)  # fmt: skip
         rear = center_to_rear_axle(np.column_stack([ego_tr.xy, ego_tr.heading]), d)[:, :2]
-        for w, (a, b) in enumerate(wins):
+        for w, (a, b) in enumerate(ego_wins):
             tracks = []
             for oid, tr in sc.tracks.items():
                 if oid == ego_id or not tr.valid[a:b].any():
@@ -767,7 +788,7 @@ def import_commonroad(
             # Ids are stable across the tail-window rule: a scenario the 4 s stride cuts into one
             # window keeps its unsuffixed id, and the extra window that reaches the end is -w01.
             sid = f"cr-{sc.bench}-ego{ego_id}" + (
-                f"-w{w:02d}" if len(wins) > 1 and (w or n_stride > 1) else ""
+                f"-w{w:02d}" if len(ego_wins) > 1 and (w or ego_stride > 1) else ""
             )
             scenes.append(
                 assemble_scene(
