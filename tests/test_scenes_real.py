@@ -156,6 +156,31 @@ def test_commonroad_egos_are_eligible_and_spread():
         assert np.linalg.norm(s.ego.xy[-1] - s.ego.xy[0]) >= 10.0
 
 
+def test_commonroad_partial_presence_egos_for_training():
+    """``partial_min_steps``: cars that enter or leave during the recording become egos for the
+    windows of their own presence; every whole-recording ego and its scenes stay exactly as they
+    were (the evaluation suite is built without the option)."""
+    from alpasim_policy.scenes.importers.commonroad import _load, import_commonroad
+
+    xml = ROOT / "raw" / "commonroad" / "USA_US101-4_1_T-1.xml"
+    whole = import_commonroad(xml, min_steps=0)
+    rejected: list[str] = []
+    more = import_commonroad(xml, min_steps=0, partial_min_steps=50, rejected=rejected)
+    by_id = {s.scene_id: s for s in more}
+    for sc in whole:
+        np.testing.assert_array_equal(by_id[sc.scene_id].ego.state, sc.ego.state)
+    extra = [s for s in more if s.scene_id not in {w.scene_id for w in whole}]
+    assert len(extra) >= 5
+    tracks = _load(xml).tracks
+    for sc in extra:
+        present = np.flatnonzero(tracks[sc.metadata.extra["ego_obstacle_id"]].valid)
+        a = sc.metadata.extra["window_start_step"]
+        assert present[0] <= a and a + sc.num_steps <= present[-1] + 1  # inside its presence
+        assert sc.num_steps >= 50 and sc.ego.valid.all()
+        assert sc.metadata.extra["ego_obstacle_id"] not in sc.agents.ids
+    assert any("not 5.0 s in one stretch" in r for r in rejected)
+
+
 def test_commonroad_0p2s_scenario_resampled(scenes):
     s = next(s for s in scenes if s.scene_id.startswith("cr-DEU_A9"))
     assert s.metadata.extra["source_dt"] == pytest.approx(0.2)

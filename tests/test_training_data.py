@@ -132,6 +132,40 @@ def test_dagger_driver_reaches_states_the_expert_never_visits(av2):
         next(drive_samples(av2, expert="human"))
 
 
+def test_retime_plan_drives_the_same_path_at_another_speed():
+    from alpasim_policy.training.data import retime_plan
+
+    t = np.arange(1, TARGET_STEPS + 1) * 0.1
+    r = 20.0  # a left arc of 20 m radius driven at 5 m/s
+    s = 5.0 * t
+    arc = np.stack([r * np.sin(s / r), r * (1 - np.cos(s / r)), s / r], axis=1)
+    same = retime_plan(arc, 5.0, 0.0)
+    np.testing.assert_allclose(same, arc, atol=0.02)  # chords vs arc: a few mm
+    fast = retime_plan(arc, 5.0, 2.0)
+    s_fast = 5.0 * t + t**2
+    along = s_fast <= s[-1]
+    np.testing.assert_allclose(fast[along, 2], s_fast[along] / r, atol=0.01)  # further round the arc
+    beyond = ~along  # past the path's end: straight on along its last heading
+    d = np.diff(fast[beyond, :2], axis=0)
+    np.testing.assert_allclose(np.arctan2(d[:, 1], d[:, 0]), arc[-1, 2], atol=1e-6)
+
+
+def test_closing_perturbation_speeds_up_then_the_expert_brakes():
+    """On US-101 (training-only recording) the car gains speed towards its lead for 2 s, and the
+    planner's labels there slow it down again."""
+    from alpasim_policy.training.build import raw_scenes
+
+    sc = next(s for s in raw_scenes(scenarios_root() / "raw") if s.scene_id == "cr-USA_US101-5_1_T-1-ego464")
+    p = Perturbation(0.0, start_step=20, ramp_steps=20, accel_mps2=2.0)
+    kw = dict(camera_size=(32, 18), frames=1, expert="idm", steps=range(16, 60))
+    base = {s.step: s for s in drive_samples(sc, **kw)}
+    closing = {s.step: s for s in drive_samples(sc, perturbation=p, **kw)}
+    assert closing[40].speed > base[40].speed + 2.0  # the perturbation sped the car up
+    v_2s = np.linalg.norm(closing[40].target[24, :2] - closing[40].target[14, :2])
+    assert v_2s < closing[40].speed - 1.0  # the expert's label slows it down
+    assert Perturbation(0.0, 20, accel_mps2=1.5).tag == "a+1.50@20"
+
+
 def test_held_out_filter_drops_only_the_suite_windows():
     from alpasim_policy.scenes.importers.commonroad import import_commonroad
 
