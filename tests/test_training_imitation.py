@@ -270,6 +270,13 @@ def test_cli_trains_and_the_checkpoint_drives_as_the_alpamayo_policy(data_dir, t
         obs, *_ = env.step(plan.trajectory)
     bad = ["train", "--stage", "imitation", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]
     assert main(bad) == 2  # a clear error naming --data, not a traceback
+    two = tmp_path / "second"  # --data takes several folders, used together
+    two.mkdir()
+    (two / "x.npz").symlink_to(next(iter(sorted(data_dir.glob("*.npz")))))
+    from alpasim_policy.training.imitation import load_shards
+
+    n1 = len(load_shards(data_dir)["coc"])
+    assert len(load_shards([data_dir, two])["coc"]) > n1
     typo = args[:-2] + ["--model-option", "patchsize=8"]
     assert main(typo) == 2  # names the unknown field
 

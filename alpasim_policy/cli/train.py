@@ -73,7 +73,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="data stage: share of steps the --driver's plan is executed",
     )
     g = p.add_argument_group("imitation stage")
-    g.add_argument("--data", type=Path, default=None, help="shards of the data stage (default: <out>/data)")
+    g.add_argument(
+        "--data", type=Path, nargs="+", default=None,
+        help="folder(s) of data-stage shards, used together (default: <out>/data)",
+    )  # fmt: skip
     g.add_argument("--steps", type=int, default=200, help="optimizer steps")
     g.add_argument("--batch", type=int, default=4, help="samples per step")
     g.add_argument(
@@ -137,7 +140,7 @@ def _cmd_draft(args: argparse.Namespace) -> int:
         seed=args.seed,
         layers=args.draft_layers,
     )
-    s = train_draft(args.target, args.data or args.out / "data", args.out, cfg)
+    s = train_draft(args.target, args.data or [args.out / "data"], args.out, cfg)
     a = s["after"].get("held_out") or s["after"]["train"]
     print(
         f"draft {s['draft']} ({s['draft_params'] / 1e6:.2f} M params) from {s['samples']} sample(s) in "
@@ -187,7 +190,7 @@ def _cmd_imitation(args: argparse.Namespace) -> int:
         model_options=_model_options(args.model_option),
     )
     s = train_imitation(
-        args.data or args.out / "data", args.out, cfg, resume=args.resume, stop_after=args.stop_after
+        args.data or [args.out / "data"], args.out, cfg, resume=args.resume, stop_after=args.stop_after
     )
     final = s["final"] or {}
     print(

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,7 @@ def evaluate_draft(draft: Any, samples: list[TeacherSample], pad: int) -> dict[s
 
 
 def train_draft(
-    target_dir: Path, data: Path, out: Path, cfg: DraftTrainConfig, *, progress: bool = True
+    target_dir: Path, data: Path | Sequence[Path], out: Path, cfg: DraftTrainConfig, *, progress: bool = True
 ) -> dict[str, Any]:
     """Distil a draft from the checkpoint in ``target_dir`` on the shards in ``data``; writes
     ``out/draft`` (``DraftModel.save_pretrained``), ``out/log.csv`` and ``out/summary.json``."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,12 +94,15 @@ class Sample:
     coc: str
 
 
-def load_shards(data: Path) -> dict[str, np.ndarray]:
-    """Every ``*.npz`` shard under ``data`` (sorted), concatenated."""
-    data = Path(data)
-    files = sorted(data.glob("*.npz"))
-    if not files:
-        raise ConfigError(f"--data {data}: no .npz shards (run `alpasim-policy train --stage data` first)")
+def load_shards(data: Path | Sequence[Path]) -> dict[str, np.ndarray]:
+    """Every ``*.npz`` shard under ``data`` (one folder or several, each sorted), concatenated."""
+    folders = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
+    files = []
+    for folder in folders:
+        found = sorted(folder.glob("*.npz"))
+        if not found:
+            raise ConfigError(f"--data {folder}: no .npz shards (run `alpasim-policy train --stage data` first)")
+        files += found
     keys = ("images", "history", "command", "target", "target_valid", "coc")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for f in files:
@@ -312,7 +316,7 @@ def _read_log(out: Path, upto: int) -> list[dict[str, Any]]:
 
 
 def train_imitation(
-    data: Path,
+    data: Path | Sequence[Path],
     out: Path,
     cfg: ImitationConfig,
     *,
