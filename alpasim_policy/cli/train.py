@@ -5,7 +5,9 @@ and motion-forecasting scenarios under ``--raw``), drops the scenes that overlap
 suite (``--exclude-suite``, default ``bundled``), drives each remaining scene once on the log and
 ``--perturbations`` times off it (:mod:`alpasim_policy.training.build`, :mod:`alpasim_policy.training.data`), and writes one ``.npz``
 shard per drive under ``DIR/data/`` plus ``DIR/data/manifest.json``. Deterministic for a seed;
-a re-run skips the shards already written (resume).
+a re-run skips the shards already written (resume). ``--expert idm`` labels with the rule planner
+instead of the log, ``--driver CKPT`` lets a checkpoint drive (DAgger), ``--closing N`` adds drives
+that close in on the lead, ``--partial-egos S`` takes cars present S seconds as egos too.
 
 ``train --stage imitation --preset P --data DIR/data --out DIR`` trains the model on those shards
 (teacher-forced CoC + flow matching, :mod:`alpasim_policy.training.imitation`): ``DIR/checkpoint``
