@@ -253,3 +253,26 @@ def test_train_data_stage_draws_every_non_suite_ego_of_a_recording(tmp_path):
     assert manifest["held_out_dropped"] == len(bundled) == 9
     # 41 steps, warm-up 16, 20 future steps needed: steps 16..20 of each drive
     assert manifest["samples"] == 7 * 5 and manifest["min_future_steps"] == 20
+
+
+def test_train_data_stage_time_scale_adds_slow_motion_drives(tmp_path):
+    """``--time-scale 0.3``: the A9 ego is driven as logged and replayed at 0.3 of its speed."""
+    import json
+    import shutil
+
+    from alpasim_policy.cli import main
+
+    raw = tmp_path / "raw"
+    (raw / "commonroad").mkdir(parents=True)
+    shutil.copy(scenarios_root() / "raw/commonroad/DEU_A9-3_1_T-1.xml", raw / "commonroad")
+    args = ["train", "--stage", "data", "--out", str(tmp_path / "run"), "--raw", str(raw), "--perturbations", "0"]
+    assert main([*args, "--time-scale", "0.3", "--expert", "idm"]) == 0
+    data = tmp_path / "run/data"
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["time_scales"] == [0.3]
+    (orig,) = [s for s in manifest["shards"] if "-x0.3" not in s]
+    (slow,) = [s for s in manifest["shards"] if "-x0.3" in s]
+    with np.load(data / orig) as a, np.load(data / slow) as b:
+        assert a["speed"][0] > 20.0  # the A9 at highway speed ...
+        assert b["speed"][0] == pytest.approx(0.3 * a["speed"][0], rel=0.05)  # ... and in slow motion
+    assert main([*args, "--time-scale", "0"]) == 2  # a clear error naming the flag

@@ -7,7 +7,8 @@ suite (``--exclude-suite``, default ``bundled``), drives each remaining scene on
 shard per drive under ``DIR/data/`` plus ``DIR/data/manifest.json``. Deterministic for a seed;
 a re-run skips the shards already written (resume). ``--expert idm`` labels with the rule planner
 instead of the log, ``--driver CKPT`` lets a checkpoint drive (DAgger), ``--closing N`` adds drives
-that close in on the lead, ``--partial-egos S`` takes cars present S seconds as egos too.
+that close in on the lead, ``--partial-egos S`` takes cars present S seconds as egos too,
+``--time-scale F ...`` also drives every scene replayed at F times its speed (slow-motion traffic).
 
 ``train --stage imitation --preset P --data DIR/data --out DIR`` trains the model on those shards
 (teacher-forced CoC + flow matching, :mod:`alpasim_policy.training.imitation`): ``DIR/checkpoint``
@@ -67,6 +68,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--partial-egos", type=float, default=None, metavar="SECONDS",
         help="data stage: cars present that long (not the whole recording) are egos too",
+    )  # fmt: skip
+    p.add_argument(
+        "--time-scale", type=float, nargs="+", default=(), metavar="F",
+        help="data stage: also drive every scene replayed at F times its speed (0.2: 10 m/s traffic crawls at 2)",
     )  # fmt: skip
     p.add_argument(
         "--driver-share",
@@ -257,6 +262,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--closing must be >= 0, got {args.closing}")
     if args.partial_egos is not None and args.partial_egos < 4.0:
         raise ConfigError(f"--partial-egos must be >= 4 s (warm-up + 2 s of future), got {args.partial_egos}")
+    bad = [f for f in args.time_scale if not 0.05 <= f <= 4.0]
+    if bad:
+        raise ConfigError(f"--time-scale {bad[0]}: a speed factor must be in [0.05, 4]")
     if not 0.0 <= args.driver_share <= 1.0:
         raise ConfigError(f"--driver-share must be in [0, 1], got {args.driver_share}")
     if args.driver is not None and not (args.driver / "config.json").is_file():
@@ -278,6 +286,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         driver_share=args.driver_share,
         closing=args.closing,
         partial_egos_s=args.partial_egos,
+        time_scales=tuple(args.time_scale),
     )
     print(
         f"{len(m['shards'])} shard(s) from {len(m['scenes'])} scene(s) in {args.out / 'data'} "

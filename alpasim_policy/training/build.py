@@ -80,6 +80,7 @@ def build_data(
     driver_share: float = 1.0,
     closing: int = 0,
     partial_egos_s: float | None = None,
+    time_scales: tuple[float, ...] = (),
 ) -> dict[str, Any]:
     """The ``data`` stage; returns the manifest (also written to ``out/data/manifest.json``).
 
@@ -91,6 +92,10 @@ def build_data(
     ``driver`` (a checkpoint folder) makes DAgger data: the ``alpamayo`` policy with those weights
     (K = 6, ``select=first``, 1 thread: the closed-loop setting) drives ``driver_share`` of the
     steps and the expert labels every step it reaches.
+
+    ``time_scales``: every held-out-filtered scene is also driven replayed at each of these speed
+    factors (:func:`~alpasim_policy.scenes.augment.time_scaled`; 0.2 turns 10 m/s traffic into
+    2 m/s crawl), with the same number of perturbed drives as the original.
     """
     import numpy as np
     from tqdm import tqdm
@@ -114,6 +119,10 @@ def build_data(
     candidates = raw_scenes(raw, partial_egos_s)
     suite = [load_scene(p) for p in load_suite(exclude_suite)] if exclude_suite else []
     scenes = held_out_filter(candidates, suite)
+    if time_scales:
+        from alpasim_policy.scenes.augment import time_scaled
+
+        scenes = scenes + [time_scaled(sc, f) for f in time_scales for sc in scenes]
     jobs = [(sc, None) for sc in scenes]
     jobs += [(sc, p) for sc in scenes for p in _perturbations(sc, perturbations, max_lateral, seed, closing)]
     drive_policy = None
@@ -163,6 +172,7 @@ def build_data(
         "max_lateral_m": max_lateral,
         "closing_perturbations_per_scene": closing,
         "partial_egos_s": partial_egos_s,
+        "time_scales": list(time_scales),
         "excluded_suite": exclude_suite,
         "candidate_scenes": len(candidates),
         "held_out_dropped": len(candidates) - len(scenes),

@@ -1,0 +1,92 @@
+"""Scene-to-scene transforms that make new driving situations out of real recordings.
+
+Why: the bundled evaluation suite has stop-and-go highway traffic (egos crawling at 1-3 m/s
+behind a close lead) that no training recording shows, while the recordings have plenty of the
+same road users at 9-12 m/s. :func:`time_scaled` replays a recording in slow motion, so every
+road user (ego included) moves ``factor`` times as fast along its own logged path: the
+geometry, the lanes, the gaps and who is where stay real, only the clock is stretched. It is a
+training augmentation (``train --stage data --time-scale F``); evaluation scenes are never
+transformed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from alpasim_policy.scenes.format import DT, Agents, RoadMap, Scene
+from alpasim_policy.scenes.geometry import wrap_angle
+
+
+def _sample(state: np.ndarray, valid: np.ndarray, u: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """``state`` (..., T, C) read at fractional steps ``u`` (M,): positions interpolated linearly,
+    headings along the shorter arc, velocities (columns 3-4) times ``factor``, accelerations
+    (columns 5-6, when present) times ``factor**2``; valid where both neighbours are (or the
+    sample falls on a logged step)."""
+    n = state.shape[-2]
+    i0 = np.minimum(np.floor(u).astype(np.int64), n - 1)
+    i1 = np.minimum(i0 + 1, n - 1)
+    w = (u - i0)[:, None]
+    a = state[..., i0, :]
+    b = state[..., i1, :]
+    out = a + w * (b - a)
+    out[..., 2] = wrap_angle(a[..., 2] + w[:, 0] * wrap_angle(b[..., 2] - a[..., 2]))
+    out[..., 3:5] *= factor
+    if state.shape[-1] > 5:
+        out[..., 5:7] *= factor**2
+    ok = valid[..., i0] & (valid[..., i1] | (w[:, 0] == 0.0))
+    out = np.where(ok[..., None], out, 0.0)
+    return out, ok
+
+
+def time_scaled(scene: Scene, factor: float, num_steps: int | None = None) -> Scene:
+    """``scene`` replayed at ``factor`` times its speed (``0 < factor``; < 1 is slow motion).
+
+    Step ``k`` of the new scene shows the recording at its step ``k * factor`` (interpolated), so
+    positions stay on the logged paths, speeds scale by ``factor`` and accelerations by
+    ``factor**2``; traffic lights keep the state of the logged step at or before that time.
+    ``t0_index`` stays the same step number (the history before it is slowed too). The new
+    scene has ``num_steps`` steps (default: the original's count), fewer where the recording
+    ends sooner. Its id gets ``-x{factor}`` appended and ``metadata.extra["time_scale"]`` says
+    what was done; the source recording and ego stay, so held-out filtering still applies.
+    """
+    if not (factor > 0.0 and np.isfinite(factor)):
+        raise ValueError(f"time scale must be a positive number, got {factor}")
+    n = scene.num_steps
+    most = int(np.floor((n - 1) / factor + 1e-9)) + 1
+    m = min(most, scene.num_steps if num_steps is None else int(num_steps))
+    t0 = scene.metadata.t0_index
+    if m <= t0 + 1:
+        raise ValueError(f"{scene.scene_id}: time scale {factor} leaves {m} steps, none after t0 ({t0})")
+    u = np.arange(m) * factor
+    ego_state, ego_valid = _sample(scene.ego.state, scene.ego.valid, u, factor)
+    if not ego_valid[t0]:
+        raise ValueError(f"{scene.scene_id}: time scale {factor} leaves the ego invalid at t0 ({t0})")
+    agents = scene.agents
+    if len(agents):
+        a_state, a_valid = _sample(agents.state, agents.valid, u, factor)
+    else:
+        a_state, a_valid = np.zeros((0, m, 5)), np.zeros((0, m), bool)
+    lights = scene.map.light_states[:, np.minimum(np.floor(u + 1e-9).astype(np.int64), n - 1)]
+    md = scene.metadata
+    meta = dataclasses.replace(
+        md,
+        scene_id=f"{md.scene_id}-x{factor:g}",
+        extra={**md.extra, "time_scale": float(factor)},
+    )
+    return Scene(
+        metadata=meta,
+        timestamps=np.arange(m) * DT,
+        ego=dataclasses.replace(scene.ego, state=ego_state, valid=ego_valid),
+        agents=Agents(list(agents.ids), agents.types.copy(), agents.size.copy(), a_state, a_valid),
+        map=RoadMap(
+            scene.map.lanes,
+            scene.map.drivable_areas,
+            scene.map.crosswalks,
+            scene.map.traffic_lights,
+            lights.astype(scene.map.light_states.dtype),
+        ),
+        route=scene.route,
+    )
+
