@@ -119,6 +119,7 @@ def build_data(
     candidates = raw_scenes(raw, partial_egos_s)
     suite = [load_scene(p) for p in load_suite(exclude_suite)] if exclude_suite else []
     scenes = held_out_filter(candidates, suite)
+    dropped = len(candidates) - len(scenes)
     if time_scales:
         from alpasim_policy.scenes.augment import time_scaled
 
@@ -175,7 +176,7 @@ def build_data(
         "time_scales": list(time_scales),
         "excluded_suite": exclude_suite,
         "candidate_scenes": len(candidates),
-        "held_out_dropped": len(candidates) - len(scenes),
+        "held_out_dropped": dropped,
         "min_future_steps": min_future_steps,
         "expert": expert,
         "driver": None if driver is None else str(driver),
