@@ -139,8 +139,7 @@ def test_teacher_forced_prefix_is_the_prefix_inference_builds(data_dir, monkeypa
 
     model = _tiny_model()
     sample = prepare_samples(model, load_shards(data_dir))[0]
-    assert sample.prepared.pixel_values.dtype == torch.float16  # held compactly; the checks below
-    # compare against the inference path, which processes the frames in float32
+    assert sample.prepared.pixel_values.dtype == torch.float16  # held compactly; both paths cast on read
     assert sample.target_ids[-1] == model.tokenizer.ids["traj_future_start"]
     assert sample.target_ids[-2] == model.tokenizer.ids["cot_end"]
     forced = iter(sample.target_ids)
