@@ -89,4 +89,3 @@ def time_scaled(scene: Scene, factor: float, num_steps: int | None = None) -> Sc
         ),
         route=scene.route,
     )
-
