@@ -148,6 +148,9 @@ def test_retime_plan_drives_the_same_path_at_another_speed():
     beyond = ~along  # past the path's end: straight on along its last heading
     d = np.diff(fast[beyond, :2], axis=0)
     np.testing.assert_allclose(np.arctan2(d[:, 1], d[:, 0]), arc[-1, 2], atol=1e-6)
+    brake = retime_plan(arc, 5.0, -2.0)  # stops after 2.5 s, 6.25 m round the arc, and stays
+    np.testing.assert_allclose(brake[24:, 2], 6.25 / r, atol=0.01)
+    assert brake[9, 2] == pytest.approx((5.0 * 1.0 - 1.0) / r, abs=0.01)  # 4 m after 1 s
 
 
 def test_closing_perturbation_speeds_up_then_the_expert_brakes():

@@ -19,23 +19,30 @@ from alpasim_policy.scenes.format import DT, Agents, RoadMap, Scene
 from alpasim_policy.scenes.geometry import wrap_angle
 
 
-def _sample(state: np.ndarray, valid: np.ndarray, u: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """``state`` (..., T, C) read at fractional steps ``u`` (M,): positions interpolated linearly,
-    headings along the shorter arc, velocities (columns 3-4) times ``factor``, accelerations
-    (columns 5-6, when present) times ``factor**2``; valid where both neighbours are (or the
-    sample falls on a logged step)."""
-    n = state.shape[-2]
-    i0 = np.minimum(np.floor(u).astype(np.int64), n - 1)
-    i1 = np.minimum(i0 + 1, n - 1)
-    w = (u - i0)[:, None]
+def _steps_at(u: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The logged step at or before each fractional step ``u`` and the fraction past it (0 on a
+    logged step, also where ``k * factor`` lands a rounding error below it)."""
+    i0 = np.minimum(np.floor(u + 1e-9).astype(np.int64), n - 1)
+    return i0, np.maximum(u - i0, 0.0)
+
+
+def _sample(
+    state: np.ndarray, valid: np.ndarray, i0: np.ndarray, frac: np.ndarray, factor: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``state`` (..., T, C) read between logged steps ``i0`` and ``i0 + 1`` at ``frac``
+    (:func:`_steps_at`): positions interpolated linearly, headings along the shorter arc,
+    velocities (columns 3-4) times ``factor``, accelerations (columns 5-6, when present) times
+    ``factor**2``; valid where both neighbours are (or the sample falls on a logged step)."""
+    i1 = np.minimum(i0 + 1, state.shape[-2] - 1)
+    w = frac[:, None]
     a = state[..., i0, :]
     b = state[..., i1, :]
     out = a + w * (b - a)
-    out[..., 2] = wrap_angle(a[..., 2] + w[:, 0] * wrap_angle(b[..., 2] - a[..., 2]))
+    out[..., 2] = wrap_angle(a[..., 2] + frac * wrap_angle(b[..., 2] - a[..., 2]))
     out[..., 3:5] *= factor
     if state.shape[-1] > 5:
         out[..., 5:7] *= factor**2
-    ok = valid[..., i0] & (valid[..., i1] | (w[:, 0] == 0.0))
+    ok = valid[..., i0] & (valid[..., i1] | (frac == 0.0))
     out = np.where(ok[..., None], out, 0.0)
     return out, ok
 
@@ -59,16 +66,16 @@ def time_scaled(scene: Scene, factor: float, num_steps: int | None = None) -> Sc
     t0 = scene.metadata.t0_index
     if m <= t0 + 1:
         raise ValueError(f"{scene.scene_id}: time scale {factor} leaves {m} steps, none after t0 ({t0})")
-    u = np.arange(m) * factor
-    ego_state, ego_valid = _sample(scene.ego.state, scene.ego.valid, u, factor)
+    i0, frac = _steps_at(np.arange(m) * factor, n)
+    ego_state, ego_valid = _sample(scene.ego.state, scene.ego.valid, i0, frac, factor)
     if not ego_valid[t0]:
         raise ValueError(f"{scene.scene_id}: time scale {factor} leaves the ego invalid at t0 ({t0})")
     agents = scene.agents
     if len(agents):
-        a_state, a_valid = _sample(agents.state, agents.valid, u, factor)
+        a_state, a_valid = _sample(agents.state, agents.valid, i0, frac, factor)
     else:
         a_state, a_valid = np.zeros((0, m, 5)), np.zeros((0, m), bool)
-    lights = scene.map.light_states[:, np.minimum(np.floor(u + 1e-9).astype(np.int64), n - 1)]
+    lights = scene.map.light_states[:, i0]
     md = scene.metadata
     meta = dataclasses.replace(
         md,

@@ -26,8 +26,8 @@ def raw_scenes(raw: Path, partial_egos_s: float | None = None) -> list[Any]:
     if not raw.is_dir():
         raise ConfigError(f"--raw {raw}: not a folder of raw recordings")
     scenes: list[Any] = []
+    partial = None if partial_egos_s is None else int(round(partial_egos_s * 10))
     for xml in sorted(raw.glob("commonroad/*.xml")):
-        partial = None if partial_egos_s is None else int(round(partial_egos_s * 10))
         scenes += import_commonroad(xml, min_steps=0, partial_min_steps=partial)
     for log in sorted(p for p in raw.glob("av2/sensor/*") if p.is_dir()):
         scenes += import_av2_sensor(log)

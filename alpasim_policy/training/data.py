@@ -74,7 +74,9 @@ def retime_plan(plan_rig: np.ndarray, v0: float, accel: float) -> np.ndarray:
     seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
     arc = np.concatenate([[0.0], np.cumsum(seg)])
     t = np.arange(1, len(p) + 1) * DT
-    s = np.maximum(v0 * t + 0.5 * accel * t**2, 0.0) if accel >= 0 else v0 * t
+    if accel < 0:  # braking: the car stops where its speed reaches 0 and stays there
+        t = np.minimum(t, v0 / -accel)
+    s = np.maximum(v0 * t + 0.5 * accel * t**2, 0.0)
     # past the path's end: straight on along its last heading
     end_dir = np.array([np.cos(p[-1, 2]), np.sin(p[-1, 2])])
     x = np.interp(s, arc, pts[:, 0]) + np.maximum(s - arc[-1], 0.0) * end_dir[0]
