@@ -57,10 +57,34 @@ def test_report_html_ranks_explains_and_plots(run):
     for c in cols:
         assert f"<dt>{c}</dt>" in legend
     assert "Scoring profile:" in html
-    # plots are embedded PNGs, the scene has a speed-profile plot, nothing is fetched from elsewhere
-    assert len(re.findall(r"src='data:image/png;base64,", html)) >= 3
-    assert f"id='scene-{SCENE}'" in html and "alt='speed profile" in html
+    # run-wide plots are embedded PNGs, the scene has an inline-SVG speed profile, nothing is fetched
+    assert len(re.findall(r"src='data:image/png;base64,", html)) >= 2
+    assert f"id='scene-{SCENE}'" in html and f"aria-label='speed profile {SCENE}'" in html
     assert "http://" not in html and "https://" not in html
+
+
+def test_speed_profile_svg_plots_the_rollout_speeds(run):
+    """Each policy's polyline is its rollout's speed over time (an affine map to pixels, speed up
+    the page), and the log is drawn dashed beside them."""
+    out, _ = run
+    html = write_report(out).read_text()
+    svg = re.search(rf"<svg class='speed' role='img' aria-label='speed profile {SCENE}'.*?</svg>", html, re.S)
+    assert svg is not None
+    lines = dict(re.findall(r"<polyline class='series' data-label='([^']+)'[^>]*points='([^']*)'", svg.group(0)))
+    assert set(lines) == {"log", *POLICIES}
+    assert "stroke-dasharray" in re.search(r"<polyline[^>]*data-label='log'[^>]*>", svg.group(0)).group(0)
+    for p in POLICIES:
+        ro = Rollout.load(rollout_path(out, p, SCENE))
+        t = np.asarray(ro.times, float) - ro.times[0]
+        v = np.hypot(ro.ego_state[:, 3], ro.ego_state[:, 4])
+        xy = np.array([[float(c) for c in pt.split(",")] for pt in lines[p].split()])
+        assert len(xy) == len(t)
+        assert np.ptp(v) > 1.0  # the log warm-up varies the speed, so the fit below is determined
+        for data, pix, sign in ((t, xy[:, 0], 1), (v, xy[:, 1], -1)):
+            A = np.stack([np.ones_like(data), data], axis=1)
+            (a, b), *_ = np.linalg.lstsq(A, pix, rcond=None)
+            assert sign * b > 0  # time runs right, speed runs up
+            assert np.abs(A @ (a, b) - pix).max() < 0.11  # the points are the data, to the 0.1 px written
 
 
 def test_report_reads_columns_defensively(run, tmp_path):

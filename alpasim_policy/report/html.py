@@ -1,8 +1,8 @@
 """``RUN/report.html``: one static page that explains a run without the docs.
 
-Opens from disk (no server, no JavaScript, no network): plots are PNGs embedded as data URIs and
-videos (``RUN/videos/<policy>/<scene>.mp4``, when ``eval --videos`` made them) are linked by
-relative path. Sections:
+Opens from disk (no server, no JavaScript, no network): the run-wide plots are PNGs embedded as data
+URIs, each scene's speed profile is inline SVG, and videos (``RUN/videos/<policy>/<scene>.mp4``,
+when ``eval --videos`` made them) are linked by relative path. Sections:
 
 * the leaderboard ranked by the main score (:func:`alpasim_policy.scoring.columns.main_score`)
   with a legend for every column and the scoring profile named;
@@ -208,31 +208,89 @@ def _speed(ego_state: np.ndarray) -> np.ndarray:
     return np.hypot(ego_state[:, 3], ego_state[:, 4])
 
 
-def plot_speed(scene_id: str, data: RunData, policies: list[str], colors: dict[str, str]) -> str | None:
-    """Speed of every policy's ego over time, against the logged human (dashed)."""
-    import matplotlib.pyplot as plt
+def _nice_ticks(hi: float, n: int = 5) -> np.ndarray:
+    """0 and multiples of 1, 2 or 5 x 10^k up to ``hi``, about ``n`` of them (axis ticks)."""
+    hi = max(float(hi), 1e-6)
+    raw = hi / n
+    mag = 10.0 ** np.floor(np.log10(raw))
+    step = next(m * mag for m in (1.0, 2.0, 5.0, 10.0) if m * mag >= raw)
+    return np.arange(0.0, hi + 1e-9, step)
 
-    ros = [(p, data.rollouts[(p, scene_id)]) for p in policies if (p, scene_id) in data.rollouts]
-    if not ros:
-        return None
-    fig, ax = plt.subplots(figsize=(5.2, 2.0))
-    fig.subplots_adjust(left=0.11, right=0.98, bottom=0.22, top=0.96)  # fixed: no layout engine pass
+
+#: Speed-profile chart geometry (SVG user units = CSS pixels): size and plot-area margins (the
+#: legend sits in the right margin, off the lines).
+SPEED_SVG = {"width": 640, "height": 200, "left": 42, "right": 124, "top": 8, "bottom": 34}
+
+
+def speed_series(scene_id: str, data: RunData, policies: list[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(label, time s from the first record, speed m/s) of the log and of every policy's rollout."""
+    series = []
     try:
         from alpasim_policy.scenes.format import load_scene
         from alpasim_policy.scenes.suite import find_scene
 
         sc = load_scene(find_scene(scene_id))
-        ax.plot(sc.timestamps - sc.timestamps[0], _speed(sc.ego.state), "k--", lw=1.2, label="log")
+        series.append(("log", np.asarray(sc.timestamps - sc.timestamps[0], float), _speed(sc.ego.state)))
     except AlpasimError:
         pass  # a scene that is not on this machine: policies only
-    for p, ro in ros:
-        t = np.asarray(ro.times, float)
-        ax.plot(t - t[0], _speed(np.asarray(ro.ego_state)), lw=1.3, color=colors[p], label=p)
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("speed (m/s)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")  # "best" scans every line: slow
-    return _png(fig)
+    for p in policies:
+        ro = data.rollouts.get((p, scene_id))
+        if ro is not None:
+            t = np.asarray(ro.times, float)
+            series.append((p, t - t[0], _speed(np.asarray(ro.ego_state, float))))
+    return series
+
+
+def plot_speed(scene_id: str, data: RunData, policies: list[str], colors: dict[str, str]) -> str | None:
+    """Speed of every policy's ego over time against the logged human (dashed), as inline SVG.
+
+    Why SVG and not matplotlib: a run has one such chart per scene, and a matplotlib figure costs
+    about 0.1-0.3 s to lay out and rasterise; 29 of them were two thirds of the report's time. A
+    line chart is a few ``<polyline>``s, drawn by the browser, crisp at any zoom.
+    """
+    series = [x for x in speed_series(scene_id, data, policies) if len(x[1])]
+    if not any(lbl != "log" for lbl, _, _ in series):
+        return None
+    g = SPEED_SVG
+    x0, x1 = g["left"], g["width"] - g["right"]
+    y0, y1 = g["height"] - g["bottom"], g["top"]  # y0: speed 0 (bottom), y1: the top
+    t_max = max(float(np.nanmax(t)) for _, t, _ in series) or 1.0
+    v_hi = max(float(np.nanmax(v)) if np.isfinite(v).any() else 0.0 for _, _, v in series)
+    vt, tt = _nice_ticks(max(v_hi * 1.05, 1.0)), _nice_ticks(t_max)
+    v_top = max(vt[-1], v_hi * 1.05)
+
+    def px(t: np.ndarray, v: np.ndarray) -> str:
+        xs = x0 + (x1 - x0) * t / t_max
+        ys = y0 + (y1 - y0) * v / v_top
+        ok = np.isfinite(xs) & np.isfinite(ys)
+        return " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(xs[ok], ys[ok], strict=True))
+
+    label = f"speed profile {scene_id}"
+    out = [f"<svg class='speed' role='img' aria-label='{_e(label)}' width='{g['width']}' height='{g['height']}' "
+           f"viewBox='0 0 {g['width']} {g['height']}' font-size='10' font-family='sans-serif'>"
+           f"<title>{_e(label)} (m/s against s; log dashed)</title>"]  # fmt: skip
+    for v in vt:  # horizontal grid + speed labels
+        y = y0 + (y1 - y0) * v / v_top
+        out.append(f"<line x1='{x0}' x2='{x1}' y1='{y:.1f}' y2='{y:.1f}' stroke='#ddd'/>"
+                   f"<text x='{x0 - 4}' y='{y + 3:.1f}' text-anchor='end'>{v:g}</text>")  # fmt: skip
+    for t in tt:  # vertical grid + time labels
+        x = x0 + (x1 - x0) * t / t_max
+        out.append(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{y0}' y2='{y1}' stroke='#eee'/>"
+                   f"<text x='{x:.1f}' y='{y0 + 12}' text-anchor='middle'>{t:g}</text>")  # fmt: skip
+    out.append(f"<rect x='{x0}' y='{y1}' width='{x1 - x0}' height='{y0 - y1}' fill='none' stroke='#888'/>")
+    out.append(f"<text x='{(x0 + x1) / 2:.0f}' y='{g['height'] - 4}' text-anchor='middle'>time (s)</text>"
+               f"<text transform='translate(11 {(y0 + y1) / 2:.0f}) rotate(-90)' text-anchor='middle'>"
+               "speed (m/s)</text>")  # fmt: skip
+    for k, (lbl, t, v) in enumerate(series):
+        color = "#000" if lbl == "log" else colors.get(lbl, "#555")
+        dash = " stroke-dasharray='5 3'" if lbl == "log" else ""
+        out.append(f"<polyline class='series' data-label='{_e(lbl)}' fill='none' stroke='{color}' "
+                   f"stroke-width='1.4'{dash} points='{px(t, v)}'/>")  # fmt: skip
+        ly = y1 + 10 + 13 * k  # legend, right of the plot area
+        out.append(f"<line x1='{x1 + 6}' x2='{x1 + 24}' y1='{ly - 3}' y2='{ly - 3}' stroke='{color}' "
+                   f"stroke-width='1.4'{dash}/><text x='{x1 + 28}' y='{ly}'>{_e(lbl)}</text>")  # fmt: skip
+    out.append("</svg>")
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------- HTML
@@ -394,7 +452,7 @@ def _scenes_html(data: RunData, policies: list[str], main: str | None, colors: d
         opened = " open" if events or len(by_scene) <= 4 else ""
         details.append(
             f"<details id='scene-{_e(s)}' class='scene'{opened}><summary>{_e(s)}</summary>{tbl}"
-            + (f"<img class='speed' alt='speed profile {_e(s)}' src='{img}'>" if img else "")
+            + (img or "")
             + (f"<div class='videos'>{''.join(vids)}</div>" if vids else "")
             + "</details>"
         )
