@@ -114,6 +114,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="change a preset field of the model trained from scratch (e.g. patch_size=8); repeatable",
     )  # fmt: skip
     g.add_argument(
+        "--batched", action="store_true",
+        help="one padded forward per step instead of one per sample: the same losses up to float "
+        "rounding, about 2x faster on CPU (not bit-identical to a run without it)",
+    )  # fmt: skip
+    g.add_argument(
         "--speed-balance", type=float, default=0.0,
         help="share of each batch drawn evenly over 5 m/s speed bins (rare highway speeds seen more often)",
     )  # fmt: skip
@@ -194,6 +199,7 @@ def _cmd_imitation(args: argparse.Namespace) -> int:
         flow_samples=args.flow_samples,
         action_stats=args.action_stats,
         speed_balance=args.speed_balance,
+        batched=args.batched,
         model_options=_model_options(args.model_option),
     )
     s = train_imitation(
