@@ -164,6 +164,44 @@ def test_teacher_forced_prefix_is_the_prefix_inference_builds(data_dir, monkeypa
     torch.testing.assert_close(vel, trace[0][1], atol=1e-4, rtol=1e-4)
 
 
+def test_batched_losses_and_gradients_are_the_per_sample_ones(data_dir):
+    """One padded forward over samples with CoCs of different lengths gives each sample the loss
+    and (summed) gradient of its own forward; the patch embedding as a product is the conv."""
+    from alpasim_policy.training.imitation import (
+        batch_losses,
+        load_shards,
+        patch_embed_as_matmul,
+        prepare_samples,
+        sample_losses,
+    )
+
+    model = _tiny_model()
+    samples = prepare_samples(model, load_shards(data_dir), fit_stats=True)
+    # three samples, the first with a shorter CoC (fewer tokens), so the batch needs padding
+    s0 = samples[0]
+    chosen = [type(s0)(s0.prepared, s0.target_ids[3:], s0.actions, s0.valid, s0.coc), *samples[1:3]]
+    assert len(chosen[0].target_ids) < max(len(s.target_ids) for s in chosen)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(3)
+    ref = [sample_losses(model, s, gen, 2) for s in chosen]
+    torch.stack([a + b for a, b in ref]).sum().backward()
+    ref_grads = [p.grad.clone() for p in params]
+    model.zero_grad(set_to_none=True)
+
+    pixels = chosen[0].prepared.pixel_values.float()
+    conv = model.vlm.model.visual.patch_embed(pixels)
+    patch_embed_as_matmul(model)
+    torch.testing.assert_close(model.vlm.model.visual.patch_embed(pixels), conv, atol=1e-5, rtol=1e-5)
+
+    lm, flow = batch_losses(model, chosen, torch.Generator().manual_seed(3), 2)
+    torch.testing.assert_close(lm, torch.stack([a for a, _ in ref]).detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(flow, torch.stack([b for _, b in ref]).detach(), atol=1e-5, rtol=1e-5)
+    (lm + flow).sum().backward()
+    for p, g in zip(params, ref_grads, strict=True):
+        torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-3)
+
+
 def test_training_steps_reduce_the_loss_and_the_checkpoint_loads(data_dir, tmp_path):
     from alpasim_policy.model.modeling_alpamayo import AlpamayoR1
     from alpasim_policy.training.imitation import (
@@ -200,12 +238,13 @@ def test_training_steps_reduce_the_loss_and_the_checkpoint_loads(data_dir, tmp_p
     assert any(k.startswith("expert.") for k in index["weight_map"])
 
 
-def test_resume_equals_an_uninterrupted_run(data_dir, tmp_path):
+@pytest.mark.parametrize("batched", [False, True])
+def test_resume_equals_an_uninterrupted_run(data_dir, tmp_path, batched):
     from safetensors.torch import load_file
 
     from alpasim_policy.training.imitation import ImitationConfig, train_imitation
 
-    cfg = ImitationConfig(steps=4, batch=2, lr=1e-3, warmup=1, save_every=2, flow_samples=1)
+    cfg = ImitationConfig(steps=4, batch=2, lr=1e-3, warmup=1, save_every=2, flow_samples=1, batched=batched)
     train_imitation(data_dir, tmp_path / "full", cfg, progress=False)
     part = tmp_path / "part"
     train_imitation(data_dir, part, cfg, progress=False, stop_after=2)

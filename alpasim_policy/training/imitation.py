@@ -512,7 +512,7 @@ def train_imitation(
             lm, flow = batch_losses(model, [samples[int(i)] for i in idx], gen, cfg.flow_samples)
             loss = (cfg.lm_weight * lm.sum() + cfg.flow_weight * flow.sum()) / cfg.batch
             loss.backward()
-            lm_sum, flow_sum = float(lm.sum()), float(flow.sum())
+            lm_sum, flow_sum = lm.detach().sum().item(), flow.detach().sum().item()
         else:
             for i in idx:
                 lm, flow = sample_losses(model, samples[int(i)], gen, cfg.flow_samples)
