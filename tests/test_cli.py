@@ -21,7 +21,9 @@ def _bench_parsers() -> dict[str, argparse.ArgumentParser]:
 
 def test_every_bench_takes_out_file_and_no_write():
     benches = _bench_parsers()
-    assert set(benches) == {"scenes", "env", "policy", "model", "gpu", "coc", "scorer", "serve", "report", "ray"}
+    assert set(benches) == {
+        "scenes", "env", "policy", "model", "gpu", "coc", "train", "scorer", "serve", "report", "ray"
+    }
     for name, p in benches.items():
         ns = p.parse_args([])
         assert ns.out == "BENCHMARKS.md" and ns.no_write is False, name

@@ -86,6 +86,20 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     add_output_arguments(p)
 
+    p = _add(bench_sub, "train", "train",
+             help="imitation step time: one forward per sample vs --batched, side by side on the same samples")  # fmt: skip
+    p.add_argument("--data", type=str, nargs="*", default=None,
+                   help="training shard folders (default: the env driving bundled scenes, --samples of them)")  # fmt: skip
+    p.add_argument("--suite", default="bundled", help="scenes driven when --data is not given")
+    p.add_argument("--samples", type=int, default=32, help="samples drawn from (default data: driven)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--batch", type=int, default=4, help="samples per step")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per mode and round")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds (per-sample, batched, ...)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    add_output_arguments(p)
+
     p = _add(
         bench_sub,
         "model",

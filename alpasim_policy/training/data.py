@@ -332,15 +332,10 @@ def held_out_filter(candidates: Sequence[Scene], suite_scenes: Sequence[Scene]) 
     return [c for c in candidates if not any(overlaps(c, s) for s in suite_scenes)]
 
 
-def save_samples(samples: Sequence[TrainingSample], path: str | Path) -> Path:
-    """Write a shard of samples as one compressed ``.npz`` (atomically; see ``alpasim_policy.io``)."""
-    import io
-
-    from alpasim_policy.io import atomic_write_bytes
-
-    if not samples:
-        raise ValueError(f"{path}: no samples to write")
-    arrays = {
+def sample_arrays(samples: Sequence[TrainingSample]) -> dict[str, np.ndarray]:
+    """The shard arrays of ``samples`` (what :func:`save_samples` writes, what
+    :func:`~alpasim_policy.training.imitation.load_shards` returns)."""
+    return {
         "images": np.stack([s.images for s in samples]),
         "history": np.stack([s.history for s in samples]),
         "speed": np.array([s.speed for s in samples], np.float32),
@@ -352,6 +347,17 @@ def save_samples(samples: Sequence[TrainingSample], path: str | Path) -> Path:
         "step": np.array([s.step for s in samples], np.int64),
         "offset_m": np.array([s.offset_m for s in samples], np.float32),
     }
+
+
+def save_samples(samples: Sequence[TrainingSample], path: str | Path) -> Path:
+    """Write a shard of samples as one compressed ``.npz`` (atomically; see ``alpasim_policy.io``)."""
+    import io
+
+    from alpasim_policy.io import atomic_write_bytes
+
+    if not samples:
+        raise ValueError(f"{path}: no samples to write")
+    arrays = sample_arrays(samples)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(Path(path), buf.getvalue())

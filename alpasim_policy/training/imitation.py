@@ -415,6 +415,36 @@ def _step_generators(seed: int, step: int) -> tuple[np.random.Generator, torch.G
     return np.random.default_rng([seed, step]), torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
+def optimizer_step(
+    model: Any,
+    opt: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    batch: Sequence[Sample],
+    generator: torch.Generator,
+    cfg: ImitationConfig,
+) -> tuple[float, float]:
+    """One optimizer step on ``batch`` (losses averaged over it, gradients clipped); returns the
+    summed (LM, flow) losses. ``cfg.batched``: one padded forward (:func:`batch_losses`), else one
+    forward and backward per sample (:func:`sample_losses`)."""
+    opt.zero_grad(set_to_none=True)
+    lm_sum = flow_sum = 0.0
+    if cfg.batched:
+        lm, flow = batch_losses(model, batch, generator, cfg.flow_samples)
+        loss = (cfg.lm_weight * lm.sum() + cfg.flow_weight * flow.sum()) / cfg.batch
+        loss.backward()
+        lm_sum, flow_sum = lm.detach().sum().item(), flow.detach().sum().item()
+    else:
+        for sample in batch:
+            lm, flow = sample_losses(model, sample, generator, cfg.flow_samples)
+            loss = (cfg.lm_weight * lm + cfg.flow_weight * flow) / cfg.batch
+            loss.backward()
+            lm_sum += lm.item()
+            flow_sum += flow.item()
+    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    opt.step()
+    return lm_sum, flow_sum
+
+
 def _save_checkpoint(
     model: Any, opt: torch.optim.Optimizer, cfg: ImitationConfig, step: int, out: Path
 ) -> Path:
@@ -506,22 +536,7 @@ def train_imitation(
         lr = cfg.lr_at(step)
         for g in opt.param_groups:
             g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        lm_sum = flow_sum = 0.0
-        if cfg.batched:
-            lm, flow = batch_losses(model, [samples[int(i)] for i in idx], gen, cfg.flow_samples)
-            loss = (cfg.lm_weight * lm.sum() + cfg.flow_weight * flow.sum()) / cfg.batch
-            loss.backward()
-            lm_sum, flow_sum = lm.detach().sum().item(), flow.detach().sum().item()
-        else:
-            for i in idx:
-                lm, flow = sample_losses(model, samples[int(i)], gen, cfg.flow_samples)
-                loss = (cfg.lm_weight * lm + cfg.flow_weight * flow) / cfg.batch
-                loss.backward()
-                lm_sum += lm.item()
-                flow_sum += flow.item()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
+        lm_sum, flow_sum = optimizer_step(model, opt, params, [samples[int(i)] for i in idx], gen, cfg)
         row = {
             "step": step + 1,
             "loss": (cfg.lm_weight * lm_sum + cfg.flow_weight * flow_sum) / cfg.batch,
