@@ -196,6 +196,20 @@ def set_action_stats(model: Any, controls: torch.Tensor, valid: torch.Tensor) ->
     sp.curvature_std.fill_(curvature_std)
 
 
+def _forced_sequence(
+    model: Any, prepared: Any, target_ids: list[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One sample's prompt + ``target_ids``: ids ``(1, L)``, multimodal token types ``(1, L)``, and
+    the M-RoPE positions ``(3, 1, L)`` and rope delta that ``get_rope_index`` gives the sequence."""
+    dev = model.device
+    tgt = torch.tensor([target_ids], dtype=torch.long, device=dev)
+    ids = torch.cat([prepared.input_ids.to(dev), tgt], dim=1)
+    mm_prompt = prepared.mm_token_type_ids.to(dev)
+    mm = torch.cat([mm_prompt, torch.zeros_like(tgt, dtype=mm_prompt.dtype)], 1)
+    pos3, delta = model.vlm.model.get_rope_index(ids, mm, image_grid_thw=prepared.image_grid_thw.to(dev))
+    return ids, mm, pos3, delta
+
+
 def teacher_forced_prefix(model: Any, prepared: Any, target_ids: list[int]) -> tuple[Any, torch.Tensor]:
     """One VLM forward over prompt + ``target_ids`` (with gradients).
 
@@ -211,14 +225,9 @@ def teacher_forced_prefix(model: Any, prepared: Any, target_ids: list[int]) -> t
     from alpasim_policy.model.flow import Prefix
 
     dev = model.device
-    prompt = prepared.input_ids.to(dev)
-    tgt = torch.tensor([target_ids], dtype=torch.long, device=dev)
-    ids = torch.cat([prompt, tgt], dim=1)
+    ids, mm, pos3, delta = _forced_sequence(model, prepared, target_ids)
     length = ids.shape[1]
-    mm_prompt = prepared.mm_token_type_ids.to(dev)
-    mm = torch.cat([mm_prompt, torch.zeros_like(tgt, dtype=mm_prompt.dtype)], 1)
     grid = prepared.image_grid_thw.to(dev)
-    pos3, delta = model.vlm.model.get_rope_index(ids, mm, image_grid_thw=grid)
     pos_text = torch.arange(length, device=dev)[None]
     vision = model.vlm.model.get_image_features(
         prepared.pixel_values.to(dev, model.dtype), grid, return_dict=True
@@ -233,7 +242,7 @@ def teacher_forced_prefix(model: Any, prepared: Any, target_ids: list[int]) -> t
         image_grid_thw=grid,
         mm_token_type_ids=mm,
     )
-    start = prompt.shape[1]
+    start = prepared.input_ids.shape[1]
     logits = out.logits[0, start - 1 : length - 1]
     offset = length + delta.reshape(-1)[:1].to(dev)  # one past <|traj_future_start|>, + rope delta
     prefix = Prefix(
@@ -265,34 +274,27 @@ def teacher_forced_prefix_batch(
 
     dev = model.device
     pad = model.tokenizer.ids["pad"]
-    rows = []
-    for p, target in zip(prepared, targets, strict=True):
-        prompt = p.input_ids.to(dev)
-        tgt = torch.tensor([target], dtype=torch.long, device=dev)
-        ids = torch.cat([prompt, tgt], dim=1)
-        mm_prompt = p.mm_token_type_ids.to(dev)
-        mm = torch.cat([mm_prompt, torch.zeros_like(tgt, dtype=mm_prompt.dtype)], 1)
-        pos3, delta = model.vlm.model.get_rope_index(ids, mm, image_grid_thw=p.image_grid_thw.to(dev))
-        rows.append((ids[0], mm[0], pos3[:, 0], delta.reshape(-1)[:1].to(dev), prompt.shape[1]))
-    b = len(rows)
-    length = max(r[0].shape[0] for r in rows)
+    seqs = [_forced_sequence(model, p, t) for p, t in zip(prepared, targets, strict=True)]
+    lengths = [ids.shape[1] for ids, _, _, _ in seqs]
+    b, length = len(seqs), max(lengths)
     ids = torch.full((b, length), pad, dtype=torch.long, device=dev)
-    mm = torch.zeros((b, length), dtype=rows[0][1].dtype, device=dev)
-    pos3 = torch.zeros((3, b, length), dtype=rows[0][2].dtype, device=dev)
+    mm = torch.zeros((b, length), dtype=seqs[0][1].dtype, device=dev)
+    pos3 = torch.zeros((3, b, length), dtype=seqs[0][2].dtype, device=dev)
     attention = torch.zeros((b, length), dtype=torch.long, device=dev)
-    for i, (row_ids, row_mm, row_pos, _, _) in enumerate(rows):
-        n = row_ids.shape[0]
-        ids[i, :n], mm[i, :n], attention[i, :n] = row_ids, row_mm, 1
-        pos3[:, i, :n] = row_pos
+    for i, (row_ids, row_mm, row_pos, _) in enumerate(seqs):
+        n = lengths[i]
+        ids[i, :n], mm[i, :n], attention[i, :n] = row_ids[0], row_mm[0], 1
+        pos3[:, i, :n] = row_pos[:, 0]
         # padding continues the row's positions (never attended by a valid token)
-        pos3[:, i, n:] = row_pos[:, -1:] + torch.arange(1, length - n + 1, device=dev)
+        pos3[:, i, n:] = row_pos[:, 0, -1:] + torch.arange(1, length - n + 1, device=dev)
     pos_text = torch.arange(length, device=dev)[None].expand(b, -1)
     grid = torch.cat([p.image_grid_thw for p in prepared]).to(dev)
     pixels = torch.cat([p.pixel_values for p in prepared]).to(dev, model.dtype)
     vision = model.vlm.model.get_image_features(pixels, grid, return_dict=True)
     # logits only where a target is predicted: the LM head over every prompt position (and the
     # zeroed gradient of those logits) cost more than the whole text stack
-    first = min(r[4] for r in rows) - 1
+    starts = [p.input_ids.shape[1] for p in prepared]
+    first = min(starts) - 1
     cache = DynamicCache(config=model.vlm.config.text_config)
     out = model.vlm(
         input_ids=ids,
@@ -305,13 +307,12 @@ def teacher_forced_prefix_batch(
         image_grid_thw=grid,
         mm_token_type_ids=mm,
     )
-    logits = [
-        out.logits[i, start - 1 - first : r.shape[0] - 1 - first] for i, (r, _, _, _, start) in enumerate(rows)
-    ]
-    lengths = torch.tensor([r[0].shape[0] for r in rows], device=dev)
-    offsets = lengths + torch.cat([r[3] for r in rows]).long()  # one past <|traj_future_start|>
-    prefix = Prefix(
-        [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers], lengths, offsets
+    spans = enumerate(zip(starts, lengths, strict=True))
+    logits = [out.logits[i, st - 1 - first : n - 1 - first] for i, (st, n) in spans]
+    valid = torch.tensor(lengths, device=dev)
+    deltas = torch.cat([delta.reshape(-1)[:1].to(dev) for _, _, _, delta in seqs]).long()
+    prefix = Prefix(  # first action position one past <|traj_future_start|>, + rope delta
+        [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers], valid, valid + deltas
     )
     return prefix, logits
 
