@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from alpasim_policy.cli import build_parser
+from alpasim_policy.errors import ConfigError
 
 
 def test_bench_train_times_both_modes_and_writes_the_row(tmp_path, capsys):
@@ -26,3 +28,9 @@ def test_bench_train_times_both_modes_and_writes_the_row(tmp_path, capsys):
     row = out.read_text().splitlines()[-1]
     assert "imitation step, tiny, batch 2" in row and f"{summary['speedup']:.2f}x faster batched" in row
     assert "3 samples of bundled (driven)" in row
+
+
+def test_bench_train_names_a_bad_flag():
+    args = build_parser().parse_args(["bench", "train", "--steps", "0", "--no-write"])
+    with pytest.raises(ConfigError, match="--steps must be >= 1, got 0"):
+        args.func(args)

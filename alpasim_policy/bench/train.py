@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from alpasim_policy.bench import print_summary, write_rows
+    from alpasim_policy.errors import ConfigError
     from alpasim_policy.model.config import AlpamayoConfig
     from alpasim_policy.model.modeling_alpamayo import AlpamayoR1
     from alpasim_policy.training.imitation import (
@@ -49,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
         prepare_samples,
     )
 
+    for flag in ("samples", "batch", "steps", "rounds"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"bench train: --{flag} must be >= 1, got {getattr(args, flag)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.data:
