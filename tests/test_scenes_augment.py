@@ -73,3 +73,33 @@ def test_expert_drive_in_slow_motion_crawls_behind_the_traffic():
     assert crawl.speed < 0.5 * fast.speed
     # the history the model reads is the slowed one (every 0.1 s step moves a fifth as far)
     assert np.abs(np.diff(crawl.history[:, 0])).sum() < 0.5 * np.abs(np.diff(fast.history[:, 0])).sum()
+
+
+def test_moved_along_path_keeps_the_drive_and_moves_where_it_is(peach):
+    from alpasim_policy.scenes.augment import moved_along_path
+    from alpasim_policy.scenes.geometry import Polyline
+
+    moved = moved_along_path(peach, 4.0)
+    moved.validate()
+    assert moved.scene_id == peach.scene_id + "-m4.0" and moved.metadata.extra["moved_m"] == 4.0
+    assert moved.metadata.source_id == peach.metadata.source_id
+    v = peach.ego.valid
+    np.testing.assert_array_equal(moved.ego.valid, v)
+    path = Polyline(peach.ego.state[v, :2])
+    s0, _, _ = path.project(peach.ego.state[v, :2])
+    s1, lat, _ = path.project(moved.ego.state[v, :2])
+    inside = s0 + 4.0 < path.length - 1e-6  # past the end the log goes straight on
+    np.testing.assert_allclose(s1[inside], s0[inside] + 4.0, atol=1e-6)  # 4 m further on its own path
+    np.testing.assert_allclose(lat, 0.0, atol=1e-6)
+    # the same speed profile and timing; everything else untouched
+    np.testing.assert_allclose(moved.ego.speed, peach.ego.speed, atol=1e-9)
+    np.testing.assert_array_equal(moved.agents.state, peach.agents.state)
+    np.testing.assert_array_equal(moved.map.light_states, peach.map.light_states)
+    # the heading is the log's heading where the log was at that arc length, not the old one
+    k = int(np.flatnonzero(v)[0])
+    j = int(np.argmin(np.abs(s0 - (s0[0] + 4.0))))
+    assert abs(moved.ego.state[k, 2] - peach.ego.state[np.flatnonzero(v)[j], 2]) < 0.05
+    np.testing.assert_allclose(moved_along_path(peach, 0.0).ego.state, peach.ego.state, atol=1e-9)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="shift"):
+            moved_along_path(peach, bad)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import alpasim_policy.sim  # noqa: F401  (registers the env)
-from alpasim_policy.scenes.format import load_scene
+from alpasim_policy.scenes.format import Agents, load_scene
 from alpasim_policy.scenes.geometry import scene_to_rig_poses
 from alpasim_policy.scenes.suite import load_suite, scenarios_root
 from alpasim_policy.scoring.reasoning import parse_coc
@@ -279,3 +279,39 @@ def test_train_data_stage_time_scale_adds_slow_motion_drives(tmp_path):
         assert a["speed"][0] > 20.0  # the A9 at highway speed ...
         assert b["speed"][0] == pytest.approx(0.3 * a["speed"][0], rel=0.05)  # ... and in slow motion
     assert main([*args, "--time-scale", "0"]) == 2  # a clear error naming the flag
+    assert main([*args, "--close-up", "1"]) == 2  # close-up drives need the idm expert's labels
+
+
+def test_close_up_starts_behind_the_lead_and_the_expert_backs_off():
+    """US-101 in slow motion (training-only recording): the ego is moved up behind its lead. The
+    history it shows never overlaps anyone, at t0 the lead is within the drawn 2-5 m (+0.3 s x
+    speed) of the bumper where the log kept ~12 m, and the planner's label there holds back."""
+    from alpasim_policy.scenes.augment import time_scaled
+    from alpasim_policy.training.build import (
+        CLOSE_UP_GAP_M,
+        CLOSE_UP_HEADWAY_S,
+        _lead_gap,
+        close_up_scenes,
+        raw_scenes,
+    )
+
+    sc = next(s for s in raw_scenes(scenarios_root() / "raw") if s.scene_id == "cr-USA_US101-5_1_T-1-ego477-w01")
+    slow = time_scaled(sc, 0.2)
+    t0 = slow.metadata.t0_index
+    speed = float(np.hypot(*slow.ego.state[t0, 3:5]))
+    ups = close_up_scenes(slow, 2, seed=7)
+    assert len(ups) == 2 and len({u.scene_id for u in ups}) == 2
+    assert [u.scene_id for u in close_up_scenes(slow, 2, seed=7)] == [u.scene_id for u in ups]  # seeded
+    assert _lead_gap(slow, t0) > 10.0
+    for up in ups:
+        history = [_lead_gap(up, k) for k in range(t0 + 1)]
+        lo, hi = (g + CLOSE_UP_HEADWAY_S * speed for g in CLOSE_UP_GAP_M)
+        assert lo - 0.3 <= min(history) <= hi + 0.3  # the closest the lead ever was is the drawn gap
+        assert history[-1] < 7.0
+    (base,) = drive_samples(slow, camera_size=(32, 18), frames=1, expert="idm", steps=[t0 + 5], min_future_steps=20)
+    (close,) = drive_samples(ups[0], camera_size=(32, 18), frames=1, expert="idm", steps=[t0 + 5], min_future_steps=20)
+    travel = lambda s: float(np.linalg.norm(s.target[19, :2]))  # noqa: E731  (metres in 2 s)
+    assert travel(close) < travel(base) - 0.5  # close behind the lead the expert holds back
+    assert close_up_scenes(slow, 0, seed=7) == []
+    empty = dataclasses.replace(slow, agents=Agents([], np.zeros(0, np.int8), np.zeros((0, 2)), np.zeros((0, slow.num_steps, 5)), np.zeros((0, slow.num_steps), bool)))
+    assert close_up_scenes(empty, 2, seed=7) == []  # no lead, nothing to close up on

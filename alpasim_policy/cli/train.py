@@ -8,7 +8,8 @@ shard per drive under ``DIR/data/`` plus ``DIR/data/manifest.json``. Determinist
 a re-run skips the shards already written (resume). ``--expert idm`` labels with the rule planner
 instead of the log, ``--driver CKPT`` lets a checkpoint drive (DAgger), ``--closing N`` adds drives
 that close in on the lead, ``--partial-egos S`` takes cars present S seconds as egos too,
-``--time-scale F ...`` also drives every scene replayed at F times its speed (slow-motion traffic).
+``--time-scale F ...`` also drives every scene replayed at F times its speed (slow-motion traffic);
+``--close-up N`` adds drives that start close behind the lead.
 
 ``train --stage imitation --preset P --data DIR/data --out DIR`` trains the model on those shards
 (teacher-forced CoC + flow matching, :mod:`alpasim_policy.training.imitation`): ``DIR/checkpoint``
@@ -64,6 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--closing", type=int, default=0,
         help="data stage: drives per scene that first close in on the lead (2 s of 1-2.5 m/s^2 extra)",
+    )  # fmt: skip
+    p.add_argument(
+        "--close-up", type=int, default=0, metavar="N",
+        help="data stage: drives per scene that start with the ego moved up 2-5 m (+0.3 s) behind its lead",
     )  # fmt: skip
     p.add_argument(
         "--partial-egos", type=float, default=None, metavar="SECONDS",
@@ -266,6 +271,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-lateral must be >= 0.5 m, got {args.max_lateral}")
     if args.closing < 0:
         raise ConfigError(f"--closing must be >= 0, got {args.closing}")
+    if args.close_up < 0:
+        raise ConfigError(f"--close-up must be >= 0, got {args.close_up}")
+    if args.close_up and args.expert != "idm":
+        raise ConfigError("--close-up needs --expert idm: the log's future does not fit a car moved off its place")
     if args.partial_egos is not None and args.partial_egos < 4.0:
         raise ConfigError(f"--partial-egos must be >= 4 s (warm-up + 2 s of future), got {args.partial_egos}")
     bad = [f for f in args.time_scale if not 0.05 <= f <= 4.0]
@@ -293,6 +302,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         closing=args.closing,
         partial_egos_s=args.partial_egos,
         time_scales=tuple(args.time_scale),
+        close_up=args.close_up,
     )
     print(
         f"{len(m['shards'])} shard(s) from {len(m['scenes'])} scene(s) in {args.out / 'data'} "

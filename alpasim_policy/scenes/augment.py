@@ -7,6 +7,11 @@ road user (ego included) moves ``factor`` times as fast along its own logged pat
 geometry, the lanes, the gaps and who is where stay real, only the clock is stretched. It is a
 training augmentation (``train --stage data --time-scale F``); evaluation scenes are never
 transformed.
+
+:func:`moved_along_path` moves the ego's whole log forward along its own path, so it starts
+closer to the car ahead than its driver ever was: real traffic keeps comfortable gaps, while a
+learner that misjudges a gap ends up bumper to bumper, a state the logs never show
+(``train --stage data --close-up N``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import dataclasses
 import numpy as np
 
 from alpasim_policy.scenes.format import DT, Agents, RoadMap, Scene
-from alpasim_policy.scenes.geometry import wrap_angle
+from alpasim_policy.scenes.geometry import Polyline, wrap_angle
 
 
 def _steps_at(u: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,3 +101,50 @@ def time_scaled(scene: Scene, factor: float, num_steps: int | None = None) -> Sc
         ),
         route=scene.route,
     )
+
+
+def moved_along_path(scene: Scene, shift_m: float) -> Scene:
+    """``scene`` with every logged ego pose ``shift_m`` metres further along the ego's own path.
+
+    Each valid step's rear-axle position is projected onto the polyline of the logged positions
+    and moved ``shift_m`` further (past the last point, straight on along the last segment), so
+    the speed profile, the lane and the timing stay the driver's and only where along the road
+    the ego is changes. Its heading is the logged heading at the new arc length (interpolated
+    over the log, not the noisy segment direction of a crawling car), and velocity and
+    acceleration turn with it. Other road users, lights and the route are untouched. The id gets
+    ``-m{shift}`` appended and ``metadata.extra["moved_m"]`` records the shift. Whether the new
+    start collides with anything is the caller's check (it depends on who is ahead).
+    """
+    if not (np.isfinite(shift_m) and shift_m >= 0.0):
+        raise ValueError(f"shift must be a finite distance >= 0 m, got {shift_m}")
+    ego = scene.ego
+    idx = np.flatnonzero(ego.valid)
+    if len(idx) < 2:
+        raise ValueError(f"{scene.scene_id}: the ego log has {len(idx)} valid step(s), no path to move along")
+    try:
+        path = Polyline(ego.state[idx, :2])
+    except ValueError as err:  # a parked ego: no distinct points
+        raise ValueError(f"{scene.scene_id}: the ego never moves, no path to move along") from err
+    s, _, _ = path.project(ego.state[idx, :2])
+    order = np.argsort(s, kind="stable")
+    s_sorted = s[order]
+    heading_sorted = np.unwrap(ego.state[idx, 2][order])
+    target = s + shift_m
+    xy, _ = path.interpolate(target)
+    beyond = np.maximum(target - path.length, 0.0)
+    xy = xy + beyond[:, None] * path.seg_dir[-1][None, :]
+    heading = np.interp(target, s_sorted, heading_sorted)
+    turn = heading - ego.state[idx, 2]
+    c, si = np.cos(turn), np.sin(turn)
+    state = ego.state.copy()
+    state[idx, 0:2] = xy
+    state[idx, 2] = wrap_angle(heading)
+    for col in (3, 5):  # (vx, vy) and (ax, ay) turn with the heading
+        vx, vy = ego.state[idx, col], ego.state[idx, col + 1]
+        state[idx, col] = c * vx - si * vy
+        state[idx, col + 1] = si * vx + c * vy
+    md = scene.metadata
+    meta = dataclasses.replace(
+        md, scene_id=f"{md.scene_id}-m{shift_m:.1f}", extra={**md.extra, "moved_m": float(shift_m)}
+    )
+    return dataclasses.replace(scene, metadata=meta, ego=dataclasses.replace(ego, state=state))

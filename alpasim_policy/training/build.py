@@ -65,6 +65,62 @@ def _perturbations(
     return out
 
 
+CLOSE_UP_GAP_M = (2.0, 5.0)
+"""Bumper gap range (m) a close-up drive starts at, plus :data:`CLOSE_UP_HEADWAY_S` x speed."""
+CLOSE_UP_HEADWAY_S = 0.3
+"""Time gap added to a close-up start: 0.3 s is a fifth of what the IDM expert keeps."""
+CLOSE_UP_MIN_MOVE_M = 1.0
+"""A close-up drive needs the ego moved at least this far; a closer start is already in the data."""
+
+
+def _lead_gap(scene: Any, step: int) -> float:
+    """Bumper gap (m) to the labeler's lead vehicle at ``step``; inf without one."""
+    from alpasim_policy.training.labeler import Factor, causal_factors
+
+    lead = causal_factors(scene, step).get(Factor.LEAD_VEHICLE)
+    return float("inf") if lead is None or lead.distance is None else float(lead.distance)
+
+
+def close_up_scenes(scene: Any, count: int, seed: int) -> list[Any]:
+    """Up to ``count`` copies of ``scene`` whose ego starts close behind its lead (seeded draws).
+
+    Each draws a gap in :data:`CLOSE_UP_GAP_M` plus :data:`CLOSE_UP_HEADWAY_S` x the logged speed
+    at t0 and moves the ego's log forward along its path
+    (:func:`~alpasim_policy.scenes.augment.moved_along_path`) so the closest the lead ever was
+    over the history (steps 0..t0) becomes that gap: the history the model sees stays collision
+    free and at t0 the lead is at least that close. A scene with no lead over the history, or
+    whose draw would move the ego less than :data:`CLOSE_UP_MIN_MOVE_M`, gives none; so does a
+    move that puts another car (a cut-in) nearer than 1 m in the history, or repeats a move.
+    """
+    import zlib
+
+    import numpy as np
+
+    from alpasim_policy.scenes.augment import moved_along_path
+
+    if count <= 0:
+        return []
+    t0 = scene.metadata.t0_index
+    closest = min(_lead_gap(scene, k) for k in range(t0 + 1))
+    if not np.isfinite(closest):
+        return []
+    speed = float(np.hypot(*scene.ego.state[t0, 3:5]))
+    rng = np.random.default_rng([seed, zlib.crc32(scene.scene_id.encode()), 2])
+    out = []
+    shifts: set[float] = set()
+    for _ in range(count):
+        gap = float(rng.uniform(*CLOSE_UP_GAP_M)) + CLOSE_UP_HEADWAY_S * speed
+        shift = round(closest - gap, 1)
+        if shift < CLOSE_UP_MIN_MOVE_M or shift in shifts:  # the same move twice is the same drive
+            continue
+        shifts.add(shift)
+        moved = moved_along_path(scene, shift)
+        if min(_lead_gap(moved, k) for k in range(t0 + 1)) < 1.0:
+            continue
+        out.append(moved)
+    return out
+
+
 def build_data(
     out: Path,
     raw: Path,
@@ -81,6 +137,7 @@ def build_data(
     closing: int = 0,
     partial_egos_s: float | None = None,
     time_scales: tuple[float, ...] = (),
+    close_up: int = 0,
 ) -> dict[str, Any]:
     """The ``data`` stage; returns the manifest (also written to ``out/data/manifest.json``).
 
@@ -96,6 +153,10 @@ def build_data(
     ``time_scales``: every held-out-filtered scene is also driven replayed at each of these speed
     factors (:func:`~alpasim_policy.scenes.augment.time_scaled`; 0.2 turns 10 m/s traffic into
     2 m/s crawl), with the same number of perturbed drives as the original.
+
+    ``close_up``: that many more drives per scene (time-scaled ones included) that start with the
+    ego moved up behind its lead (:func:`close_up_scenes`); the expert drives them from there
+    (use ``expert="idm"``: the log's future does not fit a car that is not where the driver was).
     """
     import numpy as np
     from tqdm import tqdm
@@ -126,6 +187,8 @@ def build_data(
         scenes = scenes + [time_scaled(sc, f) for f in time_scales for sc in scenes]
     jobs = [(sc, None) for sc in scenes]
     jobs += [(sc, p) for sc in scenes for p in _perturbations(sc, perturbations, max_lateral, seed, closing)]
+    close = [m for sc in scenes for m in close_up_scenes(sc, close_up, seed)]
+    jobs += [(m, None) for m in close]
     drive_policy = None
     if driver is not None:
         from alpasim_policy.policies.registry import make_policy
@@ -174,6 +237,8 @@ def build_data(
         "closing_perturbations_per_scene": closing,
         "partial_egos_s": partial_egos_s,
         "time_scales": list(time_scales),
+        "close_up_per_scene": close_up,
+        "close_up_scenes": [m.scene_id for m in close],
         "excluded_suite": exclude_suite,
         "candidate_scenes": len(candidates),
         "held_out_dropped": dropped,
