@@ -313,10 +313,18 @@ def test_cli_trains_and_the_checkpoint_drives_as_the_alpamayo_policy(data_dir, t
     two = tmp_path / "second"  # --data takes several folders, used together
     two.mkdir()
     (two / "x.npz").symlink_to(next(iter(sorted(data_dir.glob("*.npz")))))
-    from alpasim_policy.training.imitation import load_shards
+    from alpasim_policy.training.imitation import iter_shards, load_shards, prepare_samples
 
     n1 = len(load_shards(data_dir)["coc"])
-    assert len(load_shards([data_dir, two])["coc"]) > n1
+    assert len(load_shards([data_dir, two])["coc"]) == 2 * n1
+    # training reads shard by shard (memory); the samples are the ones the concatenation gives
+    model = _tiny_model()
+    whole = prepare_samples(model, load_shards([data_dir, two]), fit_stats=True)
+    chunked = prepare_samples(model, iter_shards([data_dir, two]), fit_stats=True)
+    assert len(chunked) == len(whole) == 2 * n1
+    for a, b in zip(whole, chunked, strict=True):
+        assert torch.equal(a.prepared.pixel_values, b.prepared.pixel_values) and a.target_ids == b.target_ids
+        assert torch.equal(a.actions, b.actions) and torch.equal(a.valid, b.valid) and a.coc == b.coc
     typo = args[:-2] + ["--model-option", "patchsize=8"]
     assert main(typo) == 2  # names the unknown field
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -97,8 +97,13 @@ class Sample:
     coc: str
 
 
-def load_shards(data: Path | Sequence[Path]) -> dict[str, np.ndarray]:
-    """Every ``*.npz`` shard under ``data`` (one folder or several, each sorted), concatenated."""
+SHARD_KEYS = ("images", "history", "command", "target", "target_valid", "coc")
+
+
+def iter_shards(data: Path | Sequence[Path]) -> Iterator[dict[str, np.ndarray]]:
+    """The arrays of every ``*.npz`` shard under ``data`` (one folder or several, each sorted), one
+    shard at a time: :func:`prepare_samples` reads them this way so a run never holds every raw
+    frame and every processed frame at once (13000 samples did not fit in 24 GB that way)."""
     folders = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
     files = []
     for folder in folders:
@@ -106,22 +111,34 @@ def load_shards(data: Path | Sequence[Path]) -> dict[str, np.ndarray]:
         if not found:
             raise ConfigError(f"--data {folder}: no .npz shards (run `alpasim-policy train --stage data` first)")
         files += found
-    keys = ("images", "history", "command", "target", "target_valid", "coc")
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for f in files:
         with np.load(f) as z:
-            missing = [k for k in keys if k not in z.files]
+            missing = [k for k in SHARD_KEYS if k not in z.files]
             if missing:
                 raise ConfigError(f"{f}: not a training shard (missing {', '.join(missing)})")
-            for k in keys:
-                parts[k].append(z[k])
+            yield {k: z[k] for k in SHARD_KEYS}
+
+
+def load_shards(data: Path | Sequence[Path]) -> dict[str, np.ndarray]:
+    """Every ``*.npz`` shard under ``data`` (one folder or several, each sorted), concatenated."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in SHARD_KEYS}
+    for shard in iter_shards(data):
+        for k in SHARD_KEYS:
+            parts[k].append(shard[k])
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 def prepare_samples(
-    model: Any, arrays: dict[str, np.ndarray], fit_smooth: float = 0.05, fit_stats: bool = False
+    model: Any,
+    arrays: dict[str, np.ndarray] | Iterable[dict[str, np.ndarray]],
+    fit_smooth: float = 0.05,
+    fit_stats: bool = False,
 ) -> list[Sample]:
     """Run the model's processor on each sample and turn its expert target into normalised actions.
+
+    ``arrays``: the shard arrays (:func:`load_shards`), or chunks of them in order
+    (:func:`iter_shards`, which lets each chunk's raw frames go once processed); the samples are
+    the same either way.
 
     ``fit_stats``: first set the model's action normalisation from these actions
     (:func:`set_action_stats`; a run's first step does, a resumed run keeps its checkpoint's).
@@ -135,24 +152,30 @@ def prepare_samples(
 
     tk = model.tokenizer
     tail = [tk.ids["cot_end"], tk.ids["traj_future_start"]]
+    chunks = [arrays] if isinstance(arrays, dict) else arrays
     prepared = []
-    for i in range(len(arrays["coc"])):
-        hist = np.asarray(arrays["history"][i], dtype=np.float64)[:, :3]
-        p = model.prepare(arrays["images"][i], hist, None, int(arrays["command"][i]))
-        if p.pixel_values is not None and p.pixel_values.dtype == torch.float32:
-            p = replace(p, pixel_values=p.pixel_values.to(torch.float16))
-        prepared.append(p)
+    targets, valids, cocs = [], [], []
+    for chunk in chunks:
+        for i in range(len(chunk["coc"])):
+            hist = np.asarray(chunk["history"][i], dtype=np.float64)[:, :3]
+            p = model.prepare(chunk["images"][i], hist, None, int(chunk["command"][i]))
+            if p.pixel_values is not None and p.pixel_values.dtype == torch.float32:
+                p = replace(p, pixel_values=p.pixel_values.to(torch.float16))
+            prepared.append(p)
+        targets.append(chunk["target"])
+        valids.append(chunk["target_valid"])
+        cocs += [str(c) for c in chunk["coc"]]
     v0 = torch.tensor([p.v0 for p in prepared], dtype=torch.float64)
-    valid = torch.as_tensor(arrays["target_valid"]).bool()
+    valid = torch.as_tensor(np.concatenate(valids)).bool()
     controls = fit_controls(
-        torch.as_tensor(arrays["target"]), v0, model.config.dt, model.action_space.method, valid, fit_smooth
+        torch.as_tensor(np.concatenate(targets)), v0, model.config.dt, model.action_space.method, valid, fit_smooth
     )
     if fit_stats:
         set_action_stats(model, controls, valid)
     actions = model.action_space.normalize(controls).float()
     out = []
     for i, p in enumerate(prepared):
-        text = str(arrays["coc"][i])
+        text = cocs[i]
         out.append(Sample(p, tk.encode(text) + tail, actions[i], valid[i], text))
     return out
 
@@ -523,7 +546,7 @@ def train_imitation(
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
     # a resumed run keeps its checkpoint's action statistics
     fit = start == 0 and cfg.action_stats == "data"
-    samples = prepare_samples(model, load_shards(data), cfg.fit_smooth, fit_stats=fit)
+    samples = prepare_samples(model, iter_shards(data), cfg.fit_smooth, fit_stats=fit)
     weights = speed_balanced_weights([p.prepared.v0 for p in samples], cfg.speed_balance)
     rows = _read_log(out, start)
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
