@@ -128,6 +128,29 @@ def load_shards(data: Path | Sequence[Path]) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+def release_free_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``; elsewhere nothing).
+
+    Why: preparing a sample allocates a 1.6 MB float32 temporary and keeps a 0.8 MB float16 copy,
+    and glibc keeps the freed temporaries' pages between the live copies. Measured on 125 real
+    samples: 1.6 MB resident per sample without trimming, 0.87 with it. A run of 13000 samples
+    held 21 GB of this 24 GB machine for 10 GB of pixels and an OOM kill came close.
+    """
+    import ctypes
+    import ctypes.util
+
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        name = ctypes.util.find_library("c")
+        fn = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+        _MALLOC_TRIM = fn if fn is not None else False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
+
+
 def prepare_samples(
     model: Any,
     arrays: dict[str, np.ndarray] | Iterable[dict[str, np.ndarray]],
@@ -146,7 +169,8 @@ def prepare_samples(
     The processed pixels are held as float16: they are most of a run's memory (1.6 MB per sample
     in float32, so 8000 samples filled this 24 GB machine), and float16's rounding (< 5e-4
     relative) is far below the uint8 quantisation the rendered frames already carry. The
-    model casts them to its own dtype when it reads them."""
+    model casts them to its own dtype when it reads them. After each chunk the heap's free
+    pages go back to the system (:func:`release_free_heap`)."""
 
     from alpasim_policy.model.action_space import fit_controls
 
@@ -165,6 +189,8 @@ def prepare_samples(
         targets.append(chunk["target"])
         valids.append(chunk["target_valid"])
         cocs += [str(c) for c in chunk["coc"]]
+        del chunk
+        release_free_heap()
     v0 = torch.tensor([p.v0 for p in prepared], dtype=torch.float64)
     valid = torch.as_tensor(np.concatenate(valids)).bool()
     controls = fit_controls(
@@ -177,6 +203,7 @@ def prepare_samples(
     for i, p in enumerate(prepared):
         text = cocs[i]
         out.append(Sample(p, tk.encode(text) + tail, actions[i], valid[i], text))
+    release_free_heap()
     return out
 
 
