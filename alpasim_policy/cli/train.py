@@ -9,7 +9,8 @@ a re-run skips the shards already written (resume). ``--expert idm`` labels with
 instead of the log, ``--driver CKPT`` lets a checkpoint drive (DAgger), ``--closing N`` adds drives
 that close in on the lead, ``--partial-egos S`` takes cars present S seconds as egos too,
 ``--time-scale F ...`` also drives every scene replayed at F times its speed (slow-motion traffic);
-``--close-up N`` adds drives that start close behind the lead.
+``--close-up N`` adds drives that start close behind the lead, ``--lead-stops N`` drives in which the
+lead brakes to a stop.
 
 ``train --stage imitation --preset P --data DIR/data --out DIR`` trains the model on those shards
 (teacher-forced CoC + flow matching, :mod:`alpasim_policy.training.imitation`): ``DIR/checkpoint``
@@ -69,6 +70,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--close-up", type=int, default=0, metavar="N",
         help="data stage: drives per scene that start with the ego moved up 2-5 m (+0.3 s) behind its lead",
+    )  # fmt: skip
+    p.add_argument(
+        "--lead-stops", type=int, default=0, metavar="N",
+        help="data stage: drives per scene in which the lead brakes to a stop (every other one from a close-up start)",
     )  # fmt: skip
     p.add_argument(
         "--partial-egos", type=float, default=None, metavar="SECONDS",
@@ -275,6 +280,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--close-up must be >= 0, got {args.close_up}")
     if args.close_up and args.expert != "idm":
         raise ConfigError("--close-up needs --expert idm: the log's future does not fit a car moved off its place")
+    if args.lead_stops < 0:
+        raise ConfigError(f"--lead-stops must be >= 0, got {args.lead_stops}")
+    if args.lead_stops and args.expert != "idm":
+        raise ConfigError("--lead-stops needs --expert idm: the log's future ignores a lead that now stops")
     if args.partial_egos is not None and args.partial_egos < 4.0:
         raise ConfigError(f"--partial-egos must be >= 4 s (warm-up + 2 s of future), got {args.partial_egos}")
     bad = [f for f in args.time_scale if not 0.05 <= f <= 4.0]
@@ -303,6 +312,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         partial_egos_s=args.partial_egos,
         time_scales=tuple(args.time_scale),
         close_up=args.close_up,
+        lead_stops=args.lead_stops,
     )
     print(
         f"{len(m['shards'])} shard(s) from {len(m['scenes'])} scene(s) in {args.out / 'data'} "

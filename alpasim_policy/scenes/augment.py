@@ -103,6 +103,32 @@ def time_scaled(scene: Scene, factor: float, num_steps: int | None = None) -> Sc
     )
 
 
+class _LoggedPath:
+    """The path a road user drove: the polyline of its logged positions, with the logged heading
+    as a function of arc length (interpolated over the log, not the noisy direction of the short
+    segments a crawling car leaves). Past the last point it goes straight on."""
+
+    def __init__(self, poses: np.ndarray, who: str):
+        if len(poses) < 2:
+            raise ValueError(f"{who} has {len(poses)} valid step(s), no path to move along")
+        try:
+            self.line = Polyline(poses[:, :2])
+        except ValueError as err:  # a parked car: no distinct points
+            raise ValueError(f"{who} never moves, no path to move along") from err
+        self.s, _, _ = self.line.project(poses[:, :2])
+        order = np.argsort(self.s, kind="stable")
+        self._s_sorted = self.s[order]
+        self._heading_sorted = np.unwrap(poses[order, 2])
+
+    def at(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions (N, 2) and headings (N,) at arc lengths ``s``."""
+        s = np.asarray(s, dtype=np.float64)
+        xy, _ = self.line.interpolate(s)
+        beyond = np.maximum(s - self.line.length, 0.0)
+        xy = xy + beyond[:, None] * self.line.seg_dir[-1][None, :]
+        return xy, np.interp(s, self._s_sorted, self._heading_sorted)
+
+
 def moved_along_path(scene: Scene, shift_m: float) -> Scene:
     """``scene`` with every logged ego pose ``shift_m`` metres further along the ego's own path.
 
@@ -119,21 +145,8 @@ def moved_along_path(scene: Scene, shift_m: float) -> Scene:
         raise ValueError(f"shift must be a finite distance >= 0 m, got {shift_m}")
     ego = scene.ego
     idx = np.flatnonzero(ego.valid)
-    if len(idx) < 2:
-        raise ValueError(f"{scene.scene_id}: the ego log has {len(idx)} valid step(s), no path to move along")
-    try:
-        path = Polyline(ego.state[idx, :2])
-    except ValueError as err:  # a parked ego: no distinct points
-        raise ValueError(f"{scene.scene_id}: the ego never moves, no path to move along") from err
-    s, _, _ = path.project(ego.state[idx, :2])
-    order = np.argsort(s, kind="stable")
-    s_sorted = s[order]
-    heading_sorted = np.unwrap(ego.state[idx, 2][order])
-    target = s + shift_m
-    xy, _ = path.interpolate(target)
-    beyond = np.maximum(target - path.length, 0.0)
-    xy = xy + beyond[:, None] * path.seg_dir[-1][None, :]
-    heading = np.interp(target, s_sorted, heading_sorted)
+    path = _LoggedPath(ego.state[idx, :3], f"{scene.scene_id}: the ego")
+    xy, heading = path.at(path.s + shift_m)
     turn = heading - ego.state[idx, 2]
     c, si = np.cos(turn), np.sin(turn)
     state = ego.state.copy()
@@ -148,3 +161,55 @@ def moved_along_path(scene: Scene, shift_m: float) -> Scene:
         md, scene_id=f"{md.scene_id}-m{shift_m:.1f}", extra={**md.extra, "moved_m": float(shift_m)}
     )
     return dataclasses.replace(scene, metadata=meta, ego=dataclasses.replace(ego, state=state))
+
+
+def agent_stopping(scene: Scene, index: int, start_step: int, decel_mps2: float) -> Scene:
+    """``scene`` in which road user ``index`` brakes at ``decel_mps2`` from ``start_step`` to a stop
+    along its own logged path, and stays there to the end of the scene.
+
+    Its states before ``start_step`` are the log's; from there its arc length along the logged
+    path follows ``v0 t - a t^2 / 2`` until it stops (``v0`` its logged speed at ``start_step``),
+    its heading is the logged heading at that arc length and its velocity points along it. A car
+    that left the recording later stays in it, stopped. Everything else is untouched. The id gets
+    ``-stop{index}a{decel}@{start_step}`` appended and ``metadata.extra["agent_stop"]`` records it.
+    Why: logs rarely show the car ahead braking to a standstill right in front of a crawling ego,
+    the state in which a learner that cannot tell a stopped lead from a moving one rear-ends it.
+    """
+    agents = scene.agents
+    if not 0 <= index < len(agents):
+        raise ValueError(f"{scene.scene_id}: no road user {index} (it has {len(agents)})")
+    if not (np.isfinite(decel_mps2) and decel_mps2 > 0.0):
+        raise ValueError(f"deceleration must be a positive number of m/s^2, got {decel_mps2}")
+    valid = agents.valid[index]
+    if not 0 <= start_step < scene.num_steps or not valid[start_step]:
+        raise ValueError(f"{scene.scene_id}: road user {index} is not logged at step {start_step}")
+    idx = np.flatnonzero(valid)
+    path = _LoggedPath(agents.state[index, idx, :3], f"{scene.scene_id}: road user {index}")
+    s0 = float(path.s[int(np.searchsorted(idx, start_step))])
+    v0 = float(np.hypot(*agents.state[index, start_step, 3:5]))
+    t = (np.arange(start_step, scene.num_steps) - start_step) * DT
+    t_stop = v0 / decel_mps2
+    moving = t < t_stop
+    dist = np.where(moving, v0 * t - 0.5 * decel_mps2 * t**2, 0.5 * v0 * t_stop)
+    speed = np.where(moving, v0 - decel_mps2 * t, 0.0)
+    xy, heading = path.at(s0 + dist)
+    state = agents.state.copy()
+    new_valid = agents.valid.copy()
+    rows = slice(start_step, scene.num_steps)
+    state[index, rows, 0:2] = xy
+    state[index, rows, 2] = wrap_angle(heading)
+    state[index, rows, 3] = speed * np.cos(heading)
+    state[index, rows, 4] = speed * np.sin(heading)
+    new_valid[index, rows] = True
+    md = scene.metadata
+    tag = f"-stop{index}a{decel_mps2:.1f}@{start_step}"
+    meta = dataclasses.replace(
+        md,
+        scene_id=f"{md.scene_id}{tag}",
+        extra={**md.extra, "agent_stop": {"index": int(index), "start_step": int(start_step), "decel_mps2": float(decel_mps2)}},
+    )
+    return dataclasses.replace(
+        scene,
+        metadata=meta,
+        agents=Agents(list(agents.ids), agents.types.copy(), agents.size.copy(), state, new_valid),
+    )

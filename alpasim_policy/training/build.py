@@ -75,10 +75,10 @@ CLOSE_UP_MIN_MOVE_M = 1.0
 
 def _lead_gap(scene: Any, step: int) -> float:
     """Bumper gap (m) to the labeler's lead vehicle at ``step``; inf without one."""
-    from alpasim_policy.training.labeler import Factor, causal_factors
+    from alpasim_policy.training.labeler import lead_vehicle
 
-    lead = causal_factors(scene, step).get(Factor.LEAD_VEHICLE)
-    return float("inf") if lead is None or lead.distance is None else float(lead.distance)
+    lead = lead_vehicle(scene, step)
+    return float("inf") if lead is None else lead[1]
 
 
 def close_up_scenes(scene: Any, count: int, seed: int) -> list[Any]:
@@ -121,6 +121,54 @@ def close_up_scenes(scene: Any, count: int, seed: int) -> list[Any]:
     return out
 
 
+LEAD_STOP_DECEL = (1.5, 4.0)
+"""Deceleration range (m/s^2) of a lead that brakes to a stop (:func:`lead_stop_scenes`)."""
+LEAD_STOP_WITHIN = 20
+"""A lead starts braking within this many steps (2 s) after t0."""
+
+
+def lead_stop_scenes(scene: Any, count: int, seed: int) -> list[Any]:
+    """Up to ``count`` copies of ``scene`` in which the lead at t0 brakes to a stop and stays.
+
+    Each draws a start step in t0 .. t0 + :data:`LEAD_STOP_WITHIN`, a deceleration in
+    :data:`LEAD_STOP_DECEL` and, for every other draw, a close-up start (:func:`close_up_scenes`,
+    the same lead) where one is possible: the stop then happens a few metres ahead of a crawling
+    ego. The lead's braking uses :func:`~alpasim_policy.scenes.augment.agent_stopping`. A scene
+    with no lead at t0, or whose lead is already stopped or parked, gives none.
+    """
+    import zlib
+
+    import numpy as np
+
+    from alpasim_policy.scenes.augment import agent_stopping
+    from alpasim_policy.training.labeler import lead_vehicle
+
+    if count <= 0:
+        return []
+    t0 = scene.metadata.t0_index
+    rng = np.random.default_rng([seed, zlib.crc32(scene.scene_id.encode()), 3])
+    close = close_up_scenes(scene, 1, seed)
+    out, seen = [], set()
+    for j in range(count):
+        start = int(rng.integers(t0, min(t0 + LEAD_STOP_WITHIN, scene.num_steps - 1) + 1))
+        decel = round(float(rng.uniform(*LEAD_STOP_DECEL)), 1)
+        base = close[0] if (j % 2 == 0 and close) else scene
+        lead = lead_vehicle(base, t0)
+        if lead is None:
+            continue
+        i = lead[0]
+        if not base.agents.valid[i, start] or np.hypot(*base.agents.state[i, start, 3:5]) < 0.5:
+            continue
+        try:
+            stopped = agent_stopping(base, i, start, decel)
+        except ValueError:  # a parked lead: no path to brake along
+            continue
+        if stopped.scene_id not in seen:
+            seen.add(stopped.scene_id)
+            out.append(stopped)
+    return out
+
+
 def build_data(
     out: Path,
     raw: Path,
@@ -138,6 +186,7 @@ def build_data(
     partial_egos_s: float | None = None,
     time_scales: tuple[float, ...] = (),
     close_up: int = 0,
+    lead_stops: int = 0,
 ) -> dict[str, Any]:
     """The ``data`` stage; returns the manifest (also written to ``out/data/manifest.json``).
 
@@ -157,6 +206,8 @@ def build_data(
     ``close_up``: that many more drives per scene (time-scaled ones included) that start with the
     ego moved up behind its lead (:func:`close_up_scenes`); the expert drives them from there
     (use ``expert="idm"``: the log's future does not fit a car that is not where the driver was).
+    ``lead_stops``: that many more drives per scene in which the lead brakes to a stop in front
+    of the ego, every other one from a close-up start (:func:`lead_stop_scenes`; ``expert="idm"``).
     """
     import numpy as np
     from tqdm import tqdm
@@ -189,6 +240,8 @@ def build_data(
     jobs += [(sc, p) for sc in scenes for p in _perturbations(sc, perturbations, max_lateral, seed, closing)]
     close = [m for sc in scenes for m in close_up_scenes(sc, close_up, seed)]
     jobs += [(m, None) for m in close]
+    stops = [m for sc in scenes for m in lead_stop_scenes(sc, lead_stops, seed)]
+    jobs += [(m, None) for m in stops]
     drive_policy = None
     if driver is not None:
         from alpasim_policy.policies.registry import make_policy
@@ -239,6 +292,8 @@ def build_data(
         "time_scales": list(time_scales),
         "close_up_per_scene": close_up,
         "close_up_scenes": [m.scene_id for m in close],
+        "lead_stops_per_scene": lead_stops,
+        "lead_stop_scenes": [m.scene_id for m in stops],
         "excluded_suite": exclude_suite,
         "candidate_scenes": len(candidates),
         "held_out_dropped": dropped,

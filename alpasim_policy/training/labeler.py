@@ -118,8 +118,9 @@ def _agents_now(scene: Scene, step: int, kinds: set[AgentType]) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
-def _lead_factor(scene: Scene, step: int, fr: _Frame) -> CausalFactor | None:
-    """The nearest same-direction vehicle in the route corridor ahead, with its status now."""
+def _lead(scene: Scene, step: int, fr: _Frame) -> tuple[int, float, float] | None:
+    """(agent index, bumper gap m, route heading there) of the nearest same-direction vehicle in
+    the route corridor ahead, or None."""
     idx = _agents_now(scene, step, _VEHICLES)
     if not len(idx):
         return None
@@ -132,14 +133,31 @@ def _lead_factor(scene: Scene, step: int, fr: _Frame) -> CausalFactor | None:
     if not ok.any():
         return None
     j = int(np.flatnonzero(ok)[np.argmin(gap[ok])])
-    i = int(idx[j])
-    v_along = float(st[j, 3] * np.cos(seg_heading[j]) + st[j, 4] * np.sin(seg_heading[j]))
+    return int(idx[j]), float(gap[j]), float(seg_heading[j])
+
+
+def lead_vehicle(scene: Scene, step: int, ego: tuple[np.ndarray, float] | None = None) -> tuple[int, float] | None:
+    """(index into ``scene.agents``, bumper gap in m) of the vehicle the labeler calls the lead at
+    ``step`` (the logged ego, or ``ego`` = (pose, speed)); None without one. Training
+    augmentations use it to pick the car to move up to or to stop."""
+    found = _lead(scene, step, _frame(scene, step, ego))
+    return None if found is None else found[:2]
+
+
+def _lead_factor(scene: Scene, step: int, fr: _Frame) -> CausalFactor | None:
+    """The nearest same-direction vehicle in the route corridor ahead, with its status now."""
+    found = _lead(scene, step, fr)
+    if found is None:
+        return None
+    i, gap_m, heading = found
+    st_i = scene.agents.state[i, step]
+    v_along = float(st_i[3] * np.cos(heading) + st_i[4] * np.sin(heading))
     back = int(round(LEAD_ACCEL_WINDOW_S / DT))
     accel = 0.0
     if step - back >= 0 and scene.agents.valid[i, step - back]:
         past = scene.agents.state[i, step - back]
         v_past = float(np.hypot(past[3], past[4]))
-        accel = (float(np.hypot(st[j, 3], st[j, 4])) - v_past) / LEAD_ACCEL_WINDOW_S
+        accel = (float(np.hypot(st_i[3], st_i[4])) - v_past) / LEAD_ACCEL_WINDOW_S
     if abs(v_along) < LEAD_STOPPED_SPEED:
         status = "is stopped"
     elif accel < LEAD_SLOWING_ACCEL:
@@ -148,7 +166,7 @@ def _lead_factor(scene: Scene, step: int, fr: _Frame) -> CausalFactor | None:
         status = "is slower"
     else:
         status = "is keeping its speed"
-    return CausalFactor(Factor.LEAD_VEHICLE, float(gap[j]), status)
+    return CausalFactor(Factor.LEAD_VEHICLE, gap_m, status)
 
 
 def _pedestrian_factor(scene: Scene, step: int, fr: _Frame) -> CausalFactor | None:
