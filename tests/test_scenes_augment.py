@@ -103,3 +103,33 @@ def test_moved_along_path_keeps_the_drive_and_moves_where_it_is(peach):
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="shift"):
             moved_along_path(peach, bad)
+
+
+def test_agent_stopping_brakes_along_its_own_path_and_stays(peach):
+    from alpasim_policy.scenes.augment import agent_stopping
+    from alpasim_policy.scenes.geometry import Polyline
+
+    speeds = np.hypot(peach.agents.state[..., 3], peach.agents.state[..., 4])
+    i, k = (int(x[0]) for x in np.nonzero((speeds > 5.0) & peach.agents.valid))  # a car moving > 5 m/s
+    v0 = float(speeds[i, k])
+    stopped = agent_stopping(peach, i, k, 2.0)
+    stopped.validate()
+    assert stopped.scene_id == f"{peach.scene_id}-stop{i}a2.0@{k}"
+    np.testing.assert_array_equal(stopped.agents.state[:, :k], peach.agents.state[:, :k])  # the log before
+    others = np.arange(len(peach.agents)) != i
+    np.testing.assert_array_equal(stopped.agents.state[others], peach.agents.state[others])
+    np.testing.assert_array_equal(stopped.ego.state, peach.ego.state)
+    v = np.hypot(stopped.agents.state[i, k:, 3], stopped.agents.state[i, k:, 4])
+    t = np.arange(len(v)) * 0.1
+    np.testing.assert_allclose(v, np.maximum(v0 - 2.0 * t, 0.0), atol=1e-9)  # brakes at 2 m/s^2 ...
+    assert stopped.agents.valid[i, k:].all()  # ... and stays, even past where the log ends
+    path = Polyline(peach.agents.state[i, peach.agents.valid[i], :2])
+    s, lat, _ = path.project(stopped.agents.state[i, k:, :2])
+    inside = s < path.length - 1e-6
+    np.testing.assert_allclose(lat[inside], 0.0, atol=1e-6)  # on its own logged path
+    stop_dist = v0**2 / (2 * 2.0)
+    assert s[-1] - s[0] == pytest.approx(stop_dist, rel=1e-6)  # v0^2 / 2a further on, where it stays
+    with pytest.raises(ValueError, match="not logged at step"):
+        agent_stopping(peach, i, peach.num_steps, 2.0)
+    with pytest.raises(ValueError, match="deceleration"):
+        agent_stopping(peach, i, k, 0.0)

@@ -315,3 +315,26 @@ def test_close_up_starts_behind_the_lead_and_the_expert_backs_off():
     assert close_up_scenes(slow, 0, seed=7) == []
     empty = dataclasses.replace(slow, agents=Agents([], np.zeros(0, np.int8), np.zeros((0, 2)), np.zeros((0, slow.num_steps, 5)), np.zeros((0, slow.num_steps), bool)))
     assert close_up_scenes(empty, 2, seed=7) == []  # no lead, nothing to close up on
+
+
+def test_lead_stop_drive_labels_a_stop_behind_the_stopped_lead():
+    """US-101 in slow motion, the lead brakes to a stop a few metres ahead of the crawling ego:
+    the planner brings the car to a stop behind it, and the labels say why ("... stopped")."""
+    from alpasim_policy.scenes.augment import time_scaled
+    from alpasim_policy.training.build import lead_stop_scenes, raw_scenes
+    from alpasim_policy.training.labeler import lead_vehicle
+
+    sc = next(s for s in raw_scenes(scenarios_root() / "raw") if s.scene_id == "cr-USA_US101-5_1_T-1-ego464")
+    slow = time_scaled(sc, 0.2)
+    t0 = slow.metadata.t0_index
+    stops = lead_stop_scenes(slow, 2, seed=8)
+    assert [s.scene_id for s in lead_stop_scenes(slow, 2, seed=8)] == [s.scene_id for s in stops]  # seeded
+    assert len(stops) == 2 and "-m" in stops[0].scene_id and "-m" not in stops[1].scene_id  # close-up, then not
+    for st in stops:
+        info = st.metadata.extra["agent_stop"]
+        assert info["index"] == lead_vehicle(st, t0)[0] and t0 <= info["start_step"] <= t0 + 20
+    samples = list(drive_samples(stops[0], camera_size=(32, 18), frames=1, expert="idm", min_future_steps=20))
+    last = samples[-1]
+    assert last.speed < 0.3 and "lead vehicle" in last.coc and "is stopped" in last.coc
+    assert np.linalg.norm(last.target[-1, :2]) < 0.5  # the label stays put behind it
+    assert lead_stop_scenes(slow, 0, seed=8) == []
