@@ -10,7 +10,7 @@ instead of the log, ``--driver CKPT`` lets a checkpoint drive (DAgger), ``--clos
 that close in on the lead, ``--partial-egos S`` takes cars present S seconds as egos too,
 ``--time-scale F ...`` also drives every scene replayed at F times its speed (slow-motion traffic);
 ``--close-up N`` adds drives that start close behind the lead, ``--lead-stops N`` drives in which the
-lead brakes to a stop.
+lead brakes to a stop, ``--lead-creeps N`` ones in which it then goes on stop-and-go.
 
 ``train --stage imitation --preset P --data DIR/data --out DIR`` trains the model on those shards
 (teacher-forced CoC + flow matching, :mod:`alpasim_policy.training.imitation`): ``DIR/checkpoint``
@@ -74,6 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--lead-stops", type=int, default=0, metavar="N",
         help="data stage: drives per scene in which the lead brakes to a stop (every other one from a close-up start)",
+    )  # fmt: skip
+    p.add_argument(
+        "--lead-creeps", type=int, default=0, metavar="N",
+        help="data stage: like --lead-stops, then the lead goes on stop-and-go (stand 0.5-1.5 s, roll 0.5-1.2 s)",
     )  # fmt: skip
     p.add_argument(
         "--partial-egos", type=float, default=None, metavar="SECONDS",
@@ -282,8 +286,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("--close-up needs --expert idm: the log's future does not fit a car moved off its place")
     if args.lead_stops < 0:
         raise ConfigError(f"--lead-stops must be >= 0, got {args.lead_stops}")
-    if args.lead_stops and args.expert != "idm":
-        raise ConfigError("--lead-stops needs --expert idm: the log's future ignores a lead that now stops")
+    if args.lead_creeps < 0:
+        raise ConfigError(f"--lead-creeps must be >= 0, got {args.lead_creeps}")
+    if (args.lead_stops or args.lead_creeps) and args.expert != "idm":
+        raise ConfigError("--lead-stops / --lead-creeps need --expert idm: the log's future ignores a lead that now stops")
     if args.partial_egos is not None and args.partial_egos < 4.0:
         raise ConfigError(f"--partial-egos must be >= 4 s (warm-up + 2 s of future), got {args.partial_egos}")
     bad = [f for f in args.time_scale if not 0.05 <= f <= 4.0]
@@ -313,6 +319,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         time_scales=tuple(args.time_scale),
         close_up=args.close_up,
         lead_stops=args.lead_stops,
+        lead_creeps=args.lead_creeps,
     )
     print(
         f"{len(m['shards'])} shard(s) from {len(m['scenes'])} scene(s) in {args.out / 'data'} "

@@ -213,3 +213,48 @@ def agent_stopping(scene: Scene, index: int, start_step: int, decel_mps2: float)
         metadata=meta,
         agents=Agents(list(agents.ids), agents.types.copy(), agents.size.copy(), state, new_valid),
     )
+
+
+def agent_speed_profile(scene: Scene, index: int, start_step: int, speeds: np.ndarray, tag: str) -> Scene:
+    """``scene`` in which road user ``index`` drives its own logged path at ``speeds`` (m/s, one
+    per step from ``start_step``; the first is ignored, the log's speed there is kept) and stays
+    where it gets to when they run out.
+
+    Arc length grows by the trapezoid rule over the 0.1 s steps; heading and validity as in
+    :func:`agent_stopping`. The id gets ``-{tag}`` appended and ``metadata.extra["agent_profile"]``
+    records the agent, start and speeds. Training data uses it for stop-and-go leads.
+    """
+    agents = scene.agents
+    if not 0 <= index < len(agents):
+        raise ValueError(f"{scene.scene_id}: no road user {index} (it has {len(agents)})")
+    valid = agents.valid[index]
+    if not 0 <= start_step < scene.num_steps or not valid[start_step]:
+        raise ValueError(f"{scene.scene_id}: road user {index} is not logged at step {start_step}")
+    n = scene.num_steps - start_step
+    v = np.zeros(n)
+    given = np.asarray(speeds, dtype=np.float64)[:n]
+    if not (np.isfinite(given).all() and (given >= 0).all()):
+        raise ValueError("speeds must be finite and >= 0 m/s")
+    v[: len(given)] = given
+    v[0] = float(np.hypot(*agents.state[index, start_step, 3:5]))
+    dist = np.concatenate([[0.0], np.cumsum(0.5 * (v[1:] + v[:-1]) * DT)])
+    idx = np.flatnonzero(valid)
+    path = _LoggedPath(agents.state[index, idx, :3], f"{scene.scene_id}: road user {index}")
+    s0 = float(path.s[int(np.searchsorted(idx, start_step))])
+    xy, heading = path.at(s0 + dist)
+    state = agents.state.copy()
+    new_valid = agents.valid.copy()
+    rows = slice(start_step, scene.num_steps)
+    state[index, rows, 0:2] = xy
+    state[index, rows, 2] = wrap_angle(heading)
+    state[index, rows, 3] = v * np.cos(heading)
+    state[index, rows, 4] = v * np.sin(heading)
+    new_valid[index, rows] = True
+    md = scene.metadata
+    info = {"index": int(index), "start_step": int(start_step), "speeds": [round(float(x), 3) for x in v]}
+    meta = dataclasses.replace(md, scene_id=f"{md.scene_id}-{tag}", extra={**md.extra, "agent_profile": info})
+    return dataclasses.replace(
+        scene,
+        metadata=meta,
+        agents=Agents(list(agents.ids), agents.types.copy(), agents.size.copy(), state, new_valid),
+    )

@@ -127,26 +127,28 @@ LEAD_STOP_WITHIN = 20
 """A lead starts braking within this many steps (2 s) after t0."""
 
 
-def lead_stop_scenes(scene: Any, count: int, seed: int) -> list[Any]:
+def lead_stop_scenes(scene: Any, count: int, seed: int, creep: bool = False) -> list[Any]:
     """Up to ``count`` copies of ``scene`` in which the lead at t0 brakes to a stop and stays.
 
     Each draws a start step in t0 .. t0 + :data:`LEAD_STOP_WITHIN`, a deceleration in
     :data:`LEAD_STOP_DECEL` and, for every other draw, a close-up start (:func:`close_up_scenes`,
     the same lead) where one is possible: the stop then happens a few metres ahead of a crawling
     ego. The lead's braking uses :func:`~alpasim_policy.scenes.augment.agent_stopping`. A scene
-    with no lead at t0, or whose lead is already stopped or parked, gives none.
+    with no lead at t0, or whose lead is already stopped or parked, gives none. ``creep``: once
+    stopped, the lead goes on stop-and-go (:func:`creep_speeds`), the way the suite's crawling
+    US-101 leads do; seeded apart from the plain stops.
     """
     import zlib
 
     import numpy as np
 
-    from alpasim_policy.scenes.augment import agent_stopping
+    from alpasim_policy.scenes.augment import agent_speed_profile, agent_stopping
     from alpasim_policy.training.labeler import lead_vehicle
 
     if count <= 0:
         return []
     t0 = scene.metadata.t0_index
-    rng = np.random.default_rng([seed, zlib.crc32(scene.scene_id.encode()), 3])
+    rng = np.random.default_rng([seed, zlib.crc32(scene.scene_id.encode()), 4 if creep else 3])
     close = close_up_scenes(scene, 1, seed)
     out, seen = [], set()
     for j in range(count):
@@ -160,13 +162,43 @@ def lead_stop_scenes(scene: Any, count: int, seed: int) -> list[Any]:
         if not base.agents.valid[i, start] or np.hypot(*base.agents.state[i, start, 3:5]) < 0.5:
             continue
         try:
-            stopped = agent_stopping(base, i, start, decel)
+            if creep:
+                v0 = float(np.hypot(*base.agents.state[i, start, 3:5]))
+                speeds = creep_speeds(v0, decel, base.num_steps - start, rng)
+                stopped = agent_speed_profile(base, i, start, speeds, f"creep{i}a{decel:.1f}@{start}")
+            else:
+                stopped = agent_stopping(base, i, start, decel)
         except ValueError:  # a parked lead: no path to brake along
             continue
         if stopped.scene_id not in seen:
             seen.add(stopped.scene_id)
             out.append(stopped)
     return out
+
+
+CREEP_WAIT_S = (0.5, 1.5)
+"""How long a creeping lead stands between rolls (s)."""
+CREEP_ROLL_S = (0.5, 1.2)
+"""How long a creeping lead rolls at 1 m/s^2 before braking at 1.5 m/s^2 again (s)."""
+
+
+def creep_speeds(v0: float, decel: float, steps: int, rng: Any) -> Any:
+    """A stop-and-go speed profile (m/s per 0.1 s step): brake from ``v0`` at ``decel`` to a stop,
+    then repeatedly stand for a draw in :data:`CREEP_WAIT_S` and roll for a draw in
+    :data:`CREEP_ROLL_S` at 1 m/s^2 (0.5-1.2 m/s) before braking at 1.5 m/s^2 to a stop again."""
+    import numpy as np
+
+    dt = 0.1
+    v = [v0]
+    while v[-1] > 0.0 and len(v) < steps:
+        v.append(max(v[-1] - decel * dt, 0.0))
+    while len(v) < steps:
+        v += [0.0] * int(round(rng.uniform(*CREEP_WAIT_S) / dt))
+        for _ in range(int(round(rng.uniform(*CREEP_ROLL_S) / dt))):
+            v.append(v[-1] + 1.0 * dt)
+        while v[-1] > 0.0:
+            v.append(max(v[-1] - 1.5 * dt, 0.0))
+    return np.asarray(v[:steps])
 
 
 def build_data(
@@ -187,6 +219,7 @@ def build_data(
     time_scales: tuple[float, ...] = (),
     close_up: int = 0,
     lead_stops: int = 0,
+    lead_creeps: int = 0,
 ) -> dict[str, Any]:
     """The ``data`` stage; returns the manifest (also written to ``out/data/manifest.json``).
 
@@ -208,6 +241,7 @@ def build_data(
     (use ``expert="idm"``: the log's future does not fit a car that is not where the driver was).
     ``lead_stops``: that many more drives per scene in which the lead brakes to a stop in front
     of the ego, every other one from a close-up start (:func:`lead_stop_scenes`; ``expert="idm"``).
+    ``lead_creeps``: the same, with the stopped lead going on stop-and-go.
     """
     import numpy as np
     from tqdm import tqdm
@@ -241,6 +275,7 @@ def build_data(
     close = [m for sc in scenes for m in close_up_scenes(sc, close_up, seed)]
     jobs += [(m, None) for m in close]
     stops = [m for sc in scenes for m in lead_stop_scenes(sc, lead_stops, seed)]
+    stops += [m for sc in scenes for m in lead_stop_scenes(sc, lead_creeps, seed, creep=True)]
     jobs += [(m, None) for m in stops]
     drive_policy = None
     if driver is not None:
@@ -293,6 +328,7 @@ def build_data(
         "close_up_per_scene": close_up,
         "close_up_scenes": [m.scene_id for m in close],
         "lead_stops_per_scene": lead_stops,
+        "lead_creeps_per_scene": lead_creeps,
         "lead_stop_scenes": [m.scene_id for m in stops],
         "excluded_suite": exclude_suite,
         "candidate_scenes": len(candidates),
