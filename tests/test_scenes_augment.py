@@ -133,3 +133,24 @@ def test_agent_stopping_brakes_along_its_own_path_and_stays(peach):
         agent_stopping(peach, i, peach.num_steps, 2.0)
     with pytest.raises(ValueError, match="deceleration"):
         agent_stopping(peach, i, k, 0.0)
+
+
+def test_agent_speed_profile_drives_the_path_at_the_given_speeds(peach):
+    from alpasim_policy.scenes.augment import agent_speed_profile
+
+    speeds = np.hypot(peach.agents.state[..., 3], peach.agents.state[..., 4])
+    i, k = (int(x[0]) for x in np.nonzero((speeds > 5.0) & peach.agents.valid))
+    profile = np.r_[0.0, np.full(9, 2.0), np.zeros(10), np.full(5, 1.0)]  # 2 m/s, stand, 1 m/s, stand
+    out = agent_speed_profile(peach, i, k, profile, "test")
+    out.validate()
+    assert out.scene_id == peach.scene_id + "-test"
+    v = np.hypot(out.agents.state[i, k:, 3], out.agents.state[i, k:, 4])
+    assert v[0] == pytest.approx(speeds[i, k])  # the log's speed where it starts
+    np.testing.assert_allclose(v[1:25], profile[1:25], atol=1e-9)
+    assert (v[25:] == 0).all() and out.agents.valid[i, k:].all()  # then it stays
+    step = np.linalg.norm(np.diff(out.agents.state[i, k:, :2], axis=0), axis=1)
+    np.testing.assert_allclose(step[1:9], 0.2, atol=1e-3)  # 2 m/s = 0.2 m per 0.1 s step
+    np.testing.assert_allclose(step[10:19], 0.0, atol=1e-9)  # standing
+    np.testing.assert_array_equal(out.agents.state[:, :k], peach.agents.state[:, :k])
+    with pytest.raises(ValueError, match="speeds"):
+        agent_speed_profile(peach, i, k, np.r_[0.0, -1.0], "bad")

@@ -338,3 +338,24 @@ def test_lead_stop_drive_labels_a_stop_behind_the_stopped_lead():
     assert last.speed < 0.3 and "lead vehicle" in last.coc and "is stopped" in last.coc
     assert np.linalg.norm(last.target[-1, :2]) < 0.5  # the label stays put behind it
     assert lead_stop_scenes(slow, 0, seed=8) == []
+
+
+def test_creeping_lead_stops_and_goes_and_the_planner_follows_it():
+    """Stop-and-go: the lead brakes to a stop, then rolls and stops again; the labels say
+    "stopped" while it stands, and the planner creeps after it."""
+    from alpasim_policy.scenes.augment import time_scaled
+    from alpasim_policy.training.build import creep_speeds, lead_stop_scenes, raw_scenes
+
+    v = creep_speeds(2.0, 2.5, 200, np.random.default_rng(0))
+    assert len(v) == 200 and v[0] == 2.0 and (v >= 0).all()
+    stands = np.flatnonzero(np.diff((v == 0).astype(int)) == 1)
+    assert len(stands) >= 3 and v.max() <= 2.0 + 1e-9  # stop, roll, stop, ... never above v0
+    rolls = [v[a:b].max() for a, b in zip(stands[:-1], stands[1:], strict=True)]
+    assert all(0.4 <= r <= 1.3 for r in rolls[1:])  # 0.5-1.2 s at 1 m/s^2
+    sc = next(s for s in raw_scenes(scenarios_root() / "raw") if s.scene_id == "cr-USA_US101-5_1_T-1-ego464")
+    (creep, *_) = lead_stop_scenes(time_scaled(sc, 0.2), 2, seed=9, creep=True)
+    assert "-creep" in creep.scene_id
+    samples = list(drive_samples(creep, camera_size=(32, 18), frames=1, expert="idm", min_future_steps=20))
+    assert any("is stopped" in s.coc for s in samples) and any("Stop" in s.coc for s in samples)
+    speeds = np.array([s.speed for s in samples])
+    assert speeds.min() < 0.5 and speeds[-10:].max() < 1.5  # it creeps behind the lead
