@@ -175,44 +175,18 @@ def agent_stopping(scene: Scene, index: int, start_step: int, decel_mps2: float)
     Why: logs rarely show the car ahead braking to a standstill right in front of a crawling ego,
     the state in which a learner that cannot tell a stopped lead from a moving one rear-ends it.
     """
-    agents = scene.agents
-    if not 0 <= index < len(agents):
-        raise ValueError(f"{scene.scene_id}: no road user {index} (it has {len(agents)})")
     if not (np.isfinite(decel_mps2) and decel_mps2 > 0.0):
         raise ValueError(f"deceleration must be a positive number of m/s^2, got {decel_mps2}")
-    valid = agents.valid[index]
-    if not 0 <= start_step < scene.num_steps or not valid[start_step]:
-        raise ValueError(f"{scene.scene_id}: road user {index} is not logged at step {start_step}")
-    idx = np.flatnonzero(valid)
-    path = _LoggedPath(agents.state[index, idx, :3], f"{scene.scene_id}: road user {index}")
-    s0 = float(path.s[int(np.searchsorted(idx, start_step))])
-    v0 = float(np.hypot(*agents.state[index, start_step, 3:5]))
+    path, s0 = _agent_path(scene, index, start_step)
+    v0 = float(np.hypot(*scene.agents.state[index, start_step, 3:5]))
     t = (np.arange(start_step, scene.num_steps) - start_step) * DT
     t_stop = v0 / decel_mps2
     moving = t < t_stop
     dist = np.where(moving, v0 * t - 0.5 * decel_mps2 * t**2, 0.5 * v0 * t_stop)
     speed = np.where(moving, v0 - decel_mps2 * t, 0.0)
-    xy, heading = path.at(s0 + dist)
-    state = agents.state.copy()
-    new_valid = agents.valid.copy()
-    rows = slice(start_step, scene.num_steps)
-    state[index, rows, 0:2] = xy
-    state[index, rows, 2] = wrap_angle(heading)
-    state[index, rows, 3] = speed * np.cos(heading)
-    state[index, rows, 4] = speed * np.sin(heading)
-    new_valid[index, rows] = True
-    md = scene.metadata
-    tag = f"-stop{index}a{decel_mps2:.1f}@{start_step}"
-    meta = dataclasses.replace(
-        md,
-        scene_id=f"{md.scene_id}{tag}",
-        extra={**md.extra, "agent_stop": {"index": int(index), "start_step": int(start_step), "decel_mps2": float(decel_mps2)}},
-    )
-    return dataclasses.replace(
-        scene,
-        metadata=meta,
-        agents=Agents(list(agents.ids), agents.types.copy(), agents.size.copy(), state, new_valid),
-    )
+    info = {"index": int(index), "start_step": int(start_step), "decel_mps2": float(decel_mps2)}
+    tag = f"stop{index}a{decel_mps2:.1f}@{start_step}"
+    return _agent_moved(scene, index, start_step, path, s0 + dist, speed, tag, "agent_stop", info)
 
 
 def agent_speed_profile(scene: Scene, index: int, start_step: int, speeds: np.ndarray, tag: str) -> Scene:
@@ -224,37 +198,57 @@ def agent_speed_profile(scene: Scene, index: int, start_step: int, speeds: np.nd
     :func:`agent_stopping`. The id gets ``-{tag}`` appended and ``metadata.extra["agent_profile"]``
     records the agent, start and speeds. Training data uses it for stop-and-go leads.
     """
+    n = scene.num_steps - start_step
+    given = np.asarray(speeds, dtype=np.float64)[:n]
+    if not (np.isfinite(given).all() and (given >= 0).all()):
+        raise ValueError("speeds must be finite and >= 0 m/s")
+    path, s0 = _agent_path(scene, index, start_step)
+    v = np.zeros(n)
+    v[: len(given)] = given
+    v[0] = float(np.hypot(*scene.agents.state[index, start_step, 3:5]))
+    dist = np.concatenate([[0.0], np.cumsum(0.5 * (v[1:] + v[:-1]) * DT)])
+    info = {"index": int(index), "start_step": int(start_step), "speeds": [round(float(x), 3) for x in v]}
+    return _agent_moved(scene, index, start_step, path, s0 + dist, v, tag, "agent_profile", info)
+
+
+def _agent_path(scene: Scene, index: int, start_step: int) -> tuple[_LoggedPath, float]:
+    """Road user ``index``'s logged path and its arc length at ``start_step`` (checked)."""
     agents = scene.agents
     if not 0 <= index < len(agents):
         raise ValueError(f"{scene.scene_id}: no road user {index} (it has {len(agents)})")
     valid = agents.valid[index]
     if not 0 <= start_step < scene.num_steps or not valid[start_step]:
         raise ValueError(f"{scene.scene_id}: road user {index} is not logged at step {start_step}")
-    n = scene.num_steps - start_step
-    v = np.zeros(n)
-    given = np.asarray(speeds, dtype=np.float64)[:n]
-    if not (np.isfinite(given).all() and (given >= 0).all()):
-        raise ValueError("speeds must be finite and >= 0 m/s")
-    v[: len(given)] = given
-    v[0] = float(np.hypot(*agents.state[index, start_step, 3:5]))
-    dist = np.concatenate([[0.0], np.cumsum(0.5 * (v[1:] + v[:-1]) * DT)])
     idx = np.flatnonzero(valid)
     path = _LoggedPath(agents.state[index, idx, :3], f"{scene.scene_id}: road user {index}")
-    s0 = float(path.s[int(np.searchsorted(idx, start_step))])
-    xy, heading = path.at(s0 + dist)
+    return path, float(path.s[int(np.searchsorted(idx, start_step))])
+
+
+def _agent_moved(
+    scene: Scene,
+    index: int,
+    start_step: int,
+    path: _LoggedPath,
+    s: np.ndarray,
+    speed: np.ndarray,
+    tag: str,
+    key: str,
+    info: dict,
+) -> Scene:
+    """``scene`` with road user ``index`` at arc lengths ``s`` of ``path`` and ``speed`` along it
+    from ``start_step`` to the end (valid throughout); id ``-{tag}``, ``metadata.extra[key] = info``."""
+    agents = scene.agents
+    xy, heading = path.at(s)
     state = agents.state.copy()
-    new_valid = agents.valid.copy()
+    valid = agents.valid.copy()
     rows = slice(start_step, scene.num_steps)
     state[index, rows, 0:2] = xy
     state[index, rows, 2] = wrap_angle(heading)
-    state[index, rows, 3] = v * np.cos(heading)
-    state[index, rows, 4] = v * np.sin(heading)
-    new_valid[index, rows] = True
+    state[index, rows, 3] = speed * np.cos(heading)
+    state[index, rows, 4] = speed * np.sin(heading)
+    valid[index, rows] = True
     md = scene.metadata
-    info = {"index": int(index), "start_step": int(start_step), "speeds": [round(float(x), 3) for x in v]}
-    meta = dataclasses.replace(md, scene_id=f"{md.scene_id}-{tag}", extra={**md.extra, "agent_profile": info})
+    meta = dataclasses.replace(md, scene_id=f"{md.scene_id}-{tag}", extra={**md.extra, key: info})
     return dataclasses.replace(
-        scene,
-        metadata=meta,
-        agents=Agents(list(agents.ids), agents.types.copy(), agents.size.copy(), state, new_valid),
+        scene, metadata=meta, agents=Agents(list(agents.ids), agents.types.copy(), agents.size.copy(), state, valid)
     )

@@ -188,7 +188,8 @@ def creep_speeds(v0: float, decel: float, steps: int, rng: Any) -> Any:
     :data:`CREEP_ROLL_S` at 1 m/s^2 (0.5-1.2 m/s) before braking at 1.5 m/s^2 to a stop again."""
     import numpy as np
 
-    dt = 0.1
+    from alpasim_policy.scenes.format import DT as dt
+
     v = [v0]
     while v[-1] > 0.0 and len(v) < steps:
         v.append(max(v[-1] - decel * dt, 0.0))
