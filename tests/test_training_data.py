@@ -280,6 +280,8 @@ def test_train_data_stage_time_scale_adds_slow_motion_drives(tmp_path):
         assert b["speed"][0] == pytest.approx(0.3 * a["speed"][0], rel=0.05)  # ... and in slow motion
     assert main([*args, "--time-scale", "0"]) == 2  # a clear error naming the flag
     assert main([*args, "--close-up", "1"]) == 2  # close-up drives need the idm expert's labels
+    assert main([*args, "--expert-gap", "4"]) == 2  # the gap is the idm expert's, not the log's
+    assert main([*args, "--expert", "idm", "--expert-gap", "0"]) == 2
 
 
 def test_close_up_starts_behind_the_lead_and_the_expert_backs_off():
@@ -359,3 +361,22 @@ def test_creeping_lead_stops_and_goes_and_the_planner_follows_it():
     assert any("is stopped" in s.coc for s in samples) and any("Stop" in s.coc for s in samples)
     speeds = np.array([s.speed for s in samples])
     assert speeds.min() < 0.5 and speeds[-10:].max() < 1.5  # it creeps behind the lead
+
+
+def test_expert_gap_stops_the_car_further_behind_the_stopped_lead():
+    """``expert_gap``: the same stopping-lead drive labelled by an idm expert with a 4 m standstill
+    gap instead of 2 m comes to rest about 2 m earlier, and is not allowed with log targets."""
+    from alpasim_policy.scenes.augment import time_scaled
+    from alpasim_policy.training.build import lead_stop_scenes, raw_scenes
+
+    sc = next(s for s in raw_scenes(scenarios_root() / "raw") if s.scene_id == "cr-USA_US101-5_1_T-1-ego464")
+    stop = lead_stop_scenes(time_scaled(sc, 0.2), 2, seed=8)[0]
+
+    def drive(gap: float) -> list:
+        return list(drive_samples(stop, camera_size=(32, 18), frames=1, expert="idm", min_future_steps=20, expert_gap=gap))
+
+    near, far = drive(2.0), drive(4.0)
+    assert [s.step for s in near] == [s.step for s in far]
+    assert near[-1].speed < 0.3 and far[-1].speed < 0.3  # both at rest behind the lead
+    travelled = lambda samples: 0.1 * sum(s.speed for s in samples)  # noqa: E731  (m, 0.1 s steps)
+    assert 1.2 < travelled(near) - travelled(far) < 3.0

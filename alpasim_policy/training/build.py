@@ -221,6 +221,7 @@ def build_data(
     close_up: int = 0,
     lead_stops: int = 0,
     lead_creeps: int = 0,
+    expert_gap: float = 2.0,
 ) -> dict[str, Any]:
     """The ``data`` stage; returns the manifest (also written to ``out/data/manifest.json``).
 
@@ -243,6 +244,8 @@ def build_data(
     ``lead_stops``: that many more drives per scene in which the lead brakes to a stop in front
     of the ego, every other one from a close-up start (:func:`lead_stop_scenes`; ``expert="idm"``).
     ``lead_creeps``: the same, with the stopped lead going on stop-and-go.
+    ``expert_gap``: the ``idm`` expert's standstill gap (m; see
+    :func:`~alpasim_policy.training.data.drive_samples`).
     """
     import numpy as np
     from tqdm import tqdm
@@ -283,7 +286,9 @@ def build_data(
         from alpasim_policy.policies.registry import make_policy
 
         drive_policy = make_policy("alpamayo", preset=preset, weights=str(driver), threads=1, select="first")
-    suffix = ("" if expert == "log" else f"-{expert}") + ("" if driver is None else "-dagger")
+    # a non-default gap is in the name, so a resumed folder never mixes two experts' shards
+    gap = f"-gap{expert_gap:g}" if expert == "idm" and expert_gap != 2.0 else ""
+    suffix = ("" if expert == "log" else f"-{expert}{gap}") + ("" if driver is None else "-dagger")
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     shards = []
@@ -304,6 +309,7 @@ def build_data(
                     driver=drive_policy,
                     driver_share=driver_share,
                     seed=seed,
+                    expert_gap=expert_gap,
                 )
             )
             if not samples:
@@ -336,6 +342,7 @@ def build_data(
         "held_out_dropped": dropped,
         "min_future_steps": min_future_steps,
         "expert": expert,
+        "expert_gap_m": expert_gap if expert == "idm" else None,
         "driver": None if driver is None else str(driver),
         "driver_share": driver_share if driver is not None else None,
         "recordings": {

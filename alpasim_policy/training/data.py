@@ -212,6 +212,7 @@ def drive_samples(
     driver: Any = None,
     driver_share: float = 1.0,
     seed: int = 0,
+    expert_gap: float = 2.0,
 ) -> Iterator[TrainingSample]:
     """Drive ``scene`` in the env along the expert target (drifting where perturbed); yield samples.
 
@@ -223,6 +224,11 @@ def drive_samples(
     and the expert's on the rest, while every sample keeps the expert's target: DAgger (Ross et
     al., 2011), whose point is to label the states the learner itself reaches, which a drive along
     the expert never visits. The CoC cause is then measured from the simulated car.
+
+    ``expert_gap``: the ``idm`` expert's standstill gap to its lead (m; 2.0 is the ``idm``
+    baseline's). A student that cannot see what the privileged expert sees (the lead's speed, from
+    four frames 0.3 s apart) is better taught by a more cautious expert: a larger gap leaves it the
+    time to notice, from the gap shrinking, that the lead stopped.
     """
     import gymnasium as gym
 
@@ -243,7 +249,7 @@ def drive_samples(
     if expert == "idm":
         from alpasim_policy.policies.baselines import IDMPolicy
 
-        teacher = IDMPolicy(steps=TARGET_STEPS)
+        teacher = IDMPolicy(steps=TARGET_STEPS, min_gap=expert_gap)
         teacher.reset(seed=seed, scene=scene)
     if driver is not None:
         driver.reset(seed=seed, scene=scene, camera_rig=env.camera_rig)
