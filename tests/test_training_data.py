@@ -365,7 +365,7 @@ def test_creeping_lead_stops_and_goes_and_the_planner_follows_it():
 
 def test_expert_gap_stops_the_car_further_behind_the_stopped_lead():
     """``expert_gap``: the same stopping-lead drive labelled by an idm expert with a 4 m standstill
-    gap instead of 2 m comes to rest about 2 m earlier, and is not allowed with log targets."""
+    gap instead of 2 m comes to rest about 2 m further back (the CLI refusals are tested above)."""
     from alpasim_policy.scenes.augment import time_scaled
     from alpasim_policy.training.build import lead_stop_scenes, raw_scenes
 
