@@ -60,8 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="data stage: targets from the human log (recovery-blended) or the privileged idm planner",
     )  # fmt: skip
     p.add_argument(
-        "--expert-gap", type=float, default=2.0, metavar="M",
-        help="data stage: the idm expert's standstill gap to its lead (m; 2.0 = the idm baseline's)",
+        "--expert-gap", type=float, default=None, metavar="M",
+        help="data stage: the idm expert's standstill gap to its lead (m; default: the idm baseline's, 2)",
     )  # fmt: skip
     p.add_argument(
         "--driver", type=Path, default=None,
@@ -294,9 +294,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--lead-creeps must be >= 0, got {args.lead_creeps}")
     if (args.lead_stops or args.lead_creeps) and args.expert != "idm":
         raise ConfigError("--lead-stops / --lead-creeps need --expert idm: the log's future ignores a lead that now stops")
-    if not 0.5 <= args.expert_gap <= 20.0:
+    if args.expert_gap is not None and not 0.5 <= args.expert_gap <= 20.0:
         raise ConfigError(f"--expert-gap must be in [0.5, 20] m, got {args.expert_gap}")
-    if args.expert_gap != 2.0 and args.expert != "idm":
+    if args.expert_gap is not None and args.expert != "idm":
         raise ConfigError("--expert-gap needs --expert idm: the log's driver keeps the gap they kept")
     if args.partial_egos is not None and args.partial_egos < 4.0:
         raise ConfigError(f"--partial-egos must be >= 4 s (warm-up + 2 s of future), got {args.partial_egos}")

@@ -221,7 +221,7 @@ def build_data(
     close_up: int = 0,
     lead_stops: int = 0,
     lead_creeps: int = 0,
-    expert_gap: float = 2.0,
+    expert_gap: float | None = None,
 ) -> dict[str, Any]:
     """The ``data`` stage; returns the manifest (also written to ``out/data/manifest.json``).
 
@@ -244,7 +244,7 @@ def build_data(
     ``lead_stops``: that many more drives per scene in which the lead brakes to a stop in front
     of the ego, every other one from a close-up start (:func:`lead_stop_scenes`; ``expert="idm"``).
     ``lead_creeps``: the same, with the stopped lead going on stop-and-go.
-    ``expert_gap``: the ``idm`` expert's standstill gap (m; see
+    ``expert_gap``: the ``idm`` expert's standstill gap (m; ``None``: the baseline's; see
     :func:`~alpasim_policy.training.data.drive_samples`).
     """
     import numpy as np
@@ -287,7 +287,7 @@ def build_data(
 
         drive_policy = make_policy("alpamayo", preset=preset, weights=str(driver), threads=1, select="first")
     # a non-default gap is in the name, so a resumed folder never mixes two experts' shards
-    gap = f"-gap{expert_gap:g}" if expert == "idm" and expert_gap != 2.0 else ""
+    gap = f"-gap{expert_gap:g}" if expert == "idm" and expert_gap is not None else ""
     suffix = ("" if expert == "log" else f"-{expert}{gap}") + ("" if driver is None else "-dagger")
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -342,7 +342,7 @@ def build_data(
         "held_out_dropped": dropped,
         "min_future_steps": min_future_steps,
         "expert": expert,
-        "expert_gap_m": expert_gap if expert == "idm" else None,
+        "expert_gap_m": expert_gap if expert == "idm" else None,  # None: the idm baseline's
         "driver": None if driver is None else str(driver),
         "driver_share": driver_share if driver is not None else None,
         "recordings": {

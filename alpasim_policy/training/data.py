@@ -212,7 +212,7 @@ def drive_samples(
     driver: Any = None,
     driver_share: float = 1.0,
     seed: int = 0,
-    expert_gap: float = 2.0,
+    expert_gap: float | None = None,
 ) -> Iterator[TrainingSample]:
     """Drive ``scene`` in the env along the expert target (drifting where perturbed); yield samples.
 
@@ -225,8 +225,8 @@ def drive_samples(
     al., 2011), whose point is to label the states the learner itself reaches, which a drive along
     the expert never visits. The CoC cause is then measured from the simulated car.
 
-    ``expert_gap``: the ``idm`` expert's standstill gap to its lead (m; 2.0 is the ``idm``
-    baseline's). The idea: a student that cannot see what the privileged expert sees (the lead's
+    ``expert_gap``: the ``idm`` expert's standstill gap to its lead (m; ``None``: the ``idm``
+    baseline's own). The idea: a student that cannot see what the privileged expert sees (the lead's
     speed, from four frames 0.3 s apart) might be better taught by a more cautious expert, whose
     larger gap leaves time to notice the lead stopping. Measured with 4 m (training README, run
     11), the tiny model drove worse, so the default stays the baseline's.
@@ -250,7 +250,8 @@ def drive_samples(
     if expert == "idm":
         from alpasim_policy.policies.baselines import IDMPolicy
 
-        teacher = IDMPolicy(steps=TARGET_STEPS, min_gap=expert_gap)
+        gap = {} if expert_gap is None else {"min_gap": expert_gap}
+        teacher = IDMPolicy(steps=TARGET_STEPS, **gap)
         teacher.reset(seed=seed, scene=scene)
     if driver is not None:
         driver.reset(seed=seed, scene=scene, camera_rig=env.camera_rig)
