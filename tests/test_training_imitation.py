@@ -265,6 +265,42 @@ def test_resume_equals_an_uninterrupted_run(data_dir, tmp_path, batched):
     assert losses(tmp_path / "full") == losses(part)
 
 
+def test_ema_checkpoint_holds_the_average_and_resumes_exactly(data_dir, tmp_path):
+    """--ema saves the running average as the checkpoint's weights without changing the training
+    itself (its raw weights equal a run without --ema), and resume continues both exactly."""
+    from safetensors.torch import load_file
+
+    from alpasim_policy.errors import ConfigError
+    from alpasim_policy.training.imitation import ImitationConfig, train_imitation
+    from alpasim_policy.training.run_files import RAW_WEIGHTS
+
+    base = dict(steps=4, batch=2, lr=1e-3, warmup=1, save_every=2, flow_samples=1, batched=True)
+    plain, full, part = tmp_path / "plain", tmp_path / "full", tmp_path / "part"
+    train_imitation(data_dir, plain, ImitationConfig(**base), progress=False)
+    cfg = ImitationConfig(**base, ema=0.5)
+    train_imitation(data_dir, full, cfg, progress=False)
+    train_imitation(data_dir, part, cfg, progress=False, stop_after=2)
+    train_imitation(data_dir, part, cfg, progress=False, resume=True)
+
+    def weights(d):
+        return load_file(str(next((d / "checkpoint").glob("model-*.safetensors"))))
+
+    trained, averaged = weights(plain), weights(full)
+    raw = load_file(str(full / "checkpoint" / RAW_WEIGHTS))
+    moved = 0
+    for k, w in trained.items():
+        torch.testing.assert_close(raw[k], w, atol=0, rtol=0, msg=k)  # the same training
+        moved += not torch.equal(averaged[k], w)
+    assert moved > len(trained) // 2  # the checkpoint holds other (averaged) weights
+    resumed = weights(part)
+    for k, w in averaged.items():
+        torch.testing.assert_close(resumed[k], w, atol=0, rtol=0, msg=k)
+    with pytest.raises(ConfigError, match="--ema"):
+        train_imitation(data_dir, part, ImitationConfig(**base), progress=False, resume=True)
+    with pytest.raises(ConfigError, match="--ema 1.0"):
+        train_imitation(data_dir, tmp_path / "bad", ImitationConfig(**base, ema=1.0), progress=False)
+
+
 def test_cli_trains_and_the_checkpoint_drives_as_the_alpamayo_policy(data_dir, tmp_path):
     import gymnasium as gym
 

@@ -140,6 +140,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--speed-balance", type=float, default=0.0,
         help="share of each batch drawn evenly over 5 m/s speed bins (rare highway speeds seen more often)",
     )  # fmt: skip
+    g.add_argument(
+        "--ema", type=float, default=0.0, metavar="DECAY",
+        help="save an exponential moving average of the weights with this decay per step (e.g. "
+        "0.999) as the checkpoint's weights; 0 = the last step's weights",
+    )  # fmt: skip
     r = p.add_argument_group("rl stage (with --steps --lr --save-every --resume --seed --perturbations)")
     r.add_argument("--init", type=Path, default=None, help="checkpoint to post-train (and the KL reference)")
     r.add_argument("--samples", type=int, default=8, help="K trajectory samples per tick (the group)")
@@ -218,6 +223,7 @@ def _cmd_imitation(args: argparse.Namespace) -> int:
         action_stats=args.action_stats,
         speed_balance=args.speed_balance,
         batched=args.batched,
+        ema=args.ema,
         model_options=_model_options(args.model_option),
     )
     s = train_imitation(

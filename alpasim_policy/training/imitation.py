@@ -44,7 +44,13 @@ import torch.nn.functional as F
 
 from alpasim_policy.errors import ConfigError
 from alpasim_policy.io import atomic_write_json
-from alpasim_policy.training.run_files import read_csv_log, save_checkpoint, save_figure, write_csv_log
+from alpasim_policy.training.run_files import (
+    RAW_WEIGHTS,
+    read_csv_log,
+    save_checkpoint,
+    save_figure,
+    write_csv_log,
+)
 
 CSV_FIELDS = ("step", "loss", "lm_loss", "flow_loss", "lr", "seconds")
 
@@ -74,6 +80,11 @@ class ImitationConfig:
     # one padded forward per step instead of one forward per sample (batch_losses): the same
     # losses up to float rounding, in far fewer operator calls
     batched: bool = False
+    # decay of an exponential moving average of the weights, updated after every step and saved
+    # as the checkpoint's weights (the raw ones kept for --resume); 0 = off. The action expert is
+    # a flow-matching (diffusion) model, and those are sampled from averaged weights as a rule:
+    # the average moves less with the last few batches, and one training seed's luck less
+    ema: float = 0.0
     # preset fields changed for this run (e.g. {"patch_size": 8}); saved in the checkpoint's config
     model_options: dict[str, Any] = field(default_factory=dict)
 
@@ -497,10 +508,14 @@ def optimizer_step(
 
 
 def _save_checkpoint(
-    model: Any, opt: torch.optim.Optimizer, cfg: ImitationConfig, step: int, out: Path
+    model: Any, opt: torch.optim.Optimizer, cfg: ImitationConfig, step: int, out: Path, ema: Any = None
 ) -> Path:
-    """``out/checkpoint/``, swapped in whole (see :func:`~alpasim_policy.training.run_files.save_checkpoint`)."""
-    return save_checkpoint(model, opt, out, {"step": step, "config": asdict(cfg)})
+    """``out/checkpoint/``, swapped in whole (see :func:`~alpasim_policy.training.run_files.save_checkpoint`):
+    the averaged weights when ``ema`` is given (the raw ones beside them), else the raw ones."""
+    state = {"step": step, "config": asdict(cfg)}
+    if ema is None:
+        return save_checkpoint(model, opt, out, state)
+    return save_checkpoint(ema.module, opt, out, state, raw=model)
 
 
 def _write_log(rows: list[dict[str, Any]], out: Path) -> None:
@@ -551,6 +566,8 @@ def train_imitation(
         raise ConfigError("--steps, --batch, --save-every and flow samples must be >= 1")
     if cfg.action_stats not in ("data", "preset"):
         raise ConfigError(f"--action-stats {cfg.action_stats!r}: choose 'data' or 'preset'")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise ConfigError(f"--ema {cfg.ema}: a decay in [0, 1) (0 = no average), e.g. 0.999")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint"
@@ -558,22 +575,37 @@ def train_imitation(
     if resume and (ckpt / "training_state.json").is_file():
         state = json.loads((ckpt / "training_state.json").read_text())
         start = int(state["step"])
-        model = AlpamayoR1.from_pretrained(ckpt)
+        saved_ema = float(state["config"].get("ema", 0.0))
+        if saved_ema != cfg.ema:
+            raise ConfigError(f"--resume: {ckpt} was trained with --ema {saved_ema}, not {cfg.ema}")
+        model = AlpamayoR1.from_pretrained(ckpt)  # the averaged weights when cfg.ema
     else:
         if resume:
             print(f"--resume: no checkpoint in {ckpt}; starting from step 0")
         torch.manual_seed(cfg.seed)
         model = AlpamayoR1.create(AlpamayoConfig.from_preset(cfg.preset, **cfg.model_options))
     model.train()
+    # a resumed run keeps its checkpoint's action statistics
+    fit = start == 0 and cfg.action_stats == "data"
+    samples = prepare_samples(model, iter_shards(data), cfg.fit_smooth, fit_stats=fit)
+    ema = None
+    if cfg.ema:
+        from safetensors.torch import load_model
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        # a copy of the model as it stands (fresh: its first update copies the first step's
+        # weights; resumed: the saved average), taken before the patch below so the copy keeps
+        # its own forward; buffers (the action statistics) are set already and never change
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=False)
+        if start:
+            ema.n_averaged.fill_(start)
+            load_model(model, str(ckpt / RAW_WEIGHTS))
     if cfg.batched:
         patch_embed_as_matmul(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if start:
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-    # a resumed run keeps its checkpoint's action statistics
-    fit = start == 0 and cfg.action_stats == "data"
-    samples = prepare_samples(model, iter_shards(data), cfg.fit_smooth, fit_stats=fit)
     weights = speed_balanced_weights([p.prepared.v0 for p in samples], cfg.speed_balance)
     rows = _read_log(out, start)
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
@@ -588,6 +620,8 @@ def train_imitation(
         for g in opt.param_groups:
             g["lr"] = lr
         lm_sum, flow_sum = optimizer_step(model, opt, params, [samples[int(i)] for i in idx], gen, cfg)
+        if ema is not None:
+            ema.update_parameters(model)
         row = {
             "step": step + 1,
             "loss": (cfg.lm_weight * lm_sum + cfg.flow_weight * flow_sum) / cfg.batch,
@@ -600,7 +634,7 @@ def train_imitation(
         bar.set_postfix(lm=f"{row['lm_loss']:.3f}", flow=f"{row['flow_loss']:.3f}")
         done = step + 1
         if done % cfg.save_every == 0 or done == cfg.steps:
-            _save_checkpoint(model, opt, cfg, done, out)
+            _save_checkpoint(model, opt, cfg, done, out, ema)
             _write_log(rows, out)
     step = end
     _write_log(rows, out)

@@ -19,14 +19,26 @@ import torch
 
 from alpasim_policy.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
+RAW_WEIGHTS = "training_weights.safetensors"
 
-def save_checkpoint(model: Any, opt: torch.optim.Optimizer, out: Path, state: dict[str, Any]) -> Path:
+
+def save_checkpoint(
+    model: Any, opt: torch.optim.Optimizer, out: Path, state: dict[str, Any], raw: Any | None = None
+) -> Path:
     """``out/checkpoint/`` (``save_pretrained`` + ``optimizer.pt`` + ``training_state.json`` with
-    ``state``), written to a temporary folder and then renamed over the previous one."""
+    ``state``), written to a temporary folder and then renamed over the previous one.
+
+    ``raw``: the module the optimizer updates, when ``model`` is another set of weights (an
+    average of them): its weights go to ``RAW_WEIGHTS`` beside them so a resumed run continues
+    from the weights it was training, not from their average."""
     final, tmp, old = out / "checkpoint", out / "checkpoint.tmp", out / "checkpoint.old"
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
+    if raw is not None:
+        from safetensors.torch import save_model
+
+        save_model(raw, str(tmp / RAW_WEIGHTS))
     buf = io.BytesIO()
     torch.save(opt.state_dict(), buf)
     atomic_write_bytes(tmp / "optimizer.pt", buf.getvalue())
