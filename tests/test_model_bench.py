@@ -150,3 +150,23 @@ def test_bench_model_side_by_side_closed_loop_and_speculative(tmp_path, capsys):
     assert summary["k2_frames_cached"] == 12
     text = out.read_text()
     assert "per-frame vision cache" in text and "speculative CoC decode gamma=2 (recall of the last 4" in text
+
+
+def test_flop_counter_counts_grouped_query_attention_in_full():
+    """Qwen3-VL's attention has fewer K/V heads than query heads; torch's counter rejects those
+    shapes before torch 2.13 (seen with torch 2.11 on an H100). Counted here as every query head over its shared
+    keys, on the CPU path and on each CUDA kernel's registry entry (called with meta tensors)."""
+    import torch
+    import torch.nn.functional as F
+
+    from alpasim_policy.bench.flops import _flop_counter, count_flops
+
+    q, k, v = torch.randn(1, 4, 10, 32), torch.randn(1, 2, 12, 32), torch.randn(1, 2, 12, 32)
+    expected = 2 * 2 * 4 * 10 * 12 * 32
+    flops, _ = count_flops(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+    assert flops == expected
+    registry = _flop_counter().flop_registry
+    for name in ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention"):
+        count = registry[getattr(torch.ops.aten, name).default._overloadpacket]
+        meta = [t.to("meta") for t in (q, k, v)]
+        assert count(*meta, out_val=(meta[0],)) == expected, name

@@ -2,7 +2,8 @@
 
 Why count and bound: a stage's latency alone does not say whether it is limited by arithmetic or by
 per-step overhead. FLOPs are counted with ``torch.utils.flop_counter`` (matmuls and attention; on
-the CPU the flash-attention kernel is registered here because the counter does not know it; causal
+the CPU the flash-attention kernel is registered here because the counter does not know it, and on
+every attention kernel grouped-query K/V heads are expanded because the counter rejects them; causal
 attention is counted in full, as the counter does). The diffusion stage's *arithmetic bound* is the
 time its matmuls and attention would take at the best rate this machine reaches *on the very same
 shapes*: each linear layer's GEMM and the attention problem are timed alone in a tight loop (best of
@@ -23,13 +24,24 @@ import torch.nn.functional as F
 def _flop_counter():  # noqa: ANN202
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-    def sdpa_cpu(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001, ANN003, ARG001
+    def sdpa_any(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001, ANN003, ARG001
+        # grouped-query attention (``enable_gqa``, fewer K/V heads than query heads) is counted as
+        # the full attention it computes: every query head against the keys it shares
+        heads = query_shape[1]
+        key_shape = (key_shape[0], heads, *key_shape[2:])
+        value_shape = (value_shape[0], heads, *value_shape[2:])
         return sdpa_flop_count(query_shape, key_shape, value_shape)
 
     mapping = {}
-    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if op is not None:
-        mapping[op] = sdpa_cpu
+    for name in (
+        "_scaled_dot_product_flash_attention_for_cpu",  # unknown to the counter
+        "_scaled_dot_product_flash_attention",  # known, but the counter rejects GQA shapes
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+    ):
+        op = getattr(torch.ops.aten, name, None)
+        if op is not None:
+            mapping[op] = sdpa_any
     return FlopCounterMode(display=False, custom_mapping=mapping)
 
 

@@ -301,15 +301,27 @@ class UnicycleActionSpace(nn.Module):
     def dims(self) -> tuple[int, int]:
         return (self.n_waypoints, 2)
 
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The four statistics as float64 on ``like``'s device.
+
+        Why: the buffers follow the model (``create(..., "cuda")`` puts them on the GPU) while the
+        trajectory maths runs in float64 on the CPU."""
+        return tuple(
+            t.to(device=like.device, dtype=torch.float64)
+            for t in (self.accel_mean, self.accel_std, self.curvature_mean, self.curvature_std)
+        )
+
     def denormalize(self, action: torch.Tensor) -> torch.Tensor:
         """Normalised ``(..., N, 2)`` -> physical (m/s^2, 1/m), float64."""
-        a = action[..., 0].double() * self.accel_std.double() + self.accel_mean.double()
-        k = action[..., 1].double() * self.curvature_std.double() + self.curvature_mean.double()
+        a_mean, a_std, k_mean, k_std = self._stats(action)
+        a = action[..., 0].double() * a_std + a_mean
+        k = action[..., 1].double() * k_std + k_mean
         return torch.stack([a, k], dim=-1)
 
     def normalize(self, controls: torch.Tensor) -> torch.Tensor:
-        a = (controls[..., 0] - self.accel_mean.double()) / self.accel_std.double()
-        k = (controls[..., 1] - self.curvature_mean.double()) / self.curvature_std.double()
+        a_mean, a_std, k_mean, k_std = self._stats(controls)
+        a = (controls[..., 0] - a_mean) / a_std
+        k = (controls[..., 1] - k_mean) / k_std
         return torch.stack([a, k], dim=-1)
 
     def action_to_traj(self, action: torch.Tensor, v0: torch.Tensor) -> torch.Tensor:
