@@ -126,6 +126,46 @@ def test_unfused_static_decode_and_weight_changes(model):
     assert torch.equal(torch.stack(trace["logits"]), torch.stack(ref_trace["logits"]))
 
 
+@pytest.mark.parametrize("rows,limits", [(1, {"max_cot_tokens": 24}), (K, {"cot_tokens": 10})])
+def test_graph_decode_equals_static_decode_across_ticks(model, rows, limits):
+    """``decode="graph"``'s fixed-shape step (whole buffer, device position, masked attention; on
+    CUDA replayed from one captured graph, here run eagerly) gives the sliced step's tokens and
+    logits to round-off, also on a second tick of another input that reuses the same buffers
+    (stale keys from the first tick must stay masked) after a static tick in between."""
+    m = copy.deepcopy(model)
+    bufs = []
+    for scene, t, seed in INPUTS:
+        prep, vision = _inputs(m, scene, t, seed)
+        ref_trace, trace = {}, {}
+        ref, ref_ids = m.reason(prep, vision, rows, decode="static", trace=ref_trace, **limits)
+        ref_keys = [k.clone() for k in ref.keys]
+        out, ids = m.reason(prep, vision, rows, decode="graph", trace=trace, **limits)
+        assert m._decoder.persistent and m._decoder.capacity % 64 == 0
+        assert ids == ref_ids
+        torch.testing.assert_close(torch.stack(trace["logits"]), torch.stack(ref_trace["logits"]), rtol=0, atol=1e-5)
+        assert torch.equal(out.valid_len, ref.valid_len) and torch.equal(out.rope_offset, ref.rope_offset)
+        for a, b in zip(out.keys, ref_keys, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+        bufs.append(m._decoder.k_bufs[0])
+    assert bufs[0] is bufs[1]  # same shape: reused (a static tick in between), not reallocated
+    with pytest.raises(ValueError, match="outside the static cache"):
+        m._decoder.graph_step(torch.zeros((rows, 1), dtype=torch.long), m._decoder.capacity)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graph_decode_on_cuda_is_captured_once_and_matches_static():
+    torch.manual_seed(0)
+    m = AlpamayoR1.create(AlpamayoConfig.from_preset("tiny"), "cuda")
+    for scene, t, seed in INPUTS:
+        prep, vision = _inputs(m, scene, t, seed)
+        ref_trace, trace = {}, {}
+        _, ref_ids = m.reason(prep, vision, 1, decode="static", trace=ref_trace, max_cot_tokens=24)
+        _, ids = m.reason(prep, vision, 1, decode="graph", trace=trace, max_cot_tokens=24)
+        assert ids == ref_ids
+        torch.testing.assert_close(torch.stack(trace["logits"]), torch.stack(ref_trace["logits"]), rtol=0, atol=1e-4)
+    assert m._decoder.graph_captures == 1
+
+
 def test_static_decode_sampling_equals_transformers_loop(model):
     prep, vision = _inputs(model, *INPUTS[1])
     kw = dict(max_cot_tokens=12, temperature=0.8, top_p=0.9)

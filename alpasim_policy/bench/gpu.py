@@ -10,11 +10,13 @@ budget ``--budget-s`` is spent, each recording its error instead of aborting the
    graph): vision, prefill, decode, diffusion and total, p50 and p95.
 2. **diffusion** — the same prefix and noise through the graph-captured loop and the eager static
    loop (and the lean loop), p50 each: the graph's speed-up (target >= 3x).
-3. **speculative** — plain greedy decode vs speculative decoding at each ``--gammas`` value when
+3. **decode_graph** — the CoC decode with each one-token step replayed from a CUDA graph vs the
+   static-cache steps launched from Python: decode and tick p50, and whether the CoCs agree.
+4. **speculative** — plain greedy decode vs speculative decoding at each ``--gammas`` value when
    this tree's ``drive`` has a ``speculative`` option (the speculative decoder is another part's;
    without it the section says so): decode p50, speed-up, acceptance when reported, and whether
    the CoC tokens are identical to plain greedy.
-4. **flops** — FLOPs per stage and achieved GFLOP/s (``bench.flops``; the graph replay is counted
+5. **flops** — FLOPs per stage and achieved GFLOP/s (``bench.flops``; the graph replay is counted
    on the eager loop).
 
 Results: one JSON file (``--json``, written atomically after every section) plus rows in
@@ -134,6 +136,7 @@ def run_gpu_bench(args: argparse.Namespace) -> dict[str, Any]:
         res["decode_steps"] = outs[0].stats["decode_steps"]
         res["prefix_len"] = outs[0].stats["prefix_len"]
         res["graph"] = outs[0].stats["graph"]
+        res["decode_mode"] = outs[0].stats.get("decode")
         res["p50_le_100ms"] = res["total_p50_ms"] <= 100.0
         return res
 
@@ -157,6 +160,24 @@ def run_gpu_bench(args: argparse.Namespace) -> dict[str, Any]:
         res["graph_vs_eager"] = res["eager_p50_ms"] / res["graph_p50_ms"]
         res["graph_max_abs_diff_vs_eager"] = float((outs["graph"] - outs["eager"]).abs().max())
         res["graph_captured"] = device.type == "cuda"
+        return res
+
+    def decode_graph() -> dict[str, Any]:
+        res: dict[str, Any] = {}
+        outs = {}
+        for mode in ("static", "graph"):
+            outs[mode] = _timed_drives(
+                model, images, history, repeats, warmup,
+                num_samples=k, reasoning="single", diffusion="graph", cot_tokens=cot, decode=mode,
+            )  # fmt: skip
+            res[f"{mode}_decode_p50_ms"] = _p([o.timings["decode"] for o in outs[mode]], 50) * 1e3
+            res[f"{mode}_total_p50_ms"] = _p([o.timings["total"] for o in outs[mode]], 50) * 1e3
+        res["graph_vs_static_decode"] = res["static_decode_p50_ms"] / res["graph_decode_p50_ms"]
+        res["same_cot"] = all(
+            a.reasoning == b.reasoning for a, b in zip(outs["static"], outs["graph"], strict=True)
+        )
+        decoder = getattr(model, "_decoder", None)
+        res["graph_captures"] = getattr(decoder, "graph_captures", None)
         return res
 
     def speculative() -> dict[str, Any]:
@@ -202,6 +223,7 @@ def run_gpu_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     section("tick", tick)
     section("diffusion", diffusion)
+    section("decode_graph", decode_graph)
     section("speculative", speculative)
     if not args.quick or args.device == "cpu":
         section("flops", flops)
@@ -230,6 +252,16 @@ def _rows(result: dict[str, Any]) -> list[dict]:
                 "benchmark": f"{name}: diffusion, graph vs eager",
                 "result": f"graph {d['graph_p50_ms']:.2f} ms, eager {d['eager_p50_ms']:.2f} ms, lean {d['lean_p50_ms']:.2f} ms (p50)",
                 "ratio": f"graph {d['graph_vs_eager']:.2f}x faster (target >= 3x)",
+            }
+        )
+    dg = s.get("decode_graph", {})
+    if "graph_vs_static_decode" in dg:
+        rows.append(
+            {
+                "benchmark": f"{name}: CoC decode, CUDA-graph steps vs static-cache steps",
+                "result": f"decode graph {dg['graph_decode_p50_ms']:.1f} ms, static {dg['static_decode_p50_ms']:.1f} ms "
+                f"(p50; tick {dg['graph_total_p50_ms']:.1f} vs {dg['static_total_p50_ms']:.1f} ms); same CoC {dg['same_cot']}",
+                "ratio": f"graph {dg['graph_vs_static_decode']:.2f}x faster decode",
             }
         )
     sp = s.get("speculative", {})

@@ -317,7 +317,9 @@ class AlpamayoR1(nn.Module):
         of every decoding step (for parity checks against the reference).
 
         ``decode``: ``"static"`` (default) runs the steps over a preallocated KV cache
-        (:class:`~alpasim_policy.model.static_decode.StaticKVDecoder`); ``"dynamic"`` is the
+        (:class:`~alpasim_policy.model.static_decode.StaticKVDecoder`); ``"graph"`` runs its
+        one-token steps as one CUDA graph replay each (eagerly off CUDA; the cache is then reused by
+        the next tick, so the returned prefix is valid until the next call); ``"dynamic"`` is the
         reference loop through transformers' forward and ``DynamicCache`` (same tokens, same logits).
         ``speculative`` = gamma > 0 drafts up to gamma tokens per target forward with ``drafter``
         (default: ``self.drafter``, else prompt lookup) and verifies them on the static cache
@@ -375,19 +377,20 @@ class AlpamayoR1(nn.Module):
         procs = cot_logits_processors(
             self.tokenizer, forced_length=cot_tokens is not None, temperature=temperature, top_p=top_p
         )
-        if decode not in ("static", "dynamic"):
-            raise ConfigError(f"decode mode {decode!r}: choose static or dynamic")
+        if decode not in ("static", "graph", "dynamic"):
+            raise ConfigError(f"decode mode {decode!r}: choose static, graph or dynamic")
         if speculative < 0:
             raise ConfigError(f"speculative: gamma must be >= 0, got {speculative}")
-        if speculative and (rows != 1 or decode != "static" or trace is not None):
+        if speculative and (rows != 1 or decode == "dynamic" or trace is not None):
             raise ConfigError(
                 "speculative decoding needs one reasoning row (reasoning='single'), the static "
                 f"decode and no trace (got rows={rows}, decode={decode!r})"
             )
         static = None
-        if decode == "static":
+        if decode in ("static", "graph"):
             static = self._decoder = StaticKVDecoder.for_model(self.vlm, self._decoder)
-            static.start(cache, length, int(delta_row.reshape(-1)[0]), length + limit + speculative + 1)
+            capacity = length + limit + speculative + 1
+            static.start(cache, length, int(delta_row.reshape(-1)[0]), capacity, graph=decode == "graph")
         if speculative:
             res = speculative_decode(
                 lambda feed, start: static.step(feed[None], start, all_logits=True)[0],
@@ -479,7 +482,9 @@ class AlpamayoR1(nn.Module):
             finished |= newly
             if steps >= limit:
                 break  # the last generated token is never fed
-            if isinstance(target, StaticKVDecoder):
+            if isinstance(target, StaticKVDecoder) and target.persistent:
+                out_logits = target.graph_step(tok[:, None], cur - 1)
+            elif isinstance(target, StaticKVDecoder):
                 out_logits = target.step(tok[:, None], cur - 1)
             else:
                 cache, rope_delta = target
@@ -574,7 +579,7 @@ class AlpamayoR1(nn.Module):
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
         history_z: Any = None,
-        decode: DecodeMode = "static",
+        decode: DecodeMode | None = None,
         speculative: int = 0,
         drafter: Drafter | None = None,
         vision_cache: bool | None = None,
@@ -594,7 +599,9 @@ class AlpamayoR1(nn.Module):
         * ``temperature``: 0 = greedy (default for ``single``; ``multi`` samples with the config's
           temperature / top-p so the K reasonings differ). ``cot_tokens`` forces the CoC length.
         * ``noise`` (K, 64, 2) fixes the flow's starting point (else drawn from ``generator``).
-        * ``decode``: ``static`` (preallocated KV, default) or ``dynamic`` (transformers' loop);
+        * ``decode``: ``static`` (preallocated KV), ``graph`` (the same, one-token steps replayed as a
+          CUDA graph; the default on CUDA) or ``dynamic`` (transformers' loop); ``None``: ``graph``
+          on CUDA, else ``static``;
           ``speculative`` = gamma > 0: speculative CoC decoding with ``drafter`` (or
           ``self.drafter``, else prompt lookup); single reasoning only. Greedy output is identical
           to plain decoding, sampled output has the same distribution (see :meth:`reason`).
@@ -629,6 +636,8 @@ class AlpamayoR1(nn.Module):
             temperature = 0.0 if reasoning == "single" else cfg.temperature
         top_p = cfg.top_p if top_p is None else top_p
         dev_gen = _device_generator(generator, self.device)
+        if decode is None:
+            decode = "graph" if self.device.type == "cuda" else "static"
         prefix, cot_ids = self.reason(
             prepared,
             vision,

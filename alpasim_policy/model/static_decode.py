@@ -17,6 +17,17 @@ all positions a tick can reach are computed once per tick by the model's own rot
 Numerics: a one-token step runs the same operations in the same order as transformers' forward
 (grouped-query SDPA without a mask, as transformers' SDPA path does for one query), so the logits
 are bit-identical to the reference loop (tested); multi-token steps use a boolean causal mask.
+
+``graph`` mode (:meth:`StaticKVDecoder.graph_step`): on a real-size model on an H100 a one-token step
+took ~31 ms, of which the weights' arithmetic and reads are a few ms: the rest is launching some
+500 kernels from Python. A CUDA graph replays them in one call, but needs fixed shapes and
+addresses, so the graph step is written over the *whole* buffer: the position is a device tensor,
+the keys / values are written with ``index_copy_``, the cos / sin rows are gathered with
+``index_select`` and attention reads every position under a ``<= position`` mask. The buffers are
+then kept across ticks (zeroed once, so masked positions never hold NaN) and the graph is captured
+once per (rows, capacity). Off CUDA the same fixed-shape step runs eagerly (what CI tests against
+the sliced step). The mask changes the attention kernel, so its logits agree with the sliced step
+to round-off, not bit for bit.
 """
 
 from __future__ import annotations
@@ -27,8 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: ``static``: :class:`StaticKVDecoder`; ``dynamic``: transformers' forward + ``DynamicCache`` (reference)
-DecodeMode = Literal["static", "dynamic"]
+#: ``static``: :class:`StaticKVDecoder`; ``graph``: its one-token steps replayed as a CUDA graph
+#: (:meth:`StaticKVDecoder.graph_step`; eager fixed-shape steps off CUDA); ``dynamic``: transformers'
+#: forward + ``DynamicCache`` (reference)
+DecodeMode = Literal["static", "graph", "dynamic"]
+
+#: graph mode rounds the cache capacity up to a multiple of this, so ticks whose prompt + CoC
+#: lengths differ a little reuse one captured graph
+GRAPH_BUCKET = 64
 
 #: fuse q/k/v and gate/up weights (one matmul each) when the text layers' weights take less than
 #: this many bytes: the fused copies then cost little memory, and small models are bound by per-op
@@ -107,6 +124,10 @@ class StaticKVDecoder:
         self.v_bufs: list[torch.Tensor] = []
         self.capacity = 0
         self.length = 0  # prompt length (first decode position)
+        self.persistent = False  # graph mode: buffers kept across ticks
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph_key: tuple | None = None
+        self.graph_captures = 0
 
     @classmethod
     def for_model(cls, vlm: nn.Module, cached: StaticKVDecoder | None) -> StaticKVDecoder:
@@ -115,42 +136,133 @@ class StaticKVDecoder:
             return cached
         return cls(vlm)
 
-    def start(self, cache, length: int, rope_delta: int, capacity: int) -> None:  # noqa: ANN001
+    def start(
+        self,
+        cache,  # noqa: ANN001
+        length: int,
+        rope_delta: int,
+        capacity: int,
+        graph: bool = False,
+    ) -> None:
         """Allocate buffers for ``capacity`` positions and copy the prefill ``cache`` (``length`` tokens).
 
         ``cache``: transformers' ``DynamicCache`` after the prefill; ``rope_delta``: M-RoPE position
-        minus sequence index for text after the images (``get_rope_index``'s delta). The buffers are
-        new each tick (the returned prefix views stay valid after the next tick starts).
+        minus sequence index for text after the images (``get_rope_index``'s delta). Without
+        ``graph`` the buffers are new each tick (the returned prefix views stay valid after the next
+        tick starts); with ``graph`` the capacity is rounded up to :data:`GRAPH_BUCKET` and the
+        buffers (zeroed when allocated) are reused by the next tick of the same shape, so the views
+        are valid until then.
         """
         if capacity <= length:
             raise ValueError(f"static KV capacity {capacity} must exceed the prompt length {length}")
-        self.k_bufs, self.v_bufs = [], []
-        for layer in cache.layers:
-            k, v = layer.keys, layer.values
-            if k.shape[2] != length:
-                raise ValueError(f"prefill cache holds {k.shape[2]} positions, expected {length}")
-            kb = k.new_empty((k.shape[0], k.shape[1], capacity, k.shape[3]))
-            vb = v.new_empty((v.shape[0], v.shape[1], capacity, v.shape[3]))
-            kb[:, :, :length].copy_(k)
-            vb[:, :, :length].copy_(v)
-            self.k_bufs.append(kb)
-            self.v_bufs.append(vb)
+        if graph:
+            capacity = -(-capacity // GRAPH_BUCKET) * GRAPH_BUCKET
+        layers = list(cache.layers)
+        for layer in layers:
+            if layer.keys.shape[2] != length:
+                raise ValueError(f"prefill cache holds {layer.keys.shape[2]} positions, expected {length}")
+        k0, v0 = layers[0].keys, layers[0].values
+        key = (k0.shape[0], k0.shape[1], k0.shape[3], v0.shape[3], capacity, k0.dtype, str(k0.device), len(layers))
+        reuse = graph and self._graph_key == key
+        if not reuse:
+            new = torch.zeros if graph else torch.empty
+            k_bufs = [new((*lay.keys.shape[:2], capacity, lay.keys.shape[3]), dtype=lay.keys.dtype,
+                          device=lay.keys.device) for lay in layers]  # fmt: skip
+            v_bufs = [new((*lay.values.shape[:2], capacity, lay.values.shape[3]), dtype=lay.values.dtype,
+                          device=lay.values.device) for lay in layers]  # fmt: skip
+            if graph:  # the graph mode's own buffers (a static tick in between leaves them alone)
+                self._g_k, self._g_v = k_bufs, v_bufs
+                self._graph = None
+                self._graph_key = key
+        if graph:
+            k_bufs, v_bufs = self._g_k, self._g_v
+        self.k_bufs, self.v_bufs = k_bufs, v_bufs
+        self.persistent = graph
+        for layer, kb, vb in zip(layers, self.k_bufs, self.v_bufs, strict=True):
+            kb[:, :, :length].copy_(layer.keys)
+            vb[:, :, :length].copy_(layer.values)
         self.capacity = capacity
         self.length = length
         dev = self.k_bufs[0].device
         dtype = self.lm_head.weight.dtype
         # cos / sin of every decode position (sequence index s -> M-RoPE position s + delta, all axes)
-        pos = torch.arange(length, capacity, device=dev) + int(rope_delta)
+        first = 0 if graph else length  # the graph step gathers rows by absolute sequence index
+        pos = torch.arange(first, capacity, device=dev) + int(rope_delta)
         dummy = torch.empty(0, dtype=dtype, device=dev)
         cos, sin = self.rotary(dummy, pos[None, None].expand(3, 1, -1))
         half = cos.shape[-1] // 2
         # rotate_half(x) * sin == roll(x, half) * [-sin_1, sin_2] exactly (a sign flip is exact)
-        self.cos = cos[:, None]  # (1, 1, positions, head_dim): broadcast over rows and heads
-        self.sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, None]
+        cos = cos[:, None]  # (1, 1, positions, head_dim): broadcast over rows and heads
+        sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, None]
+        if graph:
+            if reuse:  # the captured graph reads these addresses
+                self.g_cos.copy_(cos)
+                self.g_sin.copy_(sin)
+            else:
+                self.g_cos, self.g_sin = cos, sin
+                self.g_ids = torch.zeros((k0.shape[0], 1), dtype=torch.long, device=dev)
+                self.g_pos = torch.zeros((1,), dtype=torch.long, device=dev)
+                self.g_cols = torch.arange(capacity, device=dev)
+            self.cos = cos[:, :, length:]
+            self.sin = sin[:, :, length:]
+        else:
+            self.cos, self.sin = cos, sin
         self.half = half
         # causal mask of multi-token steps: row i (sequence index length + i) sees columns <= its index
         rows = torch.arange(length, capacity, device=dev)[:, None]
         self.causal = torch.arange(capacity, device=dev)[None, :] <= rows  # (capacity - length, capacity)
+
+    @torch.no_grad()
+    def graph_step(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """Feed one token per row, ``ids`` ``(rows, 1)``, at sequence index ``start``; returns the
+        logits ``(rows, 1, V)`` in a buffer the next call overwrites (copy it to keep it).
+
+        After :meth:`start` with ``graph=True``. On CUDA the fixed-shape step is captured once per
+        buffer shape and replayed; elsewhere it runs eagerly."""
+        if not self.persistent:
+            raise ValueError("graph_step needs start(..., graph=True)")
+        if ids.shape != self.g_ids.shape:
+            raise ValueError(f"graph_step: ids of shape {tuple(ids.shape)}, expected {tuple(self.g_ids.shape)}")
+        if start < self.length or start >= self.capacity:
+            raise ValueError(
+                f"decode step at [{start}, {start + 1}) outside the static cache [{self.length}, {self.capacity})"
+            )
+        self.g_ids.copy_(ids)
+        self.g_pos.fill_(start)
+        if self.g_ids.device.type != "cuda":
+            return self._fixed_step()
+        if self._graph is None:
+            self._capture()
+        self._graph.replay()
+        return self.g_logits
+
+    def _capture(self) -> None:
+        """Capture :meth:`_fixed_step` (warm-up on a side stream first, as capture requires). The
+        warm-up and capture write the token at ``g_pos``, i.e. the very step about to be replayed."""
+        dev = self.g_ids.device
+        side = torch.cuda.Stream(device=dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._fixed_step()
+        torch.cuda.current_stream(dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.g_logits = self._fixed_step()
+        self._graph = graph
+        self.graph_captures += 1
+
+    def _fixed_step(self) -> torch.Tensor:
+        """One token per row at sequence index ``g_pos`` over the whole buffers (fixed shapes)."""
+        pos = self.g_pos
+        cos = self.g_cos.index_select(2, pos)
+        sin = self.g_sin.index_select(2, pos)
+        mask = (self.g_cols <= pos)[None, None, None, :]  # (1, 1, 1, capacity)
+        h = self.embed(self.g_ids)
+        for i, w in enumerate(self.layers):
+            h = h + self._attention(w, _rms(w.in_norm, h), cos, sin, i, pos, self.capacity, mask)
+            h = h + self._mlp(w, _rms(w.post_norm, h))
+        return self.lm_head(_rms(self.norm, h))
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor, start: int, all_logits: bool = False) -> torch.Tensor:
@@ -193,10 +305,13 @@ class StaticKVDecoder:
         cos: torch.Tensor,
         sin: torch.Tensor,
         layer: int,
-        start: int,
+        start: int | torch.Tensor,
         end: int,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
+        """Self-attention of ``x`` at sequence indices ``start .. end - 1`` (an int), or of one token at
+        the device index ``start`` (a tensor: the graph step, attending to all ``end`` positions
+        under ``mask``)."""
         attn = w.attn
         rows, n, _ = x.shape
         d = w.head_dim
@@ -213,8 +328,12 @@ class StaticKVDecoder:
             v = attn.v_proj(x).view(rows, n, -1, d).transpose(1, 2)
             q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
         kb, vb = self.k_bufs[layer], self.v_bufs[layer]
-        kb[:, :, start:end].copy_(k)
-        vb[:, :, start:end].copy_(v)
+        if isinstance(start, torch.Tensor):
+            kb.index_copy_(2, start, k)
+            vb.index_copy_(2, start, v)
+        else:
+            kb[:, :, start:end].copy_(k)
+            vb[:, :, start:end].copy_(v)
         o = F.scaled_dot_product_attention(
             q, kb[:, :, :end], vb[:, :, :end], attn_mask=mask, scale=attn.scaling, enable_gqa=True
         )
@@ -228,4 +347,4 @@ class StaticKVDecoder:
         return [vb[:, :, :n] for vb in self.v_bufs]
 
 
-__all__ = ["DecodeMode", "StaticKVDecoder"]
+__all__ = ["GRAPH_BUCKET", "DecodeMode", "StaticKVDecoder"]
