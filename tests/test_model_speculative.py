@@ -164,6 +164,11 @@ def test_graph_decode_on_cuda_is_captured_once_and_matches_static():
         assert ids == ref_ids
         torch.testing.assert_close(torch.stack(trace["logits"]), torch.stack(ref_trace["logits"]), rtol=0, atol=1e-4)
     assert m._decoder.graph_captures == 1
+    right = ref_ids[0]
+    for drafter in (OracleDrafter(right), OracleDrafter(right, wrong=lambda i: i % 2 == 1), NGramDrafter()):
+        _, spec = m.reason(prep, vision, 1, decode="graph", max_cot_tokens=24, speculative=4, drafter=drafter)
+        assert spec == ref_ids
+    assert m._decoder.graph_captures == 2  # one more graph: the 5-token verification
 
 
 def test_static_decode_sampling_equals_transformers_loop(model):
@@ -185,9 +190,12 @@ def _with_stop_after(model: AlpamayoR1, token: int) -> AlpamayoR1:
     return m
 
 
+@pytest.mark.parametrize("decode", ["static", "graph"])
 @pytest.mark.parametrize("gamma", [1, 2, 4, 8])
 @pytest.mark.parametrize("inputs", INPUTS)
-def test_greedy_speculative_is_token_identical(model, gamma, inputs):
+def test_greedy_speculative_is_token_identical(model, gamma, inputs, decode):
+    """Against plain greedy static decoding; ``graph`` verifies with the fixed-shape step padded to
+    gamma + 1 tokens (what is captured on CUDA)."""
     prep, vision = _inputs(model, *inputs)
     for limits in ({"cot_tokens": 17}, {"max_cot_tokens": 30}):
         ref, (ref_ids,) = model.reason(prep, vision, 1, **limits)
@@ -205,7 +213,7 @@ def test_greedy_speculative_is_token_identical(model, gamma, inputs):
         for name, drafter in drafters.items():
             timings: dict = {}
             out, (ids,) = model.reason(
-                prep, vision, 1, speculative=gamma, drafter=drafter, timings=timings, **limits
+                prep, vision, 1, speculative=gamma, drafter=drafter, timings=timings, decode=decode, **limits
             )
             assert ids == ref_ids, (name, gamma, limits)
             assert out.length == ref.length
@@ -221,8 +229,9 @@ def test_greedy_speculative_is_token_identical(model, gamma, inputs):
                 assert timings["spec_accepted"] == 0 and timings["decode_forwards"] == n - 1
 
 
+@pytest.mark.parametrize("decode", ["static", "graph"])
 @pytest.mark.parametrize("gamma", [1, 3, 8])
-def test_greedy_speculative_stops_like_plain_decoding(model, gamma):
+def test_greedy_speculative_stops_like_plain_decoding(model, gamma, decode):
     prep, vision = _inputs(model, *INPUTS[0])
     _, (full,) = model.reason(prep, vision, 1, cot_tokens=30)
     stopping = _with_stop_after(model, full[9])
@@ -232,7 +241,9 @@ def test_greedy_speculative_stops_like_plain_decoding(model, gamma):
     stop = model.tokenizer.ids["traj_future_start"]
     right = ref_ids + [stop] + cont  # drafts that run through the stop and past it
     for drafter in (OracleDrafter(right), OracleDrafter(right, wrong=lambda i: True), NGramDrafter()):
-        out, (ids,) = stopping.reason(prep, vision, 1, max_cot_tokens=30, speculative=gamma, drafter=drafter)
+        out, (ids,) = stopping.reason(
+            prep, vision, 1, max_cot_tokens=30, speculative=gamma, drafter=drafter, decode=decode
+        )
         assert ids == ref_ids
         assert out.length == ref.length and torch.equal(out.valid_len, ref.valid_len)
         assert torch.equal(out.rope_offset, ref.rope_offset)

@@ -1,6 +1,6 @@
 """The per-frame vision cache is exact: a frame's features do not depend on the other frames of the
-batch, and closed-loop ticks (each camera's frames shifted by one) give the same outputs with the
-cache as without it."""
+batch (beyond float round-off of batch-dependent CPU kernels), and closed-loop ticks (each camera's
+frames shifted by one) give the same outputs with the cache as without it."""
 
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ def model(request) -> AlpamayoR1:  # noqa: ANN001
 
 
 def test_a_frame_encoded_alone_equals_its_features_in_the_batch(model):
+    """Bit for bit where the CPU's matrix kernels do not depend on the batch (seen on AMD EPYC);
+    on an Intel Xeon a frame's 16 patch rows multiplied alone round differently from the same rows
+    inside the 256-row batch (3e-8 seen), so the comparison allows float32 round-off."""
     cfg = model.config
     imgs = _stream(cfg, 1, (64, 96))[:, : cfg.frames].reshape(-1, 3, 64, 96)
     frames = model.processor.validate_images(imgs)
@@ -41,9 +44,9 @@ def test_a_frame_encoded_alone_equals_its_features_in_the_batch(model):
         pv_s, grid_s = model.processor.pixels(frames[sub])
         part = model.encode_images(pv_s, grid_s)
         for j, i in enumerate(sub):
-            assert torch.equal(part.pooler_output[j], full.pooler_output[i])
+            torch.testing.assert_close(part.pooler_output[j], full.pooler_output[i], rtol=0, atol=1e-6)
             for layer_full, layer_part in zip(full.deepstack_features, part.deepstack_features, strict=True):
-                assert torch.equal(layer_part[j], layer_full[i])
+                torch.testing.assert_close(layer_part[j], layer_full[i], rtol=0, atol=1e-6)
 
 
 def test_closed_loop_ticks_with_the_cache_equal_ticks_without(model):

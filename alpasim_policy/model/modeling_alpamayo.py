@@ -79,6 +79,24 @@ class DriveOutput:
     z: float = 0.0  # height of every pose (the last history z, carried as NVlabs does)
 
 
+def _verify_step(static: StaticKVDecoder, width: int):  # noqa: ANN202
+    """The speculative decoder's target step ``(ids (n,), start) -> logits (n, V)`` on ``static``.
+
+    In graph mode every verification is padded to ``width`` = gamma + 1 tokens, so one captured
+    graph serves them all (the padding's keys land past the real tokens, where nothing reads them
+    before they are overwritten); the logits of the real tokens are returned."""
+
+    def step(feed: torch.Tensor, start: int) -> torch.Tensor:
+        n = feed.shape[0]
+        if not static.persistent or n > width or start + width > static.capacity:
+            return static.step(feed[None], start, all_logits=True)[0]
+        if n < width:
+            feed = torch.cat([feed, feed[-1:].expand(width - n)])
+        return static.graph_step(feed[None], start)[0, :n]
+
+    return step
+
+
 class AlpamayoR1(nn.Module):
     """Qwen3-VL reasoning VLM + flow-matching action expert. See the module docstring for the tick."""
 
@@ -393,7 +411,7 @@ class AlpamayoR1(nn.Module):
             static.start(cache, length, int(delta_row.reshape(-1)[0]), capacity, graph=decode == "graph")
         if speculative:
             res = speculative_decode(
-                lambda feed, start: static.step(feed[None], start, all_logits=True)[0],
+                _verify_step(static, speculative + 1),
                 logits[0],
                 procs,
                 as_drafter(drafter if drafter is not None else self.drafter or NGramDrafter()),

@@ -24,9 +24,10 @@ took ~31 ms, of which the weights' arithmetic and reads are a few ms: the rest i
 addresses, so the graph step is written over the *whole* buffer: the position is a device tensor,
 the keys / values are written with ``index_copy_``, the cos / sin rows are gathered with
 ``index_select`` and attention reads every position under a ``<= position`` mask. The buffers are
-then kept across ticks (zeroed once, so masked positions never hold NaN) and the graph is captured
-once per (rows, capacity). Off CUDA the same fixed-shape step runs eagerly (what CI tests against
-the sliced step). The mask changes the attention kernel, so its logits agree with the sliced step
+then kept across ticks (zeroed once, so masked positions never hold NaN) and a graph is captured
+once per (rows, capacity, tokens per step): one for plain decoding, one for speculative
+verification (padded to gamma + 1 tokens). Off CUDA the same fixed-shape step runs eagerly (what CI
+tests against the sliced step). The mask changes the attention kernel, so its logits agree with the sliced step
 to round-off, not bit for bit.
 """
 
@@ -125,7 +126,8 @@ class StaticKVDecoder:
         self.capacity = 0
         self.length = 0  # prompt length (first decode position)
         self.persistent = False  # graph mode: buffers kept across ticks
-        self._graph: torch.cuda.CUDAGraph | None = None
+        #: graph mode: per tokens-per-step n, the captured graph, its input ids and its logits
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph | None, torch.Tensor, torch.Tensor | None]] = {}
         self._graph_key: tuple | None = None
         self.graph_captures = 0
 
@@ -172,7 +174,7 @@ class StaticKVDecoder:
                           device=lay.values.device) for lay in layers]  # fmt: skip
             if graph:  # the graph mode's own buffers (a static tick in between leaves them alone)
                 self._g_k, self._g_v = k_bufs, v_bufs
-                self._graph = None
+                self._graphs = {}
                 self._graph_key = key
         if graph:
             k_bufs, v_bufs = self._g_k, self._g_v
@@ -200,7 +202,7 @@ class StaticKVDecoder:
                 self.g_sin.copy_(sin)
             else:
                 self.g_cos, self.g_sin = cos, sin
-                self.g_ids = torch.zeros((k0.shape[0], 1), dtype=torch.long, device=dev)
+                self.g_rows = k0.shape[0]
                 self.g_pos = torch.zeros((1,), dtype=torch.long, device=dev)
                 self.g_cols = torch.arange(capacity, device=dev)
             self.cos = cos[:, :, length:]
@@ -214,51 +216,62 @@ class StaticKVDecoder:
 
     @torch.no_grad()
     def graph_step(self, ids: torch.Tensor, start: int) -> torch.Tensor:
-        """Feed one token per row, ``ids`` ``(rows, 1)``, at sequence index ``start``; returns the
-        logits ``(rows, 1, V)`` in a buffer the next call overwrites (copy it to keep it).
+        """Feed ``ids`` ``(rows, n)`` at sequence indices ``start .. start + n - 1``; returns the
+        logits of every fed token ``(rows, n, V)`` in a buffer the next call overwrites (copy it to
+        keep it).
 
         After :meth:`start` with ``graph=True``. On CUDA the fixed-shape step is captured once per
-        buffer shape and replayed; elsewhere it runs eagerly."""
+        ``n`` and buffer shape and replayed; elsewhere it runs eagerly. Like :meth:`step`, positions
+        ``>= start + n`` are neither read nor cleared, so a speculative verification may feed
+        padding after its real tokens (their keys are overwritten before any query can see them)."""
         if not self.persistent:
             raise ValueError("graph_step needs start(..., graph=True)")
-        if ids.shape != self.g_ids.shape:
-            raise ValueError(f"graph_step: ids of shape {tuple(ids.shape)}, expected {tuple(self.g_ids.shape)}")
-        if start < self.length or start >= self.capacity:
+        rows, n = ids.shape
+        if rows != self.g_rows:
+            raise ValueError(f"graph_step: ids for {rows} rows, the cache holds {self.g_rows}")
+        if start < self.length or start + n > self.capacity:
             raise ValueError(
-                f"decode step at [{start}, {start + 1}) outside the static cache [{self.length}, {self.capacity})"
+                f"decode step at [{start}, {start + n}) outside the static cache [{self.length}, {self.capacity})"
             )
-        self.g_ids.copy_(ids)
+        graph, g_ids, logits = self._graphs.get(n, (None, None, None))
+        if g_ids is None:
+            g_ids = torch.zeros((rows, n), dtype=torch.long, device=ids.device)
+        g_ids.copy_(ids)
         self.g_pos.fill_(start)
-        if self.g_ids.device.type != "cuda":
-            return self._fixed_step()
-        if self._graph is None:
-            self._capture()
-        self._graph.replay()
-        return self.g_logits
+        if g_ids.device.type != "cuda":
+            self._graphs[n] = (None, g_ids, None)
+            return self._fixed_step(g_ids)
+        if graph is None:
+            graph, logits = self._capture(g_ids)
+            self._graphs[n] = (graph, g_ids, logits)
+        graph.replay()
+        return logits
 
-    def _capture(self) -> None:
+    def _capture(self, g_ids: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """Capture :meth:`_fixed_step` (warm-up on a side stream first, as capture requires). The
-        warm-up and capture write the token at ``g_pos``, i.e. the very step about to be replayed."""
-        dev = self.g_ids.device
+        warm-up and capture write the tokens at ``g_pos``, i.e. the very step about to be replayed."""
+        dev = g_ids.device
         side = torch.cuda.Stream(device=dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._fixed_step()
+                self._fixed_step(g_ids)
         torch.cuda.current_stream(dev).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self.g_logits = self._fixed_step()
-        self._graph = graph
+            logits = self._fixed_step(g_ids)
         self.graph_captures += 1
+        return graph, logits
 
-    def _fixed_step(self) -> torch.Tensor:
-        """One token per row at sequence index ``g_pos`` over the whole buffers (fixed shapes)."""
-        pos = self.g_pos
+    def _fixed_step(self, ids: torch.Tensor) -> torch.Tensor:
+        """``ids`` ``(rows, n)`` at sequence indices ``g_pos + 0 .. n - 1`` over the whole buffers
+        (fixed shapes: every position is attended to under a causal ``<=`` mask)."""
+        n = ids.shape[1]
+        pos = self.g_pos + self.g_cols[:n]  # (n,) sequence indices
         cos = self.g_cos.index_select(2, pos)
         sin = self.g_sin.index_select(2, pos)
-        mask = (self.g_cols <= pos)[None, None, None, :]  # (1, 1, 1, capacity)
-        h = self.embed(self.g_ids)
+        mask = (self.g_cols[None, :] <= pos[:, None])[None, None]  # (1, 1, n, capacity)
+        h = self.embed(ids)
         for i, w in enumerate(self.layers):
             h = h + self._attention(w, _rms(w.in_norm, h), cos, sin, i, pos, self.capacity, mask)
             h = h + self._mlp(w, _rms(w.post_norm, h))
@@ -309,9 +322,9 @@ class StaticKVDecoder:
         end: int,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Self-attention of ``x`` at sequence indices ``start .. end - 1`` (an int), or of one token at
-        the device index ``start`` (a tensor: the graph step, attending to all ``end`` positions
-        under ``mask``)."""
+        """Self-attention of ``x`` at sequence indices ``start .. end - 1`` (an int), or at the device
+        indices ``start`` (a tensor: the graph step, attending to all ``end`` positions under
+        ``mask``)."""
         attn = w.attn
         rows, n, _ = x.shape
         d = w.head_dim
