@@ -197,6 +197,22 @@ def test_multi_reasoning_gives_the_chosen_sample_its_own_text():
         assert out.extra["selection"] == "medoid" and len(out.extra["selection_scores"]) == 3
 
 
+def test_consistent_selection_in_the_loop_uses_the_coc_it_returns():
+    """The shipped weights (FAST's default) write template CoCs; the chosen sample is the first
+    whose trajectory performs the stated meta-action, judged from the tick's own v0."""
+    from alpasim_policy.scoring.reasoning import classify_trajectory, parse_coc
+
+    pol = AlpamayoPolicy(**{**FAST, "select": "consistent", "cot_tokens": None})
+    outs, _, _ = drive(pol, ticks=3)
+    for out in outs:
+        scores = out.extra["selection_scores"]
+        said = parse_coc(out.reasoning).action
+        agree = [said is not None and classify_trajectory(x, out.extra["v0"]) == said for x in out.samples]
+        assert scores == [float(a) for a in agree]
+        assert out.extra["selected_index"] == (agree.index(True) if any(agree) else 0)
+    assert all(parse_coc(o.reasoning).action is not None for o in outs)  # the trained model's template
+
+
 def test_scored_selection_in_the_loop_keeps_the_best_epdms():
     pol = AlpamayoPolicy(**{**FAST, "select": "scored"})
     outs, _, _ = drive(pol, ticks=2)

@@ -286,3 +286,35 @@ def test_scored_selection_sees_the_agents_present_now(scene_id):
     res = sel.select(plans, {**ob, "agents": agents, "agents_mask": mask})
     assert res.scores[2] == 0.0  # at-fault collision with a stopped car: NC = 0
     assert res.index != 2
+
+
+def _speed_profile(v0: float, v_end: float, t: int = 64) -> np.ndarray:
+    """A straight rig-frame plan whose speed goes linearly from v0 to v_end over 3 s, then holds."""
+    speeds = np.interp(0.1 * np.arange(1, t + 1), [0.0, 3.0], [v0, v_end])
+    return np.stack([np.cumsum(speeds) * 0.1, np.zeros(t), np.zeros(t)], axis=1)
+
+
+def test_consistent_picks_the_first_sample_that_does_what_the_coc_says():
+    from alpasim_policy.scoring.reasoning import classify_trajectory
+
+    # samples 0 and 1 keep 10 m/s, 2 decelerates to 4 m/s, 3 stops, 4 decelerates too
+    s = np.stack([_speed_profile(10, 10), _speed_profile(10, 10.2), _speed_profile(10, 4),
+                  _speed_profile(10, 0), _speed_profile(10, 5)])  # fmt: skip
+    said = [classify_trajectory(x, 10.0).phrase() for x in s]
+    assert said[0] == said[1] != said[2] == said[4] != said[3]
+    slow = f"{said[2]} because the lead vehicle 12 m ahead is slowing."
+    sel = SampleSelector("consistent").select(s, None, [slow], 10.0)
+    assert sel.index == 2 and sel.method == "consistent" and list(sel.scores) == [0, 0, 1, 0, 1]
+    stop = f"{said[3]} because the light ahead is red with the stop line 20 m away."
+    assert SampleSelector("consistent").select(s, None, [stop], 10.0).index == 3
+    # no sample agrees, or the text states no meta-action: the first, as with select=first
+    turn = "Keep speed and turn left because the route turns left."
+    assert SampleSelector("consistent").select(s, None, [turn], 10.0).index == 0
+    assert SampleSelector("consistent").select(s, None, ["<garbled>"], 10.0).index == 0
+    # multi reasoning: each sample is judged against its own text
+    own = [stop, stop, stop, slow, slow]
+    assert SampleSelector("consistent").select(s, None, own, 10.0).index == 4
+    with pytest.raises(ConfigError, match="needs the CoC text"):
+        SampleSelector("consistent").select(s, None, None, 10.0)
+    with pytest.raises(ConfigError, match="2 CoC texts for 5 samples"):
+        SampleSelector("consistent").select(s, None, [slow, stop], 10.0)

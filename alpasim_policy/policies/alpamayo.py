@@ -16,8 +16,8 @@ What this adapter does each tick (``act``):
    chain-of-causation text(s) and per-stage timings. The model's per-frame vision cache is on:
    the ``F - 1`` frames per camera already seen at the last tick are not preprocessed or encoded
    again (exact: the same outputs, :mod:`alpasim_policy.model.vision_cache`).
-4. *Selection* (:mod:`alpasim_policy.policies.selection`): ``first`` (AlpaSim), ``medoid`` or
-   ``scored`` (t0-only EPDMS). The chosen trajectory is returned with the reasoning (the chosen
+4. *Selection* (:mod:`alpasim_policy.policies.selection`): ``first`` (AlpaSim), ``medoid``,
+   ``scored`` (t0-only EPDMS) or ``consistent`` (the first sample doing what its CoC says). The chosen trajectory is returned with the reasoning (the chosen
    sample's own text in ``multi`` mode) and all K samples in ``PolicyOutput.samples``.
 
 Options (keyword arguments; strings accepted, since ``--policy-option key=value`` passes them):
@@ -30,7 +30,7 @@ presets without one; ``weights=random`` gives random weights, seeded, of the pre
 cache), ``dtype`` float32 | bfloat16 | float16 (default: the checkpoint's / the preset's),
 ``v0`` history | measured, ``samples`` K (6),
 ``reasoning`` single | multi, ``diffusion`` graph | eager | lean | dynamic, ``select`` first | medoid |
-scored, ``device`` cpu | cuda, ``seed`` (0), ``cot_tokens`` (force the CoC length),
+scored | consistent, ``device`` cpu | cuda, ``seed`` (0), ``cot_tokens`` (force the CoC length),
 ``max_cot_tokens``, ``temperature``, ``speculative`` gamma (0 = off; > 0 drafts up to gamma CoC
 tokens per target forward, single reasoning only: greedy output identical, sampled output the same
 distribution), ``draft`` a draft-model folder for it (drafts: recall of the episode's previous
@@ -327,7 +327,7 @@ class AlpamayoCore:
         )
         t1 = time.perf_counter()
         samples = np.asarray(out.trajectories, dtype=np.float64)
-        chosen = self.selector.select(samples, observation)
+        chosen = self.selector.select(samples, observation, list(out.reasoning), float(out.v0))
         t2 = time.perf_counter()
         texts = out.reasoning
         reasoning = texts[chosen.index] if len(texts) == len(samples) and len(texts) > 1 else texts[0]

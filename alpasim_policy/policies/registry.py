@@ -150,7 +150,7 @@ def add_shorthand_arguments(parser: Any) -> None:
     g.add_argument("--samples", type=int, help="K trajectory samples per tick")
     g.add_argument("--reasoning", help="single (one CoC shared by all samples) | multi (one per sample)")
     g.add_argument("--diffusion", help="graph (CUDA graph on GPU, lean loop on CPU) | eager | lean | dynamic")
-    g.add_argument("--select", help="first | medoid | scored")
+    g.add_argument("--select", help="first | medoid | scored | consistent")
     g.add_argument("--device", help="cpu | cuda")
     g.add_argument("--speculative", type=int, metavar="GAMMA",
                    help="speculative CoC decoding: up to GAMMA draft tokens per target forward (0 = off)")  # fmt: skip

@@ -4,6 +4,9 @@ Why: a flow-matching head returns K plausible futures; which one the car execute
 AlpaSim executes the first (``first``). ``medoid`` takes the sample closest to all others
 (the consensus, robust to one odd sample). ``scored`` simulates every sample for 4 s with
 the env's LQR tracker and bicycle model and keeps the best EPDMS, NAVSIM-style.
+``consistent`` keeps the first sample that performs the meta-action its chain of causation
+states (the same rule as the leaderboard's reasoning-action consistency), else the first: the
+model's own words choose among its samples, nothing about the scene is read.
 
 The rule that makes ``scored`` fair: **selection may only use what the car knows at the
 moment it plans** (t0 = the current step): the static map, the route, the ego's own past
@@ -50,7 +53,7 @@ from alpasim_policy.scenes.format import (
 from alpasim_policy.scenes.geometry import rig_to_scene_poses, rig_to_scene_xy, wrap_angle
 from alpasim_policy.scenes.importers.common import smooth_derivative
 
-SELECT_METHODS = ("first", "medoid", "scored")
+SELECT_METHODS = ("first", "medoid", "scored", "consistent")
 HISTORY = 15  # steps of ego past kept before now (the observation carries 16 rows incl. now)
 SCORING_HORIZON_STEPS = 40  # 4 s, NAVSIM's open-loop horizon
 
@@ -249,12 +252,22 @@ class SampleSelector:
         if self.method == "scored" and scene is None:
             raise ConfigError("option 'select': 'scored' needs the scene (map and route) at reset")
 
-    def select(self, samples: np.ndarray, observation: dict[str, Any] | None = None) -> Selection:
+    def select(
+        self,
+        samples: np.ndarray,
+        observation: dict[str, Any] | None = None,
+        reasoning: list[str] | None = None,
+        v0: float | None = None,
+    ) -> Selection:
+        """``reasoning``: the CoC text (one, shared by all samples, or one per sample) and ``v0`` the
+        speed the samples start from; both only for ``consistent``."""
         samples = np.asarray(samples, dtype=np.float64)
         if samples.ndim != 3 or samples.shape[-1] != 3 or len(samples) == 0:
             raise ConfigError(f"selection: samples must be (K>=1, T, 3), got {samples.shape}")
         if self.method == "first" or len(samples) == 1:
             return Selection(0, self.method)
+        if self.method == "consistent":
+            return consistent_selection(samples, reasoning, v0)
         if self.method == "medoid":
             total = pairwise_ade(samples).sum(axis=1)
             return Selection(int(np.argmin(total)), self.method, -total)
@@ -272,6 +285,27 @@ class SampleSelector:
         scores = np.asarray(scorer(view, proposals), dtype=np.float64).reshape(len(samples))
         # best EPDMS; ties (e.g. several perfect samples) go to the lowest index, like ``first``
         return Selection(int(np.argmax(np.nan_to_num(scores, nan=-np.inf))), self.method, scores)
+
+
+def consistent_selection(samples: np.ndarray, reasoning: list[str] | None, v0: float | None) -> Selection:
+    """The first of the rig-frame ``samples`` whose trajectory performs the meta-action of its CoC
+    (``reasoning[0]`` for all, or ``reasoning[k]`` for sample k); sample 0 when none does or the
+    text states none. Scores: 1 for the samples that agree, 0 for the others."""
+    from alpasim_policy.scoring.reasoning import classify_trajectory, parse_coc
+
+    if not reasoning or v0 is None:
+        raise ConfigError("option 'select': 'consistent' needs the CoC text and the start speed v0")
+    if len(reasoning) not in (1, len(samples)):
+        raise ConfigError(
+            f"selection: {len(reasoning)} CoC texts for {len(samples)} samples (need 1 or one per sample)"
+        )
+    scores = np.zeros(len(samples))
+    for k, sample in enumerate(samples):
+        said = parse_coc(reasoning[k if len(reasoning) > 1 else 0]).action
+        rows = sample[np.all(np.isfinite(sample), axis=1)]
+        if said is not None and len(rows):
+            scores[k] = float(classify_trajectory(rows, float(v0)) == said)
+    return Selection(int(np.argmax(scores)), "consistent", scores)
 
 
 def default_scorer() -> ProposalScorer:
