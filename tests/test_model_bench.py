@@ -71,7 +71,7 @@ def test_bench_gpu_script_runs_every_section_on_cpu(tmp_path, capsys):
             "--cot-tokens", "3", "--gammas", "2", "--json", str(js), "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     res = json.loads(js.read_text())
-    for name in ("tick", "diffusion", "decode_graph", "speculative", "flops"):
+    for name in ("tick", "diffusion", "decode_graph", "speculative", "closed_loop", "flops"):
         sec = res["sections"][name]
         assert "error" not in sec and "skipped" not in sec, (name, sec)
     tick = res["sections"]["tick"]

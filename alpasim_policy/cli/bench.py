@@ -172,6 +172,8 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=20, help="timed ticks per configuration")
     p.add_argument("--warmup", type=int, default=3, help="untimed ticks first (graph capture)")
     p.add_argument("--gammas", default="2,4,8", help="speculative draft lengths (when the tree has them)")
+    p.add_argument("--closed-loop-gamma", type=int, default=4,
+                   help="speculative gamma of the closed-loop tick section (0: plain decode)")  # fmt: skip
     p.add_argument(
         "--budget-s", type=float, default=420.0, help="skip sections once this many seconds passed"
     )
