@@ -336,8 +336,8 @@ class AlpamayoR1(nn.Module):
 
         ``decode``: ``"static"`` (default) runs the steps over a preallocated KV cache
         (:class:`~alpasim_policy.model.static_decode.StaticKVDecoder`); ``"graph"`` runs its
-        one-token steps as one CUDA graph replay each (eagerly off CUDA; the cache is then reused by
-        the next tick, so the returned prefix is valid until the next call); ``"dynamic"`` is the
+        steps (and speculative verifications) as one CUDA graph replay each (eagerly off CUDA; the
+        cache is then reused by the next tick, so the returned prefix is valid until the next call); ``"dynamic"`` is the
         reference loop through transformers' forward and ``DynamicCache`` (same tokens, same logits).
         ``speculative`` = gamma > 0 drafts up to gamma tokens per target forward with ``drafter``
         (default: ``self.drafter``, else prompt lookup) and verifies them on the static cache
@@ -401,8 +401,8 @@ class AlpamayoR1(nn.Module):
             raise ConfigError(f"speculative: gamma must be >= 0, got {speculative}")
         if speculative and (rows != 1 or decode == "dynamic" or trace is not None):
             raise ConfigError(
-                "speculative decoding needs one reasoning row (reasoning='single'), the static "
-                f"decode and no trace (got rows={rows}, decode={decode!r})"
+                "speculative decoding needs one reasoning row (reasoning='single'), a static-cache "
+                f"decode (static or graph) and no trace (got rows={rows}, decode={decode!r})"
             )
         static = None
         if decode in ("static", "graph"):

@@ -17,8 +17,9 @@ What this adapter does each tick (``act``):
    the ``F - 1`` frames per camera already seen at the last tick are not preprocessed or encoded
    again (exact: the same outputs, :mod:`alpasim_policy.model.vision_cache`).
 4. *Selection* (:mod:`alpasim_policy.policies.selection`): ``first`` (AlpaSim), ``medoid``,
-   ``scored`` (t0-only EPDMS) or ``consistent`` (the first sample doing what its CoC says). The chosen trajectory is returned with the reasoning (the chosen
-   sample's own text in ``multi`` mode) and all K samples in ``PolicyOutput.samples``.
+   ``scored`` (t0-only EPDMS) or ``consistent`` (the first sample doing what its CoC says). The
+   chosen trajectory is returned with the reasoning (the chosen sample's own text in ``multi``
+   mode) and all K samples in ``PolicyOutput.samples``.
 
 Options (keyword arguments; strings accepted, since ``--policy-option key=value`` passes them):
 ``preset`` tiny | small | alpamayo-r1-10b (default tiny), ``weights`` a local checkpoint folder,
