@@ -93,6 +93,7 @@ def run_gpu_bench(args: argparse.Namespace) -> dict[str, Any]:
         "cot_tokens": args.cot_tokens,
         "repeats": repeats,
         "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
         "sections": {},
     }
 
