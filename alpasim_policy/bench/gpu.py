@@ -262,6 +262,18 @@ def run_gpu_bench(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _tick_text(t: dict[str, Any]) -> str:
+    """A tick's stage summary (the caller closes the parenthesis, after any extra facts)."""
+    return (
+        f"total p50 {t['total_p50_ms']:.1f} / p95 {t['total_p95_ms']:.1f} ms (vision {t['vision_p50_ms']:.1f}, "
+        f"prefill {t['prefill_p50_ms']:.1f}, decode {t['decode_p50_ms']:.1f}, diffusion {t['diffusion_p50_ms']:.1f} ms p50"
+    )
+
+
+def _target_text(t: dict[str, Any]) -> str:
+    return "p50 <= 100 ms target: " + ("met" if t["p50_le_100ms"] else "not met")
+
+
 def _rows(result: dict[str, Any]) -> list[dict]:
     s = result["sections"]
     name = f"gpu tick {result['preset']} {result['dtype'] or ''} K={result['samples']} CoC={result['cot_tokens']} {result['device']}"
@@ -271,9 +283,8 @@ def _rows(result: dict[str, Any]) -> list[dict]:
         rows.append(
             {
                 "benchmark": f"{name}: single reasoning, graph diffusion",
-                "result": f"total p50 {t['total_p50_ms']:.1f} / p95 {t['total_p95_ms']:.1f} ms (vision {t['vision_p50_ms']:.1f}, "
-                f"prefill {t['prefill_p50_ms']:.1f}, decode {t['decode_p50_ms']:.1f}, diffusion {t['diffusion_p50_ms']:.1f} ms p50)",
-                "ratio": "p50 <= 100 ms target: " + ("met" if t["p50_le_100ms"] else "not met"),
+                "result": _tick_text(t) + ")",
+                "ratio": _target_text(t),
             }
         )
     d = s.get("diffusion", {})
@@ -312,10 +323,9 @@ def _rows(result: dict[str, Any]) -> list[dict]:
             {
                 "benchmark": f"{name}: closed-loop tick as the policy runs it (consecutive frames, vision cache, "
                 f"speculative gamma = {c['gamma']} with the recall drafter)",
-                "result": f"total p50 {c['total_p50_ms']:.1f} / p95 {c['total_p95_ms']:.1f} ms (vision {c['vision_p50_ms']:.1f}, "
-                f"prefill {c['prefill_p50_ms']:.1f}, decode {c['decode_p50_ms']:.1f}, diffusion {c['diffusion_p50_ms']:.1f} ms p50; "
-                f"{c['vision_frames_cached']} frames cached, {c['decode_forwards']} decode forwards)",
-                "ratio": "p50 <= 100 ms target: " + ("met" if c["p50_le_100ms"] else "not met"),
+                "result": _tick_text(c)
+                + f"; {c['vision_frames_cached']} frames cached, {c['decode_forwards']} decode forwards)",
+                "ratio": _target_text(c),
             }
         )
     return rows
