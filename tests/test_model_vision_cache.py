@@ -108,3 +108,30 @@ def test_float_frames_are_cached_by_their_own_bytes(model):
     assert out.stats["vision_frames_cached"] == cfg.num_images
     ref = model.drive(imgs, hist, num_samples=1, cot_tokens=2, vision_cache=False)
     assert out.reasoning == ref.reasoning
+
+
+def test_a_frame_stride_keeps_each_frame_until_it_comes_back():
+    """With frames 2 ticks apart (``frame_stride`` 2) a frame is seen again 2 ticks later, not at the
+    next tick: the cache keeps two ticks' frames, every frame but the newest is reused, and the
+    outputs equal the uncached ticks'."""
+    torch.manual_seed(0)
+    cfg = AlpamayoConfig.from_preset("tiny", frame_stride=2)
+    model = AlpamayoR1(cfg)
+    assert model.frame_cache.keep_ticks == 2
+    span = (cfg.frames - 1) * 2 + 1
+    ticks = 4
+    stream = _stream(cfg, ticks + span - cfg.frames, (64, 96), seed=4)  # (C, ticks + span - 1, ...)
+    hist, _ = rig_history("cr-DEU_A9-3_1_T-1-ego3603")
+    outs = {}
+    for cache in (False, True):
+        model.frame_cache.clear()
+        outs[cache] = [
+            model.drive(stream[:, i : i + span : 2], hist, num_samples=1, cot_tokens=3,
+                        generator=torch.Generator().manual_seed(i), vision_cache=cache)
+            for i in range(ticks)
+        ]  # fmt: skip
+    for a, b in zip(outs[False], outs[True], strict=True):
+        assert a.reasoning == b.reasoning and np.array_equal(a.trajectories, b.trajectories)
+    reused = cfg.cameras * (cfg.frames - 1)
+    assert [o.stats["vision_frames_cached"] for o in outs[True]] == [0, 0, reused, reused]
+    assert len(model.frame_cache) == 2 * cfg.num_images  # two ticks' frames, none shared

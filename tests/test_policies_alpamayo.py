@@ -78,6 +78,24 @@ def test_frame_buffer_pads_with_the_first_frame_and_keeps_order():
     assert out[0, :, 0, 0, 0].tolist() == [5, 5, 5, 5]
 
 
+def test_frame_buffer_with_a_stride_hands_out_every_strideth_tick():
+    """``frame_stride`` 3: the frames of ticks t-9, t-6, t-3, t; the start padded by the first frame."""
+    fb = FrameBuffer(4, stride=3)
+    seen = []
+    for k in range(12):
+        out = fb.push({"a": np.full((2, 2, 3), k, np.uint8)}, k, ["a"])
+        seen.append(out[0, :, 0, 0, 0].tolist())
+    assert seen[0] == [0, 0, 0, 0]
+    assert seen[4] == [0, 0, 1, 4]  # ticks -5, -2 (padding: tick 0's frame), 1, 4
+    assert seen[9] == [0, 3, 6, 9] and seen[11] == [2, 5, 8, 11]
+    out = fb.push({"a": np.full((2, 2, 3), 99, np.uint8)}, 13, ["a"])  # step 12 skipped: tick 11's frame held
+    assert out[0, :, 0, 0, 0].tolist() == [4, 7, 10, 99]
+    out = fb.push({"a": np.full((2, 2, 3), 98, np.uint8)}, 14, ["a"])
+    assert out[0, :, 0, 0, 0].tolist() == [5, 8, 11, 98]  # step 12 shows tick 11's frame
+    with pytest.raises(ConfigError, match="stride"):
+        FrameBuffer(4, stride=0)
+
+
 def test_frame_buffer_rejects_a_changing_image_size():
     fb = FrameBuffer(2)
     fb.push({"a": np.zeros((6, 8, 3), np.uint8)}, 0, ["a"])

@@ -116,6 +116,32 @@ def data_dir(tmp_path_factory):
     return d
 
 
+def test_frame_stride_spaces_a_samples_frames_and_training_checks_it(data_dir, tmp_path):
+    """``--frame-stride 3``: a sample's frames are the frames of steps k-9, k-6, k-3, k (the same
+    renders as the stride-1 drive's), the shard says so, and training a stride-1 model on it is
+    refused with the shard named."""
+    import alpasim_policy.sim  # noqa: F401
+    from alpasim_policy.policies.alpamayo import DEFAULT_CAMERA_SIZE
+    from alpasim_policy.training.data import drive_samples, save_samples
+    from alpasim_policy.training.imitation import iter_shards
+
+    scene = load_scene(next(p for p in load_suite("bundled") if DATA_SCENE in str(p)))
+    size = DEFAULT_CAMERA_SIZE["tiny"]
+    one = {s.step: s for s in itertools.islice(drive_samples(scene, camera_size=size, frames=4), 12)}
+    three = list(itertools.islice(drive_samples(scene, camera_size=size, frames=4, frame_stride=3), 12))
+    s = three[-1]
+    steps = [s.step - 9, s.step - 6, s.step - 3, s.step]
+    assert all(k in one for k in steps)
+    for j, k in enumerate(steps):
+        assert np.array_equal(s.images[:, j], one[k].images[:, -1])
+    path = save_samples(three, tmp_path / "fs3.npz", frame_stride=3)
+    assert len(list(iter_shards(tmp_path, frame_stride=3))) == 1
+    with pytest.raises(ConfigError, match="fs3.npz.*frame_stride is 1"):
+        list(iter_shards(tmp_path, frame_stride=1))
+    assert len(list(iter_shards(data_dir, frame_stride=1))) == 1  # old shards: stride 1
+    assert path.is_file()
+
+
 def _tiny_model(seed: int = 0):
     from alpasim_policy.model.config import AlpamayoConfig
     from alpasim_policy.model.modeling_alpamayo import AlpamayoR1

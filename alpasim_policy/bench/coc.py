@@ -36,7 +36,14 @@ def coc_agreement(model: Any, scenes: list[Any], camera_size: tuple[int, int], s
     for scene in scenes:
         c = {"scene": scene.scene_id, "steps": 0, "parsed": 0, "factor": 0, "action": 0, "consistent": 0}
         gen = torch.Generator().manual_seed(seed)
-        for s in drive_samples(scene, camera_size=camera_size, frames=model.config.frames, min_future_steps=20):
+        gen_samples = drive_samples(
+            scene,
+            camera_size=camera_size,
+            frames=model.config.frames,
+            frame_stride=model.config.frame_stride,
+            min_future_steps=20,
+        )
+        for s in gen_samples:
             out = model.drive(
                 s.images, np.asarray(s.history, np.float64)[:, :3], None, s.command, num_samples=1, generator=gen
             )

@@ -92,6 +92,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="data stage: also drive every scene replayed at F times its speed (0.2: 10 m/s traffic crawls at 2)",
     )  # fmt: skip
     p.add_argument(
+        "--frame-stride", type=int, default=1, metavar="N",
+        help="data stage: ticks (0.1 s) between a sample's frames; train with --model-option frame_stride=N",
+    )  # fmt: skip
+    p.add_argument(
         "--driver-share",
         type=float,
         default=1.0,
@@ -335,6 +339,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         lead_stops=args.lead_stops,
         lead_creeps=args.lead_creeps,
         expert_gap=args.expert_gap,
+        frame_stride=args.frame_stride,
     )
     print(
         f"{len(m['shards'])} shard(s) from {len(m['scenes'])} scene(s) in {args.out / 'data'} "

@@ -158,6 +158,11 @@ class AlpamayoConfig:
     # --- Inputs ---
     cameras: int = 4
     frames: int = 4
+    #: ticks (0.1 s each) between a camera's consecutive frames: 1 is Alpamayo-R1's 0.1 s spacing.
+    #: Larger spans more time with the same F images, so slow relative motion (a lead 3 m ahead
+    #: closing at 1-2 m/s) moves further between frames; a data-and-policy setting, no weight
+    #: depends on it, but a model must run with the spacing it was trained on
+    frame_stride: int = 1
     image_hw: tuple[int, int] = (64, 64)  # model input size, multiple of patch * merge
     history_steps: int = 16
     hist_bins: int = 1000
@@ -221,6 +226,7 @@ class AlpamayoConfig:
             "history bins must fit in traj_vocab_size",
         )
         need(self.flow_steps >= 1, "flow_steps", "must be >= 1")
+        need(int(self.frame_stride) == self.frame_stride and self.frame_stride >= 1, "frame_stride", "must be an integer >= 1")
         need(self.integration in ("nvlabs", "exact"), "integration", "nvlabs or exact")
         need(self.dtype in ("float32", "bfloat16", "float16"), "dtype", "float32, bfloat16 or float16")
 

@@ -147,7 +147,8 @@ class AlpamayoR1(nn.Module):
         #: reuse the vision features of frames seen at the last tick (exact; see vision_cache.py):
         #: the default of ``drive(vision_cache=None)``; the closed-loop policy turns it on
         self.vision_cache = False
-        self.frame_cache = FrameFeatureCache()
+        # a frame comes back frame_stride ticks later (policies space frames by it): keep it that long
+        self.frame_cache = FrameFeatureCache(keep_ticks=config.frame_stride)
         self.eval()
 
     @classmethod

@@ -14,7 +14,8 @@ A frame is recognised by its *content*, not by its position: the key is a hash o
 input frame's bytes (dtype and shape included), confirmed by an exact comparison with the stored
 frame, so a collision cannot reuse wrong features. The preprocessing (resize, normalisation,
 patchify) is per image as well, so a cached frame skips it too. Memory stays bounded: after each
-tick only the frames that tick used are kept.
+tick only the frames that tick used are kept (those of the last ``keep_ticks`` ticks when a model
+spaces its frames ``frame_stride`` ticks apart: a frame then comes back ``frame_stride`` ticks later).
 """
 
 from __future__ import annotations
@@ -46,8 +47,11 @@ def frame_key(frame: torch.Tensor) -> tuple:
 class FrameFeatureCache:
     """The vision features of the frames seen at the last tick, keyed by content (see module doc)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_ticks: int = 1) -> None:
         self._entries: dict[tuple, FrameFeatures] = {}
+        self._ticks: list[dict[tuple, FrameFeatures]] = []  # the last keep_ticks ticks' frames, oldest first
+        #: how many ticks' frames are kept (the policy sets the model's ``frame_stride``)
+        self.keep_ticks = keep_ticks
         self.output_type: Any = None  # transformers' vision output class (to rebuild an output)
         self.hits = 0
         self.misses = 0
@@ -57,6 +61,7 @@ class FrameFeatureCache:
 
     def clear(self) -> None:
         self._entries.clear()
+        self._ticks.clear()
 
     def lookup(self, frames: torch.Tensor) -> tuple[list[tuple], list[FrameFeatures | None]]:
         """Keys of ``frames`` ``(N, 3, H, W)`` and the stored features of each (``None``: not stored)."""
@@ -70,8 +75,13 @@ class FrameFeatureCache:
         return keys, found
 
     def retain(self, keys: list[tuple], entries: list[FrameFeatures]) -> None:
-        """Keep exactly this tick's frames (older ones are dropped: memory stays one tick's worth)."""
-        self._entries = dict(zip(keys, entries, strict=True))
+        """Keep this tick's frames and those of the ``keep_ticks - 1`` ticks before it (older ones
+        are dropped: memory stays ``keep_ticks`` ticks' worth)."""
+        self._ticks.append(dict(zip(keys, entries, strict=True)))
+        del self._ticks[: max(0, len(self._ticks) - max(1, self.keep_ticks))]
+        self._entries = {}
+        for tick in self._ticks:  # newer ticks last: an equal key maps to the same content anyway
+            self._entries.update(tick)
 
     @staticmethod
     def split(vision: Any, frames: torch.Tensor, grid: torch.Tensor) -> list[FrameFeatures]:

@@ -3,7 +3,8 @@
 What this adapter does each tick (``act``):
 
 1. *Frames.* It keeps the last ``F`` frames (``F`` = the model's ``frames``, 4 for Alpamayo-R1)
-   of every camera of the ``alpamayo4`` rig, one per tick, i.e. 0.1 s apart, oldest first. At the
+   of every camera of the ``alpamayo4`` rig, one per tick, i.e. 0.1 s apart (the model's
+   ``frame_stride`` ticks apart where that is above 1), oldest first. At the
    start of a rollout (fewer than ``F`` frames seen) the oldest frame is repeated, so the first
    tick sees ``F`` copies of the first image. If the env skips steps (the observation's ``step``
    jumps by more than one) the last frame is held for the missing steps, so the spacing stays
@@ -111,10 +112,17 @@ def resolve_weights(preset: str, weights: str | Path | None) -> Path | None:
 
 
 class FrameBuffer:
-    """The last ``frames`` images of each camera at 0.1 s spacing (see the module docstring)."""
+    """The last ``frames`` images of each camera, ``stride`` ticks (``stride`` x 0.1 s) apart.
 
-    def __init__(self, frames: int):
+    It holds the last ``(frames - 1) * stride + 1`` ticks' images and hands out every
+    ``stride``-th, newest included (see the module docstring for padding and skipped steps)."""
+
+    def __init__(self, frames: int, stride: int = 1):
+        if stride < 1:
+            raise ConfigError(f"frame stride {stride}: must be >= 1")
         self.frames = frames
+        self.stride = stride
+        self.span = (frames - 1) * stride + 1  # ticks held
         self.reset()
 
     def reset(self) -> None:
@@ -130,20 +138,20 @@ class FrameBuffer:
             img = np.asarray(cameras[name])
             if img.ndim != 3 or img.shape[2] != 3:
                 raise ConfigError(f"observation 'cameras/{name}': expected (H, W, 3) RGB, got {img.shape}")
-            q = self._buf.setdefault(name, deque(maxlen=self.frames))
+            q = self._buf.setdefault(name, deque(maxlen=self.span))
             if q and q[-1].shape != img.shape:
                 raise ConfigError(
                     f"observation 'cameras/{name}': image size changed from {q[-1].shape} to {img.shape}"
                 )
-            for _ in range(min(gap - 1, self.frames)):  # hold the last frame over skipped steps
+            for _ in range(min(gap - 1, self.span)):  # hold the last frame over skipped steps
                 q.append(q[-1])
             q.append(img)
         self._last_step = step
         out = []
         for name in order:
             q = list(self._buf[name])
-            q = [q[0]] * (self.frames - len(q)) + q  # pad the start by repeating the first frame
-            out.append(np.stack(q))
+            q = [q[0]] * (self.span - len(q)) + q  # pad the start by repeating the first frame
+            out.append(np.stack(q[:: self.stride]))  # the newest is q[-1] = q[span - 1]: kept
         return np.ascontiguousarray(np.stack(out).transpose(0, 1, 4, 2, 3))  # (C, F, 3, H, W)
 
 
@@ -223,7 +231,7 @@ class AlpamayoCore:
                 self.model.drafter = FallbackDrafter(recall, _load_drafter(self.draft, self.device))
             else:
                 self.model.drafter = NGramDrafter(memory=4)
-        self.frames = FrameBuffer(self.model.config.frames)
+        self.frames = FrameBuffer(self.model.config.frames, self.model.config.frame_stride)
         self.selector = SampleSelector(self.select)
         self._camera_order: list[str] | None = None
         self._generator = torch.Generator().manual_seed(self.seed)

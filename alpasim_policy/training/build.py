@@ -222,6 +222,7 @@ def build_data(
     lead_stops: int = 0,
     lead_creeps: int = 0,
     expert_gap: float | None = None,
+    frame_stride: int = 1,
 ) -> dict[str, Any]:
     """The ``data`` stage; returns the manifest (also written to ``out/data/manifest.json``).
 
@@ -246,6 +247,8 @@ def build_data(
     ``lead_creeps``: the same, with the stopped lead going on stop-and-go.
     ``expert_gap``: the ``idm`` expert's standstill gap (m; ``None``: the baseline's; see
     :func:`~alpasim_policy.training.data.drive_samples`).
+    ``frame_stride``: ticks between a sample's frames (the model config's ``frame_stride``; train
+    with ``--model-option frame_stride=N`` to match: the imitation stage checks the manifest).
     """
     import numpy as np
     from tqdm import tqdm
@@ -289,6 +292,7 @@ def build_data(
     # a non-default gap is in the name, so a resumed folder never mixes two experts' shards
     gap = f"-gap{expert_gap:g}" if expert == "idm" and expert_gap is not None else ""
     suffix = ("" if expert == "log" else f"-{expert}{gap}") + ("" if driver is None else "-dagger")
+    suffix += "" if frame_stride == 1 else f"-fs{frame_stride}"  # nor one of two frame spacings
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     shards = []
@@ -310,11 +314,12 @@ def build_data(
                     driver_share=driver_share,
                     seed=seed,
                     expert_gap=expert_gap,
+                    frame_stride=frame_stride,
                 )
             )
             if not samples:
                 continue
-            save_samples(samples, path)
+            save_samples(samples, path, frame_stride)
         shards.append(name)
         with np.load(path) as z:
             n_samples += len(z["step"])
@@ -326,6 +331,7 @@ def build_data(
         "preset": preset,
         "camera_size": list(camera_size),
         "frames": frames,
+        "frame_stride": frame_stride,
         "seed": seed,
         "perturbations_per_scene": perturbations,
         "max_lateral_m": max_lateral,

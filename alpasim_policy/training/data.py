@@ -213,6 +213,7 @@ def drive_samples(
     driver_share: float = 1.0,
     seed: int = 0,
     expert_gap: float | None = None,
+    frame_stride: int = 1,
 ) -> Iterator[TrainingSample]:
     """Drive ``scene`` in the env along the expert target (drifting where perturbed); yield samples.
 
@@ -230,6 +231,8 @@ def drive_samples(
     speed, from four frames 0.3 s apart) might be better taught by a more cautious expert, whose
     larger gap leaves time to notice the lead stopping. Measured with 4 m (training README, run
     11), the tiny model drove worse, so the default stays the baseline's.
+
+    ``frame_stride``: ticks between the frames of a sample, as the model config's ``frame_stride``.
     """
     import gymnasium as gym
 
@@ -243,7 +246,7 @@ def drive_samples(
     env = gym.make("alpasim_policy/LogReplay-v0", scene=scene, config=config).unwrapped
     obs, _ = env.reset(seed=0)
     order = list(env.camera_rig.names)
-    buffer = FrameBuffer(frames)
+    buffer = FrameBuffer(frames, frame_stride)
     wanted = None if steps is None else set(int(s) for s in steps)
     last = scene.num_steps - 1
     teacher = None
@@ -357,8 +360,11 @@ def sample_arrays(samples: Sequence[TrainingSample]) -> dict[str, np.ndarray]:
     }
 
 
-def save_samples(samples: Sequence[TrainingSample], path: str | Path) -> Path:
-    """Write a shard of samples as one compressed ``.npz`` (atomically; see ``alpasim_policy.io``)."""
+def save_samples(samples: Sequence[TrainingSample], path: str | Path, frame_stride: int = 1) -> Path:
+    """Write a shard of samples as one compressed ``.npz`` (atomically; see ``alpasim_policy.io``).
+
+    ``frame_stride`` (the spacing the frames were stacked with) is stored beside the arrays, so
+    training can refuse a model whose spacing differs; a shard without it has the default 1."""
     import io
 
     from alpasim_policy.io import atomic_write_bytes
@@ -366,6 +372,8 @@ def save_samples(samples: Sequence[TrainingSample], path: str | Path) -> Path:
     if not samples:
         raise ValueError(f"{path}: no samples to write")
     arrays = sample_arrays(samples)
+    if frame_stride != 1:
+        arrays["frame_stride"] = np.asarray(frame_stride, np.int64)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(Path(path), buf.getvalue())

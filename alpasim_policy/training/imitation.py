@@ -112,10 +112,15 @@ class Sample:
 SHARD_KEYS = ("images", "history", "command", "target", "target_valid", "coc")
 
 
-def iter_shards(data: Path | Sequence[Path]) -> Iterator[dict[str, np.ndarray]]:
+def iter_shards(
+    data: Path | Sequence[Path], frame_stride: int | None = None
+) -> Iterator[dict[str, np.ndarray]]:
     """The arrays of every ``*.npz`` shard under ``data`` (one folder or several, each sorted), one
     shard at a time: :func:`prepare_samples` reads them this way so a run never holds every raw
-    frame and every processed frame at once (13000 samples did not fit in 24 GB that way)."""
+    frame and every processed frame at once (13000 samples did not fit in 24 GB that way).
+
+    ``frame_stride``: the model's frame spacing; a shard stacked with another one is refused (its
+    frames would mean other times than the model's policy will feed it)."""
     folders = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
     files = []
     for folder in folders:
@@ -128,6 +133,12 @@ def iter_shards(data: Path | Sequence[Path]) -> Iterator[dict[str, np.ndarray]]:
             missing = [k for k in SHARD_KEYS if k not in z.files]
             if missing:
                 raise ConfigError(f"{f}: not a training shard (missing {', '.join(missing)})")
+            stride = int(z["frame_stride"]) if "frame_stride" in z.files else 1
+            if frame_stride is not None and stride != frame_stride:
+                raise ConfigError(
+                    f"{f}: frames {stride} tick(s) apart, the model's frame_stride is {frame_stride} "
+                    f"(data stage --frame-stride / --model-option frame_stride must agree)"
+                )
             yield {k: z[k] for k in SHARD_KEYS}
 
 
@@ -588,7 +599,7 @@ def train_imitation(
     model.train()
     # a resumed run keeps its checkpoint's action statistics
     fit = start == 0 and cfg.action_stats == "data"
-    samples = prepare_samples(model, iter_shards(data), cfg.fit_smooth, fit_stats=fit)
+    samples = prepare_samples(model, iter_shards(data, model.config.frame_stride), cfg.fit_smooth, fit_stats=fit)
     ema = None
     if cfg.ema:
         from safetensors.torch import load_model

@@ -243,6 +243,7 @@ def collect_ticks(
     *,
     camera_size: tuple[int, int],
     frames: int,
+    frame_stride: int = 1,
     stride: int = 3,
     perturbations: int = 1,
     max_lateral: float = 1.5,
@@ -251,7 +252,8 @@ def collect_ticks(
     progress: bool = False,
 ) -> list[Tick]:
     """Drive every scene in the env along the expert (on the log, and ``perturbations`` times off
-    it, the data stage's drives) and keep every ``stride``-th step with ``min_future_steps`` of log."""
+    it, the data stage's drives) and keep every ``stride``-th step with ``min_future_steps`` of log
+    (``frame_stride``: the model's frame spacing, as the policy stacks them)."""
     import gymnasium as gym
     from tqdm import tqdm
 
@@ -271,7 +273,7 @@ def collect_ticks(
         env = gym.make("alpasim_policy/LogReplay-v0", scene=scene, config=config).unwrapped
         obs, info = env.reset(seed=0)
         order = list(env.camera_rig.names)
-        buf = FrameBuffer(frames)
+        buf = FrameBuffer(frames, frame_stride)
         last = scene.num_steps - 1
         t0 = int(obs["step"])
         while True:
@@ -519,7 +521,13 @@ def training_scenes(raw: Path, exclude_suite: str | None) -> list[Any]:
 
 
 def prepare_run(
-    out: Path, cfg: RLConfig, scenes: list[Any], camera_size: tuple[int, int], frames: int, progress: bool
+    out: Path,
+    cfg: RLConfig,
+    scenes: list[Any],
+    camera_size: tuple[int, int],
+    frames: int,
+    progress: bool,
+    frame_stride: int = 1,
 ) -> tuple[list[Tick], dict[str, Any]]:
     """``out/ticks.npz`` and ``out/metric_cache/`` (built once, reused by a resumed run)."""
     from alpasim_policy.caching import IDM_REFERENCE
@@ -530,7 +538,7 @@ def prepare_run(
         ticks = load_ticks(path)
     else:
         ticks = collect_ticks(
-            scenes, camera_size=camera_size, frames=frames, stride=cfg.stride,
+            scenes, camera_size=camera_size, frames=frames, frame_stride=frame_stride, stride=cfg.stride,
             perturbations=cfg.perturbations, max_lateral=cfg.max_lateral, seed=cfg.seed, progress=progress,
         )  # fmt: skip
         if not ticks:
@@ -586,7 +594,7 @@ def train_rl(
     size = DEFAULT_CAMERA_SIZE.get(model.config.preset)
     if size is None:
         raise ConfigError(f"--init: preset {model.config.preset!r} has no camera size")
-    ticks, worlds = prepare_run(out, cfg, scenes, size, model.config.frames, progress)
+    ticks, worlds = prepare_run(out, cfg, scenes, size, model.config.frames, progress, model.config.frame_stride)
     ctx = TickContext(model, ticks, worlds)
     eval_idx = list(range(0, len(ticks), max(1, len(ticks) // eval_ticks)))[:eval_ticks]
     before = None
