@@ -12,6 +12,12 @@ history, v0 from the history, command) and makes one greedy CoC and one trajecto
 * **reasoning-action consistency**: the CoC's meta-action is what the model's own trajectory does
   (the leaderboard column's rule, here on the log's states).
 
+With ``ablations`` each step is also driven twice more, with the same generator seed: once with
+each camera's frames in reverse time order and once with every image a flat grey. How far the
+plan's position at 2 s moves (mean absolute change, m) and how often the CoC text changes say how
+much the model uses its cameras at all, and their order in time (a lead's motion is only in the
+order): a model whose plan ignores reversed frames cannot read whether its lead is moving.
+
 Open loop on purpose: in closed loop the ego leaves the log and the labeler's facts at a step
 (the logged ego's route position) no longer describe the car; consistency in closed loop is the
 leaderboard's ``reasoning_consistency``.
@@ -22,9 +28,24 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+ABLATIONS = ("reversed", "grey")
+X_2S = 19  # trajectory row of t = 2 s (rows are 0.1 s ... 6.4 s)
 
-def coc_agreement(model: Any, scenes: list[Any], camera_size: tuple[int, int], seed: int = 0) -> dict[str, Any]:
-    """Per-scene and total counts of factor / meta-action matches and consistency (see the module doc)."""
+
+def _ablated(images: Any, kind: str) -> Any:
+    """``images`` (C, F, 3, H, W) uint8 with the frames in reverse order, or all mid-grey."""
+    import numpy as np
+
+    if kind == "reversed":
+        return np.ascontiguousarray(images[:, ::-1])
+    return np.full_like(images, 128)
+
+
+def coc_agreement(
+    model: Any, scenes: list[Any], camera_size: tuple[int, int], seed: int = 0, ablations: bool = False
+) -> dict[str, Any]:
+    """Per-scene and total counts of factor / meta-action matches and consistency (see the module doc);
+    with ``ablations`` also ``<kind>_dx_m`` and ``<kind>_coc_changed`` per :data:`ABLATIONS`."""
     import numpy as np
     import torch
 
@@ -33,6 +54,8 @@ def coc_agreement(model: Any, scenes: list[Any], camera_size: tuple[int, int], s
 
     per_scene = []
     tot = {"steps": 0, "parsed": 0, "factor": 0, "action": 0, "consistent": 0}
+    dx: dict[str, list[float]] = {k: [] for k in ABLATIONS}
+    changed: dict[str, list[bool]] = {k: [] for k in ABLATIONS}
     for scene in scenes:
         c = {"scene": scene.scene_id, "steps": 0, "parsed": 0, "factor": 0, "action": 0, "consistent": 0}
         gen = torch.Generator().manual_seed(seed)
@@ -44,9 +67,17 @@ def coc_agreement(model: Any, scenes: list[Any], camera_size: tuple[int, int], s
             min_future_steps=20,
         )
         for s in gen_samples:
-            out = model.drive(
-                s.images, np.asarray(s.history, np.float64)[:, :3], None, s.command, num_samples=1, generator=gen
-            )
+            history = np.asarray(s.history, np.float64)[:, :3]
+            state = gen.get_state()
+            out = model.drive(s.images, history, None, s.command, num_samples=1, generator=gen)
+            if ablations:
+                x = float(np.asarray(out.trajectories)[0, X_2S, 0])
+                for kind in ABLATIONS:
+                    g = torch.Generator().manual_seed(seed)
+                    g.set_state(state)  # the same noise as the real images' plan
+                    alt = model.drive(_ablated(s.images, kind), history, None, s.command, num_samples=1, generator=g)
+                    dx[kind].append(abs(float(np.asarray(alt.trajectories)[0, X_2S, 0]) - x))
+                    changed[kind].append(alt.reasoning[0] != out.reasoning[0])
             said, truth = parse_coc(out.reasoning[0]), parse_coc(s.coc)
             c["steps"] += 1
             if said.action is None:
@@ -60,8 +91,14 @@ def coc_agreement(model: Any, scenes: list[Any], camera_size: tuple[int, int], s
         for k in tot:
             tot[k] += c[k]
     n = max(1, tot["steps"])
+    ablated = {}
+    if ablations:
+        for kind in ABLATIONS:
+            ablated[f"{kind}_dx_m"] = float(np.mean(dx[kind])) if dx[kind] else float("nan")
+            ablated[f"{kind}_coc_changed"] = float(np.mean(changed[kind])) if changed[kind] else float("nan")
     return {
         **tot,
+        **ablated,
         "factor_match": tot["factor"] / n,
         "action_match": tot["action"] / n,
         "consistency": tot["consistent"] / max(1, tot["parsed"]),
@@ -93,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         paths = [p for p in paths if p.stem in wanted]
     scenes = [load_scene(p) for p in paths]
     with torch.no_grad():
-        r = coc_agreement(model, scenes, DEFAULT_CAMERA_SIZE[args.preset], args.seed)
+        r = coc_agreement(model, scenes, DEFAULT_CAMERA_SIZE[args.preset], args.seed, args.ablations)
     label = "random weights" if weights is None else str(args.weights or "shipped weights")
     write_rows(
         [
@@ -106,7 +143,21 @@ def run(args: argparse.Namespace) -> int:
                 "ratio": f"factor {r['factor_match'] / 0.70:.2f} of the 70 % target, consistency "
                 f"{r['consistency'] / 0.80:.2f} of the 80 % target",
             }
-        ],
+        ]
+        + (
+            [
+                {
+                    "benchmark": f"the same steps with each camera's frames reversed in time / every image grey "
+                    f"(same noise; {args.preset}, {label})",
+                    "result": f"plan's position at 2 s moves {r['reversed_dx_m']:.2f} m / {r['grey_dx_m']:.2f} m "
+                    f"on average; CoC text changes on {r['reversed_coc_changed']:.1%} / "
+                    f"{r['grey_coc_changed']:.1%} of {r['steps']} steps",
+                    "ratio": "-",
+                }
+            ]
+            if args.ablations
+            else []
+        ),
         args,
     )
     print_summary({k: v for k, v in r.items() if k != "per_scene"})
