@@ -96,6 +96,34 @@ def test_frame_buffer_with_a_stride_hands_out_every_strideth_tick():
         FrameBuffer(4, stride=0)
 
 
+def test_a_checkpoint_with_a_frame_stride_drives_with_its_spacing(tmp_path):
+    """``frame_stride`` travels in ``config.json``: the policy stacks that checkpoint's frames that far
+    apart and its vision cache keeps them until they come back, in the env's closed loop."""
+    import torch
+
+    from alpasim_policy.model.config import AlpamayoConfig
+    from alpasim_policy.model.modeling_alpamayo import AlpamayoR1
+
+    torch.manual_seed(0)
+    AlpamayoR1.create(AlpamayoConfig.from_preset("tiny", frame_stride=2)).save_pretrained(tmp_path / "fs2")
+    pol = AlpamayoPolicy(**{**FAST, "weights": str(tmp_path / "fs2")})
+    assert pol.core.frames.stride == 2 and pol.model.frame_cache.keep_ticks == 2
+    env = make_env(pol)
+    obs, _ = env.reset(seed=0)
+    pol.reset(seed=0, scene=env.unwrapped.scene, camera_rig=env.unwrapped.camera_rig)
+    cached = []
+    for _ in range(6):
+        before = pol.model.counters["vision_frames_cached"]
+        out = pol.act(obs)
+        validate_plan(out.trajectory)
+        cached.append(pol.model.counters["vision_frames_cached"] - before)
+        obs, *_ = env.step(out.trajectory)
+    env.close()
+    # from tick 2 on, each camera's frames are ticks t-6, t-4, t-2 (the start padded with tick 0's
+    # frame) and t: all but the newest were seen at tick t-1 or t-2, so all but 4 are reused
+    assert cached[2:] == [4 * 3] * 4
+
+
 def test_frame_buffer_rejects_a_changing_image_size():
     fb = FrameBuffer(2)
     fb.push({"a": np.zeros((6, 8, 3), np.uint8)}, 0, ["a"])
