@@ -45,12 +45,13 @@ def frame_key(frame: torch.Tensor) -> tuple:
 
 
 class FrameFeatureCache:
-    """The vision features of the frames seen at the last tick, keyed by content (see module doc)."""
+    """The vision features of the frames seen at the last ``keep_ticks`` ticks, keyed by content (see
+    the module doc)."""
 
     def __init__(self, keep_ticks: int = 1) -> None:
         self._entries: dict[tuple, FrameFeatures] = {}
         self._ticks: list[dict[tuple, FrameFeatures]] = []  # the last keep_ticks ticks' frames, oldest first
-        #: how many ticks' frames are kept (the policy sets the model's ``frame_stride``)
+        #: how many ticks' frames are kept (``AlpamayoR1`` passes its config's ``frame_stride``)
         self.keep_ticks = keep_ticks
         self.output_type: Any = None  # transformers' vision output class (to rebuild an output)
         self.hits = 0
