@@ -248,7 +248,7 @@ def build_data(
     ``expert_gap``: the ``idm`` expert's standstill gap (m; ``None``: the baseline's; see
     :func:`~alpasim_policy.training.data.drive_samples`).
     ``frame_stride``: ticks between a sample's frames (the model config's ``frame_stride``; train
-    with ``--model-option frame_stride=N`` to match: the imitation stage checks the manifest).
+    with ``--model-option frame_stride=N`` to match: training checks each shard's stride).
     """
     import numpy as np
     from tqdm import tqdm

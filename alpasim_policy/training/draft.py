@@ -188,7 +188,7 @@ def train_draft(
     target = AlpamayoR1.from_pretrained(target_dir)
     torch.manual_seed(cfg.seed)
     draft = DraftModel.from_target(target, layers=cfg.layers, intermediate=cfg.intermediate)
-    arrays = load_shards(data)
+    arrays = load_shards(data, target.config.frame_stride)  # the target's CoC on the inputs it drives with
     teach = teacher_samples(target, draft, arrays, cfg.max_cot_tokens)
     n_val = int(round(cfg.held_out * len(teach))) if len(teach) > 1 else 0
     train_set, val_set = teach[: len(teach) - n_val], teach[len(teach) - n_val :]

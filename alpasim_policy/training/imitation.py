@@ -142,10 +142,11 @@ def iter_shards(
             yield {k: z[k] for k in SHARD_KEYS}
 
 
-def load_shards(data: Path | Sequence[Path]) -> dict[str, np.ndarray]:
-    """Every ``*.npz`` shard under ``data`` (one folder or several, each sorted), concatenated."""
+def load_shards(data: Path | Sequence[Path], frame_stride: int | None = None) -> dict[str, np.ndarray]:
+    """Every ``*.npz`` shard under ``data`` (one folder or several, each sorted), concatenated
+    (``frame_stride``: as :func:`iter_shards`)."""
     parts: dict[str, list[np.ndarray]] = {k: [] for k in SHARD_KEYS}
-    for shard in iter_shards(data):
+    for shard in iter_shards(data, frame_stride):
         for k in SHARD_KEYS:
             parts[k].append(shard[k])
     return {k: np.concatenate(v) for k, v in parts.items()}
