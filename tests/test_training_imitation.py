@@ -140,6 +140,14 @@ def test_frame_stride_spaces_a_samples_frames_and_training_checks_it(data_dir, t
         list(iter_shards(tmp_path, frame_stride=1))
     assert len(list(iter_shards(data_dir, frame_stride=1))) == 1  # old shards: stride 1
     assert path.is_file()
+    from alpasim_policy.cli import main
+    from alpasim_policy.model.config import AlpamayoConfig
+
+    assert main(["train", "--stage", "data", "--out", str(tmp_path / "d"), "--frame-stride", "0"]) == 2
+    assert not (tmp_path / "d" / "data").exists()  # refused before anything is driven
+    for bad in (0, "5", 1.5):
+        with pytest.raises(ConfigError, match="frame_stride"):
+            AlpamayoConfig.from_preset("tiny", frame_stride=bad)
 
 
 def _tiny_model(seed: int = 0):

@@ -73,7 +73,7 @@ def coc_agreement(
             if ablations:
                 x = float(np.asarray(out.trajectories)[0, X_2S, 0])
                 for kind in ABLATIONS:
-                    g = torch.Generator().manual_seed(seed)
+                    g = torch.Generator()
                     g.set_state(state)  # the same noise as the real images' plan
                     alt = model.drive(_ablated(s.images, kind), history, None, s.command, num_samples=1, generator=g)
                     dx[kind].append(abs(float(np.asarray(alt.trajectories)[0, X_2S, 0]) - x))

@@ -226,7 +226,8 @@ class AlpamayoConfig:
             "history bins must fit in traj_vocab_size",
         )
         need(self.flow_steps >= 1, "flow_steps", "must be >= 1")
-        need(int(self.frame_stride) == self.frame_stride and self.frame_stride >= 1, "frame_stride", "must be an integer >= 1")
+        stride = self.frame_stride
+        need(isinstance(stride, int) and not isinstance(stride, bool) and stride >= 1, "frame_stride", "must be an integer >= 1")
         need(self.integration in ("nvlabs", "exact"), "integration", "nvlabs or exact")
         need(self.dtype in ("float32", "bfloat16", "float16"), "dtype", "float32, bfloat16 or float16")
 

@@ -291,7 +291,7 @@ def consistent_selection(samples: np.ndarray, reasoning: list[str] | None, v0: f
     """The first of the rig-frame ``samples`` whose trajectory performs the meta-action of its CoC
     (``reasoning[0]`` for all, or ``reasoning[k]`` for sample k); sample 0 when none does or the
     text states none. Scores: 1 for the samples that agree, 0 for the others."""
-    from alpasim_policy.scoring.reasoning import classify_trajectory, parse_coc
+    from alpasim_policy.scoring.reasoning import reasoning_action_consistency
 
     if not reasoning or v0 is None:
         raise ConfigError("option 'select': 'consistent' needs the CoC text and the start speed v0")
@@ -301,10 +301,9 @@ def consistent_selection(samples: np.ndarray, reasoning: list[str] | None, v0: f
         )
     scores = np.zeros(len(samples))
     for k, sample in enumerate(samples):
-        said = parse_coc(reasoning[k if len(reasoning) > 1 else 0]).action
         rows = sample[np.all(np.isfinite(sample), axis=1)]
-        if said is not None and len(rows):
-            scores[k] = float(classify_trajectory(rows, float(v0)) == said)
+        text = reasoning[k if len(reasoning) > 1 else 0]
+        scores[k] = float(len(rows) > 0 and bool(reasoning_action_consistency(text, rows, float(v0))))
     return Selection(int(np.argmax(scores)), "consistent", scores)
 
 

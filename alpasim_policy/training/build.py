@@ -261,6 +261,10 @@ def build_data(
     from alpasim_policy.scenes.suite import load_suite
     from alpasim_policy.training.data import drive_samples, ego_key, held_out_filter, save_samples
 
+    if frame_stride < 1:
+        from alpasim_policy.errors import ConfigError
+
+        raise ConfigError(f"--frame-stride {frame_stride}: ticks between frames, an integer >= 1")
     frames = AlpamayoConfig.from_preset(preset).frames
     camera_size = DEFAULT_CAMERA_SIZE.get(preset)
     if camera_size is None:
