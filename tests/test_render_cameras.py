@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -18,7 +19,9 @@ from alpasim_policy.render.cameras import (
     CameraRenderer,
     CameraRig,
     CameraStyle,
+    brake_lamps_lit,
     clip_polygon_near,
+    parked_agents,
     render_cameras,
 )
 from alpasim_policy.scenes.format import AgentType, load_scene
@@ -354,3 +357,75 @@ def test_renderer_cache_is_keyed_by_rig_and_style_values(scene):
     assert b is not a and b.rig.cameras[0].width == 32
     c = get_camera_renderer(scene, CameraRig.from_preset("alpamayo4", 64, 36), CameraStyle(max_range=30.0))
     assert c is not a and c.style.max_range == 30.0
+
+
+# ----------------------------------------------------------------------------- brake lamps
+
+
+def test_brake_lamps_lit_when_braking_or_standing_but_not_parked():
+    t = np.arange(8) * 0.1
+    states = np.zeros((6, 8, 5))
+    states[0, :, 3] = 10.0  # cruising
+    states[1, :, 3] = 10.0 - 1.0 * t  # braking at 1 m/s^2
+    states[2, :, 3] = 10.0 - 0.3 * t  # coasting: 0.3 m/s^2, below the 0.5 threshold
+    states[3, :, 4] = 10.0 - 1.0 * t  # braking, driving along y: speed is the norm
+    # rows 4 and 5 stand still; 5 is parked
+    valid = np.ones((6, 8), dtype=bool)
+    parked = np.array([False, False, False, False, False, True])
+    assert brake_lamps_lit(states, valid, 7, parked).tolist() == [False, True, False, True, True, False]
+    # only the past is read: before the window fills, a braking car is dark, a standing one lit
+    assert brake_lamps_lit(states, valid, 4, parked).tolist() == [False, False, False, False, True, False]
+    # no valid state 0.5 s ago: braking cannot be seen; an agent not valid now is never lit
+    valid[1, 2] = False
+    valid[4, 7] = False
+    assert brake_lamps_lit(states, valid, 7, parked).tolist() == [False, False, False, True, False, False]
+
+
+def test_parked_agents_are_those_that_never_move():
+    sc = load_scene(ROOT / "scenarios/scenes/cr-USA_US101-4_1_T-1-ego442-w01.npz")
+    assert not parked_agents(sc.agents).any()  # stop-and-go traffic: everyone moves at some point
+    state = sc.agents.state.copy()
+    state[3, :, 3:5] = 0.0
+    parked = parked_agents(dataclasses.replace(sc.agents, state=state))
+    assert parked.tolist() == [i == 3 for i in range(len(state))]
+
+
+def _lamp_pixels(img: np.ndarray, style: CameraStyle) -> tuple[int, int]:
+    """(lit, dark) lamp pixels: exactly the lamp colours (antialiased edges blend, interiors not)."""
+    on = (img == style.colors["brake_lamp_on"]).all(-1).sum()
+    off = (img == style.colors["brake_lamp_off"]).all(-1).sum()
+    return int(on), int(off)
+
+
+@pytest.mark.parametrize("kind", ["lit", "dark", "facing", "disabled", "pedestrian"])
+def test_brake_lamps_drawn_on_the_rear_of_a_vehicle_ahead(scene, kind):
+    t = scene.metadata.t0_index
+    types = np.asarray(scene.agents.types)
+    want = AgentType.PEDESTRIAN if kind == "pedestrian" else AgentType.VEHICLE
+    i = int(np.flatnonzero(types == int(want))[0])
+    style = CameraStyle(draw_brake_lamps=kind != "disabled")
+    rig = CameraRig.from_preset("alpamayo4", 128, 128)
+    r = CameraRenderer(scene, rig, style)
+    pose = scene.ego.state[t, :3]
+    st = scene.agents.state[:, t].copy()
+    ahead = 10.0  # m ahead of the rig, on the axis; heading along the ego's, or towards it
+    st[i, :3] = [pose[0] + ahead * np.cos(pose[2]), pose[1] + ahead * np.sin(pose[2]),
+                 pose[2] + (np.pi if kind == "facing" else 0.0)]  # fmt: skip
+    valid = np.zeros(len(st), dtype=bool)
+    valid[i] = True
+    lit = np.zeros(len(st), dtype=bool)
+    lit[i] = kind != "dark"
+    img = r.render(ego_state=scene.ego.state[t], agent_states=st, agent_valid=valid, step=t, brake_lamps=lit)
+    on, off = _lamp_pixels(img["camera_front_tele_30fov"], style)
+    if kind == "lit":
+        assert on > 20 and off == 0
+        # lamps on both sides of the image centre (the vehicle straddles the optical axis)
+        cols = np.nonzero((img["camera_front_tele_30fov"] == style.colors["brake_lamp_on"]).all(-1).any(0))[0]
+        cam = rig["camera_front_tele_30fov"]
+        assert cols.min() < cam.cx < cols.max()
+    elif kind == "dark":
+        assert on == 0 and off > 20
+    else:  # the front faces the camera, lamps are off in the style, or a pedestrian has none
+        assert on == 0 and off == 0
+    with pytest.raises(ValueError, match="brake_lamps has 1 rows"):
+        r.render(ego_state=scene.ego.state[t], agent_states=st, agent_valid=valid, step=t, brake_lamps=lit[:1])

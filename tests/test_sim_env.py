@@ -361,3 +361,18 @@ def test_config_is_frozen_typed_and_errors_name_the_file_and_field(tmp_path):
     bad.write_text("bev:\n  enabled: true\n  widht: 10\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml.*'bev'.*unknown field.*widht"):
         load_env_config(bad)
+
+
+def test_camera_observation_shows_a_stopped_leads_brake_lamps():
+    """US-101 crawl: 5.2 s in, the logged lead stands 2-3 m ahead; its lamps light in the tele
+    camera the policy sees; 2.7 s in, it rolls at 1.6 m/s and no lamp in that view is lit."""
+    from alpasim_policy.render.cameras import CameraStyle
+
+    on = np.array(CameraStyle().colors["brake_lamp_on"], dtype=np.uint8)
+    lit_pixels = []
+    for warmup in (5.2, 2.7):  # lead standing / lead rolling at 1.6 m/s
+        env = gym.make(ENV_ID, scene="cr-USA_US101-4_1_T-1-ego442-w01",
+                       config={"warmup_s": warmup, "cameras": {"enabled": True, "width": 64, "height": 64}})  # fmt: skip
+        obs, _ = env.reset(seed=0)
+        lit_pixels.append(int((obs["cameras"]["camera_front_tele_30fov"] == on).all(-1).sum()))
+    assert lit_pixels[0] > 5 and lit_pixels[1] == 0, lit_pixels

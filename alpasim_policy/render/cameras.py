@@ -16,7 +16,9 @@ Rendering (:class:`CameraRenderer`) draws, per camera: a sky / off-road ground b
 (constant per camera on a flat world, so computed once), the drivable area, crosswalks
 (zebra bars), lane boundaries (width scaled with depth), stop lines coloured by the light
 state, and agents as filled 3D boxes with a per-type height, farthest first (painter's
-order) with back faces culled. Every ground polygon and box face is clipped against the
+order) with back faces culled. Vehicles carry brake lamps on their rear face (two tail lamps and a
+high-mounted stop lamp), lit while the vehicle brakes or stands (:func:`brake_lamps_lit`): the one
+cue a real camera gives, in a single frame, that a car ahead is stopping. Every ground polygon and box face is clipped against the
 plane ``z_cam >= near`` *in camera space* before projection, so geometry that crosses
 behind the camera is cut correctly instead of folding through infinity.
 
@@ -37,7 +39,7 @@ import numpy as np
 
 from alpasim_policy.errors import ConfigError
 from alpasim_policy.render._geometry import AGENT_HEIGHTS, SceneGeometry
-from alpasim_policy.scenes.format import AgentType, LightState, Scene
+from alpasim_policy.scenes.format import DT, Agents, AgentType, LightState, Scene
 from alpasim_policy.scenes.geometry import box_corners, scene_cache
 
 RIGS_DIR = Path(str(files("alpasim_policy.render.rigs")))  # package data (the bundled rig JSONs)
@@ -369,6 +371,8 @@ def _default_style() -> dict[str, Any]:
         "light_red": (235, 30, 30),
         "light_yellow": (240, 210, 30),
         "light_green": (40, 220, 60),
+        "brake_lamp_off": (110, 25, 25),
+        "brake_lamp_on": (255, 45, 45),
     }
 
 
@@ -387,6 +391,7 @@ class CameraStyle:
     draw_crosswalks: bool = True
     draw_lights: bool = True  # stop lines + a light head above each, coloured by state
     light_head_height: float = 5.0  # m, bottom of the light head above the road
+    draw_brake_lamps: bool = True  # rear lamps on vehicles, lit while braking or standing
     antialias: bool = True
     colors: dict[str, tuple[int, int, int]] = field(default_factory=_default_style)
 
@@ -456,6 +461,73 @@ def _subdivide(segs: np.ndarray, max_len: float) -> np.ndarray:
     return np.stack([a, b], axis=1)
 
 
+#: Brake lamps: a vehicle's lamps are lit while it stands (below this speed, m/s) unless parked ...
+BRAKE_STOPPED_SPEED = 0.5
+#: ... or while its speed fell by more than this mean deceleration (m/s^2) ...
+BRAKE_DECEL = 0.5
+#: ... over this many past steps (0.5 s): long enough that logged speed noise does not flicker them.
+BRAKE_WINDOW_STEPS = 5
+_LAMP_TYPES = (AgentType.VEHICLE, AgentType.BUS, AgentType.TRUCK, AgentType.MOTORCYCLE)
+# lamp quads on the rear face: (lateral from the left edge, as a share of the width; height above
+# the road in m, or from the roof down for the high-mounted stop lamp)
+_TAIL_LAMPS = ((0.04, 0.28), (0.72, 0.96))
+_TAIL_Z = (0.80, 1.10)
+_HIGH_LAMP = (0.35, 0.65)
+_HIGH_DZ = (0.22, 0.10)  # m below the roof: bottom, top
+
+
+def parked_agents(agents: Agents) -> np.ndarray:
+    """(N,) bool: agents that never move in their logged track (faster than
+    :data:`BRAKE_STOPPED_SPEED`). A parked car's lamps are dark; a car waiting in a queue keeps
+    its brake pressed, so only a car that moves at some point of the log lights them when standing."""
+    speed = np.hypot(agents.state[..., 3], agents.state[..., 4])
+    return ~((speed > BRAKE_STOPPED_SPEED) & agents.valid).any(axis=1)
+
+
+def brake_lamps_lit(states: np.ndarray, valid: np.ndarray, step: int, parked: np.ndarray) -> np.ndarray:
+    """(N,) bool: whose brake lamps are lit at ``step``.
+
+    ``states`` (N, T, >=5) :data:`~alpasim_policy.scenes.format.AGENT_COLUMNS` rows of steps
+    0..``step`` at least (as simulated: log replay or IDM), ``valid`` (N, T), ``parked`` from
+    :func:`parked_agents`. Lit when the agent stands (not parked) or when its speed fell at more
+    than :data:`BRAKE_DECEL` on average over the last :data:`BRAKE_WINDOW_STEPS` steps; only the
+    past is read, as a camera would see it. Which agents carry lamps at all is the renderer's
+    business (vehicles only)."""
+    states = np.asarray(states, dtype=np.float64)
+    valid = np.asarray(valid, dtype=bool)
+    now = valid[:, step]
+    v = np.hypot(states[:, step, 3], states[:, step, 4])
+    lit = (v < BRAKE_STOPPED_SPEED) & ~np.asarray(parked, dtype=bool)
+    back = step - BRAKE_WINDOW_STEPS
+    if back >= 0:
+        v_back = np.hypot(states[:, back, 3], states[:, back, 4])
+        lit |= valid[:, back] & ((v - v_back) / (BRAKE_WINDOW_STEPS * DT) < -BRAKE_DECEL)
+    return lit & now
+
+
+def _lamp_quads(box: np.ndarray, lit: bool) -> list[np.ndarray]:
+    """The lamp quads (4, 3) on the rear face of one box's 8 corners (any frame): the two tail
+    lamps, plus the high-mounted stop lamp when ``lit`` (it has no tail function)."""
+    rl, rr = box[1], box[2]  # bottom rear-left, rear-right (see _FACES)
+    up = box[5] - box[1]
+    height = float(np.linalg.norm(up))
+    if height <= 0:
+        return []
+    up = up / height
+    across = rr - rl
+    quads = []
+
+    def quad(u0: float, u1: float, z0: float, z1: float) -> np.ndarray:
+        a, b = rl + u0 * across, rl + u1 * across
+        return np.array([a + z0 * up, b + z0 * up, b + z1 * up, a + z1 * up])
+
+    z0, z1 = min(_TAIL_Z[0], 0.5 * height), min(_TAIL_Z[1], 0.7 * height)
+    quads += [quad(u0, u1, z0, z1) for u0, u1 in _TAIL_LAMPS]
+    if lit:
+        quads.append(quad(*_HIGH_LAMP, height - _HIGH_DZ[0], height - _HIGH_DZ[1]))
+    return quads
+
+
 class CameraRenderer:
     """Draws every camera of a rig for one scene; build once per scene (geometry cached)."""
 
@@ -489,6 +561,7 @@ class CameraRenderer:
         self._light_centres = sl.mean(axis=1)
         self._light_yaw = np.arctan2(sl[:, 1, 1] - sl[:, 0, 1], sl[:, 1, 0] - sl[:, 0, 0]) + np.pi / 2
         self._heights = np.array([AGENT_HEIGHTS[AgentType(t)] for t in sorted(int(t) for t in AgentType)])
+        self._has_lamps = np.isin(np.asarray(scene.agents.types), [int(t) for t in _LAMP_TYPES])
         names = [AgentType(t).name.lower() for t in sorted(int(t) for t in AgentType)]
         self._agent_rgb = np.array([s.colors[f"agent_{n}"] for n in names], dtype=np.float64)
         self._light_rgb = {
@@ -526,18 +599,20 @@ class CameraRenderer:
         agent_valid: np.ndarray | None,
         step: int,
         cameras: list[str] | None = None,
+        brake_lamps: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Images {camera name: (H, W, 3) uint8 RGB} for the ego at ``ego_state``.
 
         ``ego_state`` is an EGO_COLUMNS row (rear axle, scene frame); ``agent_states``
-        (N, >=3) box centres (x, y, heading) in the scene frame, ``agent_valid`` (N,).
+        (N, >=3) box centres (x, y, heading) in the scene frame, ``agent_valid`` (N,);
+        ``brake_lamps`` (N,) bool, whose lamps are lit (:func:`brake_lamps_lit`; None: none lit).
         """
         pose = np.asarray(ego_state, dtype=np.float64)[:3]
         names = cameras or self.rig.names
-        world = self._world_items(pose, agent_states, agent_valid, step)
+        world = self._world_items(pose, agent_states, agent_valid, step, brake_lamps)
         return {n: self._render_one(self.rig[n], pose, world) for n in names}
 
-    def _world_items(self, pose, agent_states, agent_valid, step) -> dict[str, Any]:
+    def _world_items(self, pose, agent_states, agent_valid, step, brake_lamps=None) -> dict[str, Any]:
         """Everything in range of the ego, as 3D scene-frame geometry shared by all cameras."""
         s = self.style
         R = s.max_range
@@ -561,7 +636,7 @@ class CameraRenderer:
             lights_col = [self._light_rgb.get(int(v), self._light_rgb[LightState.UNKNOWN]) for v in st]
         out["lights"] = lights_col
         # boxes: (B, 8, 3) corners + colours
-        boxes, colors = [], []
+        boxes, colors, lamps = [], [], []  # lamps per box: -1 none, 0 dark, 1 lit
         if agent_states is not None and len(agent_states):
             a = self._agents
             st = np.asarray(agent_states, dtype=np.float64)
@@ -577,6 +652,13 @@ class CameraRenderer:
                 fp = box_corners(st[idx, 0], st[idx, 1], st[idx, 2], a.size[idx, 0], a.size[idx, 1])
                 boxes.append(self._extrude(fp, np.zeros(len(idx)), self._heights[types]))
                 colors.append(self._agent_rgb[types])
+                lamp = np.where(self._has_lamps[idx] & s.draw_brake_lamps, 0, -1)
+                if brake_lamps is not None:
+                    bl = np.asarray(brake_lamps, dtype=bool)
+                    if len(bl) != len(st):
+                        raise ValueError(f"render_cameras: brake_lamps has {len(bl)} rows, the scene has {len(st)}")
+                    lamp = np.where((lamp == 0) & bl[idx], 1, lamp)
+                lamps.append(lamp)
         if lights_col:
             c = self._light_centres
             far = np.hypot(*(c - xy).T) <= R
@@ -587,8 +669,10 @@ class CameraRenderer:
                 z0 = np.full(len(k), s.light_head_height)
                 boxes.append(self._extrude(fp, z0, np.full(len(k), 1.0)))
                 colors.append(np.array([lights_col[i] for i in k], dtype=np.float64))
+                lamps.append(np.full(len(k), -1))
         out["boxes"] = np.concatenate(boxes) if boxes else np.zeros((0, 8, 3))
         out["box_colors"] = np.concatenate(colors) if colors else np.zeros((0, 3))
+        out["box_lamps"] = np.concatenate(lamps) if lamps else np.zeros(0, dtype=np.int64)
         return out
 
     @staticmethod
@@ -639,7 +723,7 @@ class CameraRenderer:
             for k, col in enumerate(world["lights"]):
                 sl = _subdivide(self._stop_lines[k : k + 1], s.lane_segment_max)
                 self._lane_lines(img, cam, sl, A2, b, s.stop_line_width, col)
-        self._boxes(img, cam, world["boxes"], world["box_colors"], A, b)
+        self._boxes(img, cam, world["boxes"], world["box_colors"], A, b, world["box_lamps"])
         return img
 
     @staticmethod
@@ -681,7 +765,7 @@ class CameraRenderer:
             sel = lines[px == w]
             cv2.polylines(img, sel, False, color, int(w), self._line, _SHIFT)
 
-    def _boxes(self, img, cam: Camera, boxes: np.ndarray, colors: np.ndarray, A, b) -> None:
+    def _boxes(self, img, cam: Camera, boxes: np.ndarray, colors: np.ndarray, A, b, lamps=None) -> None:
         if len(boxes) == 0:
             return
         pc = boxes @ A.T + b  # (B, 8, 3) camera frame
@@ -737,6 +821,14 @@ class CameraRenderer:
                     fx = self._fixed(cam, poly)
                 cv2.fillConvexPoly(img, fx, cols[j, f].tolist(), self._line, _SHIFT)
                 cv2.polylines(img, [fx], True, outline, 1, self._line, _SHIFT)
+            # lamps on the rear face (face 1), drawn over it: same depth, so before nearer boxes
+            if lamps is not None and lamps[idx[j]] >= 0 and facing[j, 1]:
+                lit = bool(lamps[idx[j]])
+                col = self.style.colors["brake_lamp_on" if lit else "brake_lamp_off"]
+                for q in _lamp_quads(fpc[j], lit):
+                    q = clip_polygon_near(q, near)
+                    if len(q) >= 3:
+                        cv2.fillConvexPoly(img, self._fixed(cam, q), col, self._line, _SHIFT)
 
 
 def get_camera_renderer(scene: Scene, rig: CameraRig, style: CameraStyle | None = None) -> CameraRenderer:
@@ -755,11 +847,13 @@ def render_cameras(
     agent_valid: np.ndarray | None,
     step: int,
     style: CameraStyle | None = None,
+    brake_lamps: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Perspective images {name: (H, W, 3) uint8 RGB} of every camera in ``rig``.
 
     Thin wrapper over a per-(scene, rig) cached :class:`CameraRenderer`; see its ``render``.
     """
     return get_camera_renderer(scene, rig, style).render(
-        ego_state=ego_state, agent_states=agent_states, agent_valid=agent_valid, step=step
+        ego_state=ego_state, agent_states=agent_states, agent_valid=agent_valid, step=step,
+        brake_lamps=brake_lamps,
     )

@@ -258,6 +258,7 @@ class RolloutFrames:
         self._plans = np.asarray(ro.plans, np.float64)
         self._samples = None if ro.samples is None else np.asarray(ro.samples, np.float64)
         self.rig = None
+        self._parked: np.ndarray | None = None
         cam = (ro.env_config or {}).get("cameras") or {}
         if cameras and cam.get("enabled"):
             from alpasim_policy.render.cameras import CameraRig
@@ -371,10 +372,13 @@ class RolloutFrames:
         ro = self.ro
         p[:] = self._panel_base
         if self.rig is not None:
-            from alpasim_policy.render.cameras import render_cameras
+            from alpasim_policy.render.cameras import brake_lamps_lit, parked_agents, render_cameras
 
+            if self._parked is None:
+                self._parked = parked_agents(self.scene.agents)
+            lamps = brake_lamps_lit(self._agent_state, self._agent_valid, i, self._parked)  # as the env lit them
             ims = render_cameras(self.scene, self.rig, ego_state=self.ego[i], agent_states=self._agent_state[:, i],
-                                 agent_valid=self._agent_valid[:, i], step=int(ro.steps[i]))  # fmt: skip
+                                 agent_valid=self._agent_valid[:, i], step=int(ro.steps[i]), brake_lamps=lamps)  # fmt: skip
             self._mosaic(p, [im[..., ::-1] for im in ims.values()])
         y = self._text_top
         t = float(ro.times[i] - ro.times[0])

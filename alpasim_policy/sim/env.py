@@ -130,9 +130,10 @@ class LogReplayEnv(gym.Env):
         cam = self.config.cameras
         self.camera_rig = None
         if cam.enabled:
-            from alpasim_policy.render.cameras import CameraRig
+            from alpasim_policy.render.cameras import CameraRig, parked_agents
 
             self.camera_rig = CameraRig.from_preset(cam.preset, cam.width, cam.height)
+            self._parked = parked_agents(sc.agents)
         self.action_space = action_space()
         self.observation_space = observation_space(
             cameras=None
@@ -309,10 +310,11 @@ class LogReplayEnv(gym.Env):
             "agents_mask": mask,
         }
         if self.camera_rig is not None:
-            from alpasim_policy.render.cameras import render_cameras
+            from alpasim_policy.render.cameras import brake_lamps_lit, render_cameras
 
+            lamps = brake_lamps_lit(self.agent_traj, self.agent_valid_traj, k, self._parked)
             obs["cameras"] = render_cameras(self.scene, self.camera_rig, ego_state=ego, agent_states=a_state,
-                                            agent_valid=a_valid, step=k)  # fmt: skip
+                                            agent_valid=a_valid, step=k, brake_lamps=lamps)  # fmt: skip
         if self.bev_enabled:
             obs["bev"] = self._bev(ego, a_state, a_valid, k)
         return obs
