@@ -287,3 +287,21 @@ def test_background_videos_are_written_by_a_second_process_and_not_again(run, tm
     assert [p.parent.name for p in write_videos(r, skip={video_path(r, "log_replay", SCENE)})] == [
         "constant_velocity"
     ]
+
+
+@pytest.mark.parametrize("lamps", [True, False, None])
+def test_video_cameras_draw_brake_lamps_as_the_policy_saw_them(run, lamps):
+    """The mosaic re-renders the cameras: with lamps only when the rollout's env config had them (a
+    rollout recorded before lamps existed has no such key and had none)."""
+    import dataclasses
+
+    out, _ = run
+    ro = Rollout.load(rollout_path(out, "constant_velocity", SCENE))
+    cams = {"enabled": True, "preset": "alpamayo4"} | ({} if lamps is None else {"brake_lamps": lamps})
+    ro = dataclasses.replace(ro, env_config={**(ro.env_config or {}), "cameras": cams})
+    scene = load_scene(find_scene(SCENE))
+    fr = RolloutFrames(ro, scene)
+    assert fr.rig is not None
+    style = fr._camera_style
+    assert (style is None) == bool(lamps) and (style is None or not style.draw_brake_lamps)
+    assert fr.frame(int(np.flatnonzero(ro.controlled)[0])).shape[:2] == fr.s.size[::-1]

@@ -376,3 +376,9 @@ def test_camera_observation_shows_a_stopped_leads_brake_lamps():
         obs, _ = env.reset(seed=0)
         lit_pixels.append(int((obs["cameras"]["camera_front_tele_30fov"] == on).all(-1).sum()))
     assert lit_pixels[0] > 5 and lit_pixels[1] == 0, lit_pixels
+    # cameras.brake_lamps: false draws none (and is part of the recorded env config)
+    env = gym.make(ENV_ID, scene="cr-USA_US101-4_1_T-1-ego442-w01",
+                   config={"warmup_s": 5.2, "cameras": {"enabled": True, "width": 64, "height": 64, "brake_lamps": False}})  # fmt: skip
+    obs, _ = env.reset(seed=0)
+    assert not (obs["cameras"]["camera_front_tele_30fov"] == on).all(-1).any()
+    assert env.unwrapped.config.to_dict()["cameras"]["brake_lamps"] is False

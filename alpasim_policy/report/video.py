@@ -259,11 +259,15 @@ class RolloutFrames:
         self._samples = None if ro.samples is None else np.asarray(ro.samples, np.float64)
         self.rig = None
         self._parked: np.ndarray | None = None
+        self._camera_style = None
         cam = (ro.env_config or {}).get("cameras") or {}
         if cameras and cam.get("enabled"):
-            from alpasim_policy.render.cameras import CameraRig
+            from alpasim_policy.render.cameras import CameraRig, CameraStyle
 
             self.rig = CameraRig.from_preset(str(cam.get("preset", "alpamayo4")), width=s.camera_width)
+            # as the policy saw them: rollouts recorded before lamps existed have no such key
+            if not cam.get("brake_lamps", False):
+                self._camera_style = CameraStyle(draw_brake_lamps=False)
         self._timeline = self._draw_timeline()
         self._panel_base = self._draw_panel_base()
         self._first_control = int(np.argmax(np.asarray(ro.controlled, bool))) if np.any(ro.controlled) else 0
@@ -378,7 +382,8 @@ class RolloutFrames:
                 self._parked = parked_agents(self.scene.agents)
             lamps = brake_lamps_lit(self._agent_state, self._agent_valid, i, self._parked)  # as the env lit them
             ims = render_cameras(self.scene, self.rig, ego_state=self.ego[i], agent_states=self._agent_state[:, i],
-                                 agent_valid=self._agent_valid[:, i], step=int(ro.steps[i]), brake_lamps=lamps)  # fmt: skip
+                                 agent_valid=self._agent_valid[:, i], step=int(ro.steps[i]), brake_lamps=lamps,
+                                 style=self._camera_style)  # fmt: skip
             self._mosaic(p, [im[..., ::-1] for im in ims.values()])
         y = self._text_top
         t = float(ro.times[i] - ro.times[0])

@@ -70,12 +70,14 @@ class TruncateConfig:
 
 @dataclass(frozen=True)
 class CameraConfig:
-    """Camera images in the observation: a rig preset, optionally resized (None: the preset's size)."""
+    """Camera images in the observation: a rig preset, optionally resized (None: the preset's size).
+    ``brake_lamps``: vehicles show brake lamps, lit while braking or standing (see ``sim/README.md``)."""
 
     enabled: bool = False
     preset: str = "alpamayo4"
     width: int | None = setting(None, ge=8)
     height: int | None = setting(None, ge=8)
+    brake_lamps: bool = True
 
 
 def _check_bev(value: dict[str, Any], where: str) -> dict[str, Any]:

@@ -130,10 +130,11 @@ class LogReplayEnv(gym.Env):
         cam = self.config.cameras
         self.camera_rig = None
         if cam.enabled:
-            from alpasim_policy.render.cameras import CameraRig, parked_agents
+            from alpasim_policy.render.cameras import CameraRig, CameraStyle, parked_agents
 
             self.camera_rig = CameraRig.from_preset(cam.preset, cam.width, cam.height)
             self._parked = parked_agents(sc.agents)
+            self._camera_style = None if cam.brake_lamps else CameraStyle(draw_brake_lamps=False)
         self.action_space = action_space()
         self.observation_space = observation_space(
             cameras=None
@@ -314,7 +315,8 @@ class LogReplayEnv(gym.Env):
 
             lamps = brake_lamps_lit(self.agent_traj, self.agent_valid_traj, k, self._parked)
             obs["cameras"] = render_cameras(self.scene, self.camera_rig, ego_state=ego, agent_states=a_state,
-                                            agent_valid=a_valid, step=k, brake_lamps=lamps)  # fmt: skip
+                                            agent_valid=a_valid, step=k, brake_lamps=lamps,
+                                            style=self._camera_style)  # fmt: skip
         if self.bev_enabled:
             obs["bev"] = self._bev(ego, a_state, a_valid, k)
         return obs
