@@ -61,4 +61,10 @@ def test_ablations_measure_how_much_the_plan_uses_the_cameras_and_their_order():
     np.testing.assert_allclose(r["grey_dx_m"], np.mean(2 * np.abs(d)), rtol=1e-9)
     assert r["grey_dx_m"] > 0  # the car moves between the frames: the stand-in sees it
     assert r["reversed_coc_changed"] == np.mean(d != 0) and r["grey_coc_changed"] == np.mean(d > 0)
+    # without brake lamps: the same steps' frames with no lamps drawn
+    unlit = list(drive_samples(scene, camera_size=(64, 36), min_future_steps=20, brake_lamps=False))
+    assert len(unlit) == len(samples) and all((u.images != s.images).any() for u, s in zip(unlit, samples, strict=True))
+    d0 = np.array([(s.images[:, -1].mean() - s.images[:, 0].mean()) / 10.0 for s in unlit])
+    np.testing.assert_allclose(r["no_lamps_dx_m"], np.mean(2 * np.abs(d - d0)), rtol=1e-9)
+    assert r["no_lamps_coc_changed"] == np.mean((d > 0) != (d0 > 0))
     assert "reversed_dx_m" not in coc_agreement(_Fixed(), [scene], (64, 36))

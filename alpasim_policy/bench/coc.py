@@ -12,11 +12,12 @@ history, v0 from the history, command) and makes one greedy CoC and one trajecto
 * **reasoning-action consistency**: the CoC's meta-action is what the model's own trajectory does
   (the leaderboard column's rule, here on the log's states).
 
-With ``ablations`` each step is also driven twice more, with the same generator seed: once with
-each camera's frames in reverse time order and once with every image a flat grey. How far the
-plan's position at 2 s moves (mean absolute change, m) and how often the CoC text changes say how
-much the model uses its cameras at all, and their order in time (a lead's motion is only in the
-order): a model whose plan ignores reversed frames cannot read whether its lead is moving.
+With ``ablations`` each step is also driven three times more, with the same generator seed: with
+each camera's frames in reverse time order, with every image a flat grey, and with the same frames
+rendered without brake lamps. How far the plan's position at 2 s moves (mean absolute change, m)
+and how often the CoC text changes say how much the model uses its cameras at all, their order in
+time (a lead's motion is in the order) and the lamps (a lead's braking is in one frame): a model
+whose plan ignores both cannot read whether its lead is stopping.
 
 Open loop on purpose: in closed loop the ego leaves the log and the labeler's facts at a step
 (the logged ego's route position) no longer describe the car; consistency in closed loop is the
@@ -28,16 +29,19 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-ABLATIONS = ("reversed", "grey")
+ABLATIONS = ("reversed", "grey", "no_lamps")
 X_2S = 19  # trajectory row of t = 2 s (rows are 0.1 s ... 6.4 s)
 
 
-def _ablated(images: Any, kind: str) -> Any:
-    """``images`` (C, F, 3, H, W) uint8 with the frames in reverse order, or all mid-grey."""
+def _ablated(images: Any, kind: str, unlit: Any = None) -> Any:
+    """``images`` (C, F, 3, H, W) uint8 with the frames in reverse order, all mid-grey, or (for
+    ``no_lamps``) ``unlit``: the same step's frames rendered without brake lamps."""
     import numpy as np
 
     if kind == "reversed":
         return np.ascontiguousarray(images[:, ::-1])
+    if kind == "no_lamps":
+        return unlit
     return np.full_like(images, 128)
 
 
@@ -59,14 +63,13 @@ def coc_agreement(
     for scene in scenes:
         c = {"scene": scene.scene_id, "steps": 0, "parsed": 0, "factor": 0, "action": 0, "consistent": 0}
         gen = torch.Generator().manual_seed(seed)
-        gen_samples = drive_samples(
-            scene,
-            camera_size=camera_size,
-            frames=model.config.frames,
-            frame_stride=model.config.frame_stride,
-            min_future_steps=20,
-        )
+        drive = dict(camera_size=camera_size, frames=model.config.frames,
+                     frame_stride=model.config.frame_stride, min_future_steps=20)  # fmt: skip
+        gen_samples = drive_samples(scene, **drive)
+        # the log drive is deterministic: a second one without lamps gives the same steps' frames unlit
+        unlit = drive_samples(scene, brake_lamps=False, **drive) if ablations else iter(())
         for s in gen_samples:
+            s_unlit = next(unlit, None)
             history = np.asarray(s.history, np.float64)[:, :3]
             state = gen.get_state()
             out = model.drive(s.images, history, None, s.command, num_samples=1, generator=gen)
@@ -75,7 +78,8 @@ def coc_agreement(
                 for kind in ABLATIONS:
                     g = torch.Generator()
                     g.set_state(state)  # the same noise as the real images' plan
-                    alt = model.drive(_ablated(s.images, kind), history, None, s.command, num_samples=1, generator=g)
+                    images = _ablated(s.images, kind, None if s_unlit is None else s_unlit.images)
+                    alt = model.drive(images, history, None, s.command, num_samples=1, generator=g)
                     dx[kind].append(abs(float(np.asarray(alt.trajectories)[0, X_2S, 0]) - x))
                     changed[kind].append(alt.reasoning[0] != out.reasoning[0])
             said, truth = parse_coc(out.reasoning[0]), parse_coc(s.coc)
@@ -148,10 +152,11 @@ def run(args: argparse.Namespace) -> int:
             [
                 {
                     "benchmark": f"the same steps with each camera's frames reversed in time / every image grey "
-                    f"(same noise; {args.preset}, {label})",
+                    f"/ no brake lamps (same noise; {args.preset}, {label})",
                     "result": f"plan's position at 2 s moves {r['reversed_dx_m']:.2f} m / {r['grey_dx_m']:.2f} m "
-                    f"on average; CoC text changes on {r['reversed_coc_changed']:.1%} / "
-                    f"{r['grey_coc_changed']:.1%} of {r['steps']} steps",
+                    f"/ {r['no_lamps_dx_m']:.2f} m on average; CoC text changes on "
+                    f"{r['reversed_coc_changed']:.1%} / {r['grey_coc_changed']:.1%} / "
+                    f"{r['no_lamps_coc_changed']:.1%} of {r['steps']} steps",
                     "ratio": "-",
                 }
             ]

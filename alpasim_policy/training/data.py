@@ -214,6 +214,7 @@ def drive_samples(
     seed: int = 0,
     expert_gap: float | None = None,
     frame_stride: int = 1,
+    brake_lamps: bool = True,
 ) -> Iterator[TrainingSample]:
     """Drive ``scene`` in the env along the expert target (drifting where perturbed); yield samples.
 
@@ -233,6 +234,7 @@ def drive_samples(
     11), the tiny model drove worse, so the default stays the baseline's.
 
     ``frame_stride``: ticks between the frames of a sample, as the model config's ``frame_stride``.
+    ``brake_lamps``: the env config's ``cameras.brake_lamps``.
     """
     import gymnasium as gym
 
@@ -242,7 +244,8 @@ def drive_samples(
         raise ValueError(f"driver_share must be in [0, 1], got {driver_share}")
 
     w, h = camera_size
-    config = {"cameras": {"enabled": True, "preset": camera_preset, "width": int(w), "height": int(h)}}
+    config = {"cameras": {"enabled": True, "preset": camera_preset, "width": int(w), "height": int(h),
+                          "brake_lamps": bool(brake_lamps)}}  # fmt: skip
     env = gym.make("alpasim_policy/LogReplay-v0", scene=scene, config=config).unwrapped
     obs, _ = env.reset(seed=0)
     order = list(env.camera_rig.names)
