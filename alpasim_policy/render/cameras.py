@@ -18,9 +18,9 @@ Rendering (:class:`CameraRenderer`) draws, per camera: a sky / off-road ground b
 state, and agents as filled 3D boxes with a per-type height, farthest first (painter's
 order) with back faces culled. Vehicles carry brake lamps on their rear face (two tail lamps and a
 high-mounted stop lamp), lit while the vehicle brakes or stands (:func:`brake_lamps_lit`): the one
-cue a real camera gives, in a single frame, that a car ahead is stopping. Every ground polygon and box face is clipped against the
-plane ``z_cam >= near`` *in camera space* before projection, so geometry that crosses
-behind the camera is cut correctly instead of folding through infinity.
+cue a real camera gives, in a single frame, that a car ahead is stopping. Every ground polygon and
+box face is clipped against the plane ``z_cam >= near`` *in camera space* before projection, so
+geometry that crosses behind the camera is cut correctly instead of folding through infinity.
 
 Not photoreal, but geometrically right: what a real camera with these intrinsics and
 extrinsics would see of a flat world with these boxes on it.
