@@ -76,6 +76,9 @@ def test_policy_camera_size_sets_render_size_unless_config_fixes_it():
     assert cfg.cameras.enabled and (cfg.cameras.width, cfg.cameras.height) == (96, 54)
     fixed = effective_env_config({"cameras": {"width": 320, "height": 180}}, CameraPolicy())
     assert (fixed.cameras.width, fixed.cameras.height) == (320, 180)
+    # brake lamps default on; an env config that turns them off (a checkpoint trained without) keeps them off
+    assert cfg.cameras.brake_lamps
+    assert not effective_env_config({"cameras": {"brake_lamps": False}}, CameraPolicy()).cameras.brake_lamps
 
 
 def test_shorthand_flags_go_to_the_policy_that_takes_them():
