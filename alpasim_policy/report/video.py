@@ -378,9 +378,11 @@ class RolloutFrames:
         if self.rig is not None:
             from alpasim_policy.render.cameras import brake_lamps_lit, parked_agents, render_cameras
 
-            if self._parked is None:
-                self._parked = parked_agents(self.scene.agents)
-            lamps = brake_lamps_lit(self._agent_state, self._agent_valid, i, self._parked)  # as the env lit them
+            lamps = None
+            if self._camera_style is None:  # lamps drawn: lit as the env lit them
+                if self._parked is None:
+                    self._parked = parked_agents(self.scene.agents)
+                lamps = brake_lamps_lit(self._agent_state, self._agent_valid, i, self._parked)
             ims = render_cameras(self.scene, self.rig, ego_state=self.ego[i], agent_states=self._agent_state[:, i],
                                  agent_valid=self._agent_valid[:, i], step=int(ro.steps[i]), brake_lamps=lamps,
                                  style=self._camera_style)  # fmt: skip

@@ -313,7 +313,8 @@ class LogReplayEnv(gym.Env):
         if self.camera_rig is not None:
             from alpasim_policy.render.cameras import brake_lamps_lit, render_cameras
 
-            lamps = brake_lamps_lit(self.agent_traj, self.agent_valid_traj, k, self._parked)
+            lamps = (brake_lamps_lit(self.agent_traj, self.agent_valid_traj, k, self._parked)
+                     if self._camera_style is None else None)  # fmt: skip
             obs["cameras"] = render_cameras(self.scene, self.camera_rig, ego_state=ego, agent_states=a_state,
                                             agent_valid=a_valid, step=k, brake_lamps=lamps,
                                             style=self._camera_style)  # fmt: skip
