@@ -411,3 +411,43 @@ def test_speed_balanced_weights_share_the_batch_between_speed_bins():
     assert half[90:].sum() == pytest.approx(0.5 * 0.1 + 0.5 * 0.5)
     with pytest.raises(ConfigError, match="speed-balance"):
         speed_balanced_weights(speeds, 1.5)
+
+
+def test_init_fine_tunes_a_checkpoint_keeping_its_action_statistics(data_dir, tmp_path):
+    """--init starts from a checkpoint's weights and action normalisation (a DAgger fine-tune)
+    instead of a fresh preset model; with a zero learning rate the weights come out unchanged."""
+    from safetensors.torch import load_file
+
+    from alpasim_policy.errors import ConfigError
+    from alpasim_policy.model.modeling_alpamayo import AlpamayoR1
+    from alpasim_policy.training.imitation import ImitationConfig, train_imitation
+
+    base = dict(steps=3, batch=2, lr=3e-3, warmup=1, save_every=3, flow_samples=1, batched=True)
+    first = tmp_path / "first"
+    train_imitation(data_dir, first, ImitationConfig(**base, action_stats="preset"), progress=False)
+    ckpt = first / "checkpoint"
+
+    def weights(d):
+        return load_file(str(next((d / "checkpoint").glob("model-*.safetensors"))))
+
+    start = weights(first)
+    frozen = tmp_path / "frozen"
+    # seed 1: the init's weights, not the seed's; action_stats "data" would refit a fresh model
+    train_imitation(data_dir, frozen, ImitationConfig(**{**base, "lr": 0.0}, seed=1, init=str(ckpt)), progress=False)
+    for k, w in weights(frozen).items():
+        torch.testing.assert_close(w, start[k], atol=0, rtol=0, msg=k)
+    kept = AlpamayoR1.from_pretrained(frozen / "checkpoint")
+    assert kept.config.curvature_std == AlpamayoR1.from_pretrained(ckpt).config.curvature_std == 0.02  # not refit
+
+    tuned = tmp_path / "tuned"
+    train_imitation(data_dir, tuned, ImitationConfig(**base, init=str(ckpt)), progress=False)
+    moved = weights(tuned)
+    assert any(not torch.equal(moved[k], w) for k, w in start.items())
+    state = json.loads((tuned / "checkpoint/training_state.json").read_text())
+    assert state["config"]["init"] == str(ckpt)
+
+    with pytest.raises(ConfigError, match="--init .*not a checkpoint"):
+        train_imitation(data_dir, tmp_path / "bad", ImitationConfig(**base, init=str(tmp_path)), progress=False)
+    with pytest.raises(ConfigError, match="--model-option"):
+        cfg = ImitationConfig(**base, init=str(ckpt), model_options={"patch_size": 8})
+        train_imitation(data_dir, tmp_path / "bad2", cfg, progress=False)

@@ -149,8 +149,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="save an exponential moving average of the weights with this decay per step (e.g. "
         "0.999) as the checkpoint's weights; 0 = the last step's weights",
     )  # fmt: skip
-    r = p.add_argument_group("rl stage (with --steps --lr --save-every --resume --seed --perturbations)")
-    r.add_argument("--init", type=Path, default=None, help="checkpoint to post-train (and the KL reference)")
+    g.add_argument(
+        "--init", type=Path, default=None,
+        help="imitation: fine-tune this checkpoint (its weights, config and action statistics) "
+        "instead of a fresh preset model, e.g. after a DAgger round; rl: the checkpoint to "
+        "post-train (and the KL reference)",
+    )  # fmt: skip
+    r = p.add_argument_group("rl stage (with --steps --lr --save-every --resume --seed --perturbations --init)")
     r.add_argument("--samples", type=int, default=8, help="K trajectory samples per tick (the group)")
     r.add_argument("--ticks", type=int, default=2, help="ticks per optimizer step")
     r.add_argument("--sigma", type=float, default=0.7, help="noise scale of the stochastic flow sampler")
@@ -229,6 +234,7 @@ def _cmd_imitation(args: argparse.Namespace) -> int:
         batched=args.batched,
         ema=args.ema,
         model_options=_model_options(args.model_option),
+        init=str(args.init or ""),
     )
     s = train_imitation(
         args.data or [args.out / "data"], args.out, cfg, resume=args.resume, stop_after=args.stop_after

@@ -22,7 +22,7 @@ Why it reuses the model's own pieces: a model trained on a prefix built differen
   from the model's own ``v0`` through the model's integrator (:func:`fit_controls`; the exact
   inverse amplifies log noise, see there).
 
-Determinism: the weights are initialised from ``seed``; each step's samples, noise and times come
+Determinism: the weights are initialised from ``seed`` (or loaded from ``init``, a fine-tune); each step's samples, noise and times come
 from generators seeded by (seed, step), and the learning rate is a function of the step, so a run
 resumed from a checkpoint continues exactly as an uninterrupted one (the optimizer state is saved
 beside the weights).
@@ -88,6 +88,12 @@ class ImitationConfig:
     ema: float = 0.0
     # preset fields changed for this run (e.g. {"patch_size": 8}); saved in the checkpoint's config
     model_options: dict[str, Any] = field(default_factory=dict)
+    # a checkpoint folder whose weights, config and action statistics start the run instead of a
+    # fresh preset model ("" = from scratch). Why: a DAgger round adds drives of the states a
+    # trained model reaches; fine-tuning that model on the grown data keeps what it learned (and
+    # costs a fraction of a run from scratch) where a new run from scratch is a new draw of the
+    # training seed, which alone moves the closed-loop score by ~0.1 (training README, run 12)
+    init: str = ""
 
     def lr_at(self, step: int) -> float:
         """Learning rate of step ``step`` (0-based): a pure function of the step, so resume is exact."""
@@ -592,14 +598,25 @@ def train_imitation(
         if saved_ema != cfg.ema:
             raise ConfigError(f"--resume: {ckpt} was trained with --ema {saved_ema}, not {cfg.ema}")
         model = AlpamayoR1.from_pretrained(ckpt)  # the averaged weights when cfg.ema
+    elif cfg.init:
+        if resume:
+            print(f"--resume: no checkpoint in {ckpt}; starting from step 0 with --init {cfg.init}")
+        init = Path(cfg.init)
+        if not (init / "config.json").is_file():
+            raise ConfigError(f"--init {init}: not a checkpoint folder (no config.json)")
+        if cfg.model_options:
+            raise ConfigError("--model-option changes a model trained from scratch; --init keeps its checkpoint's config")
+        torch.manual_seed(cfg.seed)
+        model = AlpamayoR1.from_pretrained(init)  # the averaged weights of an --ema checkpoint
     else:
         if resume:
             print(f"--resume: no checkpoint in {ckpt}; starting from step 0")
         torch.manual_seed(cfg.seed)
         model = AlpamayoR1.create(AlpamayoConfig.from_preset(cfg.preset, **cfg.model_options))
     model.train()
-    # a resumed run keeps its checkpoint's action statistics
-    fit = start == 0 and cfg.action_stats == "data"
+    # a resumed run keeps its checkpoint's action statistics, a fine-tuned one its --init's (the
+    # weights were trained on those normalised actions)
+    fit = start == 0 and cfg.action_stats == "data" and not cfg.init
     samples = prepare_samples(model, iter_shards(data, model.config.frame_stride), cfg.fit_smooth, fit_stats=fit)
     ema = None
     if cfg.ema:
