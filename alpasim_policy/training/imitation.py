@@ -22,10 +22,10 @@ Why it reuses the model's own pieces: a model trained on a prefix built differen
   from the model's own ``v0`` through the model's integrator (:func:`fit_controls`; the exact
   inverse amplifies log noise, see there).
 
-Determinism: the weights are initialised from ``seed`` (or loaded from ``init``, a fine-tune); each step's samples, noise and times come
-from generators seeded by (seed, step), and the learning rate is a function of the step, so a run
-resumed from a checkpoint continues exactly as an uninterrupted one (the optimizer state is saved
-beside the weights).
+Determinism: the weights are initialised from ``seed`` (or loaded from ``init``, a fine-tune);
+each step's samples, noise and times come from generators seeded by (seed, step), and the learning
+rate is a function of the step, so a run resumed from a checkpoint continues exactly as an
+uninterrupted one (the optimizer state is saved beside the weights).
 """
 
 from __future__ import annotations
