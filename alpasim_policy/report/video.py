@@ -259,6 +259,7 @@ class RolloutFrames:
         self._samples = None if ro.samples is None else np.asarray(ro.samples, np.float64)
         self.rig = None
         self._parked: np.ndarray | None = None
+        self._brake_lamps = False
         self._camera_style = None
         cam = (ro.env_config or {}).get("cameras") or {}
         if cameras and cam.get("enabled"):
@@ -266,7 +267,8 @@ class RolloutFrames:
 
             self.rig = CameraRig.from_preset(str(cam.get("preset", "alpamayo4")), width=s.camera_width)
             # as the policy saw them: rollouts recorded before lamps existed have no such key
-            if not cam.get("brake_lamps", False):
+            self._brake_lamps = bool(cam.get("brake_lamps", False))
+            if not self._brake_lamps:
                 self._camera_style = CameraStyle(draw_brake_lamps=False)
         self._timeline = self._draw_timeline()
         self._panel_base = self._draw_panel_base()
@@ -379,7 +381,7 @@ class RolloutFrames:
             from alpasim_policy.render.cameras import brake_lamps_lit, parked_agents, render_cameras
 
             lamps = None
-            if self._camera_style is None:  # lamps drawn: lit as the env lit them
+            if self._brake_lamps:  # lit as the env lit them
                 if self._parked is None:
                     self._parked = parked_agents(self.scene.agents)
                 lamps = brake_lamps_lit(self._agent_state, self._agent_valid, i, self._parked)

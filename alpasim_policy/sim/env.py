@@ -133,8 +133,10 @@ class LogReplayEnv(gym.Env):
             from alpasim_policy.render.cameras import CameraRig, CameraStyle, parked_agents
 
             self.camera_rig = CameraRig.from_preset(cam.preset, cam.width, cam.height)
-            self._parked = parked_agents(sc.agents)
-            self._camera_style = None if cam.brake_lamps else CameraStyle(draw_brake_lamps=False)
+            self._brake_lamps = bool(cam.brake_lamps)
+            # which agents never move in their log (their lamps stay dark); only needed to light lamps
+            self._parked = parked_agents(sc.agents) if self._brake_lamps else None
+            self._camera_style = None if self._brake_lamps else CameraStyle(draw_brake_lamps=False)
         self.action_space = action_space()
         self.observation_space = observation_space(
             cameras=None
@@ -314,7 +316,7 @@ class LogReplayEnv(gym.Env):
             from alpasim_policy.render.cameras import brake_lamps_lit, render_cameras
 
             lamps = (brake_lamps_lit(self.agent_traj, self.agent_valid_traj, k, self._parked)
-                     if self._camera_style is None else None)  # fmt: skip
+                     if self._brake_lamps else None)  # fmt: skip
             obs["cameras"] = render_cameras(self.scene, self.camera_rig, ego_state=ego, agent_states=a_state,
                                             agent_valid=a_valid, step=k, brake_lamps=lamps,
                                             style=self._camera_style)  # fmt: skip
