@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,6 +151,13 @@ def test_frame_stride_spaces_a_samples_frames_and_training_checks_it(data_dir, t
             AlpamayoConfig.from_preset("tiny", frame_stride=bad)
 
 
+def _checkpoint_weights(run: Path) -> dict[str, torch.Tensor]:
+    """The tensors a run's checkpoint saved (its only shard)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(next((run / "checkpoint").glob("model-*.safetensors"))))
+
+
 def _tiny_model(seed: int = 0):
     from alpasim_policy.model.config import AlpamayoConfig
     from alpasim_policy.model.modeling_alpamayo import AlpamayoR1
@@ -274,8 +282,6 @@ def test_training_steps_reduce_the_loss_and_the_checkpoint_loads(data_dir, tmp_p
 
 @pytest.mark.parametrize("batched", [False, True])
 def test_resume_equals_an_uninterrupted_run(data_dir, tmp_path, batched):
-    from safetensors.torch import load_file
-
     from alpasim_policy.training.imitation import ImitationConfig, train_imitation
 
     cfg = ImitationConfig(steps=4, batch=2, lr=1e-3, warmup=1, save_every=2, flow_samples=1, batched=batched)
@@ -285,10 +291,7 @@ def test_resume_equals_an_uninterrupted_run(data_dir, tmp_path, batched):
     assert json.loads((part / "checkpoint/training_state.json").read_text())["step"] == 2
     train_imitation(data_dir, part, cfg, progress=False, resume=True)
 
-    def weights(d):
-        return load_file(str(next((d / "checkpoint").glob("model-*.safetensors"))))
-
-    a, b = weights(tmp_path / "full"), weights(part)
+    a, b = _checkpoint_weights(tmp_path / "full"), _checkpoint_weights(part)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
@@ -316,17 +319,14 @@ def test_ema_checkpoint_holds_the_average_and_resumes_exactly(data_dir, tmp_path
     train_imitation(data_dir, part, cfg, progress=False, stop_after=2)
     train_imitation(data_dir, part, cfg, progress=False, resume=True)
 
-    def weights(d):
-        return load_file(str(next((d / "checkpoint").glob("model-*.safetensors"))))
-
-    trained, averaged = weights(plain), weights(full)
+    trained, averaged = _checkpoint_weights(plain), _checkpoint_weights(full)
     raw = load_file(str(full / "checkpoint" / RAW_WEIGHTS))
     moved = 0
     for k, w in trained.items():
         torch.testing.assert_close(raw[k], w, atol=0, rtol=0, msg=k)  # the same training
         moved += not torch.equal(averaged[k], w)
     assert moved > len(trained) // 2  # the checkpoint holds other (averaged) weights
-    resumed = weights(part)
+    resumed = _checkpoint_weights(part)
     for k, w in averaged.items():
         torch.testing.assert_close(resumed[k], w, atol=0, rtol=0, msg=k)
     with pytest.raises(ConfigError, match="--ema"):
@@ -416,8 +416,6 @@ def test_speed_balanced_weights_share_the_batch_between_speed_bins():
 def test_init_fine_tunes_a_checkpoint_keeping_its_action_statistics(data_dir, tmp_path):
     """--init starts from a checkpoint's weights and action normalisation (a DAgger fine-tune)
     instead of a fresh preset model; with a zero learning rate the weights come out unchanged."""
-    from safetensors.torch import load_file
-
     from alpasim_policy.errors import ConfigError
     from alpasim_policy.model.modeling_alpamayo import AlpamayoR1
     from alpasim_policy.training.imitation import ImitationConfig, train_imitation
@@ -427,21 +425,18 @@ def test_init_fine_tunes_a_checkpoint_keeping_its_action_statistics(data_dir, tm
     train_imitation(data_dir, first, ImitationConfig(**base, action_stats="preset"), progress=False)
     ckpt = first / "checkpoint"
 
-    def weights(d):
-        return load_file(str(next((d / "checkpoint").glob("model-*.safetensors"))))
-
-    start = weights(first)
+    start = _checkpoint_weights(first)
     frozen = tmp_path / "frozen"
     # seed 1: the init's weights, not the seed's; action_stats "data" would refit a fresh model
     train_imitation(data_dir, frozen, ImitationConfig(**{**base, "lr": 0.0}, seed=1, init=str(ckpt)), progress=False)
-    for k, w in weights(frozen).items():
+    for k, w in _checkpoint_weights(frozen).items():
         torch.testing.assert_close(w, start[k], atol=0, rtol=0, msg=k)
     kept = AlpamayoR1.from_pretrained(frozen / "checkpoint")
     assert kept.config.curvature_std == AlpamayoR1.from_pretrained(ckpt).config.curvature_std == 0.02  # not refit
 
     tuned = tmp_path / "tuned"
     train_imitation(data_dir, tuned, ImitationConfig(**base, init=str(ckpt)), progress=False)
-    moved = weights(tuned)
+    moved = _checkpoint_weights(tuned)
     assert any(not torch.equal(moved[k], w) for k, w in start.items())
     state = json.loads((tuned / "checkpoint/training_state.json").read_text())
     assert state["config"]["init"] == str(ckpt)
