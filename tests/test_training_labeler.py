@@ -212,6 +212,27 @@ def test_consistency_metric():
     assert reasoning_action_consistency("gibberish", straight, v) is None
 
 
+def test_meta_action_agreement_gives_half_credit_per_part():
+    """The RL consistency reward: 1 when the plan does both parts of the CoC's meta-action, 0.5 for
+    one, 0 for none, NaN for a text without one; 1 exactly where the leaderboard says consistent."""
+    from alpasim_policy.scoring.reasoning import meta_action_agreement
+
+    v = 10.0
+    t = (np.arange(40) + 1) * DT
+    straight = np.stack([v * t, 0 * t, 0 * t], -1)
+    stop = straight.copy()  # brakes at 3 m/s^2: standing from 3.3 s
+    tb = np.minimum(t, v / 3.0)
+    stop[:, 0] = v * tb - 0.5 * 3.0 * tb**2
+    change = straight.copy()  # 3 m to the left: a lane change at speed
+    change[:, 1] = np.clip(1.5 * (t - 1.0), 0, 3.0)
+    plans = np.stack([stop, straight, change])
+    text = "Stop and keep lane because the lead vehicle 6 m ahead is stopped."
+    got = meta_action_agreement(text, plans, v)
+    np.testing.assert_array_equal(got, [1.0, 0.5, 0.0])
+    assert [reasoning_action_consistency(text, p, v) for p in plans] == [True, False, False]
+    assert np.isnan(meta_action_agreement("gibberish", plans, v)).all()
+
+
 def test_bundled_scenes_label_consistently():
     """On every real bundled scene, labels exist at every step and agree with the log they came from."""
     kinds: set[Factor] = set()

@@ -173,6 +173,46 @@ def test_one_update_moves_log_probability_towards_better_plans(prepared_run):
     assert float((adv * lp2.sum(0)).sum()) > before
 
 
+def test_consistency_reward_credits_plans_that_do_what_the_coc_says(prepared_run):
+    """The shipped checkpoint's real CoC on a real tick and 16 exploratory samples: the reward is
+    EPDMS + w x agreement (1 / 0.5 / 0 per the meta-action's parts), so among samples of equal EPDMS
+    the one doing the CoC's meta-action gets the larger advantage; at w = 0 the reward is the
+    EPDMS alone."""
+    from alpasim_policy.model.modeling_alpamayo import AlpamayoR1
+    from alpasim_policy.policies.alpamayo import shipped_weights
+    from alpasim_policy.scoring.reasoning import classify_trajectory, parse_coc
+    from alpasim_policy.training.rl import (
+        RLConfig,
+        TickContext,
+        actions_to_trajectories,
+        group_advantages,
+        sde_sample,
+        tick_rewards,
+    )
+
+    _, ticks, worlds = prepared_run
+    model = AlpamayoR1.from_pretrained(shipped_weights("tiny"))
+    ctx = TickContext(model, ticks, worlds)
+    prepared, prefix, text = ctx.get(0)
+    said = parse_coc(text).action
+    assert said is not None, text  # the trained model's CoC is in the template
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(16, model.config.n_waypoints, 2, generator=gen)
+    traj = actions_to_trajectories(model, sde_sample(model, prefix, noise, 1.5, gen).xs[-1], prepared.v0)
+    r, a, total = tick_rewards(ctx, 0, traj, RLConfig(consistency_weight=0.5))
+    v0 = float(np.hypot(*ticks[0].ego_state[3:5]))
+    done = [classify_trajectory(p, v0) for p in traj]
+    want = [0.5 * (d.longitudinal == said.longitudinal) + 0.5 * (d.lateral == said.lateral) for d in done]
+    np.testing.assert_array_equal(a, want)
+    assert len(set(a)) > 1, (text, done)  # the exploration noise gives the group something to rank
+    np.testing.assert_allclose(total, r + 0.5 * a)
+    r0, _, total0 = tick_rewards(ctx, 0, traj, RLConfig())
+    np.testing.assert_array_equal(total0, r0)
+    adv = group_advantages(total)
+    pairs = [(i, j) for i in range(16) for j in range(16) if r[i] == r[j] and a[i] > a[j]]
+    assert pairs and all(adv[i] > adv[j] for i, j in pairs)
+
+
 def test_rl_steps_raise_the_reward_and_write_the_run(prepared_run, scene):
     """A few steps on the fixed tick set: the deterministic sampler's mean EPDMS on the ticks
     rises; checkpoint (NVlabs layout), log, plot and summary are written."""
@@ -188,6 +228,8 @@ def test_rl_steps_raise_the_reward_and_write_the_run(prepared_run, scene):
     s = train_rl(out, cfg, [scene], progress=False, eval_ticks=3)
     assert s["steps"] == 6 and s["ticks"] == 3
     assert s["eval_reward_after"] > s["eval_reward_before"] + 0.02, s
+    # a random model's CoC states no meta-action: no plan is rated, so there is no share (not 0)
+    assert s["eval_consistency_before"] is None and s["eval_consistency_after"] is None
     rows = (out / "log.csv").read_text().splitlines()
     assert rows[0] == ",".join(CSV_FIELDS) and len(rows) == 7
     assert (out / "reward.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -242,6 +284,8 @@ def test_bad_arguments_are_named(tmp_path, prepared_run):
         RLConfig(init=init, clip=1.5).validate()
     with pytest.raises(ConfigError, match="--steps"):
         RLConfig(init=init, steps=0).validate()
+    with pytest.raises(ConfigError, match="--consistency-weight"):
+        RLConfig(init=init, consistency_weight=-1.0).validate()
     with pytest.raises(ValueError, match="profile"):
         RLConfig(init=init, profile="nope").validate()
     assert main(["train", "--stage", "rl", "--out", str(tmp_path / "x")]) != 0

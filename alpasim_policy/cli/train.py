@@ -161,6 +161,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--sigma", type=float, default=0.7, help="noise scale of the stochastic flow sampler")
     r.add_argument("--clip", type=float, default=0.2, help="ratio clip epsilon")
     r.add_argument("--kl-weight", type=float, default=0.05, help="weight of the KL anchor to --init")
+    r.add_argument(
+        "--consistency-weight", type=float, default=0.0,
+        help="reward += W x the plan's agreement with its CoC's meta-action (1 both parts, 0.5 one)",
+    )  # fmt: skip
     r.add_argument("--epochs", type=int, default=1, help="updates per batch of rollouts")
     r.add_argument("--stride", type=int, default=3, help="ticks: every N-th step of a training drive")
     r.add_argument("--time-limit", type=float, default=1800.0, help="seconds; checkpoint and stop after")
@@ -261,6 +265,7 @@ def _cmd_rl(args: argparse.Namespace) -> int:
         sigma=args.sigma,
         clip=args.clip,
         kl_weight=args.kl_weight,
+        consistency_weight=args.consistency_weight,
         epochs=args.epochs,
         seed=args.seed,
         save_every=args.save_every,
@@ -273,10 +278,15 @@ def _cmd_rl(args: argparse.Namespace) -> int:
     cfg.validate()
     scenes = training_scenes(args.raw or scenarios_root() / "raw", args.exclude_suite)
     s = train_rl(args.out, cfg, scenes, resume=args.resume)
+
+    def num(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
     print(
         f"{s['steps']} RL step(s) on {s['ticks']} tick(s) of {len(s['scenes'])} scene(s) in {s['seconds']:.0f} s; "
         f"checkpoint {s['checkpoint']}; deterministic-sampler EPDMS on {s['eval_ticks']} ticks: "
-        f"{s['eval_reward_before']} -> {s['eval_reward_after']:.4f}"
+        f"{num(s['eval_reward_before'])} -> {num(s['eval_reward_after'])}; plans doing their CoC's "
+        f"meta-action: {num(s['eval_consistency_before'])} -> {num(s['eval_consistency_after'])}"
     )
     return 0
 

@@ -236,6 +236,25 @@ def reasoning_action_consistency(
     return said == classify_trajectory(trajectory, v0, dt)
 
 
+def meta_action_agreement(text: str | None, trajectories: np.ndarray, v0: float, dt: float = DT) -> np.ndarray:
+    """Per rig-frame trajectory of ``(K, T, >=3)``, how much of the CoC's meta-action it performs:
+    1 when both the longitudinal and the lateral part match (the leaderboard's *consistent*),
+    0.5 when one does, 0 when neither; all NaN when the text states no meta-action.
+
+    Why graded: as a training reward (``train --stage rl --consistency-weight``) the half credit
+    tells a plan that already brakes as the CoC says but drifts from one that does neither, where a
+    0/1 signal would rate both alike.
+    """
+    said = parse_coc(text).action
+    out = np.full(len(trajectories), np.nan)
+    if said is None:
+        return out
+    for k, traj in enumerate(trajectories):
+        done = classify_trajectory(np.asarray(traj, dtype=np.float64), v0, dt)
+        out[k] = 0.5 * (done.longitudinal == said.longitudinal) + 0.5 * (done.lateral == said.lateral)
+    return out
+
+
 def rollout_consistency(
     plans: np.ndarray, ego_state: np.ndarray, reasoning: list[str], dt: float = DT
 ) -> tuple[int, int]:

@@ -16,7 +16,9 @@ Per tick (see ``training/README.md`` for the reasoning behind each choice):
   mean and standard deviation, so it has a log-probability; :func:`sde_step` at ``sigma = 0`` is the
   deterministic sampler;
 * **reward** -- open-loop EPDMS of each plan (``score_plans`` on the tick's metric cache, the plan
-  tracked from the env's ego state at the tick, logged agents);
+  tracked from the env's ego state at the tick, logged agents), plus ``consistency_weight`` times
+  the plan's agreement with the meta-action its tick's CoC states (Alpamayo-R1's reasoning-action
+  consistency reward; the CoC is fixed, so this teaches the expert to *do what the reasoning says*);
 * **update** -- advantages ``(r - mean) / std`` over the K samples (GRPO), a clipped ratio
   objective per denoising step (PPO), and a KL anchor to the frozen ``--init`` model, per step
   ``||mu - mu_ref||^2 / (2 sigma^2)`` (both Gaussians share sigma).
@@ -43,7 +45,7 @@ from alpasim_policy.errors import ConfigError
 from alpasim_policy.io import atomic_write_bytes, atomic_write_json
 from alpasim_policy.training.run_files import read_csv_log, save_checkpoint, save_figure, write_csv_log
 
-CSV_FIELDS = ("step", "loss", "reward_mean", "reward_std", "kl", "clip_frac", "lr", "seconds")
+CSV_FIELDS = ("step", "loss", "reward_mean", "reward_std", "consistency", "kl", "clip_frac", "lr", "seconds")
 
 #: open-loop scoring horizon (NAVSIM: 4 s); only these action rows influence the reward
 SCORED_ROWS = 40
@@ -61,6 +63,7 @@ class RLConfig:
     sigma: float = 0.7  # SDE noise scale a: per-step std a * sqrt((1 - t) dt)
     clip: float = 0.2  # ratio clip epsilon
     kl_weight: float = 0.05  # beta of the KL anchor (per action dimension)
+    consistency_weight: float = 0.0  # reward += w * agreement of the plan with its CoC's meta-action
     epochs: int = 1  # updates per batch of rollouts (1: on-policy, ratio = 1 at the update)
     grad_clip: float = 1.0
     seed: int = 0
@@ -93,6 +96,8 @@ class RLConfig:
             raise ConfigError(f"--clip must be in (0, 1), got {self.clip}")
         if self.kl_weight < 0 or self.lr <= 0:
             raise ConfigError(f"--kl-weight must be >= 0 and --lr > 0, got {self.kl_weight}, {self.lr}")
+        if not self.consistency_weight >= 0:
+            raise ConfigError(f"--consistency-weight must be >= 0, got {self.consistency_weight}")
         if self.perturbations < 0 or self.max_lateral < 0.5:
             raise ConfigError("--perturbations must be >= 0 and --max-lateral >= 0.5 m")
         from alpasim_policy.scoring.profiles import get_profile
@@ -369,6 +374,16 @@ def plan_rewards(world: Any, tick: Tick, trajectories: np.ndarray, profile: str 
     return np.asarray(res.epdms, dtype=np.float64)
 
 
+def plan_consistency(tick: Tick, text: str, trajectories: np.ndarray) -> np.ndarray:
+    """Agreement (K,) of rig-frame plans with the meta-action of the tick's CoC ``text``
+    (:func:`~alpasim_policy.scoring.reasoning.meta_action_agreement`: 1, 0.5 or 0; NaN when the text
+    states none), classified from the env's speed at the tick as the leaderboard's column does."""
+    from alpasim_policy.scoring.reasoning import meta_action_agreement
+
+    v0 = float(np.hypot(tick.ego_state[3], tick.ego_state[4]))
+    return meta_action_agreement(text, trajectories, v0)
+
+
 def actions_to_trajectories(model: Any, actions: torch.Tensor, v0: float) -> np.ndarray:
     """Normalised actions (K, N, 2) -> rig-frame poses (K, N, 3), the model's integrator."""
     v = torch.full((actions.shape[0],), float(v0), dtype=torch.float64)
@@ -411,17 +426,38 @@ def freeze_for_rl(model: Any) -> list[torch.nn.Parameter]:
 @torch.no_grad()
 def evaluate_reward(
     model: Any, ctx: TickContext, indices: list[int], samples: int, seed: int, profile: str
-) -> float:
-    """Mean EPDMS of the deterministic (ODE) sampler's K plans per tick, fixed noise."""
+) -> tuple[float, float | None]:
+    """Mean EPDMS of the deterministic (ODE) sampler's K plans per tick (fixed noise), and the
+    share of those plans that perform their CoC's meta-action (over ticks whose CoC states one;
+    None when no CoC does)."""
     gen = torch.Generator().manual_seed(seed)
     total = 0.0
+    agree: list[np.ndarray] = []
     for i in indices:
-        prepared, prefix, _ = ctx.get(i)
+        prepared, prefix, text = ctx.get(i)
+        tick = ctx.ticks[i]
         noise = torch.randn((samples, model.config.n_waypoints, 2), generator=gen)
         roll = sde_sample(model, prefix, noise, 0.0)
         traj = actions_to_trajectories(model, roll.xs[-1], prepared.v0)
-        total += float(plan_rewards(ctx.worlds[ctx.ticks[i].scene_id], ctx.ticks[i], traj, profile).mean())
-    return total / max(1, len(indices))
+        total += float(plan_rewards(ctx.worlds[tick.scene_id], tick, traj, profile).mean())
+        agree.append(plan_consistency(tick, text, traj))
+    a = np.concatenate(agree) if agree else np.zeros(0)
+    a = a[np.isfinite(a)]
+    return total / max(1, len(indices)), float(np.mean(a == 1.0)) if len(a) else None
+
+
+def tick_rewards(
+    ctx: TickContext, i: int, trajectories: np.ndarray, cfg: RLConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(EPDMS, agreement with the CoC's meta-action, reward) of tick ``i``'s K rig-frame plans.
+
+    ``reward = EPDMS + consistency_weight * agreement``; a CoC that states no meta-action adds 0 to
+    every sample, so it leaves the group's advantages to the EPDMS."""
+    _, _, text = ctx.get(i)
+    tick = ctx.ticks[i]
+    r = plan_rewards(ctx.worlds[tick.scene_id], tick, trajectories, cfg.profile)
+    a = plan_consistency(tick, text, trajectories)
+    return r, a, r + cfg.consistency_weight * np.nan_to_num(a, nan=0.0)
 
 
 def rl_step(
@@ -439,15 +475,16 @@ def rl_step(
     idx = rng.choice(len(ctx.ticks), size=cfg.ticks, replace=len(ctx.ticks) < cfg.ticks)
     batch = []
     rewards = []
+    agree = []
     for i in idx:
         prepared, prefix, _ = ctx.get(int(i))
         noise = torch.randn((cfg.samples, model.config.n_waypoints, 2), generator=gen)
         roll = sde_sample(model, prefix, noise, cfg.sigma, gen)
         traj = actions_to_trajectories(model, roll.xs[-1], prepared.v0)
-        tick = ctx.ticks[int(i)]
-        r = plan_rewards(ctx.worlds[tick.scene_id], tick, traj, cfg.profile)
+        r, a, total = tick_rewards(ctx, int(i), traj, cfg)
         rewards.append(r)
-        batch.append((prefix, roll, torch.as_tensor(group_advantages(r), dtype=torch.float32)))
+        agree.append(a)
+        batch.append((prefix, roll, torch.as_tensor(group_advantages(total), dtype=torch.float32)))
     loss_v = kl_v = clip_v = 0.0
     for _ in range(cfg.epochs):
         opt.zero_grad(set_to_none=True)
@@ -462,10 +499,13 @@ def rl_step(
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
     allr = np.concatenate(rewards)
+    alla = np.concatenate(agree)
+    alla = alla[np.isfinite(alla)]
     return {
         "loss": loss_v,
         "reward_mean": float(allr.mean()),
         "reward_std": float(np.mean([r.std() for r in rewards])),
+        "consistency": float(np.mean(alla == 1.0)) if len(alla) else float("nan"),
         "kl": kl_v,
         "clip_frac": clip_v,
         "lr": cfg.lr,
@@ -493,8 +533,10 @@ def _write_log(rows: list[dict[str, Any]], out: Path) -> None:
     win = max(1, len(rows) // 10)
     smooth = np.convolve([r["reward_mean"] for r in rows], np.ones(win) / win, mode="valid")
     a.plot(steps[win - 1 :], smooth, label=f"running mean ({win})")
+    a.plot(steps, [r.get("consistency", math.nan) for r in rows], alpha=0.6,
+           label="share of samples doing their CoC's meta-action")  # fmt: skip
     a.set_xlabel("step")
-    a.set_ylabel("EPDMS")
+    a.set_ylabel("EPDMS / share")
     a.legend(fontsize=8)
     b.plot(steps, [r["loss"] for r in rows], label="loss")
     b.plot(steps, [r["kl"] for r in rows], label="KL to init (per dim)")
@@ -597,7 +639,7 @@ def train_rl(
     ticks, worlds = prepare_run(out, cfg, scenes, size, model.config.frames, progress, model.config.frame_stride)
     ctx = TickContext(model, ticks, worlds)
     eval_idx = list(range(0, len(ticks), max(1, len(ticks) // eval_ticks)))[:eval_ticks]
-    before = None
+    before = (None, None)
     if start == 0:
         before = evaluate_reward(
             ref,
@@ -618,7 +660,7 @@ def train_rl(
         row = rl_step(model, ref, ctx, opt, params, cfg, step)
         row.update(step=step + 1, seconds=time.perf_counter() - t0)
         rows.append(row)
-        bar.set_postfix(r=f"{row['reward_mean']:.3f}", kl=f"{row['kl']:.4f}")
+        bar.set_postfix(r=f"{row['reward_mean']:.3f}", c=f"{row['consistency']:.2f}", kl=f"{row['kl']:.4f}")
         done = step + 1
         over = time.perf_counter() - t_run > cfg.time_limit_s
         if done % cfg.save_every == 0 or done == cfg.steps or over:
@@ -628,7 +670,7 @@ def train_rl(
             stopped_early = done < cfg.steps
             break
     _write_log(rows, out)
-    after = evaluate_reward(model, ctx, eval_idx, cfg.samples, cfg.seed, cfg.profile)
+    after, after_c = evaluate_reward(model, ctx, eval_idx, cfg.samples, cfg.seed, cfg.profile)
     prev = {}
     if (out / "summary.json").is_file() and start:
         prev = json.loads((out / "summary.json").read_text())
@@ -638,8 +680,10 @@ def train_rl(
         "scenes": sorted(worlds),
         "seconds": time.perf_counter() - t_run,
         "stopped_at_time_limit": stopped_early,
-        "eval_reward_before": before if before is not None else prev.get("eval_reward_before"),
+        "eval_reward_before": before[0] if start == 0 else prev.get("eval_reward_before"),
         "eval_reward_after": after,
+        "eval_consistency_before": before[1] if start == 0 else prev.get("eval_consistency_before"),
+        "eval_consistency_after": after_c,
         "eval_ticks": len(eval_idx),
         "final": rows[-1] if rows else None,
         "config": asdict(cfg),
@@ -658,8 +702,10 @@ __all__ = [
     "collect_ticks",
     "gaussian_log_prob",
     "group_advantages",
+    "plan_consistency",
     "sde_sample",
     "sde_step",
     "step_terms",
+    "tick_rewards",
     "train_rl",
 ]

@@ -54,21 +54,25 @@ def save_checkpoint(
 
 
 def write_csv_log(rows: Sequence[dict[str, Any]], fields: Sequence[str], path: Path) -> None:
-    """``rows`` (only ``fields``, in that order) as a CSV file, atomically."""
+    """``rows`` (only ``fields``, in that order) as a CSV file, atomically; a field a row lacks (a
+    log resumed from an older version) is left empty."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(fields))
     w.writeheader()
     for r in rows:
-        w.writerow({k: r[k] for k in fields})
+        w.writerow({k: r.get(k, "") for k in fields})
     atomic_write_text(path, buf.getvalue())
 
 
 def read_csv_log(path: Path, upto: int) -> list[dict[str, Any]]:
-    """The rows of a log written by :func:`write_csv_log` with ``step <= upto`` (resume)."""
+    """The rows of a log written by :func:`write_csv_log` with ``step <= upto`` (resume); empty
+    fields read as NaN."""
     if not path.is_file():
         return []
     with path.open() as f:
-        rows = [{k: int(v) if k == "step" else float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        rows = [
+            {k: int(v) if k == "step" else float(v or "nan") for k, v in r.items()} for r in csv.DictReader(f)
+        ]
     return [r for r in rows if r["step"] <= upto]
 
 
