@@ -267,6 +267,25 @@ def test_resume_equals_an_uninterrupted_run(prepared_run, scene):
     assert strip(full / "log.csv") == strip(part / "log.csv")
 
 
+def test_idm_expert_drives_the_ticks_behind_a_braking_lead():
+    """``expert="idm"``: the rule planner drives the ticks, so on an A9 drive whose lead now brakes
+    (from step 26 at 2.5 m/s^2) the car slows behind it, where the log's drive keeps its 27 m/s."""
+    from alpasim_policy.training.build import lead_stop_scenes
+    from alpasim_policy.training.rl import collect_ticks
+
+    base = load_scene(next(p for p in load_suite("bundled") if "ego3536" in str(p)))
+    stop = next(s for s in lead_stop_scenes(base, 2, 0) if s.scene_id.endswith("stop4a2.5@26"))
+    speeds = {}
+    for expert in ("log", "idm"):
+        ticks = collect_ticks([stop], camera_size=(128, 72), frames=4, stride=4, perturbations=0,
+                              expert=expert, min_future_steps=5)  # fmt: skip
+        assert [t.step for t in ticks] == list(range(16, 53, 4))
+        speeds[expert] = np.array([np.hypot(*t.ego_state[3:5]) for t in ticks])
+    np.testing.assert_allclose(speeds["idm"][0], speeds["log"][0])  # same start
+    assert speeds["log"][-1] > 27.0 and speeds["idm"][-1] < speeds["log"][-1] - 2.0
+    assert np.all(np.diff(speeds["idm"]) < 0)
+
+
 def test_bad_arguments_are_named(tmp_path, prepared_run):
     from alpasim_policy.cli import main
     from alpasim_policy.training.rl import RLConfig
@@ -286,6 +305,12 @@ def test_bad_arguments_are_named(tmp_path, prepared_run):
         RLConfig(init=init, steps=0).validate()
     with pytest.raises(ConfigError, match="--consistency-weight"):
         RLConfig(init=init, consistency_weight=-1.0).validate()
+    with pytest.raises(ConfigError, match="--expert"):
+        RLConfig(init=init, expert="nope").validate()
+    with pytest.raises(ConfigError, match="--lead-stops needs --expert idm"):
+        RLConfig(init=init, lead_stops=1).validate()
+    with pytest.raises(ConfigError, match="--time-scale"):
+        RLConfig(init=init, time_scales=(0.01,)).validate()
     with pytest.raises(ValueError, match="profile"):
         RLConfig(init=init, profile="nope").validate()
     assert main(["train", "--stage", "rl", "--out", str(tmp_path / "x")]) != 0

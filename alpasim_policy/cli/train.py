@@ -57,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--expert", choices=("log", "idm"), default="log",
-        help="data stage: targets from the human log (recovery-blended) or the privileged idm planner",
+        help="data stage: targets from the human log (recovery-blended) or the privileged idm planner; "
+        "rl stage: which of the two drives the ticks",
     )  # fmt: skip
     p.add_argument(
         "--expert-gap", type=float, default=None, metavar="M",
@@ -77,7 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--lead-stops", type=int, default=0, metavar="N",
-        help="data stage: drives per scene in which the lead brakes to a stop (every other one from a close-up start)",
+        help="data and rl stages: drives per scene in which the lead brakes to a stop (every other one from a "
+        "close-up start)",
     )  # fmt: skip
     p.add_argument(
         "--lead-creeps", type=int, default=0, metavar="N",
@@ -85,11 +87,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--partial-egos", type=float, default=None, metavar="SECONDS",
-        help="data stage: cars present that long (not the whole recording) are egos too",
+        help="data and rl stages: cars present that long (not the whole recording) are egos too",
     )  # fmt: skip
     p.add_argument(
         "--time-scale", type=float, nargs="+", default=(), metavar="F",
-        help="data stage: also drive every scene replayed at F times its speed (0.2: 10 m/s traffic crawls at 2)",
+        help="data and rl stages: also drive every scene replayed at F times its speed (0.2: 10 m/s traffic "
+        "crawls at 2)",
     )  # fmt: skip
     p.add_argument(
         "--frame-stride", type=int, default=1, metavar="N",
@@ -155,7 +158,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "instead of a fresh preset model, e.g. after a DAgger round; rl: the checkpoint to "
         "post-train (and the KL reference)",
     )  # fmt: skip
-    r = p.add_argument_group("rl stage (with --steps --lr --save-every --resume --seed --perturbations --init)")
+    r = p.add_argument_group(
+        "rl stage (with --steps --lr --save-every --resume --seed --perturbations --init --expert "
+        "--lead-stops --time-scale --partial-egos)"
+    )
     r.add_argument("--samples", type=int, default=8, help="K trajectory samples per tick (the group)")
     r.add_argument("--ticks", type=int, default=2, help="ticks per optimizer step")
     r.add_argument("--sigma", type=float, default=0.7, help="noise scale of the stochastic flow sampler")
@@ -274,9 +280,13 @@ def _cmd_rl(args: argparse.Namespace) -> int:
         stride=args.stride,
         perturbations=args.perturbations,
         max_lateral=args.max_lateral,
+        expert=args.expert,
+        lead_stops=args.lead_stops,
+        time_scales=tuple(args.time_scale),
+        partial_egos_s=args.partial_egos,
     )
     cfg.validate()
-    scenes = training_scenes(args.raw or scenarios_root() / "raw", args.exclude_suite)
+    scenes = training_scenes(args.raw or scenarios_root() / "raw", args.exclude_suite, cfg)
     s = train_rl(args.out, cfg, scenes, resume=args.resume)
 
     def num(x: float | None) -> str:

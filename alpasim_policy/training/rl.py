@@ -73,6 +73,14 @@ class RLConfig:
     stride: int = 3  # ticks: every stride-th step of a drive
     perturbations: int = 2  # off-log drives per scene (plus the one on the log), as the data stage
     max_lateral: float = 1.5
+    # Which drives make the ticks, as the data stage's flags of the same names: the expert that
+    # drives ("log": recovery towards the human log; "idm": the privileged rule planner), drives
+    # per scene in which the lead brakes to a stop (needs "idm"), speed factors of slowed replays,
+    # and cars present that many seconds as egos too.
+    expert: str = "log"
+    lead_stops: int = 0
+    time_scales: tuple[float, ...] = ()
+    partial_egos_s: float | None = None
 
     def validate(self) -> None:
         if not self.init:
@@ -100,6 +108,19 @@ class RLConfig:
             raise ConfigError(f"--consistency-weight must be >= 0, got {self.consistency_weight}")
         if self.perturbations < 0 or self.max_lateral < 0.5:
             raise ConfigError("--perturbations must be >= 0 and --max-lateral >= 0.5 m")
+        from alpasim_policy.training.data import EXPERTS
+
+        if self.expert not in EXPERTS:
+            raise ConfigError(f"--expert {self.expert!r}: choose from {EXPERTS}")
+        if self.lead_stops < 0:
+            raise ConfigError(f"--lead-stops must be >= 0, got {self.lead_stops}")
+        if self.lead_stops and self.expert != "idm":
+            raise ConfigError("--lead-stops needs --expert idm: the log's driver ignores a lead that now stops")
+        bad = [f for f in self.time_scales if not 0.05 <= f <= 4.0]
+        if bad:
+            raise ConfigError(f"--time-scale {bad[0]}: a speed factor must be in [0.05, 4]")
+        if self.partial_egos_s is not None and self.partial_egos_s < 4.0:
+            raise ConfigError(f"--partial-egos must be >= 4 s, got {self.partial_egos_s}")
         from alpasim_policy.scoring.profiles import get_profile
 
         get_profile(self.profile)
@@ -255,11 +276,18 @@ def collect_ticks(
     seed: int = 0,
     min_future_steps: int = SCORED_ROWS,
     progress: bool = False,
+    expert: str = "log",
 ) -> list[Tick]:
     """Drive every scene in the env along the expert (on the log, and ``perturbations`` times off
     it, the data stage's drives) and keep every ``stride``-th step with ``min_future_steps`` of log
-    (``frame_stride``: the model's frame spacing, as the policy stacks them)."""
+    (``frame_stride``: the model's frame spacing, as the policy stacks them).
+
+    ``expert="idm"``: the privileged rule planner drives instead of the recovery towards the log
+    (as the data stage's ``--expert idm``), so a scene whose lead now brakes to a stop gives the
+    ticks of a car stopping and standing behind it; a drive ends where it leaves the logged path by
+    the data stage's limit."""
     import gymnasium as gym
+    import shapely
     from tqdm import tqdm
 
     import alpasim_policy.sim  # noqa: F401  (registers the env)
@@ -267,7 +295,7 @@ def collect_ticks(
     from alpasim_policy.scenes.geometry import scene_to_rig_poses
     from alpasim_policy.scoring.metrics.comfort import HISTORY_STEPS
     from alpasim_policy.training.build import _perturbations
-    from alpasim_policy.training.data import TARGET_STEPS, _drift_plan, recovery_target
+    from alpasim_policy.training.data import MAX_OFF_LOG_M, TARGET_STEPS, _drift_plan, recovery_target
 
     w, h = camera_size
     config = {"cameras": {"enabled": True, "preset": "alpamayo4", "width": int(w), "height": int(h)}}
@@ -281,9 +309,18 @@ def collect_ticks(
         buf = FrameBuffer(frames, frame_stride)
         last = scene.num_steps - 1
         t0 = int(obs["step"])
+        teacher = None
+        if expert == "idm":
+            from alpasim_policy.policies.baselines import IDMPolicy
+
+            teacher = IDMPolicy(steps=TARGET_STEPS)
+            teacher.reset(seed=seed, scene=scene)
+            log_path = shapely.LineString(scene.ego.state[np.asarray(scene.ego.valid, bool), :2])
         while True:
             k = int(obs["step"])
             pose = np.asarray(obs["pose"], dtype=np.float64)
+            if teacher is not None and log_path.distance(shapely.Point(pose[:2])) > MAX_OFF_LOG_M:
+                break
             images = buf.push(obs["cameras"], k, order)
             if last - k >= min_future_steps and (k - t0) % stride == 0:
                 past = env.trajectory()["ego_state"]
@@ -300,11 +337,14 @@ def collect_ticks(
                 )
             if k >= last:
                 break
-            target_w, _ = recovery_target(scene, k, pose, TARGET_STEPS)
             p = pert
             if p is not None and p.start_step <= k < p.start_step + p.ramp_steps:
-                target_w = _drift_plan(scene, k, pose, p)
-            obs, _, terminated, truncated, info = env.step(scene_to_rig_poses(target_w, pose))
+                plan = scene_to_rig_poses(_drift_plan(scene, k, pose, p), pose)
+            elif teacher is not None:
+                plan = np.asarray(teacher.act(obs).trajectory, np.float64)[:TARGET_STEPS]
+            else:
+                plan = scene_to_rig_poses(recovery_target(scene, k, pose, TARGET_STEPS)[0], pose)
+            obs, _, terminated, truncated, info = env.step(plan)
             if terminated or truncated:
                 break
         env.close()
@@ -551,15 +591,23 @@ def _read_log(out: Path, upto: int) -> list[dict[str, Any]]:
     return read_csv_log(out / "log.csv", upto)
 
 
-def training_scenes(raw: Path, exclude_suite: str | None) -> list[Any]:
-    """The data stage's scenes: every importable recording minus the evaluation suite's overlap."""
+def training_scenes(raw: Path, exclude_suite: str | None, cfg: RLConfig | None = None) -> list[Any]:
+    """The data stage's scenes: every importable recording minus the evaluation suite's overlap,
+    plus (per ``cfg``, as the data stage's flags) their slowed replays and stopping-lead variants.
+    Deterministic, so a resumed run finds the scenes of its saved ticks."""
     from alpasim_policy.scenes.format import load_scene
     from alpasim_policy.scenes.suite import load_suite
-    from alpasim_policy.training.build import raw_scenes
+    from alpasim_policy.training.build import lead_stop_scenes, raw_scenes
     from alpasim_policy.training.data import held_out_filter
 
+    cfg = cfg or RLConfig()
     suite = [load_scene(p) for p in load_suite(exclude_suite)] if exclude_suite else []
-    return held_out_filter(raw_scenes(raw), suite)
+    scenes = held_out_filter(raw_scenes(raw, cfg.partial_egos_s), suite)
+    if cfg.time_scales:
+        from alpasim_policy.scenes.augment import time_scaled
+
+        scenes = scenes + [time_scaled(sc, f) for f in cfg.time_scales for sc in scenes]
+    return scenes + [m for sc in scenes for m in lead_stop_scenes(sc, cfg.lead_stops, cfg.seed)]
 
 
 def prepare_run(
@@ -582,6 +630,7 @@ def prepare_run(
         ticks = collect_ticks(
             scenes, camera_size=camera_size, frames=frames, frame_stride=frame_stride, stride=cfg.stride,
             perturbations=cfg.perturbations, max_lateral=cfg.max_lateral, seed=cfg.seed, progress=progress,
+            expert=cfg.expert,
         )  # fmt: skip
         if not ticks:
             raise ConfigError("no training ticks: the scenes have no step with 4 s of logged future")
