@@ -174,7 +174,7 @@ def test_one_update_moves_log_probability_towards_better_plans(prepared_run):
 
 
 def test_consistency_reward_credits_plans_that_do_what_the_coc_says(prepared_run):
-    """The shipped checkpoint's real CoC on a real tick and 16 exploratory samples: the reward is
+    """The shipped checkpoint's real CoC on real ticks and 16 exploratory samples: the reward is
     EPDMS + w x agreement (1 / 0.5 / 0 per the meta-action's parts), so among samples of equal EPDMS
     the one doing the CoC's meta-action gets the larger advantage; at w = 0 the reward is the
     EPDMS alone."""
@@ -193,24 +193,31 @@ def test_consistency_reward_credits_plans_that_do_what_the_coc_says(prepared_run
     _, ticks, worlds = prepared_run
     model = AlpamayoR1.from_pretrained(shipped_weights("tiny"))
     ctx = TickContext(model, ticks, worlds)
-    prepared, prefix, text = ctx.get(0)
-    said = parse_coc(text).action
-    assert said is not None, text  # the trained model's CoC is in the template
-    gen = torch.Generator().manual_seed(0)
-    noise = torch.randn(16, model.config.n_waypoints, 2, generator=gen)
-    traj = actions_to_trajectories(model, sde_sample(model, prefix, noise, 1.5, gen).xs[-1], prepared.v0)
-    r, a, total = tick_rewards(ctx, 0, traj, RLConfig(consistency_weight=0.5))
-    v0 = float(np.hypot(*ticks[0].ego_state[3:5]))
-    done = [classify_trajectory(p, v0) for p in traj]
-    want = [0.5 * (d.longitudinal == said.longitudinal) + 0.5 * (d.lateral == said.lateral) for d in done]
-    np.testing.assert_array_equal(a, want)
-    assert len(set(a)) > 1, (text, done)  # the exploration noise gives the group something to rank
-    np.testing.assert_allclose(total, r + 0.5 * a)
-    r0, _, total0 = tick_rewards(ctx, 0, traj, RLConfig())
-    np.testing.assert_array_equal(total0, r0)
-    adv = group_advantages(total)
-    pairs = [(i, j) for i in range(16) for j in range(16) if r[i] == r[j] and a[i] > a[j]]
-    assert pairs and all(adv[i] > adv[j] for i, j in pairs)
+    ranked = 0
+    # The shipped model mostly does what it says, so the exploration noise is raised until a
+    # group holds samples that agree and samples that do not.
+    for i in range(len(ticks)):
+        prepared, prefix, text = ctx.get(i)
+        said = parse_coc(text).action
+        assert said is not None, text  # the trained model's CoC is in the template
+        v0 = float(np.hypot(*ticks[i].ego_state[3:5]))
+        for sigma in (1.5, 2.0, 3.0):
+            gen = torch.Generator().manual_seed(0)
+            noise = torch.randn(16, model.config.n_waypoints, 2, generator=gen)
+            roll = sde_sample(model, prefix, noise, sigma, gen)
+            traj = actions_to_trajectories(model, roll.xs[-1], prepared.v0)
+            r, a, total = tick_rewards(ctx, i, traj, RLConfig(consistency_weight=0.5))
+            done = [classify_trajectory(p, v0) for p in traj]
+            want = [0.5 * (d.longitudinal == said.longitudinal) + 0.5 * (d.lateral == said.lateral) for d in done]
+            np.testing.assert_array_equal(a, want)
+            np.testing.assert_allclose(total, r + 0.5 * a)
+            r0, _, total0 = tick_rewards(ctx, i, traj, RLConfig(consistency_weight=0.0))
+            np.testing.assert_array_equal(total0, r0)
+            adv = group_advantages(total)
+            pairs = [(j, k) for j in range(16) for k in range(16) if r[j] == r[k] and a[j] > a[k]]
+            assert all(adv[j] > adv[k] for j, k in pairs)
+            ranked += len(pairs)
+    assert ranked > 0  # some group had equal-EPDMS samples that the CoC told apart
 
 
 def test_rl_steps_raise_the_reward_and_write_the_run(prepared_run, scene):
@@ -224,7 +231,7 @@ def test_rl_steps_raise_the_reward_and_write_the_run(prepared_run, scene):
     root, _, _ = prepared_run
     out = _run_dir(prepared_run, "raise")
     cfg = RLConfig(init=str(root / "init"), steps=6, ticks=2, samples=8, lr=1e-3, stride=10,
-                   perturbations=0, save_every=3)  # fmt: skip
+                   perturbations=0, save_every=3, kl_weight=0.05)  # fmt: skip
     s = train_rl(out, cfg, [scene], progress=False, eval_ticks=3)
     assert s["steps"] == 6 and s["ticks"] == 3
     assert s["eval_reward_after"] > s["eval_reward_before"] + 0.02, s

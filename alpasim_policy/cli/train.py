@@ -109,13 +109,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--data", type=Path, nargs="+", default=None,
         help="folder(s) of data-stage shards, used together (default: <out>/data)",
     )  # fmt: skip
-    g.add_argument("--steps", type=int, default=200, help="optimizer steps")
+    g.add_argument(
+        "--steps", type=int, default=None, help="optimizer steps (default 200; draft 300; rl 600)"
+    )
     g.add_argument("--batch", type=int, default=4, help="samples per step")
     g.add_argument(
         "--lr",
         type=float,
         default=None,
-        help="peak learning rate, warm-up then cosine to 10 %% (default 3e-4; draft 2e-3)",
+        help="peak learning rate, warm-up then cosine to 10 %% (default 3e-4; draft 2e-3; rl 1e-4, constant)",
     )
     g.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (and at the end)")
     g.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
@@ -166,13 +168,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--ticks", type=int, default=2, help="ticks per optimizer step")
     r.add_argument("--sigma", type=float, default=0.7, help="noise scale of the stochastic flow sampler")
     r.add_argument("--clip", type=float, default=0.2, help="ratio clip epsilon")
-    r.add_argument("--kl-weight", type=float, default=0.05, help="weight of the KL anchor to --init")
+    r.add_argument("--kl-weight", type=float, default=0.2, help="weight of the KL anchor to --init")
     r.add_argument(
-        "--consistency-weight", type=float, default=0.0,
+        "--consistency-weight", type=float, default=2.0,
         help="reward += W x the plan's agreement with its CoC's meta-action (1 both parts, 0.5 one)",
     )  # fmt: skip
     r.add_argument("--epochs", type=int, default=1, help="updates per batch of rollouts")
-    r.add_argument("--stride", type=int, default=3, help="ticks: every N-th step of a training drive")
+    r.add_argument("--stride", type=int, default=2, help="ticks: every N-th step of a training drive")
     r.add_argument("--time-limit", type=float, default=1800.0, help="seconds; checkpoint and stop after")
     r.add_argument("--profile", default="project", help="scoring profile of the reward")
     g = p.add_argument_group("draft stage (also uses --data, --steps, --batch, --lr, --seed)")
@@ -188,7 +190,7 @@ def _cmd_draft(args: argparse.Namespace) -> int:
     if args.target is None:
         raise ConfigError("train --stage draft needs --target CKPT (the trained model to distil from)")
     cfg = DraftTrainConfig(
-        steps=args.steps,
+        steps=DraftTrainConfig().steps if args.steps is None else args.steps,
         batch=args.batch,
         lr=2e-3 if args.lr is None else args.lr,
         seed=args.seed,
@@ -231,7 +233,7 @@ def _cmd_imitation(args: argparse.Namespace) -> int:
 
     cfg = ImitationConfig(
         preset=args.preset,
-        steps=args.steps,
+        steps=ImitationConfig().steps if args.steps is None else args.steps,
         batch=args.batch,
         lr=3e-4 if args.lr is None else args.lr,
         seed=args.seed,
@@ -264,7 +266,7 @@ def _cmd_rl(args: argparse.Namespace) -> int:
 
     cfg = RLConfig(
         init=str(args.init or ""),
-        steps=args.steps,
+        steps=RLConfig().steps if args.steps is None else args.steps,
         ticks=args.ticks,
         samples=args.samples,
         lr=RLConfig().lr if args.lr is None else args.lr,
