@@ -293,7 +293,7 @@ def test_idm_expert_drives_the_ticks_behind_a_braking_lead():
     assert np.all(np.diff(speeds["idm"]) < 0)
 
 
-def test_bad_arguments_are_named(tmp_path, prepared_run):
+def test_bad_arguments_are_named(tmp_path, prepared_run, capsys):
     from alpasim_policy.cli import main
     from alpasim_policy.training.rl import RLConfig
 
@@ -321,3 +321,5 @@ def test_bad_arguments_are_named(tmp_path, prepared_run):
     with pytest.raises(ValueError, match="profile"):
         RLConfig(init=init, profile="nope").validate()
     assert main(["train", "--stage", "rl", "--out", str(tmp_path / "x")]) != 0
+    assert main(["train", "--stage", "rl", "--init", init, "--out", str(tmp_path / "y"), "--closing", "1"]) == 2
+    assert "--closing: data stage only" in capsys.readouterr().err

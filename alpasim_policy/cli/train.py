@@ -261,9 +261,16 @@ def _cmd_imitation(args: argparse.Namespace) -> int:
 
 
 def _cmd_rl(args: argparse.Namespace) -> int:
+    from alpasim_policy.errors import ConfigError
     from alpasim_policy.scenes.suite import scenarios_root
     from alpasim_policy.training.rl import RLConfig, train_rl, training_scenes
 
+    data_only = {"--closing": args.closing, "--close-up": args.close_up, "--lead-creeps": args.lead_creeps,
+                 "--expert-gap": args.expert_gap, "--driver": args.driver}  # fmt: skip
+    given = [flag for flag, value in data_only.items() if value]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: data stage only; the rl stage's drives take --expert, "
+                          "--lead-stops, --time-scale, --partial-egos and --perturbations")  # fmt: skip
     cfg = RLConfig(
         init=str(args.init or ""),
         steps=RLConfig().steps if args.steps is None else args.steps,
