@@ -38,6 +38,30 @@ def raw_scenes(raw: Path, partial_egos_s: float | None = None) -> list[Any]:
     return scenes
 
 
+def held_out_scenes(
+    raw: Path, exclude_suite: str | None, partial_egos_s: float | None = None,
+    time_scales: tuple[float, ...] = (),
+) -> tuple[list[Any], int, int]:
+    """The training drives' scenes: every importable recording under ``raw`` minus what overlaps
+    ``exclude_suite`` (:func:`~alpasim_policy.training.data.held_out_filter`), plus each kept scene
+    replayed at every speed factor of ``time_scales``; and how many candidates there were and were
+    dropped. Shared
+    by the data and rl stages so their flags select the same scenes."""
+    from alpasim_policy.scenes.format import load_scene
+    from alpasim_policy.scenes.suite import load_suite
+    from alpasim_policy.training.data import held_out_filter
+
+    candidates = raw_scenes(raw, partial_egos_s)
+    suite = [load_scene(p) for p in load_suite(exclude_suite)] if exclude_suite else []
+    scenes = held_out_filter(candidates, suite)
+    dropped = len(candidates) - len(scenes)
+    if time_scales:
+        from alpasim_policy.scenes.augment import time_scaled
+
+        scenes = scenes + [time_scaled(sc, f) for f in time_scales for sc in scenes]
+    return scenes, len(candidates), dropped
+
+
 def _perturbations(
     scene: Any, count: int, max_lateral: float, seed: int, closing: int = 0, max_accel: float = 2.5
 ) -> list[Any]:
@@ -257,9 +281,7 @@ def build_data(
     from alpasim_policy.io import atomic_write_json
     from alpasim_policy.model.config import AlpamayoConfig
     from alpasim_policy.policies.alpamayo import DEFAULT_CAMERA_SIZE
-    from alpasim_policy.scenes.format import load_scene
-    from alpasim_policy.scenes.suite import load_suite
-    from alpasim_policy.training.data import drive_samples, ego_key, held_out_filter, save_samples
+    from alpasim_policy.training.data import drive_samples, ego_key, save_samples
 
     if frame_stride < 1:
         from alpasim_policy.errors import ConfigError
@@ -273,14 +295,7 @@ def build_data(
         raise ConfigError(
             f"--preset {preset!r}: no camera size known; choose from {sorted(DEFAULT_CAMERA_SIZE)}"
         )
-    candidates = raw_scenes(raw, partial_egos_s)
-    suite = [load_scene(p) for p in load_suite(exclude_suite)] if exclude_suite else []
-    scenes = held_out_filter(candidates, suite)
-    dropped = len(candidates) - len(scenes)
-    if time_scales:
-        from alpasim_policy.scenes.augment import time_scaled
-
-        scenes = scenes + [time_scaled(sc, f) for f in time_scales for sc in scenes]
+    scenes, n_candidates, dropped = held_out_scenes(raw, exclude_suite, partial_egos_s, tuple(time_scales))
     jobs = [(sc, None) for sc in scenes]
     jobs += [(sc, p) for sc in scenes for p in _perturbations(sc, perturbations, max_lateral, seed, closing)]
     close = [m for sc in scenes for m in close_up_scenes(sc, close_up, seed)]
@@ -348,7 +363,7 @@ def build_data(
         "lead_creeps_per_scene": lead_creeps,
         "lead_stop_scenes": [m.scene_id for m in stops],
         "excluded_suite": exclude_suite,
-        "candidate_scenes": len(candidates),
+        "candidate_scenes": n_candidates,
         "held_out_dropped": dropped,
         "min_future_steps": min_future_steps,
         "expert": expert,

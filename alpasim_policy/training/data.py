@@ -188,6 +188,28 @@ EXPERTS = ("log", "idm")
 MAX_OFF_LOG_M = 5.0
 
 
+def idm_expert(scene: Scene, seed: int, expert_gap: float | None = None) -> Any:
+    """The ``idm`` expert, reset on ``scene`` (``expert_gap``: its standstill gap; ``None``: the
+    baseline's own). One place for the data stage and the rl stage's ticks."""
+    from alpasim_policy.policies.baselines import IDMPolicy
+
+    gap = {} if expert_gap is None else {"min_gap": expert_gap}
+    teacher = IDMPolicy(steps=TARGET_STEPS, **gap)
+    teacher.reset(seed=seed, scene=scene)
+    return teacher
+
+
+def off_logged_path(path: shapely.LineString, pose: np.ndarray) -> bool:
+    """Is the car at ``pose`` more than :data:`MAX_OFF_LOG_M` from the logged *path* (not the
+    time-indexed pose: a planner may drive slower)?"""
+    return path.distance(shapely.Point(pose[:2])) > MAX_OFF_LOG_M
+
+
+def logged_path(scene: Scene) -> shapely.LineString:
+    """The ego's logged positions as a line (built once per drive for :func:`off_logged_path`)."""
+    return shapely.LineString(scene.ego.state[np.asarray(scene.ego.valid, bool), :2])
+
+
 def plan_is_sane(plan_rig: np.ndarray, max_turn: float = 0.5) -> bool:
     """True when a rig-frame plan starts ahead of the car, pointing within ``max_turn`` rad of its
     heading, and never turns more than ``max_turn`` rad in one 0.1 s step: what a kinematic car can
@@ -254,17 +276,12 @@ def drive_samples(
     last = scene.num_steps - 1
     teacher = None
     if expert == "idm":
-        from alpasim_policy.policies.baselines import IDMPolicy
-
-        gap = {} if expert_gap is None else {"min_gap": expert_gap}
-        teacher = IDMPolicy(steps=TARGET_STEPS, **gap)
-        teacher.reset(seed=seed, scene=scene)
+        teacher = idm_expert(scene, seed, expert_gap)
     if driver is not None:
         driver.reset(seed=seed, scene=scene, camera_rig=env.camera_rig)
     rng = np.random.default_rng([seed, zlib.crc32(scene.scene_id.encode())])
     off_log = teacher is not None or driver is not None
-    # distance from the logged *path* (not the time-indexed pose: the planner may drive slower)
-    log_path = shapely.LineString(scene.ego.state[np.asarray(scene.ego.valid, bool), :2])
+    log_path = logged_path(scene)
     while True:
         k = int(obs["step"])
         pose = np.asarray(obs["pose"], dtype=np.float64)
@@ -278,7 +295,7 @@ def drive_samples(
         driven = driver.act(obs).trajectory if driver is not None else None
         emit = (last - k >= min_future_steps) if wanted is None else k in wanted
         offset = float(np.hypot(*(pose[:2] - scene.ego.state[k, :2])))
-        if off_log and log_path.distance(shapely.Point(pose[:2])) > MAX_OFF_LOG_M:
+        if off_log and off_logged_path(log_path, pose):
             break
         if emit and (teacher is None or plan_is_sane(target)):
             v0 = float(obs["speed"])

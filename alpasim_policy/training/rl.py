@@ -287,7 +287,6 @@ def collect_ticks(
     ticks of a car stopping and standing behind it; a drive ends where it leaves the logged path by
     the data stage's limit."""
     import gymnasium as gym
-    import shapely
     from tqdm import tqdm
 
     import alpasim_policy.sim  # noqa: F401  (registers the env)
@@ -295,7 +294,14 @@ def collect_ticks(
     from alpasim_policy.scenes.geometry import scene_to_rig_poses
     from alpasim_policy.scoring.metrics.comfort import HISTORY_STEPS
     from alpasim_policy.training.build import _perturbations
-    from alpasim_policy.training.data import MAX_OFF_LOG_M, TARGET_STEPS, _drift_plan, recovery_target
+    from alpasim_policy.training.data import (
+        TARGET_STEPS,
+        _drift_plan,
+        idm_expert,
+        logged_path,
+        off_logged_path,
+        recovery_target,
+    )
 
     w, h = camera_size
     config = {"cameras": {"enabled": True, "preset": "alpamayo4", "width": int(w), "height": int(h)}}
@@ -309,17 +315,12 @@ def collect_ticks(
         buf = FrameBuffer(frames, frame_stride)
         last = scene.num_steps - 1
         t0 = int(obs["step"])
-        teacher = None
-        if expert == "idm":
-            from alpasim_policy.policies.baselines import IDMPolicy
-
-            teacher = IDMPolicy(steps=TARGET_STEPS)
-            teacher.reset(seed=seed, scene=scene)
-            log_path = shapely.LineString(scene.ego.state[np.asarray(scene.ego.valid, bool), :2])
+        teacher = idm_expert(scene, seed) if expert == "idm" else None
+        log_path = logged_path(scene) if teacher is not None else None
         while True:
             k = int(obs["step"])
             pose = np.asarray(obs["pose"], dtype=np.float64)
-            if teacher is not None and log_path.distance(shapely.Point(pose[:2])) > MAX_OFF_LOG_M:
+            if teacher is not None and off_logged_path(log_path, pose):
                 break
             images = buf.push(obs["cameras"], k, order)
             if last - k >= min_future_steps and (k - t0) % stride == 0:
@@ -595,18 +596,10 @@ def training_scenes(raw: Path, exclude_suite: str | None, cfg: RLConfig | None =
     """The data stage's scenes: every importable recording minus the evaluation suite's overlap,
     plus (per ``cfg``, as the data stage's flags) their slowed replays and stopping-lead variants.
     Deterministic, so a resumed run finds the scenes of its saved ticks."""
-    from alpasim_policy.scenes.format import load_scene
-    from alpasim_policy.scenes.suite import load_suite
-    from alpasim_policy.training.build import lead_stop_scenes, raw_scenes
-    from alpasim_policy.training.data import held_out_filter
+    from alpasim_policy.training.build import held_out_scenes, lead_stop_scenes
 
     cfg = cfg or RLConfig()
-    suite = [load_scene(p) for p in load_suite(exclude_suite)] if exclude_suite else []
-    scenes = held_out_filter(raw_scenes(raw, cfg.partial_egos_s), suite)
-    if cfg.time_scales:
-        from alpasim_policy.scenes.augment import time_scaled
-
-        scenes = scenes + [time_scaled(sc, f) for f in cfg.time_scales for sc in scenes]
+    scenes, _, _ = held_out_scenes(raw, exclude_suite, cfg.partial_egos_s, cfg.time_scales)
     return scenes + [m for sc in scenes for m in lead_stop_scenes(sc, cfg.lead_stops, cfg.seed)]
 
 
