@@ -293,6 +293,37 @@ def test_idm_expert_drives_the_ticks_behind_a_braking_lead():
     assert np.all(np.diff(speeds["idm"]) < 0)
 
 
+def test_driver_ticks_are_the_states_the_driver_reaches():
+    """DAgger ticks: on the A9 drive whose lead now brakes, a driver that keeps its speed (constant
+    velocity) closes in on the lead, and the ticks are those states, not the idm expert's slowing
+    drive; with ``driver_share=0`` the driver never acts and the ticks are the expert's."""
+    from alpasim_policy.policies.baselines import ConstantVelocityPolicy
+    from alpasim_policy.training.build import lead_stop_scenes
+    from alpasim_policy.training.rl import collect_ticks
+
+    base = load_scene(next(p for p in load_suite("bundled") if "ego3536" in str(p)))
+    stop = next(s for s in lead_stop_scenes(base, 2, 0) if s.scene_id.endswith("stop4a2.5@26"))
+
+    def ticks(**kw):
+        return collect_ticks([stop], camera_size=(128, 72), frames=4, stride=4, perturbations=0,
+                             expert="idm", min_future_steps=5, **kw)  # fmt: skip
+
+    def speed(ts):
+        return np.array([np.hypot(*t.ego_state[3:5]) for t in ts])
+
+    expert = ticks()
+    driven = ticks(driver=ConstantVelocityPolicy(), driver_share=1.0)
+    unused = ticks(driver=ConstantVelocityPolicy(), driver_share=0.0)
+    assert [t.step for t in driven] == [t.step for t in expert]
+    assert np.ptp(speed(driven)) < 0.5 and speed(driven)[-1] > speed(expert)[-1] + 2.0
+    np.testing.assert_array_equal(np.stack([t.ego_state for t in unused]), np.stack([t.ego_state for t in expert]))
+    # the driven car is further up the road, where the expert never took it
+    def travelled(ts):
+        return float(np.hypot(*(ts[-1].ego_state[:2] - ts[0].ego_state[:2])))
+
+    assert travelled(driven) > travelled(expert) + 2.0
+
+
 def test_bad_arguments_are_named(tmp_path, prepared_run, capsys):
     from alpasim_policy.cli import main
     from alpasim_policy.training.rl import RLConfig
@@ -318,6 +349,10 @@ def test_bad_arguments_are_named(tmp_path, prepared_run, capsys):
         RLConfig(init=init, lead_stops=1).validate()
     with pytest.raises(ConfigError, match="--time-scale"):
         RLConfig(init=init, time_scales=(0.01,)).validate()
+    with pytest.raises(ConfigError, match="--driver .*not a checkpoint folder"):
+        RLConfig(init=init, driver=str(tmp_path)).validate()
+    with pytest.raises(ConfigError, match="--driver-share"):
+        RLConfig(init=init, driver=init, driver_share=1.5).validate()
     with pytest.raises(ValueError, match="profile"):
         RLConfig(init=init, profile="nope").validate()
     assert main(["train", "--stage", "rl", "--out", str(tmp_path / "x")]) != 0

@@ -66,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--driver", type=Path, default=None,
-        help="data stage, DAgger: this alpamayo checkpoint drives (the expert still labels every step)",
+        help="DAgger: this alpamayo checkpoint drives (data stage: the expert still labels every step; rl "
+        "stage: the ticks are the states it reaches)",
     )  # fmt: skip
     p.add_argument(
         "--closing", type=int, default=0,
@@ -102,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--driver-share",
         type=float,
         default=1.0,
-        help="data stage: share of steps the --driver's plan is executed",
+        help="data and rl stages: share of steps the --driver's plan is executed",
     )
     g = p.add_argument_group("imitation stage")
     g.add_argument(
@@ -266,11 +267,12 @@ def _cmd_rl(args: argparse.Namespace) -> int:
     from alpasim_policy.training.rl import RLConfig, train_rl, training_scenes
 
     data_only = {"--closing": args.closing, "--close-up": args.close_up, "--lead-creeps": args.lead_creeps,
-                 "--expert-gap": args.expert_gap, "--driver": args.driver}  # fmt: skip
+                 "--expert-gap": args.expert_gap}  # fmt: skip
     given = [flag for flag, value in data_only.items() if value]
     if given:
         raise ConfigError(f"{', '.join(given)}: data stage only; the rl stage's drives take --expert, "
-                          "--lead-stops, --time-scale, --partial-egos and --perturbations")  # fmt: skip
+                          "--driver, --driver-share, --lead-stops, --time-scale, --partial-egos and "
+                          "--perturbations")  # fmt: skip
     cfg = RLConfig(
         init=str(args.init or ""),
         steps=RLConfig().steps if args.steps is None else args.steps,
@@ -293,6 +295,8 @@ def _cmd_rl(args: argparse.Namespace) -> int:
         lead_stops=args.lead_stops,
         time_scales=tuple(args.time_scale),
         partial_egos_s=args.partial_egos,
+        driver=None if args.driver is None else str(args.driver),
+        driver_share=args.driver_share,
     )
     cfg.validate()
     scenes = training_scenes(args.raw or scenarios_root() / "raw", args.exclude_suite, cfg)

@@ -81,6 +81,10 @@ class RLConfig:
     lead_stops: int = 0
     time_scales: tuple[float, ...] = ()
     partial_egos_s: float | None = None
+    # DAgger ticks: this checkpoint (the data stage's --driver) drives ``driver_share`` of the steps
+    # of every drive, so the ticks include the states the policy itself reaches (drift, closing in)
+    driver: str | None = None
+    driver_share: float = 1.0
 
     def validate(self) -> None:
         if not self.init:
@@ -119,6 +123,10 @@ class RLConfig:
         bad = [f for f in self.time_scales if not 0.05 <= f <= 4.0]
         if bad:
             raise ConfigError(f"--time-scale {bad[0]}: a speed factor must be in [0.05, 4]")
+        if self.driver is not None and not (Path(self.driver) / "config.json").is_file():
+            raise ConfigError(f"--driver {self.driver}: not a checkpoint folder (no config.json)")
+        if not 0.0 <= self.driver_share <= 1.0:
+            raise ConfigError(f"--driver-share must be in [0, 1], got {self.driver_share}")
         if self.partial_egos_s is not None and self.partial_egos_s < 4.0:
             raise ConfigError(f"--partial-egos must be >= 4 s, got {self.partial_egos_s}")
         from alpasim_policy.scoring.profiles import get_profile
@@ -277,6 +285,8 @@ def collect_ticks(
     min_future_steps: int = SCORED_ROWS,
     progress: bool = False,
     expert: str = "log",
+    driver: Any = None,
+    driver_share: float = 1.0,
 ) -> list[Tick]:
     """Drive every scene in the env along the expert (on the log, and ``perturbations`` times off
     it, the data stage's drives) and keep every ``stride``-th step with ``min_future_steps`` of log
@@ -286,6 +296,8 @@ def collect_ticks(
     (as the data stage's ``--expert idm``), so a scene whose lead now brakes to a stop gives the
     ticks of a car stopping and standing behind it; a drive ends where it leaves the logged path by
     the data stage's limit."""
+    import zlib
+
     import gymnasium as gym
     from tqdm import tqdm
 
@@ -316,11 +328,15 @@ def collect_ticks(
         last = scene.num_steps - 1
         t0 = int(obs["step"])
         teacher = idm_expert(scene, seed) if expert == "idm" else None
-        log_path = logged_path(scene) if teacher is not None else None
+        if driver is not None:
+            driver.reset(seed=seed, scene=scene, camera_rig=env.camera_rig)
+        rng = np.random.default_rng([seed, zlib.crc32(scene.scene_id.encode())])
+        off_log = teacher is not None or driver is not None
+        log_path = logged_path(scene) if off_log else None
         while True:
             k = int(obs["step"])
             pose = np.asarray(obs["pose"], dtype=np.float64)
-            if teacher is not None and off_logged_path(log_path, pose):
+            if off_log and off_logged_path(log_path, pose):
                 break
             images = buf.push(obs["cameras"], k, order)
             if last - k >= min_future_steps and (k - t0) % stride == 0:
@@ -338,9 +354,13 @@ def collect_ticks(
                 )
             if k >= last:
                 break
+            # the driver sees every step (its frame buffer and seeded sampler advance as in closed loop)
+            driven = None if driver is None else np.asarray(driver.act(obs).trajectory, np.float64)
             p = pert
             if p is not None and p.start_step <= k < p.start_step + p.ramp_steps:
                 plan = scene_to_rig_poses(_drift_plan(scene, k, pose, p), pose)
+            elif driven is not None and rng.random() < driver_share:
+                plan = driven
             elif teacher is not None:
                 plan = np.asarray(teacher.act(obs).trajectory, np.float64)[:TARGET_STEPS]
             else:
@@ -603,6 +623,17 @@ def training_scenes(raw: Path, exclude_suite: str | None, cfg: RLConfig | None =
     return scenes + [m for sc in scenes for m in lead_stop_scenes(sc, cfg.lead_stops, cfg.seed)]
 
 
+def _driver_policy(cfg: RLConfig) -> Any:
+    """The ``alpamayo`` policy of ``cfg.driver`` in the closed-loop setting the data stage's DAgger
+    uses (K = 6, ``select=first``, one thread), or ``None``."""
+    if cfg.driver is None:
+        return None
+    from alpasim_policy.policies.registry import make_policy
+
+    preset = json.loads((Path(cfg.driver) / "config.json").read_text()).get("preset", "tiny")
+    return make_policy("alpamayo", preset=preset, weights=str(cfg.driver), threads=1, select="first")
+
+
 def prepare_run(
     out: Path,
     cfg: RLConfig,
@@ -623,7 +654,7 @@ def prepare_run(
         ticks = collect_ticks(
             scenes, camera_size=camera_size, frames=frames, frame_stride=frame_stride, stride=cfg.stride,
             perturbations=cfg.perturbations, max_lateral=cfg.max_lateral, seed=cfg.seed, progress=progress,
-            expert=cfg.expert,
+            expert=cfg.expert, driver=_driver_policy(cfg), driver_share=cfg.driver_share,
         )  # fmt: skip
         if not ticks:
             raise ConfigError("no training ticks: the scenes have no step with 4 s of logged future")
