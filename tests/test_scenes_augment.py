@@ -154,3 +154,34 @@ def test_agent_speed_profile_drives_the_path_at_the_given_speeds(peach):
     np.testing.assert_array_equal(out.agents.state[:, :k], peach.agents.state[:, :k])
     with pytest.raises(ValueError, match="speeds"):
         agent_speed_profile(peach, i, k, np.r_[0.0, -1.0], "bad")
+
+
+def test_yaw_swung_hands_over_mid_swerve_and_the_planner_takes_it_out():
+    """Only the ego's headings over the 4 steps up to t0 change, ramping to the full swing at t0;
+    driven from there, the ``idm`` expert's label turns against the swing; the data stage's
+    draws are seeded, of the documented size, and never repeat."""
+    from alpasim_policy.scenes.augment import yaw_swung
+    from alpasim_policy.scenes.geometry import wrap_angle
+    from alpasim_policy.training.build import YAW_SWING_RAD, yaw_swing_scenes
+
+    av2 = load_scene(next(p for p in load_suite("bundled") if "av2s-7fab2350-w00" in str(p)))
+    t0 = av2.metadata.t0_index
+    swung = yaw_swung(av2, 0.15)
+    diff = wrap_angle(swung.ego.state[:, 2] - av2.ego.state[:, 2])
+    assert np.allclose(diff[: t0 - 3], 0) and np.allclose(diff[t0 + 1 :], 0)
+    assert diff[t0] == pytest.approx(0.15) and np.all(np.diff(diff[t0 - 4 : t0 + 1]) > 0)
+    other = np.delete(np.arange(swung.ego.state.shape[1]), 2)
+    np.testing.assert_array_equal(swung.ego.state[:, other], av2.ego.state[:, other])
+    assert swung.scene_id.endswith("-yaw+0.15") and swung.metadata.extra["yaw_swing_rad"] == 0.15
+    for delta in (0.15, -0.15):
+        first = next(drive_samples(yaw_swung(av2, delta), camera_size=(32, 18), frames=1, expert="idm",
+                                   steps=[t0]))  # fmt: skip
+        assert first.history[-5, 2] * delta < 0  # rig frame: the car came from the other side ...
+        assert first.target[10, 2] * delta < 0 and abs(first.target[10, 2]) > abs(delta) / 2  # ... and turns back
+    with pytest.raises(ValueError, match="yaw swing"):
+        yaw_swung(av2, 1.0)
+    draws = yaw_swing_scenes(av2, 3, 0)
+    assert [s.scene_id for s in draws] == [s.scene_id for s in yaw_swing_scenes(av2, 3, 0)]
+    sizes = [abs(s.metadata.extra["yaw_swing_rad"]) for s in draws]
+    assert len(set(sizes)) == len(sizes) and all(YAW_SWING_RAD[0] <= x <= YAW_SWING_RAD[1] for x in sizes)
+    assert yaw_swing_scenes(av2, 0, 0) == []

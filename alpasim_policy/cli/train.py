@@ -7,7 +7,8 @@ suite (``--exclude-suite``, default ``bundled``), drives each remaining scene on
 shard per drive under ``DIR/data/`` plus ``DIR/data/manifest.json``. Deterministic for a seed;
 a re-run skips the shards already written (resume). ``--expert idm`` labels with the rule planner
 instead of the log, ``--driver CKPT`` lets a checkpoint drive (DAgger), ``--closing N`` adds drives
-that close in on the lead, ``--partial-egos S`` takes cars present S seconds as egos too,
+that close in on the lead, ``--yaw-swings N`` drives handed over mid-swerve, ``--partial-egos S``
+takes cars present S seconds as egos too,
 ``--time-scale F ...`` also drives every scene replayed at F times its speed (slow-motion traffic);
 ``--close-up N`` adds drives that start close behind the lead, ``--lead-stops N`` drives in which the
 lead brakes to a stop, ``--lead-creeps N`` ones in which it then goes on stop-and-go.
@@ -19,7 +20,8 @@ continues from the checkpoint exactly as an uninterrupted run would.
 
 ``train --stage rl --init CKPT --out DIR`` post-trains a checkpoint with group-relative policy
 optimisation on the open-loop EPDMS of its own sampled plans (:mod:`alpasim_policy.training.rl`;
-``--steps``, ``--lr``, ``--save-every``, ``--perturbations``, ``--seed``, ``--resume`` as above):
+``--steps``, ``--lr``, ``--save-every``, ``--perturbations``, ``--seed``, ``--resume`` as above;
+``--driver CKPT`` takes the ticks from drives of that checkpoint, DAgger-style):
 ticks and metric caches of the training scenes in ``DIR``, then ``DIR/checkpoint``,
 ``DIR/log.csv``, ``DIR/reward.png``, ``DIR/summary.json``.
 
@@ -72,6 +74,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--closing", type=int, default=0,
         help="data stage: drives per scene that first close in on the lead (2 s of 1-2.5 m/s^2 extra)",
+    )  # fmt: skip
+    p.add_argument(
+        "--yaw-swings", type=int, default=0, metavar="N",
+        help="data stage: drives per scene handed over mid-swerve (heading swung 0.05-0.2 rad over the 0.4 s "
+        "before t0)",
     )  # fmt: skip
     p.add_argument(
         "--close-up", type=int, default=0, metavar="N",
@@ -266,8 +273,8 @@ def _cmd_rl(args: argparse.Namespace) -> int:
     from alpasim_policy.scenes.suite import scenarios_root
     from alpasim_policy.training.rl import RLConfig, train_rl, training_scenes
 
-    data_only = {"--closing": args.closing, "--close-up": args.close_up, "--lead-creeps": args.lead_creeps,
-                 "--expert-gap": args.expert_gap}  # fmt: skip
+    data_only = {"--closing": args.closing, "--yaw-swings": args.yaw_swings, "--close-up": args.close_up,
+                 "--lead-creeps": args.lead_creeps, "--expert-gap": args.expert_gap}  # fmt: skip
     given = [flag for flag, value in data_only.items() if value]
     if given:
         raise ConfigError(f"{', '.join(given)}: data stage only; the rl stage's drives take --expert, "
@@ -333,6 +340,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-lateral must be >= 0.5 m, got {args.max_lateral}")
     if args.closing < 0:
         raise ConfigError(f"--closing must be >= 0, got {args.closing}")
+    if args.yaw_swings < 0:
+        raise ConfigError(f"--yaw-swings must be >= 0, got {args.yaw_swings}")
     if args.close_up < 0:
         raise ConfigError(f"--close-up must be >= 0, got {args.close_up}")
     if args.close_up and args.expert != "idm":
@@ -372,6 +381,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         driver=args.driver,
         driver_share=args.driver_share,
         closing=args.closing,
+        yaw_swings=args.yaw_swings,
         partial_egos_s=args.partial_egos,
         time_scales=tuple(args.time_scale),
         close_up=args.close_up,

@@ -12,6 +12,9 @@ transformed.
 closer to the car ahead than its driver ever was: real traffic keeps comfortable gaps, while a
 learner that misjudges a gap ends up bumper to bumper, a state the logs never show
 (``train --stage data --close-up N``).
+
+:func:`yaw_swung` hands the ego over mid-swerve: its logged heading swings off over the last
+steps before t0, as a noisy or twitchy log can (``train --stage data --yaw-swings N``).
 """
 
 from __future__ import annotations
@@ -161,6 +164,35 @@ def moved_along_path(scene: Scene, shift_m: float) -> Scene:
         md, scene_id=f"{md.scene_id}-m{shift_m:.1f}", extra={**md.extra, "moved_m": float(shift_m)}
     )
     return dataclasses.replace(scene, metadata=meta, ego=dataclasses.replace(ego, state=state))
+
+
+def yaw_swung(scene: Scene, delta_rad: float, ramp_steps: int = 4) -> Scene:
+    """``scene`` whose ego heading swings ``delta_rad`` (+ left) over the ``ramp_steps`` steps up
+    to t0, where control starts; positions, speeds and everything after t0 are the log's.
+
+    Why: a car handed over mid-swerve has to take the swerve out. US-101 ``ego451`` (bundled
+    suite) is such a hand-over: its logged heading swings 0.1-0.2 rad left and back within
+    0.5 s around t0 (noise or a twitch), and a model that continues the swing leaves the road
+    from the left-most lane; with that swing smoothed out of the log the same model drives it.
+    The logs seldom show one, so this augmentation makes them (a quintic ramp, so the history's
+    yaw rate is smooth too). The id gets ``-yaw{delta:+.2f}`` appended and
+    ``metadata.extra["yaw_swing_rad"]`` records it.
+    """
+    if not (np.isfinite(delta_rad) and abs(delta_rad) < 0.5):
+        raise ValueError(f"yaw swing must be finite and under 0.5 rad, got {delta_rad}")
+    if ramp_steps < 1:
+        raise ValueError(f"ramp_steps must be >= 1, got {ramp_steps}")
+    t0 = scene.metadata.t0_index
+    k = np.arange(t0 - ramp_steps + 1, t0 + 1)
+    k = k[k >= 0]
+    u = (k - (t0 - ramp_steps)) / ramp_steps
+    state = scene.ego.state.copy()
+    state[k, 2] = wrap_angle(state[k, 2] + delta_rad * u**3 * (10 - 15 * u + 6 * u**2))
+    md = scene.metadata
+    meta = dataclasses.replace(
+        md, scene_id=f"{md.scene_id}-yaw{delta_rad:+.2f}", extra={**md.extra, "yaw_swing_rad": float(delta_rad)}
+    )
+    return dataclasses.replace(scene, metadata=meta, ego=dataclasses.replace(scene.ego, state=state))
 
 
 def agent_stopping(scene: Scene, index: int, start_step: int, decel_mps2: float) -> Scene:

@@ -145,6 +145,31 @@ def close_up_scenes(scene: Any, count: int, seed: int) -> list[Any]:
     return out
 
 
+YAW_SWING_RAD = (0.05, 0.2)
+"""Size range (rad) of a hand-over's heading swing (:func:`yaw_swing_scenes`)."""
+
+
+def yaw_swing_scenes(scene: Any, count: int, seed: int) -> list[Any]:
+    """``count`` copies of ``scene`` handed over mid-swerve
+    (:func:`~alpasim_policy.scenes.augment.yaw_swung`): each draws a swing of
+    :data:`YAW_SWING_RAD` to either side (seeded by the scene id), ramped in over the last 0.4 s
+    before t0; a repeated draw is dropped."""
+    import zlib
+
+    import numpy as np
+
+    from alpasim_policy.scenes.augment import yaw_swung
+
+    rng = np.random.default_rng([seed, zlib.crc32(scene.scene_id.encode()), 4])
+    out, seen = [], set()
+    for _ in range(max(0, count)):
+        delta = round(float(rng.uniform(*YAW_SWING_RAD) * rng.choice([-1.0, 1.0])), 2)
+        if delta not in seen:
+            seen.add(delta)
+            out.append(yaw_swung(scene, delta))
+    return out
+
+
 LEAD_STOP_DECEL = (1.5, 4.0)
 """Deceleration range (m/s^2) of a lead that brakes to a stop (:func:`lead_stop_scenes`)."""
 LEAD_STOP_WITHIN = 20
@@ -247,6 +272,7 @@ def build_data(
     lead_creeps: int = 0,
     expert_gap: float | None = None,
     frame_stride: int = 1,
+    yaw_swings: int = 0,
 ) -> dict[str, Any]:
     """The ``data`` stage; returns the manifest (also written to ``out/data/manifest.json``).
 
@@ -273,6 +299,7 @@ def build_data(
     :func:`~alpasim_policy.training.data.drive_samples`).
     ``frame_stride``: ticks between a sample's frames (the model config's ``frame_stride``; train
     with ``--model-option frame_stride=N`` to match: training checks each shard's stride).
+    ``yaw_swings``: that many more drives per scene handed over mid-swerve (:func:`yaw_swing_scenes`).
     """
     import numpy as np
     from tqdm import tqdm
@@ -303,6 +330,7 @@ def build_data(
     stops = [m for sc in scenes for m in lead_stop_scenes(sc, lead_stops, seed)]
     stops += [m for sc in scenes for m in lead_stop_scenes(sc, lead_creeps, seed, creep=True)]
     jobs += [(m, None) for m in stops]
+    jobs += [(m, None) for sc in scenes for m in yaw_swing_scenes(sc, yaw_swings, seed)]
     drive_policy = None
     if driver is not None:
         from alpasim_policy.policies.registry import make_policy
@@ -355,6 +383,7 @@ def build_data(
         "perturbations_per_scene": perturbations,
         "max_lateral_m": max_lateral,
         "closing_perturbations_per_scene": closing,
+        "yaw_swings_per_scene": yaw_swings,
         "partial_egos_s": partial_egos_s,
         "time_scales": list(time_scales),
         "close_up_per_scene": close_up,
