@@ -172,10 +172,12 @@ def yaw_swung(scene: Scene, delta_rad: float, ramp_steps: int = 4) -> Scene:
 
     Why: a car handed over mid-swerve has to take the swerve out. US-101 ``ego451`` (bundled
     suite) is such a hand-over: its logged heading swings 0.1-0.2 rad left and back within
-    0.5 s around t0 (noise or a twitch), and a model that continues the swing leaves the road
-    from the left-most lane; with that swing smoothed out of the log the same model drives it.
-    The logs seldom show one, so this augmentation makes them (a quintic ramp, so the history's
-    yaw rate is smooth too). The id gets ``-yaw{delta:+.2f}`` appended and
+    0.5 s around t0 (noise or a twitch). The env starts the car steering as the last second's
+    curvature says (``sim.env.initial_steer``), so the swing goes on, and a model that plans
+    straight ahead of the car leaves the left-most lane over its edge; with that swing smoothed
+    out of the log the same model drives it. The logs seldom show one, so this augmentation makes
+    them (a quintic ramp, so the history's yaw rate is smooth too; the env's starting steer
+    follows from the swung headings). The id gets ``-yaw{delta:+.2f}`` appended and
     ``metadata.extra["yaw_swing_rad"]`` records it.
     """
     if not (np.isfinite(delta_rad) and abs(delta_rad) < 0.5):
