@@ -308,7 +308,7 @@ def build_data(
     from alpasim_policy.io import atomic_write_json
     from alpasim_policy.model.config import AlpamayoConfig
     from alpasim_policy.policies.alpamayo import DEFAULT_CAMERA_SIZE
-    from alpasim_policy.training.data import drive_samples, ego_key, save_samples
+    from alpasim_policy.training.data import dagger_driver, drive_samples, ego_key, save_samples
 
     if frame_stride < 1:
         from alpasim_policy.errors import ConfigError
@@ -331,11 +331,7 @@ def build_data(
     stops += [m for sc in scenes for m in lead_stop_scenes(sc, lead_creeps, seed, creep=True)]
     jobs += [(m, None) for m in stops]
     jobs += [(m, None) for sc in scenes for m in yaw_swing_scenes(sc, yaw_swings, seed)]
-    drive_policy = None
-    if driver is not None:
-        from alpasim_policy.policies.registry import make_policy
-
-        drive_policy = make_policy("alpamayo", preset=preset, weights=str(driver), threads=1, select="first")
+    drive_policy = None if driver is None else dagger_driver(driver, preset)
     # a non-default gap is in the name, so a resumed folder never mixes two experts' shards
     gap = f"-gap{expert_gap:g}" if expert == "idm" and expert_gap is not None else ""
     suffix = ("" if expert == "log" else f"-{expert}{gap}") + ("" if driver is None else "-dagger")

@@ -210,6 +210,43 @@ def logged_path(scene: Scene) -> shapely.LineString:
     return shapely.LineString(scene.ego.state[np.asarray(scene.ego.valid, bool), :2])
 
 
+def dagger_driver(checkpoint: str | Path, preset: str | None = None) -> Any:
+    """The ``alpamayo`` policy of ``checkpoint`` as it drives in closed loop (K = 6,
+    ``select=first``, one thread): the ``--driver`` of the data and rl stages. ``preset``: the
+    checkpoint's own (``config.json``) when not given."""
+    import json
+
+    from alpasim_policy.policies.registry import make_policy
+
+    if preset is None:
+        preset = json.loads((Path(checkpoint) / "config.json").read_text()).get("preset", "tiny")
+    return make_policy("alpamayo", preset=preset, weights=str(checkpoint), threads=1, select="first")
+
+
+def executed_plan(
+    scene: Scene,
+    step: int,
+    pose: np.ndarray,
+    speed: float,
+    target: np.ndarray,
+    perturbation: Perturbation | None = None,
+    driven: np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
+    driver_share: float = 1.0,
+) -> np.ndarray:
+    """The rig-frame plan the env executes at ``step`` of a training drive: the perturbation's
+    while its ramp lasts, else the driver's on a seeded ``driver_share`` of the steps (DAgger),
+    else the expert's ``target``. One rule for the data stage's drives and the rl stage's ticks."""
+    p = perturbation
+    if p is not None and p.start_step <= step < p.start_step + p.ramp_steps:
+        if p.accel_mps2:
+            return retime_plan(target, speed, p.accel_mps2)
+        return scene_to_rig_poses(_drift_plan(scene, step, pose, p), pose)
+    if driven is not None and rng is not None and rng.random() < driver_share:
+        return np.asarray(driven, np.float64)
+    return target
+
+
 def plan_is_sane(plan_rig: np.ndarray, max_turn: float = 0.5) -> bool:
     """True when a rig-frame plan starts ahead of the car, pointing within ``max_turn`` rad of its
     heading, and never turns more than ``max_turn`` rad in one 0.1 s step: what a kinematic car can
@@ -317,16 +354,7 @@ def drive_samples(
             )
         if k >= last:
             break
-        p = perturbation
-        if p is not None and p.start_step <= k < p.start_step + p.ramp_steps:
-            if p.accel_mps2:
-                plan = retime_plan(target, float(obs["speed"]), p.accel_mps2)
-            else:
-                plan = scene_to_rig_poses(_drift_plan(scene, k, pose, p), pose)
-        elif driven is not None and rng.random() < driver_share:
-            plan = np.asarray(driven, np.float64)
-        else:
-            plan = target
+        plan = executed_plan(scene, k, pose, float(obs["speed"]), target, perturbation, driven, rng, driver_share)
         obs, _, terminated, truncated, _ = env.step(plan)
         if terminated or truncated:
             break

@@ -308,7 +308,7 @@ def collect_ticks(
     from alpasim_policy.training.build import _perturbations
     from alpasim_policy.training.data import (
         TARGET_STEPS,
-        _drift_plan,
+        executed_plan,
         idm_expert,
         logged_path,
         off_logged_path,
@@ -355,16 +355,12 @@ def collect_ticks(
             if k >= last:
                 break
             # the driver sees every step (its frame buffer and seeded sampler advance as in closed loop)
-            driven = None if driver is None else np.asarray(driver.act(obs).trajectory, np.float64)
-            p = pert
-            if p is not None and p.start_step <= k < p.start_step + p.ramp_steps:
-                plan = scene_to_rig_poses(_drift_plan(scene, k, pose, p), pose)
-            elif driven is not None and rng.random() < driver_share:
-                plan = driven
-            elif teacher is not None:
-                plan = np.asarray(teacher.act(obs).trajectory, np.float64)[:TARGET_STEPS]
+            driven = None if driver is None else driver.act(obs).trajectory
+            if teacher is not None:
+                target = np.asarray(teacher.act(obs).trajectory, np.float64)[:TARGET_STEPS]
             else:
-                plan = scene_to_rig_poses(recovery_target(scene, k, pose, TARGET_STEPS)[0], pose)
+                target = scene_to_rig_poses(recovery_target(scene, k, pose, TARGET_STEPS)[0], pose)
+            plan = executed_plan(scene, k, pose, float(obs["speed"]), target, pert, driven, rng, driver_share)
             obs, _, terminated, truncated, info = env.step(plan)
             if terminated or truncated:
                 break
@@ -623,17 +619,6 @@ def training_scenes(raw: Path, exclude_suite: str | None, cfg: RLConfig | None =
     return scenes + [m for sc in scenes for m in lead_stop_scenes(sc, cfg.lead_stops, cfg.seed)]
 
 
-def _driver_policy(cfg: RLConfig) -> Any:
-    """The ``alpamayo`` policy of ``cfg.driver`` in the closed-loop setting the data stage's DAgger
-    uses (K = 6, ``select=first``, one thread), or ``None``."""
-    if cfg.driver is None:
-        return None
-    from alpasim_policy.policies.registry import make_policy
-
-    preset = json.loads((Path(cfg.driver) / "config.json").read_text()).get("preset", "tiny")
-    return make_policy("alpamayo", preset=preset, weights=str(cfg.driver), threads=1, select="first")
-
-
 def prepare_run(
     out: Path,
     cfg: RLConfig,
@@ -646,6 +631,7 @@ def prepare_run(
     """``out/ticks.npz`` and ``out/metric_cache/`` (built once, reused by a resumed run)."""
     from alpasim_policy.caching import IDM_REFERENCE
     from alpasim_policy.scoring.cache import load_world
+    from alpasim_policy.training.data import dagger_driver
 
     path = out / "ticks.npz"
     if path.is_file():
@@ -654,7 +640,8 @@ def prepare_run(
         ticks = collect_ticks(
             scenes, camera_size=camera_size, frames=frames, frame_stride=frame_stride, stride=cfg.stride,
             perturbations=cfg.perturbations, max_lateral=cfg.max_lateral, seed=cfg.seed, progress=progress,
-            expert=cfg.expert, driver=_driver_policy(cfg), driver_share=cfg.driver_share,
+            expert=cfg.expert, driver=None if cfg.driver is None else dagger_driver(cfg.driver),
+            driver_share=cfg.driver_share,
         )  # fmt: skip
         if not ticks:
             raise ConfigError("no training ticks: the scenes have no step with 4 s of logged future")
