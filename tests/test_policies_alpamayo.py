@@ -139,7 +139,7 @@ def test_frame_buffer_rejects_a_changing_image_size():
     [("preset", "huge"), ("select", "best"), ("reasoning", "double"), ("diffusion", "magic"),
      ("samples", 0), ("samples", "six"), ("device", "tpu"), ("weights", "/nonexistent/dir"),
      ("deadline_ms", "-5"), ("latency_mode", "later"), ("seed", "1.5"), ("threads", "0"),
-     ("speculative", "-1"), ("speculative", "two"), ("draft", "/nonexistent/dir")],
+     ("speculative", "-1"), ("speculative", "two"), ("draft", "/nonexistent/dir"), ("noise", "sometimes")],
 )  # fmt: skip
 def test_bad_options_raise_config_error_naming_the_option(option, value):
     with pytest.raises(ConfigError, match=option):
@@ -218,6 +218,63 @@ def test_closed_loop_reuses_the_vision_of_frames_seen_last_tick(first_run):
     for a, b in zip(outs[:5], again, strict=True):
         np.testing.assert_array_equal(a.samples, b.samples)
         assert a.reasoning == b.reasoning
+
+
+def test_held_noise_is_one_draw_per_rollout_and_steadies_the_plan(first_run):
+    """``noise=held``: every tick of a rollout starts the flow from the same draw (a new rollout
+    seed, a new draw), so consecutive plans differ only as the inputs do; ``fresh`` (the default)
+    lets the model draw anew each tick."""
+    _, fresh_outs, _, _ = first_run
+    pol = make_policy("alpamayo", **FAST, noise="held")
+    drive(pol, ticks=1)  # the first reset's warm-up calls the model too
+    seen = []
+    drive_fn = pol.model.drive
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("noise"))
+        return drive_fn(*args, **kwargs)
+
+    pol.model.drive = recording
+    held_outs, _, _ = drive(pol, ticks=8)
+    assert all(n is not None and n.shape == (3, 64, 2) for n in seen)
+    assert all(torch_equal(n, seen[0]) for n in seen[1:])
+    first = seen[0]
+    seen.clear()
+    drive(pol, ticks=2, seed=1)
+    assert torch_equal(seen[0], seen[1]) and not torch_equal(seen[0], first)
+    seen.clear()
+    again, _, _ = drive(pol, ticks=2)  # the same rollout seed draws the same noise
+    assert torch_equal(seen[0], first)
+    np.testing.assert_array_equal(again[1].samples, held_outs[1].samples)
+
+    def tick_to_tick(outs):  # how far the chosen plan's 3 s point moves from one tick to the next
+        ends = np.stack([o.trajectory[29, :2] for o in outs])
+        return float(np.median(np.hypot(*np.diff(ends, axis=0).T)))
+
+    assert tick_to_tick(held_outs) < tick_to_tick(fresh_outs[:8])
+
+
+def test_noise_scale_narrows_the_samples_and_zero_makes_them_one_plan(first_run):
+    """``noise_scale`` multiplies the unit-Gaussian draw the model would have made: the first tick's
+    K samples spread less at 0.5 than at 1 (the default, whose draw it is), and at 0 they are one
+    deterministic plan."""
+    _, outs, _, _ = first_run
+
+    def spread(samples):
+        return float(np.ptp(samples[:, -1, :2], axis=0).max())
+
+    half, _, _ = drive(make_policy("alpamayo", **FAST, noise_scale="0.5"), ticks=1)
+    zero, _, _ = drive(make_policy("alpamayo", **FAST, noise_scale=0), ticks=1)
+    assert 0 < spread(half[0].samples) < spread(outs[0].samples)
+    assert spread(zero[0].samples) < 1e-9
+    with pytest.raises(ConfigError, match="noise_scale"):
+        make_policy("alpamayo", **FAST, noise_scale=1.5)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
 
 
 def test_speculative_option_keeps_the_greedy_reasoning():

@@ -33,7 +33,10 @@ cache), ``dtype`` float32 | bfloat16 | float16 (default: the checkpoint's / the 
 ``v0`` history | measured, ``samples`` K (6),
 ``reasoning`` single | multi, ``diffusion`` graph | eager | lean | dynamic, ``select`` first | medoid |
 scored | consistent, ``device`` cpu | cuda, ``seed`` (0), ``cot_tokens`` (force the CoC length),
-``max_cot_tokens``, ``temperature``, ``speculative`` gamma (0 = off; > 0 drafts up to gamma CoC
+``max_cot_tokens``, ``temperature``, ``noise`` fresh | held (the flow's starting noise: drawn anew each
+tick, as NVlabs' code does, or drawn once per rollout and reused), ``noise_scale`` in [0, 1] (1:
+unit Gaussian, NVlabs'; smaller narrows the K samples toward the flow's centre; 0 makes them
+identical and the plan a deterministic function of the inputs), ``speculative`` gamma (0 = off; > 0 drafts up to gamma CoC
 tokens per target forward, single reasoning only: greedy output identical, sampled output the same
 distribution), ``draft`` a draft-model folder for it (drafts: recall of the episode's previous
 CoCs first, then the draft model, or lookup in the prompt without one), ``threads`` (torch CPU threads, process-wide; default: torch's
@@ -72,6 +75,10 @@ PRESETS = ("tiny", "small", "alpamayo-r1-10b")
 REASONING_MODES = ("single", "multi")
 DIFFUSION_MODES = ("graph", "eager", "lean", "dynamic")
 DEVICES = ("cpu", "cuda")
+# ``fresh``: new flow noise every tick (NVlabs' code draws it in each call); ``held``: one draw per
+# rollout, reused every tick, so consecutive plans differ only as the inputs do (the flow's
+# integration is a deterministic map of noise and prefix)
+NOISE_MODES = ("fresh", "held")
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_DEADLINE_S = 0.1  # one 10 Hz tick
 #: camera resolution asked of the env per preset (width, height); the model resizes to its input
@@ -182,6 +189,8 @@ class AlpamayoCore:
         threads: int | str | None = None,
         speculative: int | str = 0,
         draft: str | None = None,
+        noise: str = "fresh",
+        noise_scale: float | str = 1.0,
     ):
         self.preset = parse_choice("preset", preset, PRESETS)
         self.samples = parse_int("samples", samples, minimum=1)
@@ -208,6 +217,10 @@ class AlpamayoCore:
         self.base_vlm_dir = None if base_vlm_dir in (None, "", "none", "null") else Path(str(base_vlm_dir))
         self.dtype = None if dtype in (None, "", "none", "null") else parse_choice("dtype", dtype, DTYPES)
         self.v0 = parse_choice("v0", v0, ("history", "measured"))
+        self.noise = parse_choice("noise", noise, NOISE_MODES)
+        self.noise_scale = parse_number("noise_scale", noise_scale)
+        if not 0.0 <= self.noise_scale <= 1.0:
+            raise ConfigError(f"option 'noise_scale': must be in [0, 1], got {self.noise_scale}")
         self.threads = parse_int("threads", threads, minimum=1, allow_none=True)
         import torch
 
@@ -235,6 +248,7 @@ class AlpamayoCore:
         self.selector = SampleSelector(self.select)
         self._camera_order: list[str] | None = None
         self._generator = torch.Generator().manual_seed(self.seed)
+        self._held_noise: Any = None
         self._warm = False
 
     def _build_model(self):  # noqa: ANN202 - torch types imported lazily
@@ -267,6 +281,7 @@ class AlpamayoCore:
         self._camera_order = list(camera_rig.names) if camera_rig is not None else None
         state = np.random.SeedSequence([self.seed, 0 if seed is None else int(seed)]).generate_state(2)
         self._generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        self._held_noise = None  # drawn at the rollout's first tick (after the warm-up's draws)
         if self.select == "scored":
             self.selector.reset(scene)
         if not self._warm:
@@ -317,6 +332,19 @@ class AlpamayoCore:
             sized[n] = img
         return self.frames.push(sized, int(np.asarray(observation["step"])), order)
 
+    def _tick_noise(self) -> Any:
+        """The flow's starting noise for this tick: None (the model draws it) or the rollout's."""
+        import torch
+
+        if self.noise == "fresh" and self.noise_scale == 1.0:
+            return None
+        shape = (self.samples, self.model.config.n_waypoints, 2)
+        if self.noise == "fresh":
+            return torch.randn(shape, generator=self._generator) * self.noise_scale
+        if self._held_noise is None:
+            self._held_noise = torch.randn(shape, generator=self._generator) * self.noise_scale
+        return self._held_noise
+
     def act(self, observation: dict[str, Any]) -> PolicyOutput:
         t0 = time.perf_counter()
         images = self._images(observation)
@@ -332,6 +360,7 @@ class AlpamayoCore:
             max_cot_tokens=self.max_cot_tokens,
             temperature=self.temperature,
             generator=self._generator,
+            noise=self._tick_noise(),
             speculative=self.speculative,
         )
         t1 = time.perf_counter()
