@@ -399,6 +399,34 @@ def test_cli_trains_and_the_checkpoint_drives_as_the_alpamayo_policy(data_dir, t
     assert main(typo) == 2  # names the unknown field
 
 
+def test_history_dropout_shows_a_standing_car_and_keeps_the_real_actions(data_dir):
+    """``history_dropout``: a seeded share of the samples get the prompt of a car standing at its
+    pose; pixels, CoC, v0 and the target actions stay the real sample's."""
+    from alpasim_policy.training.imitation import load_shards, prepare_samples
+
+    model = _tiny_model()
+    arrays = load_shards(data_dir)
+    plain = prepare_samples(model, arrays)
+    dropped = prepare_samples(model, arrays, history_dropout=0.5, seed=3)
+    again = prepare_samples(model, arrays, history_dropout=0.5, seed=3)
+    standing_ids = None
+    changed = moved = 0
+    for a, b, c in zip(plain, dropped, again, strict=True):
+        assert torch.equal(b.prepared.input_ids, c.prepared.input_ids)  # the seed fixes the draw
+        assert torch.equal(a.actions, b.actions) and a.prepared.v0 == b.prepared.v0 and a.coc == b.coc
+        assert torch.equal(a.prepared.pixel_values, b.prepared.pixel_values)
+        if not torch.equal(a.prepared.input_ids, b.prepared.input_ids):
+            changed += 1
+            # every history step of a standing car is the zero delta
+            rows = {tuple(r) for r in b.prepared.history_ids.reshape(-1, 3).tolist()}
+            assert len(rows) == 1 and (standing_ids is None or rows == standing_ids)
+            standing_ids = rows
+            moved += a.prepared.v0 > 0.5  # the real car moves; its actions are fitted from that
+    assert 0 < changed < len(plain) and moved > 0
+    with pytest.raises(ConfigError, match="history-dropout"):
+        prepare_samples(model, arrays, history_dropout=1.5)
+
+
 def test_speed_balanced_weights_share_the_batch_between_speed_bins():
     from alpasim_policy.training.imitation import speed_balanced_weights
 

@@ -13,10 +13,16 @@ takes cars present S seconds as egos too,
 ``--close-up N`` adds drives that start close behind the lead, ``--lead-stops N`` drives in which the
 lead brakes to a stop, ``--lead-creeps N`` ones in which it then goes on stop-and-go.
 
+``train --stage speedups --data DIR/data ... --out SP`` writes copycat counter-samples
+(:mod:`alpasim_policy.training.speedups`): copies of the samples that stop for a stopped lead
+close ahead, with a faster past and a target braking to the same stop point (``--copies`` per
+sample, ``--seed``), as ``SP/*-spd.npz`` shards plus ``SP/manifest.json``.
+
 ``train --stage imitation --preset P --data DIR/data --out DIR`` trains the model on those shards
 (teacher-forced CoC + flow matching, :mod:`alpasim_policy.training.imitation`): ``DIR/checkpoint``
 (``save_pretrained`` layout + optimizer state), ``DIR/log.csv``, ``DIR/loss.png``; ``--resume``
-continues from the checkpoint exactly as an uninterrupted run would.
+continues from the checkpoint exactly as an uninterrupted run would; ``--history-dropout P``
+shows that share of the samples the history of a standing car (past-motion dropout).
 
 ``train --stage rl --init CKPT --out DIR`` post-trains a checkpoint with group-relative policy
 optimisation on the open-loop EPDMS of its own sampled plans (:mod:`alpasim_policy.training.rl`;
@@ -37,14 +43,14 @@ import argparse
 import json
 from pathlib import Path
 
-STAGES = ("data", "imitation", "rl", "draft")
+STAGES = ("data", "imitation", "rl", "draft", "speedups")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="build training data (--stage data), train the model (--stage imitation), post-train it "
-        "(--stage rl) or train its draft (--stage draft)",
+        help="build training data (--stage data), copycat counter-samples from it (--stage speedups), "
+        "train the model (--stage imitation), post-train it (--stage rl) or train its draft (--stage draft)",
     )
     p.add_argument("--stage", choices=STAGES, default="data", help="which stage to run")
     p.add_argument("--out", type=Path, required=True, help="training folder (data/ goes inside)")
@@ -158,6 +164,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="share of each batch drawn evenly over 5 m/s speed bins (rare highway speeds seen more often)",
     )  # fmt: skip
     g.add_argument(
+        "--history-dropout", type=float, default=0.0, metavar="P",
+        help="share of samples whose prompt shows a car standing at its pose (their actions keep the "
+        "real speed), so the model reads the scene from the frames, not its own past motion",
+    )  # fmt: skip
+    g.add_argument(
         "--ema", type=float, default=0.0, metavar="DECAY",
         help="save an exponential moving average of the weights with this decay per step (e.g. "
         "0.999) as the checkpoint's weights; 0 = the last step's weights",
@@ -185,6 +196,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--stride", type=int, default=2, help="ticks: every N-th step of a training drive")
     r.add_argument("--time-limit", type=float, default=1800.0, help="seconds; checkpoint and stop after")
     r.add_argument("--profile", default="project", help="scoring profile of the reward")
+    g = p.add_argument_group("speedups stage (also uses --data, --seed)")
+    g.add_argument(
+        "--copies", type=int, default=2,
+        help="counter-samples drawn per eligible sample (a stopped lead <= --max-gap ahead, ego <= 2.5 m/s)",
+    )  # fmt: skip
+    g.add_argument(
+        "--max-gap", type=float, default=10.0,
+        help="largest bumper gap (m) to the stopped lead in a sample's CoC label for it to get copies",
+    )  # fmt: skip
     g = p.add_argument_group("draft stage (also uses --data, --steps, --batch, --lr, --seed)")
     g.add_argument("--target", type=Path, default=None, help="trained target checkpoint to distil from")
     g.add_argument("--draft-layers", type=int, default=1, help="transformer layers of the draft")
@@ -253,6 +273,7 @@ def _cmd_imitation(args: argparse.Namespace) -> int:
         speed_balance=args.speed_balance,
         batched=args.batched,
         ema=args.ema,
+        history_dropout=args.history_dropout,
         model_options=_model_options(args.model_option),
         init=str(args.init or ""),
     )
@@ -321,6 +342,20 @@ def _cmd_rl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_speedups(args: argparse.Namespace) -> int:
+    from alpasim_policy.errors import ConfigError
+    from alpasim_policy.training.speedups import build_speedups
+
+    if not args.data:
+        raise ConfigError("train --stage speedups needs --data (the data-stage shard folders to copy from)")
+    m = build_speedups(args.data, args.out, copies=args.copies, seed=args.seed, max_gap=args.max_gap)
+    print(
+        f"{m['samples_written']} counter-sample(s) from {m['samples_with_copies']} sample(s) in "
+        f"{len(m['shards'])} shard(s): {args.out}"
+    )
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from alpasim_policy.errors import ConfigError
     from alpasim_policy.scenes.suite import scenarios_root
@@ -331,6 +366,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return _cmd_rl(args)
     if args.stage == "draft":
         return _cmd_draft(args)
+    if args.stage == "speedups":
+        return _cmd_speedups(args)
 
     if args.perturbations < 0:
         raise ConfigError(f"--perturbations must be >= 0, got {args.perturbations}")

@@ -94,6 +94,11 @@ class ImitationConfig:
     # costs a fraction of a run from scratch) where a new run from scratch is a new draw of the
     # training seed, which alone moves the closed-loop score by ~0.1 (training README, run 12)
     init: str = ""
+    # share of samples (seeded, fixed for the run) whose prompt shows the history of a car standing
+    # at its current pose; their actions are still fitted from the real speed. Why: a model that
+    # reads its own speed from the history learns "keep doing what I did" (the copycat problem:
+    # training README, run 22); without the history it has to read the scene from the frames
+    history_dropout: float = 0.0
 
     def lr_at(self, step: int) -> float:
         """Learning rate of step ``step`` (0-based): a pure function of the step, so resume is exact."""
@@ -186,6 +191,8 @@ def prepare_samples(
     arrays: dict[str, np.ndarray] | Iterable[dict[str, np.ndarray]],
     fit_smooth: float = 0.05,
     fit_stats: bool = False,
+    history_dropout: float = 0.0,
+    seed: int = 0,
 ) -> list[Sample]:
     """Run the model's processor on each sample and turn its expert target into normalised actions.
 
@@ -200,19 +207,31 @@ def prepare_samples(
     in float32, so 8000 samples filled this 24 GB machine), and float16's rounding (< 5e-4
     relative) is far below the uint8 quantisation the rendered frames already carry. The
     model casts them to its own dtype when it reads them. After each chunk the heap's free
-    pages go back to the system (:func:`release_free_heap`)."""
+    pages go back to the system (:func:`release_free_heap`).
+
+    ``history_dropout``: that share of the samples (drawn from ``seed``, so a run and its resume
+    drop the same ones) get the prompt of a car standing still at its current pose (every history
+    row = the last one) while their start speed ``v0``, and so their target actions, stay the real
+    ones (ChauffeurNet's past-motion dropout)."""
 
     from alpasim_policy.model.action_space import fit_controls
 
     tk = model.tokenizer
     tail = [tk.ids["cot_end"], tk.ids["traj_future_start"]]
     chunks = [arrays] if isinstance(arrays, dict) else arrays
+    if not 0.0 <= history_dropout <= 1.0:
+        raise ConfigError(f"--history-dropout must be in [0, 1], got {history_dropout}")
+    drop_rng = np.random.default_rng([seed, 0x4D0D])
     prepared = []
     targets, valids, cocs = [], [], []
     for chunk in chunks:
         for i in range(len(chunk["coc"])):
             hist = np.asarray(chunk["history"][i], dtype=np.float64)[:, :3]
             p = model.prepare(chunk["images"][i], hist, None, int(chunk["command"][i]))
+            if history_dropout and drop_rng.random() < history_dropout:
+                standing = np.repeat(hist[-1:], len(hist), axis=0)
+                ps = model.prepare(chunk["images"][i], standing, None, int(chunk["command"][i]))
+                p = replace(ps, v0=p.v0)
             if p.pixel_values is not None and p.pixel_values.dtype == torch.float32:
                 p = replace(p, pixel_values=p.pixel_values.to(torch.float16))
             prepared.append(p)
@@ -617,7 +636,10 @@ def train_imitation(
     # a resumed run keeps its checkpoint's action statistics, a fine-tuned one its --init's (the
     # weights were trained on those normalised actions)
     fit = start == 0 and cfg.action_stats == "data" and not cfg.init
-    samples = prepare_samples(model, iter_shards(data, model.config.frame_stride), cfg.fit_smooth, fit_stats=fit)
+    samples = prepare_samples(
+        model, iter_shards(data, model.config.frame_stride), cfg.fit_smooth, fit_stats=fit,
+        history_dropout=cfg.history_dropout, seed=cfg.seed,
+    )  # fmt: skip
     ema = None
     if cfg.ema:
         from safetensors.torch import load_model
