@@ -281,7 +281,7 @@ class AlpamayoCore:
         self._camera_order = list(camera_rig.names) if camera_rig is not None else None
         state = np.random.SeedSequence([self.seed, 0 if seed is None else int(seed)]).generate_state(2)
         self._generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-        self._held_noise = None  # drawn at the rollout's first tick (after the warm-up's draws)
+        self._held_noise = None  # a new rollout draws its own at its first tick
         if self.select == "scored":
             self.selector.reset(scene)
         if not self._warm:
