@@ -12,12 +12,16 @@ history, v0 from the history, command) and makes one greedy CoC and one trajecto
 * **reasoning-action consistency**: the CoC's meta-action is what the model's own trajectory does
   (the leaderboard column's rule, here on the log's states).
 
-With ``ablations`` each step is also driven three times more, with the same generator seed: with
-each camera's frames in reverse time order, with every image a flat grey, and with the same frames
-rendered without brake lamps. How far the plan's position at 2 s moves (mean absolute change, m)
+With ``ablations`` each step is also driven four times more, with the same generator seed: with
+each camera's frames in reverse time order, with every image a flat grey, with the same frames
+rendered without brake lamps, and with the real frames but a history 1.5 m/s faster along the same
+path (:func:`faster_history`). How far the plan's position at 2 s moves (mean absolute change, m)
 and how often the CoC text changes say how much the model uses its cameras at all, their order in
 time (a lead's motion is in the order) and the lamps (a lead's braking is in one frame): a model
-whose plan ignores both cannot read whether its lead is stopping.
+whose plan ignores both cannot read whether its lead is stopping. The last one measures the
+opposite, the copycat shortcut (training README, run 22): how much of what the model "sees" comes
+from its own past motion. ``fast_history_stop_dx_m`` is its mean over the steps whose label names
+a stopped lead at most 10 m ahead, where the right plan stops whatever the history says.
 
 Open loop on purpose: in closed loop the ego leaves the log and the labeler's facts at a step
 (the logged ego's route position) no longer describe the car; consistency in closed loop is the
@@ -29,7 +33,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-ABLATIONS = ("reversed", "grey", "no_lamps")
+ABLATIONS = ("reversed", "grey", "no_lamps", "fast_history")
+FAST_HISTORY_MPS = 1.5  # the fast_history ablation's extra speed
 X_2S = 19  # trajectory row of t = 2 s (rows are 0.1 s ... 6.4 s)
 
 
@@ -43,6 +48,30 @@ def _ablated(images: Any, kind: str, unlit: Any = None) -> Any:
     if kind == "no_lamps":
         return unlit
     return np.full_like(images, 128)
+
+
+def _stopped_lead_close(coc: str, max_gap: float = 10.0) -> bool:
+    """The label names a stopped lead at most ``max_gap`` m ahead."""
+    import re
+
+    m = re.search(r"lead vehicle (\d+) m ahead is stopped", coc)
+    return m is not None and int(m.group(1)) <= max_gap
+
+
+def faster_history(history: Any, extra_mps: float = FAST_HISTORY_MPS) -> Any:
+    """``history`` (T, 3) rig-frame x, y, heading (last row = now) retimed ``extra_mps`` faster along
+    the same path (positions scaled by ``(v + extra) / v``, ``v`` the last step's speed); a car
+    slower than 0.4 m/s gets a straight history at ``extra_mps`` instead."""
+    import numpy as np
+
+    h = np.array(history, dtype=np.float64, copy=True)
+    v = float(np.hypot(*(h[-1, :2] - h[-2, :2]))) / 0.1
+    if v < 0.4:
+        h[:, 0] = -extra_mps * 0.1 * np.arange(len(h) - 1, -1, -1)
+        h[:, 1:] = 0.0
+        return h
+    h[:, :2] *= (v + extra_mps) / v
+    return h
 
 
 def coc_agreement(
@@ -60,6 +89,7 @@ def coc_agreement(
     tot = {"steps": 0, "parsed": 0, "factor": 0, "action": 0, "consistent": 0}
     dx: dict[str, list[float]] = {k: [] for k in ABLATIONS}
     changed: dict[str, list[bool]] = {k: [] for k in ABLATIONS}
+    stop_dx: list[float] = []
     for scene in scenes:
         c = {"scene": scene.scene_id, "steps": 0, "parsed": 0, "factor": 0, "action": 0, "consistent": 0}
         gen = torch.Generator().manual_seed(seed)
@@ -78,10 +108,16 @@ def coc_agreement(
                 for kind in ABLATIONS:
                     g = torch.Generator()
                     g.set_state(state)  # the same noise as the real images' plan
-                    images = _ablated(s.images, kind, None if s_unlit is None else s_unlit.images)
-                    alt = model.drive(images, history, None, s.command, num_samples=1, generator=g)
+                    if kind == "fast_history":
+                        images, hist = s.images, faster_history(history)
+                    else:
+                        images = _ablated(s.images, kind, None if s_unlit is None else s_unlit.images)
+                        hist = history
+                    alt = model.drive(images, hist, None, s.command, num_samples=1, generator=g)
                     dx[kind].append(abs(float(np.asarray(alt.trajectories)[0, X_2S, 0]) - x))
                     changed[kind].append(alt.reasoning[0] != out.reasoning[0])
+                if _stopped_lead_close(s.coc):
+                    stop_dx.append(dx["fast_history"][-1])
             said, truth = parse_coc(out.reasoning[0]), parse_coc(s.coc)
             c["steps"] += 1
             if said.action is None:
@@ -100,6 +136,8 @@ def coc_agreement(
         for kind in ABLATIONS:
             ablated[f"{kind}_dx_m"] = float(np.mean(dx[kind])) if dx[kind] else float("nan")
             ablated[f"{kind}_coc_changed"] = float(np.mean(changed[kind])) if changed[kind] else float("nan")
+        ablated["fast_history_stop_dx_m"] = float(np.mean(stop_dx)) if stop_dx else float("nan")
+        ablated["stop_steps"] = len(stop_dx)
     return {
         **tot,
         **ablated,
@@ -152,11 +190,13 @@ def run(args: argparse.Namespace) -> int:
             [
                 {
                     "benchmark": f"the same steps with each camera's frames reversed in time / every image grey "
-                    f"/ no brake lamps (same noise; {args.preset}, {label})",
+                    f"/ no brake lamps / the history 1.5 m/s faster (same noise; {args.preset}, {label})",
                     "result": f"plan's position at 2 s moves {r['reversed_dx_m']:.2f} m / {r['grey_dx_m']:.2f} m "
-                    f"/ {r['no_lamps_dx_m']:.2f} m on average; CoC text changes on "
+                    f"/ {r['no_lamps_dx_m']:.2f} m / {r['fast_history_dx_m']:.2f} m on average "
+                    f"({r['fast_history_stop_dx_m']:.2f} m for the history on the {r['stop_steps']} steps whose "
+                    f"label stops for a stopped lead <= 10 m ahead); CoC text changes on "
                     f"{r['reversed_coc_changed']:.1%} / {r['grey_coc_changed']:.1%} / "
-                    f"{r['no_lamps_coc_changed']:.1%} of {r['steps']} steps",
+                    f"{r['no_lamps_coc_changed']:.1%} / {r['fast_history_coc_changed']:.1%} of {r['steps']} steps",
                     "ratio": "-",
                 }
             ]
