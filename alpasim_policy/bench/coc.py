@@ -51,11 +51,11 @@ def _ablated(images: Any, kind: str, unlit: Any = None) -> Any:
 
 
 def _stopped_lead_close(coc: str, max_gap: float = 10.0) -> bool:
-    """The label names a stopped lead at most ``max_gap`` m ahead."""
-    import re
+    """The label names a stopped lead at most ``max_gap`` m ahead (the speedups stage's rule)."""
+    from alpasim_policy.training.speedups import stopped_lead_gap
 
-    m = re.search(r"lead vehicle (\d+) m ahead is stopped", coc)
-    return m is not None and int(m.group(1)) <= max_gap
+    gap = stopped_lead_gap(coc)
+    return gap is not None and gap <= max_gap
 
 
 def faster_history(history: Any, extra_mps: float = FAST_HISTORY_MPS) -> Any:

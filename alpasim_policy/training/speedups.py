@@ -51,6 +51,12 @@ _STOPPED_LEAD = re.compile(r"lead vehicle (\d+) m ahead is stopped")
 _LONGITUDINAL = re.compile(r"^(Keep speed|Accelerate|Decelerate|Stop)")
 
 
+def stopped_lead_gap(coc: str) -> int | None:
+    """The bumper gap (whole metres) to the stopped lead a CoC names, or None if it names none."""
+    m = _STOPPED_LEAD.search(coc)
+    return None if m is None else int(m.group(1))
+
+
 def _arc_length(xy: np.ndarray) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(xy, axis=0).T))])
 
@@ -207,4 +213,4 @@ def build_speedups(
     return manifest
 
 
-__all__ = ["MAX_DECEL_MPS2", "MAX_GAP_M", "MAX_SPEED_MPS", "build_speedups", "speedup_copies"]
+__all__ = ["MAX_DECEL_MPS2", "MAX_GAP_M", "MAX_SPEED_MPS", "build_speedups", "speedup_copies", "stopped_lead_gap"]
