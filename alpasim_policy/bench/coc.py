@@ -64,14 +64,11 @@ def faster_history(history: Any, extra_mps: float = FAST_HISTORY_MPS) -> Any:
     slower than 0.4 m/s gets a straight history at ``extra_mps`` instead."""
     import numpy as np
 
-    h = np.array(history, dtype=np.float64, copy=True)
+    from alpasim_policy.training.speedups import STANDING_MPS, retime_history
+
+    h = np.asarray(history, dtype=np.float64)
     v = float(np.hypot(*(h[-1, :2] - h[-2, :2]))) / 0.1
-    if v < 0.4:
-        h[:, 0] = -extra_mps * 0.1 * np.arange(len(h) - 1, -1, -1)
-        h[:, 1:] = 0.0
-        return h
-    h[:, :2] *= (v + extra_mps) / v
-    return h
+    return retime_history(h, v, extra_mps if v < STANDING_MPS else v + extra_mps)
 
 
 def coc_agreement(

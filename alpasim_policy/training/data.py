@@ -413,16 +413,11 @@ def save_samples(samples: Sequence[TrainingSample], path: str | Path, frame_stri
 
     ``frame_stride`` (the spacing the frames were stacked with) is stored beside the arrays, so
     training can refuse a model whose spacing differs; a shard without it has the default 1."""
-    import io
-
-    from alpasim_policy.io import atomic_write_bytes
+    from alpasim_policy.training.shards import write_shard
 
     if not samples:
         raise ValueError(f"{path}: no samples to write")
     arrays = sample_arrays(samples)
     if frame_stride != 1:
         arrays["frame_stride"] = np.asarray(frame_stride, np.int64)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(Path(path), buf.getvalue())
-    return Path(path)
+    return write_shard(arrays, path)

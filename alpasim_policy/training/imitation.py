@@ -51,6 +51,7 @@ from alpasim_policy.training.run_files import (
     save_figure,
     write_csv_log,
 )
+from alpasim_policy.training.shards import shard_files
 
 CSV_FIELDS = ("step", "loss", "lm_loss", "flow_loss", "lr", "seconds")
 
@@ -132,14 +133,7 @@ def iter_shards(
 
     ``frame_stride``: the model's frame spacing; a shard stacked with another one is refused (its
     frames would mean other times than the model's policy will feed it)."""
-    folders = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
-    files = []
-    for folder in folders:
-        found = sorted(folder.glob("*.npz"))
-        if not found:
-            raise ConfigError(f"--data {folder}: no .npz shards (run `alpasim-policy train --stage data` first)")
-        files += found
-    for f in files:
+    for f in shard_files(data):
         with np.load(f) as z:
             missing = [k for k in SHARD_KEYS if k not in z.files]
             if missing:

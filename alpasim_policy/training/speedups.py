@@ -31,7 +31,6 @@ one ``seed``-ed generator in shard order, so the same command writes the same sh
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +54,25 @@ def stopped_lead_gap(coc: str) -> int | None:
     """The bumper gap (whole metres) to the stopped lead a CoC names, or None if it names none."""
     m = _STOPPED_LEAD.search(coc)
     return None if m is None else int(m.group(1))
+
+
+def retime_history(history: np.ndarray, speed: float, new_speed: float) -> np.ndarray:
+    """A rig-frame history (T, 3) x, y, heading (or (T, 4) with speed; last row = now, its dtype
+    kept) driven at ``new_speed`` instead of ``speed``: the same path with positions (and speeds)
+    scaled by ``new_speed / speed``; below :data:`STANDING_MPS` (no path to keep) a straight one."""
+    h = np.array(history, copy=True)
+    if speed < STANDING_MPS:
+        h[:, 0] = -new_speed * DT * np.arange(len(h) - 1, -1, -1)
+        h[:, 1] = 0
+        h[:, 2] = 0
+        if h.shape[1] > 3:
+            h[:, 3] = new_speed
+    else:
+        r = new_speed / speed
+        h[:, :2] *= r
+        if h.shape[1] > 3:
+            h[:, 3] *= r
+    return h
 
 
 def _arc_length(xy: np.ndarray) -> np.ndarray:
@@ -120,18 +138,7 @@ def speedup_copies(
             x, y = np.interp(sn, s, pts[:, 0]), np.interp(sn, s, pts[:, 1])
             head = np.interp(sn, s, np.concatenate([[0.0], tgt[:, 2]]))
         new_target = np.stack([x, y, head], axis=1).astype(target.dtype)
-        hist = np.array(history, copy=True)
-        if standing:
-            k = np.arange(len(hist) - 1, -1, -1)
-            hist[:, 0] = -vn * DT * k
-            hist[:, 1] = 0
-            hist[:, 2] = 0
-            hist[:, 3] = vn
-        else:
-            r = vn / v
-            hist[:, :2] *= r
-            hist[:, 3] *= r
-        out.append((hist, new_target, vn, _LONGITUDINAL.sub("Stop", coc)))
+        out.append((retime_history(history, v, vn), new_target, vn, _LONGITUDINAL.sub("Stop", coc)))
     return out
 
 
@@ -140,19 +147,13 @@ def build_speedups(
 ) -> dict[str, Any]:
     """Write ``<out>/<shard>-spd.npz`` for every shard of the ``data`` folders (in order, each sorted)
     that has eligible samples, plus ``manifest.json``; returns the manifest."""
-    from alpasim_policy.io import atomic_write_bytes, atomic_write_json
+    from alpasim_policy.io import atomic_write_json
+    from alpasim_policy.training.shards import shard_files, write_shard
 
     if copies < 1:
         raise ConfigError(f"--copies must be >= 1, got {copies}")
     folders = [Path(d) for d in data]
-    files = []
-    for folder in folders:
-        found = sorted(folder.glob("*.npz"))
-        if not found:
-            raise ConfigError(
-                f"--data {folder}: no .npz shards (run `alpasim-policy train --stage data` first)"
-            )
-        files += found
+    files = shard_files(folders)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -192,12 +193,10 @@ def build_speedups(
         if rows["coc"]:
             new = {k: np.array(v) if arrays[k].dtype.kind in "US" else np.stack(v) for k, v in rows.items()}
             new.update({k: v for k, v in arrays.items() if k not in rows})  # per-shard values (frame_stride)
-            buf = io.BytesIO()
-            np.savez_compressed(buf, **new)
             name, k = f.stem + "-spd.npz", 2
             while name in shards:  # two folders may hold a shard of the same name (DAgger rounds)
                 name, k = f"{f.stem}-{k}-spd.npz", k + 1
-            atomic_write_bytes(out / name, buf.getvalue())
+            write_shard(new, out / name)
             shards.append(name)
     manifest = {
         "stage": "speedups",
@@ -213,4 +212,4 @@ def build_speedups(
     return manifest
 
 
-__all__ = ["MAX_DECEL_MPS2", "MAX_GAP_M", "MAX_SPEED_MPS", "build_speedups", "speedup_copies", "stopped_lead_gap"]
+__all__ = ["MAX_DECEL_MPS2", "MAX_GAP_M", "MAX_SPEED_MPS", "build_speedups", "retime_history", "speedup_copies", "stopped_lead_gap"]
